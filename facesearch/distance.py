@@ -1,0 +1,39 @@
+"""The FaceNet distance: d(a, b) = |f(a) - f(b)|^2 between unit vectors.
+
+0 means identical, 4 means opposite. For unit vectors d = 2 - 2 cos(a, b).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Default "same person" threshold tau on d for the shipped SFace model.
+#: Calibrated on LFW View 2 (see README, "Threshold"); refreshed by bench/lfw.py.
+DEFAULT_THRESHOLD: float = 1.274
+
+
+def distance(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+    """Squared Euclidean distance between unit embeddings.
+
+    ``a`` and ``b``: ``(D,)`` or ``(N, D)`` float arrays (broadcast row-wise).
+    Returns a float for two vectors, else ``(N,) float32``.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"embedding sizes differ: {a.shape[-1]} vs {b.shape[-1]}")
+    d = np.sum((a - b) ** 2, axis=-1)
+    return float(d) if d.ndim == 0 else d.astype(np.float32)
+
+
+def pairwise_distance(xa: np.ndarray, xb: np.ndarray) -> np.ndarray:
+    """All distances between rows: ``(Na, D), (Nb, D) -> (Na, Nb) float32``, clipped to [0, 4]."""
+    xa = np.asarray(xa, dtype=np.float32)
+    xb = np.asarray(xb, dtype=np.float32)
+    d = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
+    return np.clip(d, 0.0, 4.0).astype(np.float32)
+
+
+def same_person(d: float, threshold: float = DEFAULT_THRESHOLD) -> bool:
+    """The verification decision: same person when d < tau."""
+    return d < threshold
