@@ -1,0 +1,51 @@
+"""The ``facesearch`` command line: a thin click layer over the library.
+
+Each command group lives in its own module under ``facesearch/cli/`` and imports heavy
+modules (torch, faiss, sqlalchemy) inside the command function, so that ``--help`` and
+start-up stay fast. Library errors (:class:`facesearch.errors.FacesearchError`) become a
+clean ``Error: ...`` message and exit status 1 here, in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from facesearch.errors import FacesearchError
+
+
+class _Group(click.Group):
+    """Turns library errors into ``click.ClickException`` in one place."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FacesearchError as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="facesearch")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-vv for debug).")
+def main(verbose: int) -> None:
+    """Face search: index photos, identify (1:K), verify (1:1), cluster, train."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _register() -> None:
+    # Command modules register themselves on ``main``; import order is the help order.
+    import importlib
+
+    for name in ("faces", "collection", "cluster", "train"):
+        try:
+            importlib.import_module(f"facesearch.cli.{name}")
+        except ModuleNotFoundError as exc:  # a command module not written yet
+            if exc.name != f"facesearch.cli.{name}":
+                raise
+
+
+_register()
