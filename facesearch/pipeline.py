@@ -1,0 +1,181 @@
+"""The face pipeline: decode -> detect -> align -> embed.
+
+Only this module composes the stages. Everything is passed in explicitly: a
+:class:`FacePipeline` owns one detector and one embedder, built from a
+:class:`PipelineConfig`; there is no module-level model.
+
+Faces from several photos are embedded in one batch (:meth:`FacePipeline.faces_batch`),
+which is where most of the indexing speed comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from facesearch.errors import NoFaceError
+from facesearch.types import Detection, Face
+
+if TYPE_CHECKING:
+    from facesearch.models.sface import Embedder
+    from facesearch.models.yunet import Detector, DetectorConfig
+
+log = logging.getLogger(__name__)
+
+ImageSource = str | os.PathLike[str] | bytes
+
+
+def _default_detector_config() -> DetectorConfig:
+    from facesearch.models.yunet import DetectorConfig
+
+    return DetectorConfig()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of the whole pipeline.
+
+    ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
+    ``flip``: embed each face and its mirror image and average (see README, "Flip").
+    ``threads``: torch intra-op threads; ``None`` leaves torch's default (one per core).
+    """
+
+    detector: DetectorConfig = field(default_factory=_default_detector_config)
+    model: str = "sface"
+    flip: bool = False
+    batch_size: int = 64
+    threads: int | None = None
+
+
+def load_embedder(model: str = "sface", *, flip: bool = False, batch_size: int = 64) -> Embedder:
+    """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
+    if model == "sface":
+        from facesearch.models.sface import Embedder
+
+        return Embedder(name="sface", flip=flip, batch_size=batch_size)
+    from facesearch.models.modelfile import load_embedder as load_file
+
+    emb = load_file(model)
+    emb.flip = flip
+    emb.batch_size = batch_size
+    return emb
+
+
+class FacePipeline:
+    """Detect, align and embed faces.
+
+    >>> pipe = FacePipeline()
+    >>> faces = pipe.faces(load_image("photo.jpg"))   # list[Face], embeddings (128,) unit
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        *,
+        detector: Detector | None = None,
+        embedder: Embedder | None = None,
+    ) -> None:
+        self.config = config or PipelineConfig()
+        if self.config.threads:
+            import torch
+
+            torch.set_num_threads(self.config.threads)
+        if detector is None:
+            from facesearch.models.yunet import Detector
+
+            detector = Detector(self.config.detector)
+        self.detector = detector
+        self.embedder = embedder or load_embedder(
+            self.config.model, flip=self.config.flip, batch_size=self.config.batch_size
+        )
+
+    @property
+    def model_name(self) -> str:
+        return str(self.embedder.name)
+
+    # -- stages -------------------------------------------------------------------------
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in ``image`` ``(H, W, 3) uint8 RGB``, best score first."""
+        return self.detector.detect(image)
+
+    def align(self, image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
+        """Aligned crops ``(N, 112, 112, 3) uint8`` sampled from the full-resolution image."""
+        from facesearch.align import align_faces
+
+        if not detections:
+            return np.zeros((0, 112, 112, 3), np.uint8)
+        return align_faces(image, np.stack([d.landmarks_array() for d in detections]))
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """``(N, 112, 112, 3) uint8 -> (N, D) float32``, unit norm."""
+        return self.embedder.embed(crops)
+
+    # -- composed -----------------------------------------------------------------------
+    def faces(self, image: np.ndarray) -> list[Face]:
+        """Every face of one photo with its embedding."""
+        return self.faces_batch([image])[0]
+
+    def faces_batch(
+        self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]] | None = None
+    ) -> list[list[Face]]:
+        """Faces of several photos; all their crops go through the embedder together.
+
+        ``detections`` may be given (e.g. from :meth:`detect_batch`) to skip detection.
+        """
+        if detections is None:
+            detections = self.detector.detect_batch(list(images))
+        crops = [self.align(img, dets) for img, dets in zip(images, detections, strict=True)]
+        counts = [len(c) for c in crops]
+        allcrops = np.concatenate(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+        xb = self.embed(allcrops)  # (sum(counts), D)
+        out: list[list[Face]] = []
+        i = 0
+        for dets, n in zip(detections, counts, strict=True):
+            out.append(
+                [Face(det, xb[i + j], self.model_name) for j, det in enumerate(dets)]
+            )
+            i += n
+        return out
+
+    def largest_face(self, image: np.ndarray, source: str | Path = "<image>") -> Face:
+        """The face with the largest box; :class:`NoFaceError` when there is none."""
+        faces = self.faces(image)
+        if not faces:
+            raise NoFaceError(source)
+        return max(faces, key=lambda f: f.detection.area)
+
+    def face_with_fallback(self, image: np.ndarray) -> tuple[Face | None, bool]:
+        """The central face of a single-face photo (e.g. LFW), with a fallback.
+
+        First the normal detector; among several faces the one whose box centre is nearest
+        the image centre (LFW's convention: the named person is centred). When none is found,
+        detection is retried at a lower score threshold (0.5) and the face nearest the centre is
+        taken. Returns ``(face or None, used_fallback)``.
+        """
+        dets = self.detector.detect(image)
+        used = False
+        if not dets:
+            used = True
+            low = Detector_with_threshold(self.detector, 0.5)
+            dets = low.detect(image)
+            if not dets:
+                return None, True
+        h, w = image.shape[:2]
+        cx, cy = w / 2.0, h / 2.0
+        det = min(dets, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
+        return self.faces_batch([image], [[det]])[0][0], used
+
+
+def Detector_with_threshold(detector: Detector, score_threshold: float) -> Detector:  # noqa: N802
+    """A detector sharing ``detector``'s network with another score threshold."""
+    import copy
+
+    low = copy.copy(detector)
+    low.config = replace(detector.config, score_threshold=score_threshold)
+    return low
