@@ -1,0 +1,624 @@
+"""Query-side speed: vector search at 10k/100k/1M faces, one-face queries, CLI start-up.
+
+Parts (``--parts``, default all):
+
+``vectors``
+    Vector search latency (one query at a time, as a one-face photo queries: median and p95 in
+    ms) and recall@10 against exact search, at 10k / 100k / 1M synthetic faces, for the exact
+    index and the approximate one facesearch uses (``facesearch.vectors.VectorIndex`` kinds
+    ``flat``, ``ivf`` and what ``auto`` resolves to), plus build time, file size and the time
+    to load the saved index (memory-mapped). ``--faiss`` adds plain FAISS HNSW32 for reference.
+
+    The synthetic faces are seeded and clustered like real embeddings: identities are random
+    unit vectors, each with a geometric number of faces (mean 10), a face is
+    ``normalise(centre + sigma * g / sqrt(d))`` with ``sigma = 0.75`` (two faces of one identity
+    are at distance d ~ 0.7, different identities at ~ 1.8, as SFace on LFW). Queries are new
+    faces of known identities (80 %) and of unknown identities (20 %), reported together and
+    apart.
+
+``startup``
+    What the CLI pays on every call: ``python -X importtime -c "import facesearch.cli"`` (the
+    imports that dominate), the wall time of ``facesearch --help``, and, when a collection is
+    given (``--collection-home``), of ``facesearch query IMG`` and of opening the collection.
+
+``e2e``
+    One-face photo query end to end in a long-running process (Python API): decode, detect,
+    align, embed, search, look up; needs ``--collection-home`` (a collection made by
+    ``facesearch index``) and optionally a synthetic 1M-face collection (see README).
+
+Usage::
+
+    python bench/query_latency.py --quick            # 10k and 100k, few queries
+    python bench/query_latency.py                    # 10k, 100k, 1M
+    python bench/query_latency.py --parts startup,e2e --collection-home DIR --image IMG
+
+Results go into the ``query`` / ``startup`` / ``e2e`` sections of ``bench/results/speed.json``
+and ``speed.md`` (through ``bench/speed.py``'s writer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import REPO, _facesearch_cmd, _thread_env, machine, update_results  # noqa: E402
+
+log = logging.getLogger("bench.query")
+
+DIM = 128
+K = 10
+
+
+# ------------------------------------------------------------------------------ synthetic data
+def synthetic_faces(
+    nb: int, nq: int, *, d: int = DIM, sigma: float = 0.75, offset: float = 0.39,
+    mean_per_id: float = 10.0, unknown_frac: float = 0.2, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Clustered unit vectors: ``xb (nb, d)``, ``xq (nq, d)`` float32 and ``known (nq,) bool``.
+
+    Identities are centres ``normalise(offset * m + u)`` (``u`` uniform on the sphere, ``m`` one
+    fixed unit direction: real embeddings share a mean, of norm 0.29 for SFace on LFW); each has
+    a geometric number of faces (mean ``mean_per_id``); a face is
+    ``normalise(centre + sigma * g / sqrt(d))``, ``g`` standard normal. Queries are fresh faces of
+    random database identities (``known``) or of new identities. The defaults reproduce what
+    SFace gives on LFW: median distance 0.69 between two photos of a person, 1.83 between two
+    people, a mean of norm 0.29, and a nearly isotropic spread (participation ratio of the
+    covariance: real 99, synthetic 122 of 128), i.e. about as hard for an approximate index.
+    """
+    rng = np.random.default_rng(seed)
+    mean_dir = _unit_rows(rng.standard_normal((1, d), dtype=np.float32))[0] * offset
+
+    def new_centres(n: int) -> np.ndarray:
+        return _unit_rows(mean_dir + _unit_rows(rng.standard_normal((n, d), dtype=np.float32)))
+
+    sizes: list[np.ndarray] = []
+    total = 0
+    while total < nb:
+        s = rng.geometric(1.0 / mean_per_id, size=max(16, (nb - total) // int(mean_per_id) + 1))
+        sizes.append(s)
+        total += int(s.sum())
+    per_id = np.concatenate(sizes)
+    per_id = per_id[: int(np.searchsorted(np.cumsum(per_id), nb)) + 1]
+    n_ids = len(per_id)
+    centres = new_centres(n_ids)
+    label = np.repeat(np.arange(n_ids), per_id)[:nb]
+    xb = np.empty((nb, d), np.float32)
+    step = 200_000
+    for i in range(0, nb, step):  # chunked: 1M x 128 noise at once is 0.5 GB more
+        c = centres[label[i : i + step]]
+        xb[i : i + step] = _unit_rows(
+            c + rng.standard_normal(c.shape, dtype=np.float32) * (sigma / math.sqrt(d))
+        )
+    known = rng.random(nq) >= unknown_frac
+    qc = np.where(
+        known[:, None],
+        centres[rng.integers(0, n_ids, nq)],
+        new_centres(nq),
+    )
+    xq = _unit_rows(qc + rng.standard_normal(qc.shape, dtype=np.float32) * (sigma / math.sqrt(d)))
+    return xb, xq, known
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float32)
+    return np.ascontiguousarray(x / np.linalg.norm(x, axis=1, keepdims=True), dtype=np.float32)
+
+
+def recall_at_k(i_approx: np.ndarray, i_exact: np.ndarray) -> float:
+    """Mean fraction of the exact ``k`` neighbours found; ``(nq, k)`` int64 each."""
+    hits = sum(len(np.intersect1d(a, e[e >= 0])) for a, e in zip(i_approx, i_exact, strict=True))
+    total = int((i_exact >= 0).sum())
+    return hits / total if total else 1.0
+
+
+def latencies_ms(search: Callable[[np.ndarray], Any], xq: np.ndarray) -> np.ndarray:
+    """Wall time of ``search(xq[i:i+1])`` for every query, in ms (after 5 warm-up queries)."""
+    for i in range(min(5, len(xq))):
+        search(xq[i : i + 1])
+    out = np.empty(len(xq))
+    for i in range(len(xq)):
+        t = time.perf_counter()
+        search(xq[i : i + 1])
+        out[i] = (time.perf_counter() - t) * 1e3
+    return out
+
+
+# ------------------------------------------------------------------------------ part: vectors
+def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)
+    VectorIndex: Any = None  # noqa: N806
+    resolve_kind: Any = None
+    with contextlib.suppress(ImportError):  # before facesearch.vectors: plain FAISS stand-ins
+        from facesearch.vectors import VectorIndex, resolve_kind
+    rows: list[dict[str, Any]] = []
+    for nb in args.sizes:
+        nq = args.queries
+        xb, xq, known = synthetic_faces(nb, nq, seed=nb)
+        ids = np.arange(nb, dtype=np.int64) * 3 + 1  # not 0..n-1: ids are SQL keys
+        t = time.perf_counter()
+        _, i_exact = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
+        t_gt = time.perf_counter() - t
+        i_exact = ids[i_exact]
+        log.info("nb=%d: data ready, exact truth in %.1f s", nb, t_gt)
+        kinds: list[str] = ["flat", "ivf"] if VectorIndex is not None else []
+        faiss_kinds: list[str] = ["HNSW32"] if args.faiss or VectorIndex is None else []
+        if VectorIndex is None:
+            faiss_kinds.insert(0, "flat-faiss")
+            faiss_kinds.insert(1, f"IVF{max(1, round(2 * math.sqrt(nb)))},Flat")
+        for kind in kinds + faiss_kinds:
+            row: dict[str, Any] = {"nb": nb, "index": kind}
+            if kind in ("flat", "ivf"):
+                assert VectorIndex is not None
+                t = time.perf_counter()
+                vi = VectorIndex.create(DIM, kind, n_hint=nb)
+                vi.add(ids, xb)
+                row["build_s"] = time.perf_counter() - t
+                row["auto"] = resolve_kind("auto", nb) == kind
+                if kind == "ivf":
+                    row["params"] = f"nlist {vi.nlist}, nprobe {vi.nprobe}"
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "index.faiss"
+                    vi.save(path)
+                    row["file_mb"] = path.stat().st_size / 2**20
+                    t = time.perf_counter()
+                    vi = VectorIndex.load(path, mmap=True)
+                    row["load_mmap_ms"] = (time.perf_counter() - t) * 1e3
+
+                    row.update(_measure(_searcher(vi), xq, i_exact, known, args))
+                    if args.sweep and kind == "ivf":
+                        row["sweep"] = sweep_nprobe(vi, xq, i_exact, args.latency_queries // 2)
+                    del vi
+            else:
+                index = _faiss_index(faiss, kind, nb)
+                t = time.perf_counter()
+                if not index.is_trained:
+                    rng = np.random.default_rng(1)
+                    n_train = min(nb, 64 * index.nlist)
+                    index.train(xb[rng.choice(nb, n_train, replace=False)])
+                index.add_with_ids(xb, ids)
+                row["build_s"] = time.perf_counter() - t
+                row["params"] = _tune_faiss(faiss, index, kind, xq[: nq // 2], i_exact[: nq // 2])
+
+                row.update(_measure(_searcher(index), xq, i_exact, known, args))
+                del index
+            log.info("nb=%d %s: %s", nb, kind, {k: v for k, v in row.items() if k not in ("nb",)})
+            rows.append(row)
+        del xb
+    return {"rows": rows, "queries": args.queries, "threads": args.threads}
+
+
+def _searcher(index: Any) -> Callable[[np.ndarray], Any]:
+    """``xq -> (D, I)``: the ``K`` nearest of each query in ``index``."""
+
+    def search(xq: np.ndarray) -> Any:
+        return index.search(xq, K)
+
+    return search
+
+
+def _faiss_index(faiss: Any, kind: str, nb: int) -> Any:
+    if kind == "flat-faiss":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(DIM))
+    if kind.startswith("HNSW"):
+        hnsw = faiss.IndexHNSWFlat(DIM, int(kind[4:]), faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = 40
+        return faiss.IndexIDMap(hnsw)
+    return faiss.index_factory(DIM, kind, faiss.METRIC_INNER_PRODUCT)
+
+
+def _tune_faiss(faiss: Any, index: Any, kind: str, xq: np.ndarray, i_exact: np.ndarray) -> str:
+    """Smallest nprobe / efSearch reaching recall@10 0.97 on half the queries (the other half
+    is not seen by the tuning, but the figures reported use all queries)."""
+    if kind == "flat-faiss":
+        return ""
+    ps = faiss.ParameterSpace()
+    name = "efSearch" if kind.startswith("HNSW") else "nprobe"
+    for v in (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256, 512):
+        ps.set_index_parameter(index, name, v)
+        if recall_at_k(index.search(xq, K)[1], i_exact) >= 0.97:
+            break
+    return f"{name} {v}"
+
+
+def _measure(
+    search: Callable[[np.ndarray], Any],
+    xq: np.ndarray,
+    i_exact: np.ndarray,
+    known: np.ndarray,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Recall (one batch search) and one-query-per-call latency at ``args.threads`` FAISS
+    threads and at 1 (for a single query, FAISS's OpenMP threads only add synchronisation,
+    which costs much on a busy machine)."""
+    import faiss
+
+    _, i_found = search(xq)  # batch: for recall
+    out = {
+        "recall10": recall_at_k(i_found, i_exact),
+        "recall10_known": recall_at_k(i_found[known], i_exact[known]),
+        "recall10_unknown": recall_at_k(i_found[~known], i_exact[~known]),
+    }
+    for threads, suffix in ((args.threads, ""), (1, "_1t")):
+        faiss.omp_set_num_threads(threads)
+        lat = latencies_ms(search, xq[: args.latency_queries])
+        out[f"lat_median_ms{suffix}"] = float(np.median(lat))
+        out[f"lat_p95_ms{suffix}"] = float(np.percentile(lat, 95))
+    faiss.omp_set_num_threads(args.threads)
+    return out
+
+
+def sweep_nprobe(
+    vi: Any, xq: np.ndarray, i_exact: np.ndarray, n_lat: int
+) -> list[dict[str, float]]:
+    """Recall@10 and median one-query latency of an IVF ``VectorIndex`` over ``nprobe``."""
+    saved = vi.nprobe
+    rows = []
+    for p in (8, 16, 32, 64, 128, 256, 512):
+        if p > vi.nlist:
+            break
+        vi.nprobe = p
+        _, found = vi.search(xq, K)
+        lat = latencies_ms(_searcher(vi), xq[:n_lat])
+        rows.append({"nprobe": p, "recall10": recall_at_k(found, i_exact),
+                     "lat_median_ms": float(np.median(lat))})  # fmt: skip
+    vi.nprobe = saved
+    return rows
+
+
+def render_vectors(payload: dict[str, Any]) -> str:
+    lines = [
+        "## Vector search at 10k / 100k / 1M faces",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}; {payload['machine']['cpu']}; FAISS threads "
+        f"{payload['threads']}; {payload['queries']} queries (80 % new faces of known identities, "
+        f"20 % unknown), latency over the first {payload['latency_queries']}, one query per "
+        "call.  ",
+        "Synthetic clustered unit vectors (seeded; see `bench/query_latency.py`). recall@10 is "
+        "against exact inner-product search; *auto* marks the kind `--index-type auto` picks at "
+        "that size.",
+        "",
+        "| faces | index | params | build s | file MB | load (mmap) ms | median ms | p95 ms | "
+        "median ms 1 thread | p95 ms 1 thread | recall@10 | known | unknown |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["rows"]:
+        name = r["index"] + (" (auto)" if r.get("auto") else "")
+        lines.append(
+            f"| {r['nb']:,} | {name} | {r.get('params', '')} | {r['build_s']:.1f} | "
+            f"{_o(r.get('file_mb'), 0)} | {_o(r.get('load_mmap_ms'), 1)} | "
+            f"{r['lat_median_ms']:.2f} | {r['lat_p95_ms']:.2f} | {r['lat_median_ms_1t']:.2f} | "
+            f"{r['lat_p95_ms_1t']:.2f} | {r['recall10']:.4f} | "
+            f"{r['recall10_known']:.4f} | {r['recall10_unknown']:.4f} |"
+        )
+    sweeps = [r for r in payload["rows"] if r.get("sweep")]
+    if sweeps:
+        lines += [
+            "",
+            "IVF recall@10 / median latency (ms, FAISS threads as above) over nprobe:",
+            "",
+        ]
+        for r in sweeps:
+            lines.append(
+                f"- {r['nb']:,} faces, nlist {r.get('params', '')}: "
+                + "; ".join(
+                    f"nprobe {s['nprobe']}: {s['recall10']:.3f} / {s['lat_median_ms']:.1f}"
+                    for s in r["sweep"]
+                )
+            )
+    return "\n".join(lines) + "\n"
+
+
+def _o(x: float | None, nd: int) -> str:
+    return "–" if x is None else f"{x:,.{nd}f}"
+
+
+# ------------------------------------------------------------------------------ part: startup
+def import_profile(module: str = "facesearch.cli", top: int = 12) -> dict[str, Any]:
+    """``python -X importtime -c "import MODULE"``: total and the top cumulative imports.
+
+    Only top-level packages are ranked (``torch`` rather than ``torch._C``), so that the
+    table says which dependency costs what; the first-party modules are listed by full name.
+    """
+    env = _thread_env(2)
+    runs = []
+    for _ in range(3):  # the first run may read from disk; keep the fastest of 3
+        out = subprocess.run(
+            [sys.executable, "-X", "importtime", "-c", f"import {module}"],
+            capture_output=True, text=True, env=env, check=True,
+        )  # fmt: skip
+        runs.append(out.stderr)
+    best = min(runs, key=lambda s: _importtime_rows(s)[1])
+    rows, total = _importtime_rows(best)
+    per_pkg: dict[str, int] = {}
+    for name, cum, depth in rows:
+        key = name if name.startswith("facesearch") else name.split(".")[0]
+        if depth == 0 or name.startswith("facesearch"):
+            per_pkg[key] = max(per_pkg.get(key, 0), cum)
+    ranked = sorted(per_pkg.items(), key=lambda kv: -kv[1])[:top]
+    return {"module": module, "total_ms": total / 1e3, "top": [(k, v / 1e3) for k, v in ranked],
+            "heavy_loaded": sorted({n.split(".")[0] for n, _, _ in rows} & HEAVY)}  # fmt: skip
+
+
+HEAVY = {"torch", "faiss", "sqlalchemy", "alembic", "numpy", "PIL", "pillow_heif", "cv2", "scipy",
+         "tqdm", "onnx"}  # fmt: skip
+
+
+def _importtime_rows(stderr: str) -> tuple[list[tuple[str, int, int]], int]:
+    """``[(module, cumulative us, depth)]`` and the sum of top-level cumulative times (us)."""
+    rows = []
+    total = 0
+    for line in stderr.splitlines():
+        m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+        if not m:
+            continue
+        cum, indent, name = int(m.group(2)), len(m.group(3)), m.group(4)
+        depth = (indent - 1) // 2
+        rows.append((name, cum, depth))
+        if depth == 0:
+            total += cum
+    return rows, total
+
+
+def wall_times(cmd: Sequence[str], n: int, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Median and max wall time (s) of ``n`` runs of ``cmd`` (after one warm-up run)."""
+    env = env or _thread_env(2)
+    subprocess.run(cmd, capture_output=True, env=env, check=False)
+    ts = []
+    status = 0
+    for _ in range(n):
+        t = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, env=env, check=False)
+        ts.append(time.perf_counter() - t)
+        status = status or out.returncode
+    return {"median_s": statistics.median(ts), "max_s": max(ts), "runs": n, "status": status}
+
+
+def bench_startup(args: argparse.Namespace) -> dict[str, Any]:
+    fs = _facesearch_cmd()
+    out: dict[str, Any] = {
+        "import_cli": import_profile("facesearch.cli"),
+        "python_bare": wall_times([sys.executable, "-c", "pass"], args.cli_runs),
+        "help": wall_times([*fs, "--help"], args.cli_runs),
+    }
+    for module in ("torch", "faiss", "sqlalchemy", "facesearch.pipeline"):
+        with contextlib.suppress(OSError):
+            out[f"import_{module}"] = wall_times([sys.executable, "-c", f"import {module}"], 3)
+    if args.collection_home and args.image:
+        for name, extra in (("query", []), ("query_json", ["--json"])):
+            cmd = [*fs, "query", str(args.image), "--home", str(args.collection_home), *extra]
+            out[name] = wall_times(cmd, args.cli_runs)
+            out[name]["command"] = shlex.join(["facesearch", *cmd[len(fs) :]])
+        if args.profile_cli:
+            out["query_importtime"] = _cli_import_profile(
+                [*fs, "query", str(args.image), "--home", str(args.collection_home)]
+            )
+    return out
+
+
+def _cli_import_profile(cmd: Sequence[str]) -> list[tuple[str, float]]:
+    """Top-level imports a whole CLI call pays (``PYTHONIMPORTTIME``), ms, largest first."""
+    env = _thread_env(2)
+    env["PYTHONIMPORTTIME"] = "1"
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    rows, _ = _importtime_rows(out.stderr)
+    per: dict[str, int] = {}
+    for name, cum, depth in rows:
+        if depth == 0:
+            per[name] = per.get(name, 0) + cum
+    return [(k, v / 1e3) for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:12]]
+
+
+def render_startup(payload: dict[str, Any]) -> str:
+    s = payload["startup"]
+    imp = s["import_cli"]
+    lines = [
+        "## Start-up: what every CLI call pays",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}. Wall times are medians of {s['help']['runs']} runs after one "
+        "warm-up.",
+        "",
+        "| what | median s | max s |",
+        "|---|---:|---:|",
+        f"| `python -c pass` | {s['python_bare']['median_s']:.3f} | "
+        f"{s['python_bare']['max_s']:.3f} |",
+    ]
+    for key in ("import_torch", "import_faiss", "import_sqlalchemy", "import_facesearch.pipeline"):
+        if key in s:
+            lines.append(
+                f'| `python -c "import {key[7:]}"` | {s[key]["median_s"]:.3f} | '
+                f"{s[key]['max_s']:.3f} |"
+            )
+    lines.append(
+        f"| `facesearch --help` | {s['help']['median_s']:.3f} | {s['help']['max_s']:.3f} |"
+    )
+    for key in ("query", "query_json"):
+        if key in s:
+            lines.append(
+                f"| `{s[key]['command']}` | {s[key]['median_s']:.3f} | {s[key]['max_s']:.3f} |"
+            )
+    lines += [
+        "",
+        f'`python -X importtime -c "import facesearch.cli"`: {imp["total_ms"]:.0f} ms of '
+        f"imports; heavy packages loaded: {', '.join(imp['heavy_loaded']) or 'none'}. "
+        "Largest (cumulative ms): " + ", ".join(f"{k} {v:.0f}" for k, v in imp["top"][:8]) + ".",
+    ]
+    if "query_importtime" in s:
+        lines.append(
+            "Imports paid by one `facesearch query` call (top level, cumulative ms): "
+            + ", ".join(f"{k} {v:.0f}" for k, v in s["query_importtime"][:8])
+            + "."
+        )
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------------------ part: e2e
+def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
+    """One-face photo queries in one process through the public Python API."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from facesearch.image import load_image
+
+    open_collection = _collection_opener()
+    t = time.perf_counter()
+    coll = open_collection(Path(args.collection_home))
+    open_s = time.perf_counter() - t
+    images = [str(p) for p in args.e2e_images]
+    lat: list[float] = []
+    stages: dict[str, list[float]] = {"decode": [], "query": []}
+    for rep in range(args.e2e_reps + 1):
+        for p in images:
+            t0 = time.perf_counter()
+            img = load_image(p)
+            t1 = time.perf_counter()
+            coll.query(img)
+            t2 = time.perf_counter()
+            if rep:  # the first pass warms up
+                lat.append((t2 - t0) * 1e3)
+                stages["decode"].append((t1 - t0) * 1e3)
+                stages["query"].append((t2 - t1) * 1e3)
+    return {
+        "collection_faces": _collection_size(coll),
+        "open_s": open_s,
+        "queries": len(lat),
+        "lat_median_ms": float(np.median(lat)),
+        "lat_p95_ms": float(np.percentile(lat, 95)),
+        "stages_median_ms": {k: float(np.median(v)) for k, v in stages.items()},
+    }
+
+
+def _collection_opener() -> Callable[[Path], Any]:
+    """How the Python API opens a collection (``facesearch.collection`` is written in parallel;
+    the names tried are the plausible ones)."""
+    import importlib
+
+    for mod_name, fn in (("facesearch.collection", "open_collection"),
+                         ("facesearch.collection", "Collection.open"),
+                         ("facesearch", "open_collection")):  # fmt: skip
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        obj: Any = mod
+        for part in fn.split("."):
+            obj = getattr(obj, part, None)
+        if obj is not None:
+            opener: Callable[[Path], Any] = obj
+            return opener
+    raise SystemExit("no Python API to open a collection found (facesearch.collection)")
+
+
+def _collection_size(coll: Any) -> int | None:
+    for attr in ("face_count", "n_faces", "count"):
+        v = getattr(coll, attr, None)
+        if callable(v):
+            v = v()
+        if isinstance(v, int):
+            return v
+    return None
+
+
+def render_e2e(payload: dict[str, Any]) -> str:
+    e = payload["e2e"]
+    return "\n".join([
+        "## One-face photo query in a long-running process (Python API)",
+        "",
+        f"Command: `{payload['command']}`  ",
+        f"Date: {payload['date']}; torch threads {payload['threads']}; collection of "
+        f"{e['collection_faces']} faces, opened in {e['open_s']:.2f} s.",
+        "",
+        f"{e['queries']} queries: median **{e['lat_median_ms']:.1f} ms**, p95 "
+        f"{e['lat_p95_ms']:.1f} ms (decode {e['stages_median_ms']['decode']:.1f} ms, "
+        f"detect + align + embed + search {e['stages_median_ms']['query']:.1f} ms).",
+    ]) + "\n"  # fmt: skip
+
+
+# ------------------------------------------------------------------------------ main
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--parts", default="vectors,startup", help="vectors, startup, e2e")
+    p.add_argument("--quick", action="store_true", help="10k and 100k only, fewer queries")
+    p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--queries", type=int, default=1000, help="queries for recall")
+    p.add_argument("--latency-queries", type=int, default=300, help="queries timed one by one")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--faiss", action="store_true", help="also plain FAISS HNSW32 (reference)")
+    p.add_argument("--sweep", action="store_true", help="IVF recall / latency over nprobe")
+    p.add_argument("--cli-runs", type=int, default=5)
+    p.add_argument("--collection-home", type=Path, help="a collection (facesearch index --home)")
+    p.add_argument("--image", type=Path, help="a one-face photo for `facesearch query`")
+    p.add_argument("--e2e-images", type=Path, nargs="*", default=[], help="one-face photos")
+    p.add_argument("--e2e-reps", type=int, default=3)
+    p.add_argument("--profile-cli", action="store_true", help="importtime of a whole query call")
+    p.add_argument("--no-write", action="store_true", help="print, do not record results")
+    args = p.parse_args(argv)
+    args.parts = [s for s in args.parts.split(",") if s]
+    args.sizes = [int(s) for s in args.sizes.split(",")]
+    if args.quick:
+        args.sizes = [s for s in args.sizes if s <= 100_000]
+        args.queries = min(args.queries, 300)
+        args.latency_queries = min(args.latency_queries, 100)
+        args.cli_runs = min(args.cli_runs, 3)
+    if args.image and not args.e2e_images:
+        args.e2e_images = [args.image]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+    common = {
+        "command": shlex.join(["python", "bench/query_latency.py", *argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": args.threads,
+    }
+    write = not (args.quick or args.no_write)
+    if "vectors" in args.parts:
+        payload = {**common, **bench_vectors(args), "machine": machine(),
+                   "latency_queries": args.latency_queries}  # fmt: skip
+        payload["markdown"] = render_vectors(payload)
+        print(payload["markdown"])
+        if write:
+            update_results("query", payload)
+    if "startup" in args.parts:
+        payload = {**common, "startup": bench_startup(args)}
+        payload["markdown"] = render_startup(payload)
+        print(payload["markdown"])
+        if write:
+            update_results("startup", payload)
+    if "e2e" in args.parts:
+        if not args.collection_home or not args.e2e_images:
+            raise SystemExit("--parts e2e needs --collection-home and --image/--e2e-images")
+        payload = {**common, "e2e": bench_e2e(args)}
+        payload["markdown"] = render_e2e(payload)
+        print(payload["markdown"])
+        if write:
+            update_results("e2e", payload)
+
+
+if __name__ == "__main__":
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    main()
