@@ -162,7 +162,7 @@ class FacePipeline:
         used = False
         if not dets:
             used = True
-            low = Detector_with_threshold(self.detector, 0.5)
+            low = self.detector.with_config(replace(self.detector.config, score_threshold=0.5))
             dets = low.detect(image)
             if not dets:
                 return None, True
@@ -171,11 +171,3 @@ class FacePipeline:
         det = min(dets, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
         return self.faces_batch([image], [[det]])[0][0], used
 
-
-def Detector_with_threshold(detector: Detector, score_threshold: float) -> Detector:  # noqa: N802
-    """A detector sharing ``detector``'s network with another score threshold."""
-    import copy
-
-    low = copy.copy(detector)
-    low.config = replace(detector.config, score_threshold=score_threshold)
-    return low
