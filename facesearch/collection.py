@@ -1,0 +1,1016 @@
+"""A face collection: the SQL store (the truth) plus the FAISS index (a rebuildable cache).
+
+Layout of a collection folder ``HOME/NAME/``::
+
+    collection.json   name, format, database URL when not the default (password never stored)
+    faces.db          the SQLite store (absent with ``--db postgresql+psycopg://...``)
+    vectors.faiss     the vector index (see :mod:`facesearch.vectors`)
+    write.lock        the writer lock (``fcntl.flock``), holding the writer's pid
+
+Opening
+-------
+:meth:`Collection.open` is cheap: it reads ``collection.json``, connects, and checks the schema
+revision (one query). It never upgrades an existing database: an older schema raises
+:class:`CollectionError` asking for ``facesearch db upgrade``; a new collection
+(``create=True``) is created at the newest schema. The vector index is loaded on first use of
+:attr:`Collection.vectors`, memory-mapped, after comparing its trailer (model, dim, count,
+generation) with SQL (four small queries, no scan of the faces).
+
+Writers and readers
+-------------------
+Every change goes through a :class:`Collection` method that holds the writer lock (taken for
+the call, or for a whole block with ``with collection.lock(): ...``). A second writer waits up
+to ``lock_timeout`` seconds, then gets ``collection 'X' is being written by pid N``. Readers
+never take the lock and never block.
+
+A change is committed to SQL first (bumping the face generation in the same transaction), then
+applied to the in-memory index; the index file is saved when the outermost lock is released
+(or by :meth:`Collection.save_index`). A crash in between leaves the file at an older
+generation: the next opener sees the mismatch and rebuilds the index from SQL, with a log
+message. While a writer holds the lock, readers search the index file as it is (faces added
+since are not found yet; faces deleted since are dropped from results) instead of rebuilding.
+
+The index holds the faces of the active model's *space*: the active model and every model
+compatible with it (``models.compatible_with``, harmonic training). Faces of other models stay
+in SQL until re-embedded.
+
+Index type
+----------
+Stored in the database (``meta.index_type``): ``auto`` (default), ``flat`` or ``ivf``. ``auto``
+is exact (flat) up to :data:`facesearch.vectors.AUTO_APPROX_ABOVE` faces and IVF above; it
+switches back to flat below half that. An IVF index is retrained (rebuilt from SQL) when the
+collection has grown or shrunk by a factor :data:`IVF_RETRAIN_FACTOR` since training.
+
+Not thread-safe: use one :class:`Collection` per thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from facesearch import store as st
+from facesearch.errors import CollectionError, IndexMismatchError
+from facesearch.types import Match
+from facesearch.vectors import AUTO_APPROX_ABOVE, KINDS, VectorIndex, resolve_kind
+
+logger = logging.getLogger(__name__)
+
+CONFIG_NAME = "collection.json"
+DB_NAME = "faces.db"
+INDEX_NAME = "vectors.faiss"
+LOCK_NAME = "write.lock"
+#: Seconds a writer waits for another writer before giving up.
+DEFAULT_LOCK_TIMEOUT: float = 10.0
+#: An IVF index is rebuilt when the face count leaves [trained / F, trained * F].
+IVF_RETRAIN_FACTOR: float = 4.0
+#: ``meta`` keys.
+INDEX_TYPE_KEY = "index_type"
+ACTIVE_MODEL_KEY = "active_model"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_CONFIG_FORMAT = 1
+
+
+def _check_collection_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise CollectionError(
+            f"invalid collection name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+def _public_url(url: str) -> str:
+    """The URL without its password (what ``collection.json`` records)."""
+    u = st.normalize_url(url)
+    if u.password is not None:
+        u = u.set(password=None)
+    return u.render_as_string(hide_password=False)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class WriterLock:
+    """An exclusive ``fcntl.flock`` on a lock file that records the holder's pid.
+
+    The kernel drops the lock when the holder exits, however it exits, so a killed writer
+    never leaves a stale lock. Not re-entrant (the collection counts nesting).
+    """
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = path
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> int | None:
+        """Pid recorded by the current (or last) holder, if readable."""
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def try_acquire(self) -> bool:
+        """Take the lock if free; ``False`` if another process holds it or it cannot be made."""
+        if self._fd is not None:
+            raise RuntimeError(f"{self.what}: writer lock already held by this object")
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                return False
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def acquire(self, timeout: float) -> None:
+        """Take the lock, waiting up to ``timeout`` seconds (``math.inf``: forever).
+
+        Raises :class:`CollectionError` naming the holder's pid when it stays taken.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
+        delay = 0.05
+        announced = False
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                pid = self.holder()
+                who = f"pid {pid}" if pid is not None else "another process"
+                raise CollectionError(
+                    f"{self.what} is being written by {who} (lock {self.path}); "
+                    "wait for it to finish and try again"
+                )
+            if not announced:
+                logger.info(
+                    "%s is being written by pid %s: waiting up to %.0f s",
+                    self.what,
+                    self.holder(),
+                    timeout,
+                )
+                announced = True
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """What the vector index must match, read from SQL."""
+
+    model: str  # the space's root model
+    dim: int
+    space: tuple[str, ...]
+    count: int
+    generation: int
+
+
+class Collection:
+    """A named collection of photos, faces and people. Use :meth:`open`."""
+
+    def __init__(self, name: str, folder: Path, store: st.Store, *, lock_timeout: float) -> None:
+        self.name = name
+        self.folder = folder
+        self.store = store
+        self.lock_timeout = lock_timeout
+        self._lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
+        self._lock_depth = 0
+        self._vectors: VectorIndex | None = None
+        self._stale = False
+        self._dirty = False
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        home: str | Path,
+        name: str = "default",
+        db_url: str | None = None,
+        create: bool = False,
+        *,
+        lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+    ) -> Collection:
+        """Open the collection ``home/name/`` (SQLite inside it, or the database ``db_url``).
+
+        ``create``: make it (folder, database at the newest schema) when missing; otherwise a
+        missing collection raises :class:`CollectionError` saying how to create it. A
+        PostgreSQL URL given at creation is recorded without its password; later opens may
+        omit ``db_url`` (the password then comes from ``PGPASSWORD`` or ``~/.pgpass``) or must
+        give the same database.
+        """
+        _check_collection_name(name)
+        home = Path(home)
+        folder = home / name
+        what = f"collection {name!r}"
+        config_path = folder / CONFIG_NAME
+        if not config_path.is_file():
+            if not create:
+                raise CollectionError(
+                    f"no {what} in {home}: create it by indexing photos into it "
+                    f"(`facesearch index PATH --collection {name}`)"
+                )
+            folder.mkdir(parents=True, exist_ok=True)
+            creating = WriterLock(folder / LOCK_NAME, what)
+            creating.acquire(lock_timeout)
+            try:
+                if not config_path.is_file():  # nobody created it while we waited
+                    url = db_url or _sqlite_url(folder)
+                    store = st.Store.open(url, create=True, what=what)
+                    _write_json_atomic(
+                        config_path,
+                        {
+                            "format": _CONFIG_FORMAT,
+                            "name": name,
+                            "db_url": None if db_url is None else _public_url(db_url),
+                            "created_at": datetime.now(timezone.utc).isoformat(),
+                        },
+                    )
+                    logger.info("created %s in %s", what, folder)
+                    return cls(name, folder, store, lock_timeout=lock_timeout)
+            finally:
+                creating.release()
+        config = _read_config(config_path)
+        stored = config.get("db_url")
+        if db_url is not None and stored is None:
+            raise CollectionError(
+                f"{what} keeps its database in {folder / DB_NAME}; it was not created with "
+                "--db: drop --db"
+            )
+        if db_url is not None and stored is not None and _public_url(db_url) != stored:
+            raise CollectionError(f"{what} uses the database {stored}, not {_public_url(db_url)}")
+        url = db_url or stored or _sqlite_url(folder)
+        store = st.Store.open(url, create=create, what=what)
+        return cls(name, folder, store, lock_timeout=lock_timeout)
+
+    def close(self) -> None:
+        """Save pending index changes, release the lock, close the database connections."""
+        if self._lock.held:
+            try:
+                self._flush()
+            finally:
+                self._lock.release()
+                self._lock_depth = 0
+        self._vectors = None
+        self.store.close()
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Collection({self.name!r}, {str(self.folder)!r})"
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / INDEX_NAME
+
+    @contextmanager
+    def session(self, *, snapshot: bool = False) -> Iterator[Session]:
+        """A store session (one transaction). Do not change faces through it: use the
+        collection's methods, which keep the vector index in step."""
+        with self.store.session(snapshot=snapshot) as s:
+            yield s
+
+    # -- settings -----------------------------------------------------------------------------
+
+    @property
+    def active_model(self) -> st.ModelInfo | None:
+        """The model queries are embedded with (the first registered, unless changed)."""
+        with self.store.session() as s:
+            name = st.get_meta(s, ACTIVE_MODEL_KEY)
+            return None if name is None else st.get_model(s, name)
+
+    def register_model(
+        self,
+        name: str,
+        dim: int,
+        *,
+        compatible_with: str | None = None,
+        file_hash: str | None = None,
+        path: str | None = None,
+        threshold: float | None = None,
+        activate: bool = False,
+    ) -> st.ModelInfo:
+        """Register an embedding model; ``activate`` makes it the model queries use.
+
+        The first model registered becomes active. Activating a model of another space
+        (not compatible) makes the index hold that space's faces (rebuilt on next use).
+        """
+        with self.lock(), self.store.session() as s:
+            info = st.register_model(
+                s,
+                name,
+                dim,
+                compatible_with=compatible_with,
+                file_hash=file_hash,
+                path=path,
+                threshold=threshold,
+            )
+            current = st.get_meta(s, ACTIVE_MODEL_KEY)
+            if (activate or current is None) and current != name:
+                st.set_meta(s, ACTIVE_MODEL_KEY, name)
+                self._vectors = None  # the space may change: reload under the lock
+        return info
+
+    @property
+    def index_type(self) -> str:
+        """The index type setting: ``auto`` | ``flat`` | ``ivf``."""
+        with self.store.session() as s:
+            return st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
+
+    def set_index_type(self, kind: str) -> VectorIndex | None:
+        """Change the index type setting and rebuild the index when it changes its kind."""
+        if kind not in KINDS:
+            raise CollectionError(f"unknown index type {kind!r}: use one of {', '.join(KINDS)}")
+        with self.lock():
+            with self.store.session() as s:
+                st.set_meta(s, INDEX_TYPE_KEY, kind)
+                has_model = st.get_meta(s, ACTIVE_MODEL_KEY) is not None
+            if not has_model:
+                return None
+            vi = self._vectors_for_write()
+            if self._wanted_kind(vi.kind, vi.count) != vi.kind:
+                return self.rebuild_index()
+            return vi
+
+    # -- the vector index ---------------------------------------------------------------------
+
+    @property
+    def vectors(self) -> VectorIndex:
+        """The vector index, loaded (memory-mapped) on first use and checked against SQL.
+
+        Missing, unreadable or mismatched (model, dim, count, generation) -> rebuilt from SQL
+        with a log message, and saved when no other writer holds the lock. Raises
+        :class:`CollectionError` when the collection has no model yet (nothing indexed).
+        """
+        if self._vectors is None:
+            self._vectors = self._load_vectors()
+        return self._vectors
+
+    @property
+    def vectors_stale(self) -> bool:
+        """True when :attr:`vectors` is an older index kept because a writer is active."""
+        return self._stale
+
+    def refresh(self) -> None:
+        """Forget the loaded index (a long-lived reader calls this to see newer changes)."""
+        if not self._lock.held:
+            self._vectors = None
+            self._stale = False
+
+    def rebuild_index(self, kind: str | None = None) -> VectorIndex:
+        """Rebuild the index from SQL (optionally setting the index type first) and save it."""
+        with self.lock():
+            if kind is not None:
+                if kind not in KINDS:
+                    raise CollectionError(
+                        f"unknown index type {kind!r}: use one of {', '.join(KINDS)}"
+                    )
+                with self.store.session() as s:
+                    st.set_meta(s, INDEX_TYPE_KEY, kind)
+            vi = self._build_from_sql()
+            self._vectors = vi
+            self._dirty = True
+            self._flush()
+            return vi
+
+    def save_index(self) -> None:
+        """Write pending index changes now (a checkpoint during a long write)."""
+        if not self._lock.held:
+            raise CollectionError(f"collection {self.name!r}: save_index needs the writer lock")
+        self._flush()
+
+    def _expected(self, s: Session) -> _Expected | None:
+        active = st.get_meta(s, ACTIVE_MODEL_KEY)
+        if active is None:
+            return None
+        model = st.get_model(s, active)
+        if model is None:
+            raise CollectionError(
+                f"collection {self.name!r}: the active model {active!r} is not registered"
+            )
+        root, space = st.model_space(s, active)
+        every_model = set(s.scalars(select(st.ModelRecord.name)).all())
+        # O(1) recorded count when the index holds every model's faces (the usual case)
+        count = st.recorded_face_count(s) if every_model <= set(space) else st.face_count(s, space)
+        return _Expected(
+            model=root,
+            dim=model.dim,
+            space=tuple(space),
+            count=count,
+            generation=st.get_generation(s),
+        )
+
+    def _has_model(self) -> bool:
+        with self.store.session() as s:
+            return st.get_meta(s, ACTIVE_MODEL_KEY) is not None
+
+    @staticmethod
+    def _space(s: Session) -> tuple[str, ...]:
+        """The models whose faces the index holds (empty before any model is registered)."""
+        active = st.get_meta(s, ACTIVE_MODEL_KEY)
+        return () if active is None else tuple(st.model_space(s, active)[1])
+
+    def _require_expected(self, s: Session) -> _Expected:
+        exp = self._expected(s)
+        if exp is None:
+            raise CollectionError(
+                f"collection {self.name!r} has no faces yet: index photos into it "
+                f"(`facesearch index PATH --collection {self.name}`)"
+            )
+        return exp
+
+    @staticmethod
+    def _mismatch(vi: VectorIndex, exp: _Expected) -> str | None:
+        if vi.model != exp.model or vi.dim != exp.dim:
+            return (
+                f"it holds model {vi.model!r} dim {vi.dim}, the collection uses "
+                f"{exp.model!r} dim {exp.dim}"
+            )
+        if vi.generation != exp.generation or vi.count != exp.count:
+            return (
+                f"it is at generation {vi.generation} with {vi.count} faces, SQL at generation "
+                f"{exp.generation} with {exp.count}"
+            )
+        return None
+
+    def _load_vectors(self) -> VectorIndex:
+        writer = self._lock.held
+        with self.store.session() as s:
+            exp = self._require_expected(s)
+        self._stale = False
+        loaded: VectorIndex | None = None
+        try:
+            loaded = VectorIndex.load(self.index_path, mmap=not writer)
+        except FileNotFoundError:
+            reason = "it is missing"
+        except IndexMismatchError as exc:
+            reason = str(exc)
+        else:
+            mismatch = self._mismatch(loaded, exp)
+            if mismatch is None:
+                return loaded
+            reason = mismatch
+        if writer:
+            return self._rebuild_and_save(reason, exp)
+        got_lock = self._lock.try_acquire()
+        try:
+            if (
+                not got_lock
+                and loaded is not None
+                and (loaded.model, loaded.dim) == (exp.model, exp.dim)
+            ):
+                logger.info(
+                    "collection %r is being written by pid %s: searching its index as of "
+                    "generation %d (SQL is at %d); faces added since are not searched yet",
+                    self.name,
+                    self._lock.holder(),
+                    loaded.generation,
+                    exp.generation,
+                )
+                self._stale = True
+                return loaded
+            return self._rebuild_and_save(reason, exp, save=got_lock)
+        finally:
+            if got_lock:
+                self._lock.release()
+
+    def _rebuild_and_save(self, reason: str, exp: _Expected, *, save: bool = True) -> VectorIndex:
+        quiet = reason == "it is missing" and exp.count == 0
+        log = (
+            logger.debug
+            if quiet
+            else logger.info
+            if reason == "it is missing"
+            else (logger.warning)
+        )
+        log(
+            "vector index of collection %r: %s; rebuilding it from SQL (%d faces)",
+            self.name,
+            reason,
+            exp.count,
+        )
+        vi = self._build_from_sql()
+        if save:  # we hold the writer lock
+            with self.store.session() as s:
+                now = self._expected(s)
+                if (
+                    now is not None
+                    and (now.model, now.dim, now.generation) == (vi.model, vi.dim, vi.generation)
+                    and now.count != vi.count
+                ):
+                    logger.warning(
+                        "collection %r: recorded face count %d, %d faces stored: recounted",
+                        self.name,
+                        now.count,
+                        vi.count,
+                    )
+                    st.recount_faces(s)
+                    now = self._expected(s)
+            if now is not None and self._mismatch(vi, now) is None:
+                vi.save(self.index_path)
+        return vi
+
+    def _build_from_sql(self) -> VectorIndex:
+        started = time.monotonic()
+        with self.store.session(snapshot=True) as s:
+            exp = self._require_expected(s)
+            setting: str = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
+            kind = resolve_kind(setting, exp.count)
+            if kind == "flat":
+                vi = VectorIndex.create(exp.dim, "flat", model=exp.model)
+                for ids, xb in st.load_embeddings(s, models=exp.space):
+                    vi.add(ids, xb)
+            else:
+                ids, xb = st.load_all_embeddings(s, models=exp.space, dim=exp.dim)
+                vi = VectorIndex.build(ids, xb, kind, dim=exp.dim, model=exp.model)
+        vi.generation = exp.generation
+        logger.info(
+            "built %s index of collection %r: %d faces in %.1f s",
+            vi.kind,
+            self.name,
+            vi.count,
+            time.monotonic() - started,
+        )
+        return vi
+
+    def _wanted_kind(self, current: str, count: int) -> str:
+        setting = self.index_type
+        if setting != "auto":
+            return setting
+        if current == "ivf" and count >= AUTO_APPROX_ABOVE // 2:
+            return "ivf"  # hysteresis: back to flat only well below the threshold
+        return resolve_kind("auto", count)
+
+    def _vectors_for_write(self) -> VectorIndex:
+        assert self._lock.held
+        if self._vectors is None or self._vectors.mmapped or self._stale:
+            self._vectors = self._load_vectors()
+        return self._vectors
+
+    def _apply(
+        self,
+        vi: VectorIndex,
+        generation: int,
+        *,
+        removed: np.ndarray | None = None,
+        added: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        """Apply a committed SQL change to the in-memory index."""
+        if removed is not None and len(removed):
+            vi.remove(removed)
+        if added is not None and len(added[0]):
+            vi.add(*added)
+        vi.generation = generation
+        self._dirty = True
+
+    def _flush(self) -> None:
+        vi = self._vectors
+        if vi is None or not self._dirty:
+            return
+        wanted = self._wanted_kind(vi.kind, vi.count)
+        retrain = (
+            vi.kind == "ivf"
+            and vi.trained_on
+            and not (
+                vi.trained_on / IVF_RETRAIN_FACTOR <= vi.count <= vi.trained_on * IVF_RETRAIN_FACTOR
+            )
+        )
+        if wanted != vi.kind or retrain:
+            logger.info(
+                "collection %r: %d faces, rebuilding the index as %s", self.name, vi.count, wanted
+            )
+            vi = self._build_from_sql()
+            self._vectors = vi
+        vi.save(self.index_path)
+        self._dirty = False
+
+    # -- the writer lock ----------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self, timeout: float | None = None) -> Iterator[Collection]:
+        """Hold the writer lock for a block of changes (re-entrant).
+
+        Waits up to ``timeout`` seconds (default :attr:`lock_timeout`; ``math.inf`` forever).
+        The index file is saved when the outermost block ends, also after an error.
+        """
+        if self._lock_depth:
+            self._lock_depth += 1
+            try:
+                yield self
+            finally:
+                self._lock_depth -= 1
+            return
+        self._lock.acquire(self.lock_timeout if timeout is None else timeout)
+        self._lock_depth = 1
+        self._vectors = None  # reload under the lock, writable and checked
+        self._stale = False
+        self._dirty = False
+        ok = False
+        try:
+            yield self
+            ok = True
+        finally:
+            try:
+                self._flush()
+            except Exception:
+                if ok:
+                    raise
+                logger.exception("collection %r: could not save the vector index", self.name)
+            finally:
+                self._lock_depth = 0
+                self._lock.release()
+
+    @property
+    def locked(self) -> bool:
+        """True while this object holds the writer lock."""
+        return self._lock.held
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def add_photo(self, photo: st.NewPhoto, *, replace: bool = False) -> st.AddedPhoto:
+        """Add one photo (see :meth:`add_photos`)."""
+        return self.add_photos([photo], replace=replace)[0]
+
+    def add_photos(
+        self, photos: Sequence[st.NewPhoto], *, replace: bool = False
+    ) -> list[st.AddedPhoto]:
+        """Add photos with their faces and labels in one transaction, then index the faces.
+
+        Face models not yet registered are registered with the embedding's size (the first
+        becomes active). ``replace``: a stored photo with the same path is replaced (its old
+        faces are removed). Returns one :class:`~facesearch.store.AddedPhoto` per photo.
+        """
+        if not photos:
+            return []
+        with self.lock():
+            self._register_face_models(photos)
+            vi = self._vectors_for_write() if self._has_model() else None
+            with self.store.session() as s:
+                results = st.add_photos(s, photos, replace=replace)
+                generation = st.get_generation(s)
+                space = set(self._space(s))
+            if vi is None:  # no model yet, so no faces: nothing to index
+                return results
+            ids: list[int] = []
+            vecs: list[np.ndarray] = []
+            for photo, res in zip(photos, results, strict=True):
+                for face, face_id in zip(photo.faces, res.face_ids, strict=True):
+                    if face.model in space:
+                        ids.append(face_id)
+                        vecs.append(np.asarray(face.embedding, dtype=np.float32).reshape(-1))
+            replaced = [i for r in results for i in r.replaced_face_ids]
+            added = (
+                np.array(ids, dtype=np.int64),
+                np.stack(vecs) if vecs else np.empty((0, vi.dim), dtype=np.float32),
+            )
+            self._apply(vi, generation, removed=np.array(replaced, dtype=np.int64), added=added)
+        return results
+
+    def _register_face_models(self, photos: Sequence[st.NewPhoto]) -> None:
+        dims: dict[str, int] = {}
+        for p in photos:
+            for f in p.faces:
+                dims.setdefault(f.model, int(np.asarray(f.embedding).size))
+        if not dims:
+            return
+        with self.store.session() as s:
+            known = set(s.scalars(select(st.ModelRecord.name)).all())
+        for name, dim in dims.items():
+            if name not in known:
+                logger.info("collection %r: registering model %r (dim %d)", self.name, name, dim)
+                self.register_model(name, dim)
+
+    def touch_photo(self, photo_id: int, *, size: int, mtime: float) -> None:
+        with self.lock(), self.store.session() as s:
+            st.touch_photo(s, photo_id, size=size, mtime=mtime)
+
+    def move_photo(self, photo_id: int, new_path: str, *, mtime: float | None = None) -> None:
+        """A moved or renamed file: new path, same faces and labels."""
+        with self.lock(), self.store.session() as s:
+            st.move_photo(s, photo_id, new_path, mtime=mtime)
+
+    def remove_photos(self, photo_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Delete photos with their faces and vectors. Returns the removed face ids."""
+        return self._remove(lambda s: st.delete_photos(s, photo_ids))
+
+    def remove_faces(self, face_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Delete faces (not their photos) and their vectors. Returns the removed face ids."""
+        return self._remove(lambda s: st.delete_faces(s, face_ids))
+
+    def delete_person(self, name: str, *, faces: bool = False) -> np.ndarray:
+        """Delete a person; with ``faces`` also their faces and vectors (photos stay).
+
+        Returns the removed face ids (empty without ``faces``).
+        """
+        return self._remove(lambda s: st.delete_person(s, name, faces=faces))
+
+    def _remove(self, change: Any) -> np.ndarray:
+        with self.lock():
+            vi = self._vectors_for_write() if self._has_model() else None
+            with self.store.session() as s:
+                removed = change(s)
+                generation = st.get_generation(s)
+            if vi is not None and len(removed):
+                self._apply(vi, generation, removed=removed)
+        return removed
+
+    def update_embeddings(
+        self, face_ids: Sequence[int] | np.ndarray, xb: np.ndarray, model: str
+    ) -> int:
+        """Replace faces' embeddings with ``model``'s (``xb`` ``(n, D) float32``).
+
+        The index follows: the faces leave it and come back if ``model`` is in the active
+        space. Returns the number of faces updated.
+        """
+        ids = np.asarray(face_ids, dtype=np.int64).reshape(-1)
+        with self.lock():
+            vi = self._vectors_for_write()
+            with self.store.session() as s:
+                n = st.update_embeddings(s, ids, xb, model)
+                generation = st.get_generation(s)
+                space = set(self._space(s))
+            added = (ids, np.asarray(xb, dtype=np.float32)) if model in space else None
+            self._apply(vi, generation, removed=ids, added=added)
+        return n
+
+    def assign(
+        self,
+        face_ids: Sequence[int] | np.ndarray,
+        person: str,
+        source: st.LabelSource = st.LabelSource.MANUAL,
+        *,
+        replace: bool = True,
+    ) -> int:
+        """Give faces to a person (created if needed). Returns the number assigned."""
+        with self.lock(), self.store.session() as s:
+            return st.assign(s, face_ids, person, source, replace=replace)
+
+    def unassign(self, face_ids: Sequence[int] | np.ndarray) -> int:
+        with self.lock(), self.store.session() as s:
+            return st.unassign(s, face_ids)
+
+    def rename_person(self, old: str, new: str) -> None:
+        with self.lock(), self.store.session() as s:
+            st.rename_person(s, old, new)
+
+    def merge_people(self, source: str, target: str) -> int:
+        """Move ``source``'s faces to ``target`` and delete ``source``. Returns faces moved."""
+        with self.lock(), self.store.session() as s:
+            return st.merge_people(s, source, target)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def search(
+        self, xq: np.ndarray, k: int = 5, *, labelled_only: bool = False
+    ) -> list[list[Match]]:
+        """The ``k`` nearest stored faces of each query, nearest first.
+
+        ``xq``: ``(nq, D) float32`` unit embeddings of the active model's space.
+        ``labelled_only``: only faces that have a person. Faces the index returns but SQL no
+        longer has (a stale index while a writer runs) are dropped, so a list can be shorter
+        than ``k``.
+        """
+        vi = self.vectors
+        restrict = None
+        if labelled_only:
+            with self.store.session() as s:
+                restrict = st.labelled_face_ids(s)
+        D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741 - FAISS vocabulary
+        with self.store.session() as s:
+            records = st.faces_by_ids(s, I[I >= 0])
+        out: list[list[Match]] = []
+        for dq, iq in zip(D, I, strict=True):
+            row = []
+            for dist, fid in zip(dq, iq, strict=True):
+                rec = records.get(int(fid))
+                if rec is not None:
+                    row.append(Match(int(fid), float(dist), rec.person, rec.photo))
+            out.append(row)
+        return out
+
+    def check(self) -> dict[str, Any]:
+        """Compare the index file with SQL, id by id (reads every id: O(faces)).
+
+        Returns ``consistent`` (bool), ``index_status`` (``current`` | ``stale`` | ``missing``
+        | ``corrupt`` | ``no_model``), ``sql_faces``, ``index_faces``,
+        ``missing_from_index``, ``extra_in_index`` and ``reason`` (or ``None``).
+        """
+        with self.store.session(snapshot=True) as s:
+            exp = self._expected(s)
+            sql_ids = st.face_ids(s, list(exp.space)) if exp is not None else np.empty(0, np.int64)
+        result: dict[str, Any] = {
+            "sql_faces": int(len(sql_ids)),
+            "index_faces": 0,
+            "missing_from_index": int(len(sql_ids)),
+            "extra_in_index": 0,
+            "reason": None,
+        }
+        if exp is None:
+            result.update(consistent=len(sql_ids) == 0, index_status="no_model")
+            return result
+        try:
+            vi = VectorIndex.load(self.index_path, mmap=True, verify=True)
+        except FileNotFoundError:
+            result.update(consistent=False, index_status="missing", reason="no index file")
+            return result
+        except IndexMismatchError as exc:
+            result.update(consistent=False, index_status="corrupt", reason=str(exc))
+            return result
+        idx_ids = np.sort(vi.ids())
+        missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
+        extra = np.setdiff1d(idx_ids, sql_ids, assume_unique=True)
+        reason = self._mismatch(vi, exp)
+        ok = reason is None and not len(missing) and not len(extra)
+        if reason is None and not ok:
+            reason = f"{len(missing)} faces missing from the index, {len(extra)} extra"
+        result.update(
+            consistent=ok,
+            index_status="current" if reason is None else "stale",
+            index_faces=int(len(idx_ids)),
+            missing_from_index=int(len(missing)),
+            extra_in_index=int(len(extra)),
+            reason=reason,
+        )
+        return result
+
+    def info(self, *, check: bool = True) -> dict[str, Any]:
+        """Counts, models, index type, size on disk and (``check``) a consistency check."""
+        with self.store.session() as s:
+            counts = st.counts(s)
+            models = st.list_models(s)
+            active = st.get_meta(s, ACTIVE_MODEL_KEY)
+            generation = st.get_generation(s)
+            setting = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
+            db_bytes = self._database_bytes(s)
+        index: dict[str, Any] = {"setting": setting, "file": str(self.index_path)}
+        try:
+            meta = VectorIndex.read_metadata(self.index_path)
+            index.update(
+                type=meta.kind,
+                faces=meta.count,
+                generation=meta.generation,
+                nlist=meta.nlist,
+                nprobe=meta.nprobe,
+                bytes=self.index_path.stat().st_size,
+            )
+        except FileNotFoundError:
+            index.update(type=None, faces=0, bytes=0)
+        except IndexMismatchError as exc:
+            index.update(type=None, faces=0, bytes=self.index_path.stat().st_size, error=str(exc))
+        folder_bytes = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        out: dict[str, Any] = {
+            "name": self.name,
+            "folder": str(self.folder),
+            "database": self.store.url.render_as_string(hide_password=True),
+            "schema": st.schema_revision(self.store.engine),
+            "photos": counts.photos,
+            "faces": counts.faces,
+            "people": counts.people,
+            "labelled_faces": counts.labelled_faces,
+            "failed_photos": counts.failed_photos,
+            "no_face_photos": counts.no_face_photos,
+            "clusters": counts.clusters,
+            "generation": generation,
+            "active_model": active,
+            "models": [
+                {
+                    "name": m.name,
+                    "dim": m.dim,
+                    "compatible_with": m.compatible_with,
+                    "faces": m.faces,
+                    "file_hash": m.file_hash,
+                    "threshold": m.threshold,
+                }
+                for m in models
+            ],
+            "index": index,
+            "size_on_disk": folder_bytes + (db_bytes or 0),
+            "database_bytes": db_bytes if db_bytes is not None else None,
+        }
+        if check:
+            out["consistency"] = self.check()
+        return out
+
+    def _database_bytes(self, s: Session) -> int | None:
+        """Size of the store's tables on a server database (``None`` for SQLite: in the folder)."""
+        if self.store.dialect != "postgresql":
+            return None
+        tables = [t.name for t in st.Base.metadata.sorted_tables] + ["alembic_version"]
+        total = s.execute(
+            text(
+                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+                "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = current_schema() AND c.relname = ANY(:names)"
+            ),
+            {"names": tables},
+        ).scalar()
+        return int(total or 0)
+
+
+def _sqlite_url(folder: Path) -> str:
+    return f"sqlite:///{(folder / DB_NAME).resolve()}"
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CollectionError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(config, dict) or config.get("format") != _CONFIG_FORMAT:
+        raise CollectionError(
+            f"{path} is not a collection file this facesearch reads "
+            f"(format {config.get('format') if isinstance(config, dict) else '?'})"
+        )
+    return config
+
+
+def upgrade_collection(
+    home: str | Path, name: str = "default", db_url: str | None = None
+) -> tuple[str | None, str | None]:
+    """``facesearch db upgrade``: bring a collection's database to the newest schema.
+
+    Holds the writer lock. Returns ``(revision before, revision after)``.
+    """
+    _check_collection_name(name)
+    folder = Path(home) / name
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        raise CollectionError(
+            f"no collection {name!r} in {home}: nothing to upgrade "
+            f"(`facesearch index PATH --collection {name}` creates one)"
+        )
+    stored = _read_config(config_path).get("db_url")
+    url = db_url or stored or _sqlite_url(folder)
+    lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
+    lock.acquire(DEFAULT_LOCK_TIMEOUT)
+    try:
+        engine = st.make_engine(url)
+        try:
+            before = st.schema_revision(engine)
+            after = st.upgrade_database(engine)
+        finally:
+            engine.dispose()
+    finally:
+        lock.release()
+    return before, after
+
+
+__all__ = [
+    "CONFIG_NAME",
+    "DB_NAME",
+    "DEFAULT_LOCK_TIMEOUT",
+    "INDEX_NAME",
+    "LOCK_NAME",
+    "Collection",
+    "WriterLock",
+    "upgrade_collection",
+]
