@@ -14,7 +14,8 @@ revision (one query). It never upgrades an existing database: an older schema ra
 :class:`CollectionError` asking for ``facesearch db upgrade``; a new collection
 (``create=True``) is created at the newest schema. The vector index is loaded on first use of
 :attr:`Collection.vectors`, memory-mapped, after comparing its trailer (model, dim, count,
-generation) with SQL (four small queries, no scan of the faces).
+generation) with SQL (a few one-row queries: the face count is recorded in ``meta`` next
+to the generation, so no face row is read).
 
 Writers and readers
 -------------------

@@ -595,6 +595,8 @@ def _new_ivf(dim: int, nlist: int) -> Any:
     index = faiss.IndexIVFFlat(quantizer, dim, int(nlist), faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = 10
     index.cp.seed = 1234
+    index.cp.min_points_per_centroid = 1  # nlist_for() already keeps >= 39 points per cell
+    index.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
     return index
 
 
