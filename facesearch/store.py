@@ -92,8 +92,14 @@ logger = logging.getLogger(__name__)
 #: ``tests/test_migrations.py`` checks them against the scripts in ``migrations/versions``.
 SCHEMA_HEAD: str = "0001"
 SCHEMA_REVISIONS: tuple[str, ...] = ("0001",)
-#: Where the Alembic scripts live (the repository's ``migrations/`` folder).
-MIGRATIONS_DIR: Path = Path(__file__).resolve().parent.parent / "migrations"
+#: Where the Alembic scripts live: ``facesearch/_migrations`` in an installed wheel, else the
+#: repository's top-level ``migrations/`` folder (source tree, editable install).
+_PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "_migrations"
+MIGRATIONS_DIR: Path = (
+    _PACKAGED_MIGRATIONS
+    if (_PACKAGED_MIGRATIONS / "env.py").is_file()
+    else Path(__file__).resolve().parent.parent / "migrations"
+)
 
 #: Ids per ``IN (...)`` clause (well below SQLite's and PostgreSQL's parameter limits).
 _IN_CHUNK = 900
