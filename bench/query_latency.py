@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,11 +68,22 @@ K = 10
 
 
 # ------------------------------------------------------------------------------ synthetic data
+@dataclass(frozen=True)
+class Synthetic:
+    """A synthetic face collection and its queries (see :func:`synthetic_faces`)."""
+
+    xb: np.ndarray  # (nb, d) float32, unit rows
+    xq: np.ndarray  # (nq, d) float32, unit rows
+    known: np.ndarray  # (nq,) bool
+    label: np.ndarray  # (nb,) int64 identity
+
+
 def synthetic_faces(
     nb: int, nq: int, *, d: int = DIM, sigma: float = 0.75, offset: float = 0.39,
     mean_per_id: float = 10.0, unknown_frac: float = 0.2, seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """Clustered unit vectors: ``xb (nb, d)``, ``xq (nq, d)`` float32 and ``known (nq,) bool``.
+) -> Synthetic:  # fmt: skip
+    """Clustered unit vectors: ``xb (nb, d)``, ``xq (nq, d)`` float32, ``known (nq,) bool``
+    (the query's identity is in the database), ``label (nb,) int64`` (identity of each face).
 
     Identities are centres ``normalise(offset * m + u)`` (``u`` uniform on the sphere, ``m`` one
     fixed unit direction: real embeddings share a mean, of norm 0.29 for SFace on LFW); each has
@@ -112,7 +125,7 @@ def synthetic_faces(
         new_centres(nq),
     )
     xq = _unit_rows(qc + rng.standard_normal(qc.shape, dtype=np.float32) * (sigma / math.sqrt(d)))
-    return xb, xq, known
+    return Synthetic(xb, xq, known, label.astype(np.int64))
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -151,7 +164,9 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     for nb in args.sizes:
         nq = args.queries
-        xb, xq, known = synthetic_faces(nb, nq, seed=nb)
+        syn = synthetic_faces(nb, nq, seed=nb)
+        xb, xq, known = syn.xb, syn.xq, syn.known
+        del syn
         ids = np.arange(nb, dtype=np.int64) * 3 + 1  # not 0..n-1: ids are SQL keys
         t = time.perf_counter()
         _, i_exact = faiss.knn(xq, xb, K, metric=faiss.METRIC_INNER_PRODUCT)
@@ -471,92 +486,142 @@ def render_startup(payload: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------ part: build
+def build_collection(args: argparse.Namespace) -> dict[str, Any]:
+    """Grow the collection at ``--collection-home`` to ``--collection-size`` faces.
+
+    Real faces first when ``--seed-photos`` is given (``facesearch index`` on them, so the
+    collection is made the way users make it); then synthetic faces (:func:`synthetic_faces`,
+    4 per made-up photo, identities of 10 % of them labelled ``synthetic_NNNNNNN``) in the space
+    of the collection's active model, added through ``Collection.add_photos`` in batches.
+    """
+    from facesearch.collection import Collection
+    from facesearch.store import NewPhoto
+    from facesearch.types import Detection, Face
+
+    home = Path(args.collection_home)
+    t0 = time.perf_counter()
+    if args.seed_photos:
+        cmd = [*_facesearch_cmd(), "index", *map(str, args.seed_photos), "--home", str(home)]
+        subprocess.run(cmd, check=True, env=_thread_env(args.threads))
+    t_index = time.perf_counter() - t0
+    coll = Collection.open(home, create=True)
+    model = coll.active_model
+    if model is None:
+        coll.register_model("sface", DIM)
+        model = coll.active_model
+    assert model is not None
+    have = int(coll.info(check=False).get("faces") or 0)
+    n = max(0, args.collection_size - have)
+    syn = synthetic_faces(n, 0, seed=7) if n else None
+    det = Detection((0.0, 0.0, 10.0, 10.0), ((2.0, 3.0), (8.0, 3.0), (5.0, 5.0), (3.0, 8.0),
+                                             (7.0, 8.0)), 0.99)  # fmt: skip
+    per_photo, batch = 4, 20_000
+    t1 = time.perf_counter()
+    with coll.lock():
+        for start in range(0, n, batch):
+            photos = []
+            for j in range(start, min(n, start + batch), per_photo):
+                rows = range(j, min(n, j + per_photo))
+                assert syn is not None
+                labels = tuple(
+                    f"synthetic_{syn.label[r]:07d}" if syn.label[r] % 10 == 0 else None
+                    for r in rows
+                )
+                photos.append(NewPhoto(
+                    path=f"synthetic/{j // per_photo:07d}.jpg", content_hash=f"{j:064x}",
+                    size=0, mtime=0.0, width=10, height=10,
+                    faces=tuple(Face(det, syn.xb[r], model.name) for r in rows),
+                    labels=labels if any(labels) else (),
+                ))  # fmt: skip
+            coll.add_photos(photos)
+            log.info("synthetic faces: %d / %d", min(n, start + batch), n)
+    t_add = time.perf_counter() - t1
+    info = coll.info(check=False)
+    coll.close()
+    return {"faces": info.get("faces"), "index": info.get("index"),
+            "index_s": t_index, "synthetic_added": n, "synthetic_s": t_add}  # fmt: skip
+
+
 # ------------------------------------------------------------------------------ part: e2e
 def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
-    """One-face photo queries in one process through the public Python API."""
+    """One-face photo queries in one process through the public Python API.
+
+    Per query: decode (``load_image``), faces (detect, align, embed), the ``k`` = 5 nearest
+    faces (``Collection.search``) and the nearest labelled face (``labelled_only``), as
+    ``facesearch query`` needs for its verdict.
+    """
     import torch
 
     torch.set_num_threads(args.threads)
+    from facesearch.collection import Collection
     from facesearch.image import load_image
+    from facesearch.pipeline import FacePipeline, PipelineConfig
 
-    open_collection = _collection_opener()
     t = time.perf_counter()
-    coll = open_collection(Path(args.collection_home))
+    pipe = FacePipeline(PipelineConfig(threads=args.threads))
+    load_s = time.perf_counter() - t
+    t = time.perf_counter()
+    coll = Collection.open(Path(args.collection_home))
+    _ = coll.vectors  # load (memory-map) the index now: the first query would pay it
     open_s = time.perf_counter() - t
-    images = [str(p) for p in args.e2e_images]
-    lat: list[float] = []
-    stages: dict[str, list[float]] = {"decode": [], "query": []}
+    stages: dict[str, list[float]] = {"decode": [], "faces": [], "search": [], "labelled": []}
+    total: list[float] = []
     for rep in range(args.e2e_reps + 1):
-        for p in images:
+        for p in args.e2e_images:
             t0 = time.perf_counter()
-            img = load_image(p)
+            img = load_image(str(p))
             t1 = time.perf_counter()
-            coll.query(img)
+            faces = pipe.faces(img)
             t2 = time.perf_counter()
+            xq = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, DIM), np.float32)
+            coll.search(xq, 5)
+            t3 = time.perf_counter()
+            coll.search(xq, 1, labelled_only=True)
+            t4 = time.perf_counter()
             if rep:  # the first pass warms up
-                lat.append((t2 - t0) * 1e3)
-                stages["decode"].append((t1 - t0) * 1e3)
-                stages["query"].append((t2 - t1) * 1e3)
+                total.append((t4 - t0) * 1e3)
+                for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                    stages[key].append(dt * 1e3)
+    info = coll.info(check=False)
+    coll.close()
     return {
-        "collection_faces": _collection_size(coll),
+        "collection_faces": info.get("faces"),
+        "index": info.get("index", {}).get("type"),
+        "pipeline_load_s": load_s,
         "open_s": open_s,
-        "queries": len(lat),
-        "lat_median_ms": float(np.median(lat)),
-        "lat_p95_ms": float(np.percentile(lat, 95)),
+        "queries": len(total),
+        "lat_median_ms": float(np.median(total)),
+        "lat_p95_ms": float(np.percentile(total, 95)),
         "stages_median_ms": {k: float(np.median(v)) for k, v in stages.items()},
     }
 
 
-def _collection_opener() -> Callable[[Path], Any]:
-    """How the Python API opens a collection (``facesearch.collection`` is written in parallel;
-    the names tried are the plausible ones)."""
-    import importlib
-
-    for mod_name, fn in (("facesearch.collection", "open_collection"),
-                         ("facesearch.collection", "Collection.open"),
-                         ("facesearch", "open_collection")):  # fmt: skip
-        try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        obj: Any = mod
-        for part in fn.split("."):
-            obj = getattr(obj, part, None)
-        if obj is not None:
-            opener: Callable[[Path], Any] = obj
-            return opener
-    raise SystemExit("no Python API to open a collection found (facesearch.collection)")
-
-
-def _collection_size(coll: Any) -> int | None:
-    for attr in ("face_count", "n_faces", "count"):
-        v = getattr(coll, attr, None)
-        if callable(v):
-            v = v()
-        if isinstance(v, int):
-            return v
-    return None
-
-
 def render_e2e(payload: dict[str, Any]) -> str:
-    e = payload["e2e"]
-    return "\n".join([
+    lines = [
         "## One-face photo query in a long-running process (Python API)",
         "",
         f"Command: `{payload['command']}`  ",
-        f"Date: {payload['date']}; torch threads {payload['threads']}; collection of "
-        f"{e['collection_faces']} faces, opened in {e['open_s']:.2f} s.",
+        f"Date: {payload['date']}; torch / FAISS threads {payload['threads']}.",
         "",
-        f"{e['queries']} queries: median **{e['lat_median_ms']:.1f} ms**, p95 "
-        f"{e['lat_p95_ms']:.1f} ms (decode {e['stages_median_ms']['decode']:.1f} ms, "
-        f"detect + align + embed + search {e['stages_median_ms']['query']:.1f} ms).",
-    ]) + "\n"  # fmt: skip
+        "| collection faces | index | open s | queries | median ms | p95 ms | decode | "
+        "faces (detect+align+embed) | search k=5 | nearest labelled |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for e in payload["e2e"]:
+        st = e["stages_median_ms"]
+        lines.append(
+            f"| {e['collection_faces']:,} | {e['index']} | {e['open_s']:.2f} | {e['queries']} | "
+            f"**{e['lat_median_ms']:.1f}** | {e['lat_p95_ms']:.1f} | {st['decode']:.1f} | "
+            f"{st['faces']:.1f} | {st['search']:.1f} | {st['labelled']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------ main
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--parts", default="vectors,startup", help="vectors, startup, e2e")
+    p.add_argument("--parts", default="vectors,startup", help="build, vectors, startup, e2e")
     p.add_argument("--quick", action="store_true", help="10k and 100k only, fewer queries")
     p.add_argument("--sizes", default="10000,100000,1000000")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall")
@@ -568,6 +633,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--collection-home", type=Path, help="a collection (facesearch index --home)")
     p.add_argument("--image", type=Path, help="a one-face photo for `facesearch query`")
     p.add_argument("--e2e-images", type=Path, nargs="*", default=[], help="one-face photos")
+    p.add_argument("--collection-size", type=int, default=1_000_000, help="faces (build)")
+    p.add_argument("--seed-photos", type=Path, nargs="*", default=[],
+                   help="real photos indexed first (build)")  # fmt: skip
     p.add_argument("--e2e-reps", type=int, default=3)
     p.add_argument("--profile-cli", action="store_true", help="importtime of a whole query call")
     p.add_argument("--no-write", action="store_true", help="print, do not record results")
@@ -595,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "threads": args.threads,
     }
     write = not (args.quick or args.no_write)
+    if "build" in args.parts:
+        if not args.collection_home:
+            raise SystemExit("--parts build needs --collection-home")
+        print(json.dumps(build_collection(args), indent=1))
     if "vectors" in args.parts:
         payload = {**common, **bench_vectors(args), "machine": machine(),
                    "latency_queries": args.latency_queries}  # fmt: skip
@@ -611,11 +683,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     if "e2e" in args.parts:
         if not args.collection_home or not args.e2e_images:
             raise SystemExit("--parts e2e needs --collection-home and --image/--e2e-images")
-        payload = {**common, "e2e": bench_e2e(args)}
+        row = bench_e2e(args)
+        row["command"] = common["command"]
+        # one row per collection size: a new run replaces the row of the same size
+        old = _recorded("e2e").get("e2e", []) if write else []
+        rows = [r for r in old if r.get("collection_faces") != row["collection_faces"]] + [row]
+        payload = {**common, "e2e": sorted(rows, key=lambda r: r["collection_faces"] or 0)}
         payload["markdown"] = render_e2e(payload)
         print(payload["markdown"])
         if write:
             update_results("e2e", payload)
+
+
+def _recorded(section: str) -> dict[str, Any]:
+    path = REPO / "bench" / "results" / "speed.json"
+    if not path.exists():
+        return {}
+    data: dict[str, Any] = json.loads(path.read_text()).get(section, {})
+    return data
 
 
 if __name__ == "__main__":

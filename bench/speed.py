@@ -193,12 +193,13 @@ def worker(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     paths = Path(args.list).read_text().splitlines()
     system = _make_system(args.worker, args.threads, Path(args.weights), args.batch)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     embeddings, failed = system.process_all(paths)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     result = {
         "load_s": t1 - t0,
         "process_s": t2 - t1,
+        "process_cpu_s": c2 - c1,
         "photos": len(paths),
         "failed": failed,
         "faces": int(sum(len(e) for e in embeddings)),
@@ -228,6 +229,8 @@ class Run:
     load_s: float | None
     peak_rss_mb: float
     loadavg: float
+    cpu_s: float  # CPU time (user + sys, all threads) of the whole process
+    process_cpu_s: float | None  # CPU time of decode..embed (in-process systems)
 
     @property
     def photos_per_s(self) -> float:
@@ -239,9 +242,9 @@ class Run:
 
 
 def run_measured(
-    cmd: Sequence[str], env: dict[str, str], log_path: Path, timeout: float = 3600
-) -> tuple[float, float, int]:
-    """Run ``cmd``; ``(wall seconds, peak RSS MB of its process tree, exit status)``.
+    cmd: Sequence[str], env: dict[str, str], log_path: Path
+) -> tuple[float, float, int, float]:
+    """Run ``cmd``; ``(wall s, peak RSS MB of its process tree, exit status, CPU s)``.
 
     Peak RSS is the larger of the child's ``ru_maxrss`` (from ``wait4``: the high-water mark of
     that very process) and the peak of the summed RSS of the child and its descendants sampled
@@ -277,7 +280,8 @@ def run_measured(
         done.set()
         sampler.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, max(usage.ru_maxrss / 1024, peak[0]), proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    return wall, max(usage.ru_maxrss / 1024, peak[0]), proc.returncode, cpu
 
 
 def _facesearch_cmd() -> list[str]:
@@ -322,12 +326,12 @@ def measure_once(
         home = work / "home"
         shutil.rmtree(home, ignore_errors=True)
         cmd = [*_facesearch_cmd(), "index", str(root), "--home", str(home), *args.index_args]
-        wall, peak, status = run_measured(cmd, env, logp)
+        wall, peak, status, cpu = run_measured(cmd, env, logp)
         if status != 0:
             raise RuntimeError(f"{shlex.join(cmd)} exited with {status}; see {logp}")
         faces = count_collection_faces(home)
         return Run(system, inputs, len(paths), faces if faces is not None else -1, 0,
-                   wall, wall, None, peak, loadavg)  # fmt: skip
+                   wall, wall, None, peak, loadavg, cpu, None)  # fmt: skip
     listf = work / f"{inputs}.txt"
     listf.write_text("\n".join(paths))
     resf = work / f"{system}-{inputs}.json"
@@ -338,12 +342,12 @@ def measure_once(
     ]  # fmt: skip
     if keep_embeddings:
         cmd += ["--embeddings", str(work / f"emb-{system}-{inputs}.npz")]
-    wall, peak, status = run_measured(cmd, env, logp)
+    wall, peak, status, cpu = run_measured(cmd, env, logp)
     if status != 0:
         raise RuntimeError(f"{system} worker exited with {status}; see {logp}")
     r = json.loads(resf.read_text())
     return Run(system, inputs, r["photos"], r["faces"], r["failed"], wall, r["process_s"],
-               r["load_s"], peak, loadavg)  # fmt: skip
+               r["load_s"], peak, loadavg, cpu, r["process_cpu_s"])  # fmt: skip
 
 
 def agreement(work: Path, inputs: str, a: str, b: str) -> dict[str, Any] | None:
@@ -392,6 +396,10 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                 "wall_s": statistics.median(r.wall_s for r in rs),
                 "load_s": statistics.median(loads) if loads else None,
                 "peak_rss_mb": statistics.median(r.peak_rss_mb for r in rs),
+                "cpu_ms_per_photo": statistics.median(
+                    1e3 * (r.process_cpu_s if r.process_cpu_s is not None else r.cpu_s) / r.photos
+                    for r in rs
+                ),
                 "photos_per_s_all": [round(r.photos_per_s, 3) for r in rs],
             }
         ratios: dict[str, float] = {}
@@ -467,6 +475,8 @@ def render_markdown(allres: dict[str, Any]) -> str:
             "models already loaded); for `facesearch-index` the whole command's wall time",
             "(start-up, model loading and storing included). *wall photos/s*: photos / whole",
             "process time for every system. Peak RSS: high-water mark of the system's own process.",
+            "CPU ms/photo: CPU time (all threads) of the same span as photos/s, per photo: the",
+            "figure least disturbed by other load on the machine.",
             "",
         ]
         for inputs, sect in th["results"].items():
@@ -474,8 +484,8 @@ def render_markdown(allres: dict[str, Any]) -> str:
             lines += [f"### {inputs}: {desc}", ""]
             lines += [
                 "| system | photos/s | faces/s | faces found | failed | wall photos/s | "
-                "wall s | model load s | peak RSS MB |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "wall s | model load s | peak RSS MB | CPU ms/photo |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for system, s in sect.items():
                 if system == "ratios":
@@ -483,7 +493,8 @@ def render_markdown(allres: dict[str, Any]) -> str:
                 lines.append(
                     f"| {system} | {_f(s['photos_per_s'])} | {_f(s['faces_per_s'])} | "
                     f"{s['faces']:.0f} | {s['failed']} | {_f(s['photos_per_s_wall'])} | "
-                    f"{_f(s['wall_s'])} | {_f(s['load_s'], 2)} | {_f(s['peak_rss_mb'], 0)} |"
+                    f"{_f(s['wall_s'])} | {_f(s['load_s'], 2)} | {_f(s['peak_rss_mb'], 0)} | "
+                    f"{_f(s['cpu_ms_per_photo'], 0)} |"
                 )
             lines.append("")
             if sect["ratios"]:
