@@ -244,16 +244,22 @@ def scale_child(n: int, threads: int, index: str) -> dict[str, Any]:
     xb, ident = synthetic_faces(n, seed=0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     config = ClusterConfig(exact_max=n if index == "flat" else 0)
-    t0 = time.perf_counter()
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
     graph = knn_graph(xb, config.k, exact_max=config.exact_max)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), cpu()
     pred = agglomerate(xb, config, graph=graph)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), cpu()
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         "faces": n, "identities": int(ident.max() + 1), "threads": threads, "index": index,
         "knn_s": t1 - t0, "agglomerate_s": t2 - t1, "total_s": t2 - t0,
-        "rss_before_mb": rss0, "peak_rss_mb": rss1,
+        "knn_cpu_s": c1 - c0, "agglomerate_cpu_s": c2 - c1,
+        "load": os.getloadavg()[0], "rss_before_mb": rss0, "peak_rss_mb": rss1,
         "clusters": n_clusters(pred), "bcubed_f": bcubed_prf(pred, ident).f,
     }  # fmt: skip
 
@@ -362,16 +368,20 @@ def render(results: dict[str, Any]) -> str:
             "Seeded synthetic embeddings (`synthetic_faces`: Zipf identity sizes, SFace-like "
             "distances), default settings, each size in a fresh process. Peak RSS is the whole "
             "process (Python, numpy, FAISS, the data); 'before' is after generating the data. "
+            "Wall-clock seconds depend on the other jobs sharing the cores (load = 1-minute load "
+            "average at the end); CPU seconds (user + system, all threads) are less affected. "
             f"{results.get('scale_machine', '')}",
             "",
-            "| faces | identities | index | threads | k-NN s | agglomerate s | total s "
-            "| RSS before MB | peak RSS MB | clusters | BCubed F |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| faces | identities | index | threads | k-NN s (CPU s) | agglomerate s (CPU s) "
+            "| total s | load | RSS before MB | peak RSS MB | clusters | BCubed F |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in scale:
             lines.append(
                 f"| {r['faces']} | {r['identities']} | {r['index']} | {r['threads']} "
-                f"| {r['knn_s']:.1f} | {r['agglomerate_s']:.1f} | {r['total_s']:.1f} "
+                f"| {r['knn_s']:.1f} ({r.get('knn_cpu_s', float('nan')):.1f}) "
+                f"| {r['agglomerate_s']:.1f} ({r.get('agglomerate_cpu_s', float('nan')):.1f}) "
+                f"| {r['total_s']:.1f} | {r.get('load', float('nan')):.1f} "
                 f"| {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['clusters']} "
                 f"| {r['bcubed_f']:.4f} |"
             )

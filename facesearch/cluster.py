@@ -83,6 +83,10 @@ log = logging.getLogger(__name__)
 Linkage = Literal["average", "single", "complete"]
 LINKAGES: tuple[str, ...] = ("average", "single", "complete")
 
+#: Edges per chunk when their distances are recomputed (bounds temporary memory).
+_CHUNK = 1 << 15
+#: Margin on FAISS's float32 distances when edges are selected before the float64 recomputation.
+_SLACK = 1e-4
 #: Tolerance on ``| |x| - 1 |`` for the unit-norm check of the inputs.
 _NORM_TOL = 1e-3
 
@@ -289,6 +293,7 @@ class _Agglomerator:
             self.sums = np.zeros_like(self.x64)
             np.add.at(self.sums, init, self.x64)
         self.sqn = np.bincount(init, weights=(self.x64 * self.x64).sum(1), minlength=n)
+        self.msq = self.sqn / np.maximum(self.size, 1)  # mean squared norm per root
         # cannot-link state per root
         self.tags = [self._root_tags(t, init, n) for t in tags]
         self.photos: dict[int, set[int]] = {}
@@ -333,6 +338,7 @@ class _Agglomerator:
         self.size[keep] += self.size[gone]
         self.sums[keep] += self.sums[gone]
         self.sqn[keep] += self.sqn[gone]
+        self.msq[keep] = self.sqn[keep] / self.size[keep]
         self.version[keep] += 1
         for t in self.tags:
             if t[keep] < 0:
@@ -359,9 +365,8 @@ class _Agglomerator:
 
     def average(self, a: int, nb: np.ndarray) -> np.ndarray:
         """Exact average linkage between root ``a`` and roots ``nb`` ``(m,)`` -> ``(m,)``."""
-        na, nn = float(self.size[a]), self.size[nb].astype(np.float64)
         dot = self.sums[nb] @ self.sums[a]
-        return np.asarray(self.sqn[a] / na + self.sqn[nb] / nn - 2.0 * dot / (na * nn))
+        return np.asarray(self.msq[a] + self.msq[nb] - 2.0 * dot / (self.size[a] * self.size[nb]))
 
     def complete_exact(self, a: int, b: int) -> float:
         """Exact complete linkage: largest ``d`` over the members of roots ``a`` and ``b``."""
@@ -452,7 +457,10 @@ class _Agglomerator:
         raw = adj[top]
         if not raw:
             return -1
-        nb = np.unique(self._resolve(np.fromiter(raw, dtype=np.int64, count=len(raw))))
+        ids = np.fromiter(raw, dtype=np.int64, count=len(raw))
+        nb = self._resolve(ids)
+        if not np.array_equal(nb, ids):  # some neighbours merged since: duplicates possible
+            nb = np.unique(nb)
         nb = nb[nb != top]
         if len(nb) < len(raw):
             raw = adj[top] = set(nb.tolist())
@@ -467,7 +475,7 @@ class _Agglomerator:
             x = int(nb[idx])
             if self.compatible(top, x):
                 if prev >= 0 and x != prev and prev in raw:
-                    lp = float(lv[int(np.searchsorted(nb, prev))])
+                    lp = float(lv[nb == prev][0])
                     if lp <= float(lv[idx]) + 1e-12:  # ties go to the chain (no cycles)
                         return prev
                 return x
@@ -565,8 +573,13 @@ def _run(
     """Map the face edges onto the starting groups and agglomerate; ``(N,)`` root per face.
 
     Only edges with ``d < threshold`` are kept: a linkage (average, complete or single) can only be
-    below the threshold if some face pair between the two clusters is.
+    below the threshold if some face pair between the two clusters is. Their ``d`` is recomputed
+    in float64 (FAISS works in float32), so that a pair right at the threshold is decided the same
+    way as by a dense computation.
     """
+    close = w < config.threshold + _SLACK
+    a, b = a[close], b[close]
+    w = _exact_d(xb, a, b)
     close = w < config.threshold
     a, b, w = a[close], b[close], w[close]
     trivial = bool(np.array_equal(init, np.arange(len(init))))
@@ -591,6 +604,15 @@ def _run(
     else:
         agg.run_complete(a, b, w, trivial)
     return agg.roots()
+
+
+def _exact_d(xb: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``d`` in float64 between rows ``a`` and ``b`` ``(E,)`` of ``xb``, by chunks."""
+    out = np.empty(len(a), dtype=np.float64)
+    for s in range(0, len(a), _CHUNK):
+        diff = xb[a[s : s + _CHUNK]].astype(np.float64) - xb[b[s : s + _CHUNK]]
+        out[s : s + _CHUNK] = np.einsum("ij,ij->i", diff, diff)
+    return out
 
 
 def _label_groups(labels: np.ndarray) -> np.ndarray:
