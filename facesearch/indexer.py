@@ -1,0 +1,857 @@
+"""Index photo folders into a collection: walk, plan, decode, detect + embed, commit.
+
+:func:`index_paths` is the engine behind ``facesearch index PATH...``. It prints nothing: it
+logs through :mod:`logging`, reports progress through a callback and returns an
+:class:`IndexReport`.
+
+Walking
+-------
+Each PATH is a folder (walked recursively, sorted, symbolic links to folders not followed) or a
+file. Hidden files and folders (name starting with ``.``) are skipped, and so are files whose
+suffix is not in :data:`facesearch.image.SUPPORTED_SUFFIXES` (counted in the report, listed at
+``-vv``). A file named explicitly is indexed even if hidden, but needs a supported suffix.
+Photos are stored under their absolute path (``os.path.abspath``: symbolic links are kept as
+the user sees them).
+
+Incremental runs
+----------------
+For every file found, in this order:
+
+``unchanged``  a stored photo has the same path, size and mtime: the file is not even read.
+``touched``    same path, other size or mtime, same content (sha256 of the bytes): only the
+               size and mtime are updated (counted as unchanged).
+``moved``      a new path whose content hash is that of a stored photo whose file no longer
+               exists (anywhere): the stored photo takes the new path and keeps its faces,
+               labels and clusters; nothing is decoded.
+``updated``    same path, other content: the photo is decoded again and replaces the old row
+               (old faces, labels and vectors removed).
+``new``        anything else (including a copy of a photo that still exists elsewhere).
+
+``prune``: stored photos *under the given PATHs* whose file no longer exists (and that were
+not moved) are deleted with their faces and vectors. Without it they are only counted
+(``missing``). Photos stored from other folders are never pruned by a run on these PATHs.
+
+A photo that cannot be read or processed is stored with status ``failed`` and its error text,
+and reported; the run goes on. A failed photo whose file has not changed is not retried.
+
+Speed
+-----
+Files are read, hashed and decoded by ``workers`` threads (Pillow and hashlib release the GIL)
+while the main thread runs the networks: photos go through the detector in batches of up to
+:data:`DETECT_BATCH` photos (or :data:`DETECT_PIXELS` pixels, to bound memory with large
+photos), and all faces of a batch through the embedder together. Photos are decoded at full
+resolution: the detector downscales internally, and alignment samples the full-resolution
+pixels, which is what a query does too (so a photo indexed and the same photo queried give the
+same embedding).
+
+Commits and interruptions
+-------------------------
+Results are committed to SQL every ``batch_size`` photos (one transaction each). The writer
+lock is held for the whole run (a second writer waits
+:attr:`~facesearch.collection.Collection.lock_timeout` seconds, then is refused). The vector
+index file is saved every :data:`CHECKPOINT_SECONDS` and at the end. If the process is killed,
+everything committed stays; the next run skips those photos (unchanged) and the collection
+rebuilds the vector index from SQL if the file is behind. Ctrl-C stops the run cleanly after the
+current step (``IndexReport.interrupted``); the open batch is not committed.
+
+Labels
+------
+``labels="folders"``: the name of the photo's parent folder is the person
+(``photos/Ada_Lovelace/1.jpg`` -> ``Ada_Lovelace``, taken literally). ``labels=FILE.csv``: rows
+``path,person`` (an optional header row ``path,person``; paths relative to the CSV's folder or
+absolute); photos not in the file stay unlabelled.
+
+A labelled photo gives its label to **one** face, the *clearly dominant* one: its only face,
+or the largest face (box area) when it is at least :data:`DOMINANCE_RATIO` times the area of
+the second largest. Otherwise no face gets the label and the photo is counted in
+``labels_skipped``. Labels are only given to photos none of whose faces has a person yet:
+re-running with labels labels photos indexed earlier without them, and never overrides a person
+set by hand or by an earlier run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
+from facesearch.image import SUPPORTED_SUFFIXES, load_image
+from facesearch.types import Face
+
+if TYPE_CHECKING:
+    from facesearch.collection import Collection
+    from facesearch.pipeline import FacePipeline
+    from facesearch.store import NewPhoto, PhotoStat
+
+logger = logging.getLogger(__name__)
+
+#: The largest face gets a photo's label when its area is at least this many times the second's.
+DOMINANCE_RATIO: float = 2.0
+#: Photos per detector call (at most; fewer when ``batch_size`` is smaller).
+DETECT_BATCH: int = 16
+#: A detector batch is closed early when its photos hold this many pixels (bounds memory).
+DETECT_PIXELS: int = 48_000_000
+#: Default photos per SQL transaction.
+COMMIT_BATCH: int = 64
+#: The vector index file is saved at least this often during a run (seconds).
+CHECKPOINT_SECONDS: float = 60.0
+#: Bytes read at a time when hashing.
+_READ_CHUNK = 1 << 20
+
+
+def default_workers() -> int:
+    """Decode threads: one per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True, slots=True)
+class IndexSettings:
+    """How :func:`index_paths` runs.
+
+    ``labels``: ``None`` (unlabelled), ``"folders"`` or the path of a ``path,person`` CSV.
+    ``prune``: delete stored photos under the PATHs whose file is gone. ``batch_size``: photos
+    per SQL commit. ``workers``: decode threads. ``index_type``: ``auto`` | ``flat`` | ``ivf``
+    to change the collection's setting, ``None`` to keep it.
+    """
+
+    labels: str | None = None
+    prune: bool = False
+    batch_size: int = COMMIT_BATCH
+    workers: int = field(default_factory=default_workers)
+    index_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A progress event: ``done`` of ``total`` photos to process, ``faces`` found so far."""
+
+    total: int
+    done: int
+    faces: int
+
+
+@dataclass(slots=True)
+class IndexReport:
+    """What a run did. Photo counts are per file found; ``no_face`` is part of new + updated."""
+
+    files: int = 0
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    moved: int = 0
+    failed: int = 0
+    no_face: int = 0
+    faces_added: int = 0
+    labels_given: int = 0
+    labels_skipped: int = 0
+    labels_not_found: int = 0
+    pruned: int = 0
+    missing: int = 0
+    skipped_hidden: int = 0
+    skipped_other: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        """Photos decoded (or attempted) in this run."""
+        return self.new + self.updated + self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "files": self.files,
+            "new": self.new,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "moved": self.moved,
+            "failed": self.failed,
+            "no_face": self.no_face,
+            "faces_added": self.faces_added,
+            "labels_given": self.labels_given,
+            "labels_skipped": self.labels_skipped,
+            "labels_not_found": self.labels_not_found,
+            "pruned": self.pruned,
+            "missing": self.missing,
+            "skipped_hidden": self.skipped_hidden,
+            "skipped_other": self.skipped_other,
+            "seconds": round(self.seconds, 3),
+            "interrupted": self.interrupted,
+            "failures": [{"path": p, "error": e} for p, e in self.failures],
+        }
+
+
+# -- walking ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WalkResult:
+    """Files found by :func:`walk`: absolute paths, sorted per folder, no duplicates."""
+
+    files: tuple[str, ...]
+    skipped_hidden: int
+    skipped_other: int
+    roots: tuple[str, ...]
+
+
+def _supported(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in SUPPORTED_SUFFIXES
+
+
+def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
+    """Image files under ``paths`` (folders recursively, or files), see the module doc."""
+    files: dict[str, None] = {}
+    hidden: set[str] = set()
+    other: set[str] = set()
+    roots: list[str] = []
+    for given in paths:
+        root = os.path.abspath(os.fspath(given))
+        roots.append(root)
+        if not os.path.isdir(root):
+            if _supported(root):
+                files.setdefault(root)
+            else:
+                other.add(root)
+                logger.debug("skipping %s: not a supported image suffix", root)
+            continue
+        for folder, dirnames, filenames in os.walk(root):
+            kept = sorted(d for d in dirnames if not d.startswith("."))
+            hidden.update(os.path.join(folder, d) for d in dirnames if d.startswith("."))
+            dirnames[:] = kept
+            for name in sorted(filenames):
+                path = os.path.join(folder, name)
+                if name.startswith("."):
+                    hidden.add(path)
+                elif _supported(name):
+                    files.setdefault(path)
+                else:
+                    other.add(path)
+                    logger.debug("skipping %s: not a supported image suffix", path)
+    return WalkResult(tuple(files), len(hidden), len(other), tuple(roots))
+
+
+# -- labels -------------------------------------------------------------------------------------
+
+
+def folder_label(path: str) -> str:
+    """The person of ``path`` under ``--labels folders``: its parent folder's name."""
+    return os.path.basename(os.path.dirname(path))
+
+
+def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, str]:
+    """``absolute photo path -> person`` from a ``path,person`` CSV (optional header row).
+
+    Relative paths are taken from the CSV's folder. Raises :class:`FacesearchError` naming the
+    line for a malformed row, an empty name, or a path given twice with different people.
+    """
+    csv_path = Path(path)
+    base = csv_path.resolve().parent
+    out: dict[str, str] = {}
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if lineno == 1 and [c.lower() for c in cells[:2]] == ["path", "person"]:
+                    continue
+                if len(cells) != 2 or not cells[0] or not cells[1]:
+                    raise FacesearchError(
+                        f"{csv_path} line {lineno}: expected 'path,person', got {row!r}"
+                    )
+                photo = os.path.abspath(os.path.join(base, os.path.expanduser(cells[0])))
+                if out.get(photo, cells[1]) != cells[1]:
+                    raise FacesearchError(
+                        f"{csv_path} line {lineno}: {cells[0]} is given to {out[photo]!r} "
+                        f"and to {cells[1]!r}"
+                    )
+                out[photo] = cells[1]
+    except OSError as exc:
+        raise FacesearchError(f"cannot read the labels file {csv_path}: {exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FacesearchError(f"{csv_path} is not a UTF-8 CSV file: {exc}") from exc
+    return out
+
+
+def dominant_face(areas: Sequence[float]) -> int | None:
+    """Index of the face that gets a photo's label, or ``None`` (see the module doc).
+
+    ``areas``: box areas of the photo's faces, in pixels^2.
+    """
+    if not areas:
+        return None
+    if len(areas) == 1:
+        return 0
+    order = np.argsort(-np.asarray(areas, dtype=np.float64), kind="stable")
+    first, second = float(areas[order[0]]), float(areas[order[1]])
+    return int(order[0]) if first >= DOMINANCE_RATIO * second else None
+
+
+class _Labeler:
+    def __init__(self, labels: str | None) -> None:
+        self.mode = labels
+        self.table: dict[str, str] | None = None
+        if labels is not None and labels != "folders":
+            self.table = read_labels_csv(labels)
+
+    def __call__(self, path: str) -> str | None:
+        if self.mode is None:
+            return None
+        if self.table is None:
+            return folder_label(path) or None
+        return self.table.get(path)
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def register_pipeline_model(collection: Collection, pipeline: FacePipeline) -> None:
+    """Register the pipeline's embedding model in the collection (first one becomes active).
+
+    Raises :class:`IncompatibleModelError` when the collection already holds faces of a model
+    whose vectors cannot be compared with this one's.
+    """
+    from facesearch import store as st
+
+    emb: Any = pipeline.embedder
+    name = pipeline.model_name
+    meta = getattr(emb, "meta", None) or {}
+    cw = meta.get("compatible_with") if isinstance(meta, dict) else None
+    cw_name = str(cw["name"]) if isinstance(cw, dict) and cw.get("name") else None
+    with collection.session() as s:
+        active = st.get_meta(s, "active_model")
+        known = {m.name for m in st.list_models(s)}
+        space = set(st.model_space(s, active)[1]) if active is not None else set()
+    if active is not None and name not in space and (cw_name is None or cw_name not in space):
+        raise IncompatibleModelError(
+            f"collection {collection.name!r} holds faces of model {active!r}; the vectors of "
+            f"model {name!r} cannot be compared with them: index with --model {active} "
+            "(or make a new collection with --collection NAME)"
+        )
+    path = None
+    file_hash = None
+    if name != "sface":
+        path = os.path.abspath(str(pipeline.config.model))
+        file_hash = str(meta.get("weights_sha256")) if meta.get("weights_sha256") else None
+    collection.register_model(
+        name,
+        int(emb.dim),
+        compatible_with=cw_name if cw_name in known else None,
+        file_hash=file_hash,
+        path=path,
+        threshold=getattr(emb, "threshold", None) if name != "sface" else None,
+    )
+
+
+# -- the engine ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Job:
+    """One file to read: where it is and what SQL knows of it."""
+
+    path: str
+    size: int
+    mtime: float
+    old: PhotoStat | None  # a stored photo at this path (changed since)
+    label: str | None
+
+
+@dataclass(slots=True)
+class _Read:
+    """What a worker thread made of a job."""
+
+    job: _Job
+    content_hash: str = ""
+    image: np.ndarray | None = None
+    error: str | None = None
+    same_as_old: bool = False
+    maybe_moved: bool = False
+
+
+def _sha256(path: str) -> tuple[bytes, str]:
+    h = hashlib.sha256()
+    chunks = []
+    with open(path, "rb") as f:
+        while chunk := f.read(_READ_CHUNK):
+            h.update(chunk)
+            chunks.append(chunk)
+    return b"".join(chunks), h.hexdigest()
+
+
+def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
+    """Worker: read, hash and (unless unchanged or moved) decode one file."""
+    out = _Read(job)
+    try:
+        data, out.content_hash = _sha256(job.path)
+    except OSError as exc:
+        out.error = f"cannot read the file ({exc.strerror or exc})"
+        return out
+    if job.old is not None and job.old.content_hash == out.content_hash:
+        out.same_as_old = True
+        return out
+    if out.content_hash in moved_hashes:
+        out.maybe_moved = True
+        return out
+    try:
+        out.image = load_image(data) if data else load_image(job.path)
+    except ImageError as exc:
+        out.error = exc.reason
+    except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
+        out.error = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+class _Run:
+    """State of one :func:`index_paths` call (main thread only)."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        pipeline: FacePipeline,
+        settings: IndexSettings,
+        progress: Callable[[Progress], None] | None,
+    ) -> None:
+        self.col = collection
+        self.pipe = pipeline
+        self.settings = settings
+        self.progress = progress
+        self.report = IndexReport()
+        self.pending: list[NewPhoto] = []
+        self.pending_stats: list[tuple[bool, bool]] = []  # (updated, failed) per pending photo
+        self.batch: list[_Read] = []
+        self.batch_pixels = 0
+        self.detect_batch = max(1, min(DETECT_BATCH, settings.batch_size))
+        self.total = 0
+        self.done = 0
+        self.faces = 0
+        self.last_checkpoint = time.monotonic()
+
+    # -- progress -----------------------------------------------------------------------------
+
+    def _tick(self, n: int) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(Progress(self.total, self.done, self.faces))
+
+    # -- decoded photos -> NewPhoto -----------------------------------------------------------
+
+    def add_read(self, r: _Read) -> None:
+        if r.image is None:
+            self._queue_photo(r, (), None)
+            self._tick(1)
+            return
+        self.batch.append(r)
+        self.batch_pixels += int(r.image.shape[0]) * int(r.image.shape[1])
+        if len(self.batch) >= self.detect_batch or self.batch_pixels >= DETECT_PIXELS:
+            self.run_batch()
+
+    def run_batch(self) -> None:
+        batch, self.batch, self.batch_pixels = self.batch, [], 0
+        if not batch:
+            return
+        images = [r.image for r in batch]
+        try:
+            results: list[list[Face] | str] = list(self.pipe.faces_batch(images))  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - isolate the photo that fails
+            logger.debug("batch of %d photos failed (%s): one by one", len(batch), exc)
+            results = []
+            for img in images:
+                try:
+                    results.append(self.pipe.faces_batch([img])[0])  # type: ignore[list-item]
+                except Exception as one:  # noqa: BLE001
+                    results.append(f"processing failed ({type(one).__name__}: {one})")
+        for r, res in zip(batch, results, strict=True):
+            if isinstance(res, str):
+                r.error, r.image = res, None
+                self._queue_photo(r, (), None)
+            else:
+                self._queue_photo(r, tuple(res), r.image)
+            r.image = None
+        self._tick(len(batch))
+
+    def _queue_photo(self, r: _Read, faces: tuple[Face, ...], image: np.ndarray | None) -> None:
+        from facesearch import store as st
+
+        labels: tuple[str | None, ...] = ()
+        if r.job.label is not None and faces:
+            chosen = dominant_face([f.detection.area for f in faces])
+            if chosen is None:
+                self.report.labels_skipped += 1
+                logger.info(
+                    "%s: %d faces and none clearly the largest: label %r not given",
+                    r.job.path,
+                    len(faces),
+                    r.job.label,
+                )
+            else:
+                labels = tuple(r.job.label if i == chosen else None for i in range(len(faces)))
+        photo = st.NewPhoto(
+            path=r.job.path,
+            content_hash=r.content_hash,
+            size=r.job.size,
+            mtime=r.job.mtime,
+            width=None if image is None else int(image.shape[1]),
+            height=None if image is None else int(image.shape[0]),
+            faces=faces,
+            labels=labels,
+            label_source=st.LabelSource.CSV
+            if self.settings.labels not in (None, "folders")
+            else st.LabelSource.FOLDER,
+            error=r.error,
+        )
+        self.pending.append(photo)
+        self.pending_stats.append((r.job.old is not None, r.error is not None))
+        self.faces += len(faces)
+        if len(self.pending) >= self.settings.batch_size:
+            self.commit()
+
+    def commit(self) -> None:
+        """One transaction for the pending photos (replacing stored rows of updated files)."""
+        if not self.pending:
+            return
+        photos, stats = self.pending, self.pending_stats
+        self.col.add_photos(photos, replace=True)
+        rep = self.report
+        for photo, (updated, failed) in zip(photos, stats, strict=True):
+            if failed:
+                rep.failed += 1
+                rep.failures.append((photo.path, photo.error or ""))
+            elif updated:
+                rep.updated += 1
+            else:
+                rep.new += 1
+            if not failed and not photo.faces:
+                rep.no_face += 1
+            rep.faces_added += len(photo.faces)
+            rep.labels_given += sum(1 for label in photo.labels if label is not None)
+        self.pending, self.pending_stats = [], []
+        logger.debug("committed %d photos", len(photos))
+        if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
+            self.col.save_index()
+            self.last_checkpoint = time.monotonic()
+
+
+def index_paths(
+    collection: Collection,
+    pipeline: FacePipeline,
+    paths: Sequence[str | os.PathLike[str]],
+    settings: IndexSettings | None = None,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+) -> IndexReport:
+    """Index the photos under ``paths`` into ``collection`` (see the module doc).
+
+    Holds the collection's writer lock for the whole run. ``progress`` is called after every
+    photo or batch of photos processed. Returns the report; on Ctrl-C the report says
+    ``interrupted`` and holds what was committed.
+    """
+    settings = settings or IndexSettings()
+    started = time.monotonic()
+    labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
+    found = walk(paths)
+    run = _Run(collection, pipeline, settings, progress)
+    rep = run.report
+    rep.files = len(found.files)
+    rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
+    if found.skipped_hidden or found.skipped_other:
+        logger.info(
+            "skipped %d hidden files or folders and %d files that are not images",
+            found.skipped_hidden,
+            found.skipped_other,
+        )
+    if labeler.table is not None:
+        rep.labels_not_found = len(set(labeler.table) - set(found.files))
+        if rep.labels_not_found:
+            logger.warning(
+                "%d photos named in %s were not found under the given paths",
+                rep.labels_not_found,
+                settings.labels,
+            )
+    with collection.lock():
+        if settings.index_type is not None and settings.index_type != collection.index_type:
+            collection.set_index_type(settings.index_type)
+        register_pipeline_model(collection, pipeline)
+        try:
+            _index(run, found, labeler)
+        except KeyboardInterrupt:
+            rep.interrupted = True
+            logger.warning("interrupted: the photos committed so far are kept")
+    rep.seconds = time.monotonic() - started
+    return rep
+
+
+def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
+    from facesearch import store as st
+
+    col, rep, settings = run.col, run.report, run.settings
+    with col.session() as s:
+        stored = st.photo_stats(s)
+    walked = set(found.files)
+    jobs: list[_Job] = []
+    relabel: dict[int, str] = {}  # photo id -> person, for photos already stored
+    for path in found.files:
+        label = labeler(path)
+        try:
+            info = os.stat(path)
+        except OSError as exc:
+            jobs.append(_Job(path, 0, 0.0, stored.get(path), label))
+            logger.debug("cannot stat %s: %s", path, exc)
+            continue
+        old = stored.get(path)
+        if old is not None and old.size == info.st_size and old.mtime == info.st_mtime:
+            rep.unchanged += 1
+            if label is not None and old.status is st.PhotoStatus.OK:
+                relabel[old.id] = label
+            continue
+        jobs.append(_Job(path, int(info.st_size), float(info.st_mtime), old, label))
+    # stored photos whose file is gone: candidates for moves, and for --prune
+    gone: dict[str, list[PhotoStat]] = {}
+    gone_under_roots: list[PhotoStat] = []
+    roots = [r.rstrip(os.sep) + os.sep for r in found.roots]
+    for path, stat in stored.items():
+        if path in walked or os.path.lexists(path):
+            continue
+        gone.setdefault(stat.content_hash, []).append(stat)
+        if any(path.startswith(r) or path == r[:-1] for r in roots):
+            gone_under_roots.append(stat)
+    claimed: set[int] = set()
+    run.total = len(jobs)
+    logger.info(
+        "%d image files: %d unchanged, %d to read; %d stored photos no longer found",
+        len(found.files),
+        rep.unchanged,
+        len(jobs),
+        sum(len(v) for v in gone.values()),
+    )
+    if run.progress is not None:
+        run.progress(Progress(run.total, 0, 0))
+    moved_hashes = frozenset(gone)
+    window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
+    pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
+    try:
+        queue: deque[Future[_Read]] = deque()
+        it: Iterator[_Job] = iter(jobs)
+        for job in it:
+            queue.append(pool.submit(_read, job, moved_hashes))
+            if len(queue) >= window:
+                break
+        while queue:
+            r = queue.popleft().result()
+            nxt = next(it, None)
+            if nxt is not None:
+                queue.append(pool.submit(_read, nxt, moved_hashes))
+            _handle(run, r, gone, claimed, relabel)
+        run.run_batch()
+        run.commit()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    # photos under the roots that are gone (and were not moved)
+    lost = [p for p in gone_under_roots if p.id not in claimed]
+    if lost:
+        if settings.prune:
+            col.remove_photos([p.id for p in lost])
+            rep.pruned = len(lost)
+            logger.info("pruned %d photos whose files are gone", len(lost))
+        else:
+            rep.missing = len(lost)
+    if relabel:
+        _label_stored(run, relabel)
+
+
+def _handle(
+    run: _Run,
+    r: _Read,
+    gone: dict[str, list[PhotoStat]],
+    claimed: set[int],
+    relabel: dict[int, str],
+) -> None:
+    col, rep = run.col, run.report
+    job = r.job
+    if r.same_as_old and job.old is not None:
+        col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
+        rep.unchanged += 1
+        if job.label is not None and job.old.status.value == "ok":
+            relabel[job.old.id] = job.label
+        run._tick(1)
+        return
+    if r.maybe_moved:
+        source = next((p for p in gone.get(r.content_hash, []) if p.id not in claimed), None)
+        if source is None:  # two new copies of one vanished photo: the second is decoded
+            r.maybe_moved = False
+            r = _read(job, frozenset())
+        else:
+            claimed.add(source.id)
+            if job.old is not None:  # the file at this path was replaced by a moved photo
+                col.remove_photos([job.old.id])
+            col.move_photo(source.id, job.path, mtime=job.mtime)
+            rep.moved += 1
+            logger.info("%s was moved to %s: faces and labels kept", source.path, job.path)
+            if job.label is not None and source.status.value == "ok":
+                relabel[source.id] = job.label
+            run._tick(1)
+            return
+    run.add_read(r)
+
+
+def _label_stored(run: _Run, relabel: dict[int, str]) -> None:
+    """Give labels to stored photos none of whose faces has a person (dominant-face rule)."""
+    from sqlalchemy import select
+
+    from facesearch import store as st
+
+    col, rep = run.col, run.report
+    csv_labels = run.settings.labels not in (None, "folders")
+    source = st.LabelSource.CSV if csv_labels else st.LabelSource.FOLDER
+    ids = sorted(relabel)
+    faces: dict[int, list[tuple[int, float]]] = {}
+    taken: set[int] = set()
+    with col.session() as s:
+        for start in range(0, len(ids), 900):
+            part = ids[start : start + 900]
+            rows = s.execute(
+                select(
+                    st.FaceRow.id,
+                    st.FaceRow.photo_id,
+                    st.FaceRow.x1,
+                    st.FaceRow.y1,
+                    st.FaceRow.x2,
+                    st.FaceRow.y2,
+                    st.Assignment.face_id,
+                )
+                .outerjoin(st.Assignment, st.Assignment.face_id == st.FaceRow.id)
+                .where(st.FaceRow.photo_id.in_(part))
+                .order_by(st.FaceRow.id)
+            )
+            for fid, pid, x1, y1, x2, y2, assigned in rows:
+                faces.setdefault(pid, []).append((fid, max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
+                if assigned is not None:
+                    taken.add(pid)
+    by_person: dict[str, list[int]] = {}
+    for pid, person in relabel.items():
+        if pid in taken or pid not in faces:
+            continue
+        chosen = dominant_face([a for _, a in faces[pid]])
+        if chosen is None:
+            rep.labels_skipped += 1
+            continue
+        by_person.setdefault(person, []).append(faces[pid][chosen][0])
+    if not by_person:
+        return
+    with col.lock():
+        for person, face_ids in sorted(by_person.items()):
+            rep.labels_given += col.assign(face_ids, person, source, replace=False)
+    logger.info("labelled %d faces of photos indexed earlier", sum(map(len, by_person.values())))
+
+
+def enroll_photos(
+    collection: Collection,
+    pipeline: FacePipeline,
+    name: str,
+    images: Sequence[str | os.PathLike[str]],
+) -> tuple[int, list[tuple[str, str]]]:
+    """``facesearch enroll``: give the largest face of each photo to person ``name``.
+
+    Each photo is recorded in the collection with all its faces (a photo already stored with
+    the same content keeps its faces and is not decoded again; a changed one is replaced); its
+    largest face (box area) is assigned to ``name`` with source ``enroll``, replacing any
+    earlier person of that face. Returns ``(photos enrolled, [(path, error message)])``: a photo
+    that cannot be read or has no face is skipped and reported.
+    """
+    from facesearch import store as st
+    from facesearch.errors import NoFaceError
+
+    if not name.strip() or name != name.strip() or len(name) > 255:
+        raise FacesearchError(
+            f"a person's name must be 1..255 characters without spaces at either end, got {name!r}"
+        )
+    errors: list[tuple[str, str]] = []
+    done = 0
+    with collection.lock():
+        register_pipeline_model(collection, pipeline)
+        for given in images:
+            path = os.path.abspath(os.fspath(given))
+            try:
+                info = os.stat(path)
+                data, content_hash = _sha256(path)
+            except OSError as exc:
+                errors.append((path, str(ImageError(path, exc.strerror or str(exc)))))
+                continue
+            with collection.session() as s:
+                old = st.photo_by_path(s, path)
+                stored = (
+                    st.faces_of_photo(s, old.id)
+                    if old is not None and old.content_hash == content_hash
+                    else None
+                )
+            if stored:
+                largest = max(stored, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+                collection.assign([largest.face_id], name, st.LabelSource.ENROLL)
+                done += 1
+                continue
+            try:
+                image = load_image(data) if data else load_image(path)
+            except ImageError as exc:
+                errors.append((path, str(ImageError(path, exc.reason))))
+                continue
+            faces = pipeline.faces(image)
+            if not faces:
+                errors.append((path, str(NoFaceError(path))))
+                continue
+            chosen = max(range(len(faces)), key=lambda i: faces[i].detection.area)
+            collection.add_photos(
+                [
+                    st.NewPhoto(
+                        path=path,
+                        content_hash=content_hash,
+                        size=int(info.st_size),
+                        mtime=float(info.st_mtime),
+                        width=int(image.shape[1]),
+                        height=int(image.shape[0]),
+                        faces=tuple(faces),
+                        labels=tuple(name if i == chosen else None for i in range(len(faces))),
+                        label_source=st.LabelSource.ENROLL,
+                    )
+                ],
+                replace=True,
+            )
+            done += 1
+    return done, errors
+
+
+__all__ = [
+    "enroll_photos",
+    "CHECKPOINT_SECONDS",
+    "COMMIT_BATCH",
+    "DETECT_BATCH",
+    "DETECT_PIXELS",
+    "DOMINANCE_RATIO",
+    "IndexReport",
+    "IndexSettings",
+    "Progress",
+    "WalkResult",
+    "default_workers",
+    "dominant_face",
+    "folder_label",
+    "index_paths",
+    "read_labels_csv",
+    "register_pipeline_model",
+    "walk",
+]

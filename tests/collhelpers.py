@@ -1,0 +1,170 @@
+"""Helpers for the indexing, query and collection-command tests.
+
+- :func:`shared_pipeline`: one :class:`FacePipeline` per test process (loading the networks
+  takes seconds; tests share it instead of building one per command).
+- :func:`use_shared_pipeline`: make the CLI commands use it (monkeypatch).
+- :func:`make_library`: a small photo library in a temporary folder, copied from the shared
+  data: three people (tiny 150x150 face crops, fast to process), a photo without a face, bad
+  files, a non-image file and hidden files.
+- :func:`run_cli`: invoke ``facesearch`` through click's ``CliRunner``.
+- :func:`assert_agree`: SQL and the vector index file hold the same faces.
+- ``pg_module_url``: a module-scoped private PostgreSQL schema (skips without a server).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+#: The people of the test library and their photos (BBT crops: one face, 150x150).
+PEOPLE: dict[str, tuple[str, ...]] = {
+    "BBT_Amy": ("amy1.png", "amy2.png", "amy3.png"),
+    "BBT_Raj": ("raj1.png", "raj2.png", "raj3.png"),
+    "BBT_Penny": ("penny1.png", "penny2.png"),
+}
+#: Photos of people *not* in the library (for "unknown").
+STRANGERS: tuple[str, ...] = ("BBT_Sheldon/sheldon1.png", "BBT_Howard/howard1.png")
+BAD_FILES: tuple[str, ...] = ("empty.jpg", "not_an_image.jpg", "truncated.jpg")
+NO_FACE = "white.png"
+
+
+@functools.lru_cache(maxsize=1)
+def shared_pipeline() -> Any:
+    """The default pipeline (``sface``), built once per test process."""
+    import torch
+
+    from facesearch.pipeline import FacePipeline
+
+    torch.set_num_threads(1)
+    return FacePipeline()
+
+
+def use_shared_pipeline(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Make ``facesearch`` commands use :func:`shared_pipeline` (``sface`` only)."""
+    import facesearch.cli.collection as cli_collection
+
+    pipe = shared_pipeline()
+
+    def make(model: str) -> Any:
+        assert model == "sface", f"tests only share the sface pipeline, asked for {model!r}"
+        return pipe
+
+    monkeypatch.setattr(cli_collection, "_make_pipeline", make)
+    return pipe
+
+
+def make_library(data: Path, root: Path) -> Path:
+    """Copy the test library into ``root/photos`` and return that folder.
+
+    Layout: ``photos/<Person>/<file>`` for :data:`PEOPLE`; ``photos/misc/`` with the bad files
+    of ``odd/``, a photo without a face, ``notes.txt``; hidden ``photos/.cache/x.png`` and
+    ``photos/misc/.hidden.png`` (copies of a face photo).
+    """
+    lib = root / "photos"
+    for person, files in PEOPLE.items():
+        (lib / person).mkdir(parents=True)
+        for f in files:
+            shutil.copy(data / "photos" / person / f, lib / person / f)
+    misc = lib / "misc"
+    misc.mkdir()
+    for f in BAD_FILES:
+        shutil.copy(data / "odd" / f, misc / f)
+    shutil.copy(data / "negatives" / NO_FACE, misc / NO_FACE)
+    (misc / "notes.txt").write_text("not a photo\n")
+    (lib / ".cache").mkdir()
+    shutil.copy(data / "photos" / "BBT_Amy" / "amy4.png", lib / ".cache" / "x.png")
+    shutil.copy(data / "photos" / "BBT_Amy" / "amy5.png", misc / ".hidden.png")
+    for p in lib.rglob("*"):  # copies of read-only files: make them writable for the tests
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return lib
+
+
+def composite(paths: Sequence[Path], sizes: Sequence[int], out: Path) -> Path:
+    """A photo with several faces: each photo scaled to ``size`` x ``size`` side by side."""
+    canvas = Image.new("RGB", (sum(sizes) + 40 * (len(sizes) + 1), max(sizes) + 80), "white")
+    x = 40
+    for p, size in zip(paths, sizes, strict=True):
+        canvas.paste(Image.open(p).convert("RGB").resize((size, size)), (x, 40))
+        x += size + 40
+    canvas.save(out)
+    return out
+
+
+def run_cli(args: Sequence[str], *, ok: bool = True) -> Result:
+    """``facesearch ARGS`` through CliRunner (stderr kept apart from stdout)."""
+    from facesearch.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(
+        main, [str(a) for a in args], catch_exceptions=False, prog_name="facesearch"
+    )
+    if ok and result.exit_code != 0:
+        raise AssertionError(
+            f"facesearch {' '.join(map(str, args))} exited {result.exit_code}\n"
+            f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+        )
+    return result
+
+
+def collection_args(home: Path, db_url: str | None, name: str = "default") -> list[str]:
+    args = ["--home", str(home), "--collection", name]
+    return args + (["--db", db_url] if db_url else [])
+
+
+def assert_agree(home: Path, db_url: str | None, name: str = "default") -> None:
+    """SQL and the index file hold the same face ids, and the index file is current."""
+    from facesearch import store as st
+    from facesearch.collection import Collection
+    from facesearch.vectors import VectorIndex
+
+    with Collection.open(home, name, db_url=db_url) as col:
+        report = col.check()
+        assert report["consistent"], report
+        assert report["index_status"] == "current", report
+        with col.session() as s:
+            sql = st.face_ids(s)
+        if len(sql):
+            vi = VectorIndex.load(col.index_path, mmap=True)
+            np.testing.assert_array_equal(np.sort(vi.ids()), sql)
+
+
+def pg_base_url() -> str:
+    url = os.environ.get("FACESEARCH_TEST_PG_URL")
+    if not url:
+        pytest.skip(
+            'FACESEARCH_TEST_PG_URL is not set: run `eval "$(.ci/postgres.sh)"` to test PostgreSQL'
+        )
+    return url
+
+
+@pytest.fixture(scope="module")
+def pg_module_url() -> Iterator[str]:
+    """A PostgreSQL URL whose ``search_path`` is a fresh private schema, for one module."""
+    import sqlalchemy as sa
+
+    base = pg_base_url()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.dispose()
+
+
+#: Backends of the module-scoped collection fixtures.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
