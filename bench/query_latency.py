@@ -59,7 +59,16 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import REPO, _facesearch_cmd, _thread_env, machine, update_results  # noqa: E402
+from speed import (  # noqa: E402
+    DEFAULT_SHARED,
+    REPO,
+    _facesearch_cmd,
+    _thread_env,
+    lfw_selection,
+    machine,
+    materialise,
+    update_results,
+)
 
 log = logging.getLogger("bench.query")
 
@@ -347,13 +356,15 @@ def _o(x: float | None, nd: int) -> str:
 
 
 # ------------------------------------------------------------------------------ part: startup
-def import_profile(module: str = "facesearch.cli", top: int = 12) -> dict[str, Any]:
+def import_profile(
+    module: str = "facesearch.cli", top: int = 12, env: dict[str, str] | None = None
+) -> dict[str, Any]:
     """``python -X importtime -c "import MODULE"``: total and the top cumulative imports.
 
     Only top-level packages are ranked (``torch`` rather than ``torch._C``), so that the
     table says which dependency costs what; the first-party modules are listed by full name.
     """
-    env = _thread_env(2)
+    env = env or _thread_env(2)
     runs = []
     for _ in range(3):  # the first run may read from disk; keep the fastest of 3
         out = subprocess.run(
@@ -394,45 +405,107 @@ def _importtime_rows(stderr: str) -> tuple[list[tuple[str, int, int]], int]:
 
 
 def wall_times(cmd: Sequence[str], n: int, env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Median and max wall time (s) of ``n`` runs of ``cmd`` (after one warm-up run)."""
+    """Median and max wall time (s) of ``n`` runs of ``cmd`` (after one warm-up run), and the
+    median CPU time (user + sys of the child: what the run costs on an idle machine, about)."""
+    import resource
+
     env = env or _thread_env(2)
     subprocess.run(cmd, capture_output=True, env=env, check=False)
-    ts = []
+    ts, cpus = [], []
     status = 0
     for _ in range(n):
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
         t = time.perf_counter()
         out = subprocess.run(cmd, capture_output=True, env=env, check=False)
         ts.append(time.perf_counter() - t)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
         status = status or out.returncode
-    return {"median_s": statistics.median(ts), "max_s": max(ts), "runs": n, "status": status}
+    return {"median_s": statistics.median(ts), "max_s": max(ts), "runs": n, "status": status,
+            "cpu_median_s": statistics.median(cpus)}  # fmt: skip
 
 
 def bench_startup(args: argparse.Namespace) -> dict[str, Any]:
     fs = _facesearch_cmd()
+    env = _thread_env(args.threads, args.env)
     out: dict[str, Any] = {
-        "import_cli": import_profile("facesearch.cli"),
-        "python_bare": wall_times([sys.executable, "-c", "pass"], args.cli_runs),
-        "help": wall_times([*fs, "--help"], args.cli_runs),
+        "import_cli": import_profile("facesearch.cli", env=env),
+        "python_bare": wall_times([sys.executable, "-c", "pass"], args.cli_runs, env),
+        "help": wall_times([*fs, "--help"], args.cli_runs, env),
     }
     for module in ("torch", "faiss", "sqlalchemy", "facesearch.pipeline"):
         with contextlib.suppress(OSError):
-            out[f"import_{module}"] = wall_times([sys.executable, "-c", f"import {module}"], 3)
+            out[f"import_{module}"] = wall_times([sys.executable, "-c", f"import {module}"], 3, env)
     if args.collection_home and args.image:
-        for name, extra in (("query", []), ("query_json", ["--json"])):
-            cmd = [*fs, "query", str(args.image), "--home", str(args.collection_home), *extra]
-            out[name] = wall_times(cmd, args.cli_runs)
-            out[name]["command"] = shlex.join(["facesearch", *cmd[len(fs) :]])
-        if args.profile_cli:
-            out["query_importtime"] = _cli_import_profile(
-                [*fs, "query", str(args.image), "--home", str(args.collection_home)]
-            )
+        home = str(args.collection_home)
+        cmd = [*fs, "query", str(args.image), "--home", home]
+        out["query"] = wall_times(cmd, args.cli_runs, env)
+        out["query"]["command"] = shlex.join(["facesearch", *cmd[len(fs) :]])
+        out["query"]["collection_faces"] = _collection_faces(home)
+        out["query_phases"] = query_phases(home, str(args.image), env, runs=3)
+        out["query_importtime"] = _cli_import_profile(cmd, env)
     return out
 
 
-def _cli_import_profile(cmd: Sequence[str]) -> list[tuple[str, float]]:
+_PHASES = r"""
+import json, sys, time
+t = [("start", time.perf_counter(), time.process_time())]
+def mark(name): t.append((name, time.perf_counter(), time.process_time()))
+home, image = sys.argv[1], sys.argv[2]
+import facesearch.cli; mark("import facesearch.cli")
+import torch; mark("import torch")
+import faiss; mark("import faiss")
+from facesearch.collection import Collection; mark("import collection (sqlalchemy)")
+col = Collection.open(home); mark("open collection (SQL)")
+vi = col.vectors; mark("load vector index (mmap, checks)")
+from facesearch.cli.faces import make_pipeline
+pipe = make_pipeline("sface"); mark("load networks")
+from facesearch.image import load_image
+img = load_image(image); mark("decode photo")
+faces = pipe.faces(img); mark("detect, align, embed")
+from facesearch.search import identify_faces
+identify_faces(col, faces, k=5); mark("identify (search, people)")
+col.close(); mark("close")
+print(json.dumps([(n, b - a, d - c) for (_, a, c), (n, b, d) in zip(t, t[1:])]))
+"""
+
+
+def query_phases(
+    home: str, image: str, env: dict[str, str], runs: int
+) -> list[tuple[str, float, float]]:
+    """What one ``facesearch query`` process spends its time on: ``(phase, wall s, CPU s)``.
+
+    A fresh interpreter does the command's steps in order with a clock between them (median
+    of ``runs``); the phases sum to about the command's wall time minus interpreter start-up.
+    """
+    per: dict[str, list[tuple[float, float]]] = {}
+    for _ in range(runs):
+        out = subprocess.run(
+            [sys.executable, "-c", _PHASES, home, image], capture_output=True, text=True,
+            env=env, check=True,
+        )  # fmt: skip
+        for name, wall, cpu in json.loads(out.stdout.strip().splitlines()[-1]):
+            per.setdefault(name, []).append((wall, cpu))
+    return [
+        (name, statistics.median(w for w, _ in v), statistics.median(c for _, c in v))
+        for name, v in per.items()
+    ]
+
+
+def _collection_faces(home: str) -> int | None:
+    from facesearch.collection import Collection
+
+    col = Collection.open(home)
+    try:
+        faces = col.info(check=False).get("faces")
+        return int(faces) if faces is not None else None
+    finally:
+        col.close()
+
+
+def _cli_import_profile(cmd: Sequence[str], env: dict[str, str]) -> list[tuple[str, float]]:
     """Top-level imports a whole CLI call pays (``PYTHONIMPORTTIME``), ms, largest first."""
-    env = _thread_env(2)
-    env["PYTHONIMPORTTIME"] = "1"
+    env = {**env, "PYTHONPROFILEIMPORTTIME": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
     rows, _ = _importtime_rows(out.stderr)
     per: dict[str, int] = {}
@@ -452,31 +525,39 @@ def render_startup(payload: dict[str, Any]) -> str:
         f"Date: {payload['date']}. Wall times are medians of {s['help']['runs']} runs after one "
         "warm-up.",
         "",
-        "| what | median s | max s |",
-        "|---|---:|---:|",
+        "| what | median wall s | max wall s | median CPU s |",
+        "|---|---:|---:|---:|",
         f"| `python -c pass` | {s['python_bare']['median_s']:.3f} | "
-        f"{s['python_bare']['max_s']:.3f} |",
+        f"{s['python_bare']['max_s']:.3f} | {s['python_bare'].get('cpu_median_s', 0):.3f} |",
     ]
-    for key in ("import_torch", "import_faiss", "import_sqlalchemy", "import_facesearch.pipeline"):
-        if key in s:
-            lines.append(
-                f'| `python -c "import {key[7:]}"` | {s[key]["median_s"]:.3f} | '
-                f"{s[key]['max_s']:.3f} |"
-            )
-    lines.append(
-        f"| `facesearch --help` | {s['help']['median_s']:.3f} | {s['help']['max_s']:.3f} |"
-    )
-    for key in ("query", "query_json"):
-        if key in s:
-            lines.append(
-                f"| `{s[key]['command']}` | {s[key]['median_s']:.3f} | {s[key]['max_s']:.3f} |"
-            )
+    rows = [(f'`python -c "import {k[7:]}"`', s[k]) for k in
+            ("import_torch", "import_faiss", "import_sqlalchemy", "import_facesearch.pipeline")
+            if k in s]  # fmt: skip
+    rows.append(("`facesearch --help`", s["help"]))
+    if "query" in s:
+        rows.append((f"`facesearch query IMG` ({s['query']['collection_faces']:,} faces)",
+                     s["query"]))  # fmt: skip
+    for what, r in rows:
+        lines.append(
+            f"| {what} | {r['median_s']:.3f} | {r['max_s']:.3f} | {r.get('cpu_median_s', 0):.3f} |"
+        )
     lines += [
         "",
         f'`python -X importtime -c "import facesearch.cli"`: {imp["total_ms"]:.0f} ms of '
         f"imports; heavy packages loaded: {', '.join(imp['heavy_loaded']) or 'none'}. "
         "Largest (cumulative ms): " + ", ".join(f"{k} {v:.0f}" for k, v in imp["top"][:8]) + ".",
     ]
+    if "query_phases" in s:
+        lines += [
+            "",
+            "One `facesearch query` process, phase by phase (median s of 3; a fresh interpreter "
+            "doing the command's steps with a clock between them):",
+            "",
+            "| phase | wall s | CPU s |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {name} | {w:.3f} | {c:.3f} |" for name, w, c in s["query_phases"]]
+        lines.append("")
     if "query_importtime" in s:
         lines.append(
             "Imports paid by one `facesearch query` call (top level, cumulative ms): "
@@ -487,11 +568,37 @@ def render_startup(payload: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------ part: build
+def query_images(data: Path, seed_count: int) -> tuple[list[str], list[str], list[str]]:
+    """``(seed, known, unknown)`` relative LFW paths (under ``lfw/images``).
+
+    ``seed``: the first ``seed_count`` LFW images (``speed.py``'s selection) minus ``known``;
+    ``known``: the last photo of each of the first 15 people of the selection with 3+ photos
+    (their other photos are in the seed); ``unknown``: the first photo of 5 people after the
+    selection (nobody in the collection).
+    """
+    rel = lfw_selection(data, seed_count)
+    people: dict[str, list[str]] = {}
+    for r in rel:
+        people.setdefault(r.split("/")[0], []).append(r)
+    known = [v[-1] for v in people.values() if len(v) >= 3][:15]
+    after = lfw_selection(data, seed_count + 400)[seed_count:]
+    unknown: list[str] = []
+    for r in after:
+        name = r.split("/")[0]
+        if name not in people and all(u.split("/")[0] != name for u in unknown):
+            unknown.append(r)
+        if len(unknown) == 5:
+            break
+    chosen = set(known)
+    return [r for r in rel if r not in chosen], known, unknown
+
+
 def build_collection(args: argparse.Namespace) -> dict[str, Any]:
     """Grow the collection at ``--collection-home`` to ``--collection-size`` faces.
 
-    Real faces first when ``--seed-photos`` is given (``facesearch index`` on them, so the
-    collection is made the way users make it); then synthetic faces (:func:`synthetic_faces`,
+    Real faces first: ``facesearch index --labels folders`` on the first ``--seed-lfw`` LFW
+    photos minus the known query photos (:func:`query_images`), so the collection is made the
+    way users make it; then synthetic faces (:func:`synthetic_faces`,
     4 per made-up photo, identities of 10 % of them labelled ``synthetic_NNNNNNN``) in the space
     of the collection's active model, added through ``Collection.add_photos`` in batches.
     """
@@ -501,9 +608,13 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
 
     home = Path(args.collection_home)
     t0 = time.perf_counter()
-    if args.seed_photos:
-        cmd = [*_facesearch_cmd(), "index", *map(str, args.seed_photos), "--home", str(home)]
-        subprocess.run(cmd, check=True, env=_thread_env(args.threads))
+    if args.seed_lfw:
+        lfw = Path(args.shared) / "data" / "lfw" / "images"
+        seed, _, _ = query_images(Path(args.shared) / "data", args.seed_lfw)
+        with tempfile.TemporaryDirectory(prefix="facesearch-seed-") as tmp:
+            materialise(lfw, seed, Path(tmp))
+            cmd = [*_facesearch_cmd(), "index", tmp, "--labels", "folders", "--home", str(home)]
+            subprocess.run(cmd, check=True, env=_thread_env(args.threads, args.env))
     t_index = time.perf_counter() - t0
     coll = Collection.open(home, create=True)
     model = coll.active_model
@@ -547,16 +658,19 @@ def build_collection(args: argparse.Namespace) -> dict[str, Any]:
 def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     """One-face photo queries in one process through the public Python API.
 
-    Per query: decode (``load_image``), faces (detect, align, embed), the ``k`` = 5 nearest
-    faces (``Collection.search``) and the nearest labelled face (``labelled_only``), as
-    ``facesearch query`` needs for its verdict.
+    Per query, what ``facesearch query`` does: decode (``load_image``), faces (detect, align,
+    embed: ``FacePipeline.faces``) and identification (``facesearch.search.identify_faces``:
+    the ``k`` = 5 nearest faces grouped by person and the nearest labelled face for the
+    verdict). The collection and the networks are loaded once, before the clock starts.
     """
     import torch
 
     torch.set_num_threads(args.threads)
     from facesearch.collection import Collection
+    from facesearch.distance import DEFAULT_THRESHOLD
     from facesearch.image import load_image
     from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.search import identify_faces
 
     t = time.perf_counter()
     pipe = FacePipeline(PipelineConfig(threads=args.threads))
@@ -565,7 +679,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     coll = Collection.open(Path(args.collection_home))
     _ = coll.vectors  # load (memory-map) the index now: the first query would pay it
     open_s = time.perf_counter() - t
-    stages: dict[str, list[float]] = {"decode": [], "faces": [], "search": [], "labelled": []}
+    stages: dict[str, list[float]] = {"decode": [], "faces": [], "identify": []}
     total: list[float] = []
     for rep in range(args.e2e_reps + 1):
         for p in args.e2e_images:
@@ -574,14 +688,11 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
             t1 = time.perf_counter()
             faces = pipe.faces(img)
             t2 = time.perf_counter()
-            xq = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, DIM), np.float32)
-            coll.search(xq, 5)
+            identify_faces(coll, faces, k=5, threshold=DEFAULT_THRESHOLD)
             t3 = time.perf_counter()
-            coll.search(xq, 1, labelled_only=True)
-            t4 = time.perf_counter()
             if rep:  # the first pass warms up
-                total.append((t4 - t0) * 1e3)
-                for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3), strict=True):
+                total.append((t3 - t0) * 1e3)
+                for key, dt in zip(stages, (t1 - t0, t2 - t1, t3 - t2), strict=True):
                     stages[key].append(dt * 1e3)
     info = coll.info(check=False)
     coll.close()
@@ -604,16 +715,16 @@ def render_e2e(payload: dict[str, Any]) -> str:
         f"Command: `{payload['command']}`  ",
         f"Date: {payload['date']}; torch / FAISS threads {payload['threads']}.",
         "",
-        "| collection faces | index | open s | queries | median ms | p95 ms | decode | "
-        "faces (detect+align+embed) | search k=5 | nearest labelled |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| collection faces | index | open s | queries | median ms | p95 ms | decode ms | "
+        "faces ms (detect+align+embed) | identify ms (search, people) |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in payload["e2e"]:
         st = e["stages_median_ms"]
         lines.append(
             f"| {e['collection_faces']:,} | {e['index']} | {e['open_s']:.2f} | {e['queries']} | "
             f"**{e['lat_median_ms']:.1f}** | {e['lat_p95_ms']:.1f} | {st['decode']:.1f} | "
-            f"{st['faces']:.1f} | {st['search']:.1f} | {st['labelled']:.1f} |"
+            f"{st['faces']:.1f} | {st['identify']:.1f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -631,13 +742,23 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--sweep", action="store_true", help="IVF recall / latency over nprobe")
     p.add_argument("--cli-runs", type=int, default=5)
     p.add_argument("--collection-home", type=Path, help="a collection (facesearch index --home)")
-    p.add_argument("--image", type=Path, help="a one-face photo for `facesearch query`")
+    p.add_argument(
+        "--image",
+        type=Path,
+        help="a one-face photo for `facesearch query` (default: the first e2e one)",
+    )
     p.add_argument("--e2e-images", type=Path, nargs="*", default=[], help="one-face photos")
     p.add_argument("--collection-size", type=int, default=1_000_000, help="faces (build)")
-    p.add_argument("--seed-photos", type=Path, nargs="*", default=[],
-                   help="real photos indexed first (build)")  # fmt: skip
+    p.add_argument(
+        "--seed-lfw",
+        type=int,
+        default=2000,
+        help="LFW photos indexed (--labels folders) before the synthetic faces",
+    )
+    p.add_argument("--shared", default=str(DEFAULT_SHARED), help="the shared folder (data/)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment setting for the CLI runs (repeatable)")  # fmt: skip
     p.add_argument("--e2e-reps", type=int, default=3)
-    p.add_argument("--profile-cli", action="store_true", help="importtime of a whole query call")
     p.add_argument("--no-write", action="store_true", help="print, do not record results")
     args = p.parse_args(argv)
     args.parts = [s for s in args.parts.split(",") if s]
@@ -647,8 +768,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         args.queries = min(args.queries, 300)
         args.latency_queries = min(args.latency_queries, 100)
         args.cli_runs = min(args.cli_runs, 3)
-    if args.image and not args.e2e_images:
-        args.e2e_images = [args.image]
+    if not args.e2e_images:  # 15 photos of people in the collection, 5 of people not in it
+        _, known, unknown = query_images(Path(args.shared) / "data", args.seed_lfw)
+        lfw = Path(args.shared) / "data" / "lfw" / "images"
+        args.e2e_images = [lfw / r for r in known + unknown]
+    if args.image is None:
+        args.image = args.e2e_images[0]
     return args
 
 
@@ -682,7 +807,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             update_results("startup", payload)
     if "e2e" in args.parts:
         if not args.collection_home or not args.e2e_images:
-            raise SystemExit("--parts e2e needs --collection-home and --image/--e2e-images")
+            raise SystemExit("--parts e2e needs --collection-home")
         row = bench_e2e(args)
         row["command"] = common["command"]
         # one row per collection size: a new run replaces the row of the same size

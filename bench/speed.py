@@ -124,13 +124,18 @@ def materialise(src_root: Path, rel: Sequence[str], dst: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------ worker
-def _thread_env(threads: int) -> dict[str, str]:
+def _thread_env(threads: int, extra: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of every system: ``threads`` for OpenMP/MKL/OpenBLAS, plus ``extra``
+    ``KEY=VALUE`` settings (``--env``)."""
     env = dict(os.environ)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(threads)
     env["OPENCV_LOG_LEVEL"] = "ERROR"
     env.setdefault("PYTHONPATH", "")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env["PYTHONPATH"]]))
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
     return env
 
 
@@ -242,9 +247,11 @@ class Run:
 
 
 def run_measured(
-    cmd: Sequence[str], env: dict[str, str], log_path: Path
+    cmd: Sequence[str], env: dict[str, str], log_path: Path, stdout_path: Path | None = None
 ) -> tuple[float, float, int, float]:
     """Run ``cmd``; ``(wall s, peak RSS MB of its process tree, exit status, CPU s)``.
+
+    stderr is appended to ``log_path``, stdout too unless ``stdout_path`` is given.
 
     Peak RSS is the larger of the child's ``ru_maxrss`` (from ``wait4``: the high-water mark of
     that very process) and the peak of the summed RSS of the child and its descendants sampled
@@ -252,9 +259,11 @@ def run_measured(
     """
     import psutil
 
-    with open(log_path, "ab") as logf:
+    with contextlib.ExitStack() as stack:
+        logf = stack.enter_context(open(log_path, "ab"))
+        outf = stack.enter_context(open(stdout_path, "wb")) if stdout_path else logf
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdout=logf, stderr=logf)
+        proc = subprocess.Popen(cmd, env=env, stdout=outf, stderr=logf)
         peak = [0.0]
         done = threading.Event()
 
@@ -291,22 +300,13 @@ def _facesearch_cmd() -> list[str]:
     return [sys.executable, "-c", "from facesearch.cli import main; main()"]
 
 
-def count_collection_faces(home: Path) -> int | None:
-    """Faces stored in the collection under ``home`` (``facesearch info --json``), if it says."""
-    out = subprocess.run(
-        [*_facesearch_cmd(), "info", "--home", str(home), "--json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def index_report(stdout: str) -> dict[str, Any]:
+    """The JSON report of ``facesearch index --json`` (``{}`` when there is none)."""
+    start = stdout.find("{")
     with contextlib.suppress(json.JSONDecodeError):
-        info = json.loads(out.stdout)
-        for key in ("faces", "n_faces", "face_count"):
-            if isinstance(info.get(key), int):
-                return int(info[key])
-        if isinstance(info.get("counts"), dict) and isinstance(info["counts"].get("faces"), int):
-            return int(info["counts"]["faces"])
-    return None
+        report = json.loads(stdout[start:]) if start >= 0 else {}
+        return report if isinstance(report, dict) else {}
+    return {}
 
 
 def measure_once(
@@ -318,19 +318,22 @@ def measure_once(
     args: argparse.Namespace,
     keep_embeddings: bool,
 ) -> Run:
-    env = _thread_env(args.threads)
+    env = _thread_env(args.threads, args.env)
     logp = work / "logs" / f"{system}-{inputs}.log"
     logp.parent.mkdir(exist_ok=True)
     loadavg = os.getloadavg()[0]
     if system == "facesearch-index":
         home = work / "home"
         shutil.rmtree(home, ignore_errors=True)
-        cmd = [*_facesearch_cmd(), "index", str(root), "--home", str(home), *args.index_args]
-        wall, peak, status, cpu = run_measured(cmd, env, logp)
+        cmd = [*_facesearch_cmd(), "index", str(root), "--home", str(home), "--json",
+               *args.index_args]  # fmt: skip
+        outp = work / f"{system}-{inputs}.out"
+        wall, peak, status, cpu = run_measured(cmd, env, logp, stdout_path=outp)
         if status != 0:
             raise RuntimeError(f"{shlex.join(cmd)} exited with {status}; see {logp}")
-        faces = count_collection_faces(home)
-        return Run(system, inputs, len(paths), faces if faces is not None else -1, 0,
+        rep = index_report(outp.read_text())
+        faces = int(rep.get("faces_added", -1))
+        return Run(system, inputs, len(paths), faces, int(rep.get("failed", 0)),
                    wall, wall, None, peak, loadavg, cpu, None)  # fmt: skip
     listf = work / f"{inputs}.txt"
     listf.write_text("\n".join(paths))
@@ -665,6 +668,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--batch", type=int, default=16, help="photos per faces_batch call (facesearch-batch)"
     )
     p.add_argument("--index-args", default="", help="extra arguments for `facesearch index`")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment setting for every system (repeatable), e.g. "
+                   "OMP_WAIT_POLICY=PASSIVE")  # fmt: skip
     p.add_argument(
         "--memory", action="store_true", help="peak memory of indexing at 1k and 10k photos"
     )
