@@ -528,3 +528,43 @@ def test_split_matches_the_full_network() -> None:
         if start:  # the float16 cache rounds the features, not the embeddings
             x16 = tail_embed(model, h.half(), start)
             assert np.abs(x16 - ref).max() < 5e-3, layer
+
+
+def test_face_folder_crops_are_cached(att_folder: Path, tmp_path: Path) -> None:
+    from facesearch.train.data import load_face_folder, resize_crop
+
+    calls: list[int] = []
+
+    def cropper(image: np.ndarray) -> tuple[np.ndarray | None, int]:
+        calls.append(1)
+        if len(calls) == 2:  # pretend the 2nd photo has no face
+            return None, 0
+        return resize_crop(image, centre=True), 2 if len(calls) == 3 else 1
+
+    cache = tmp_path / "crops.npz"
+    fs = load_face_folder(att_folder, cropper, mode="centre", cache=cache)
+    assert len(calls) == 15 and len(fs) == 14 and fs.people[0] == "person_1"
+    assert fs.skipped == (("person_1/2.pgm", "no face found"),)
+    assert fs.multi_face == ("person_1/3.pgm",)
+    assert fs.summary()["people"] == 5 and "notes.txt" not in " ".join(fs.paths)
+    again = load_face_folder(att_folder, cropper, mode="centre", cache=cache)
+    assert len(calls) == 16  # only the photo without a face is tried again
+    assert len(again) == 15 and again.paths[1] == "person_1/2.pgm"
+    keep = [i for i in range(15) if i != 1]
+    assert np.array_equal(again.crops[keep], fs.crops) and again.paths[2:] == fs.paths[1:]
+    load_face_folder(att_folder, cropper, mode="aligned", cache=cache)
+    assert len(calls) == 31  # another crop mode: everything recomputed
+
+
+def test_new_head_settings() -> None:
+    from facesearch.models.sface import load_sface
+    from facesearch.train.loop import TrainSettings, reset_head
+
+    with pytest.raises(ValueError, match="pre_fc1"):
+        TrainSettings(new_head=True, freeze_until="fc1")
+    with pytest.raises(ValueError, match="unknown layer"):
+        TrainSettings(freeze_until="conv_99")
+    m = load_sface()
+    w = m.pre_fc1.weight.clone()
+    reset_head(m, seed=0)
+    assert not torch.equal(w, m.pre_fc1.weight) and float(m.fc1.running_var.mean()) == 1.0

@@ -101,6 +101,12 @@ def _pct(x: float | None) -> str:
     "('sface' or a model file).",
 )
 @click.option(
+    "--new-head",
+    is_flag=True,
+    help="Re-initialise the embedding layer (pre_fc1, fc1) before training: a new "
+    "embedding space (only comparable with old vectors through --compatible-with).",
+)
+@click.option(
     "--base",
     default="sface",
     show_default=True,
@@ -142,6 +148,7 @@ def train(
     mining: str,
     fallback: str,
     compatible_with: str | None,
+    new_head: bool,
     base: str,
     crop_mode: str,
     cache: str | None,
@@ -177,22 +184,26 @@ def train(
     from facesearch.train.loop import TrainSettings
     from facesearch.train.run import train_folder
 
-    settings = TrainSettings(
-        epochs=epochs,
-        lr=lr,
-        freeze_until=freeze_until,
-        val_fraction=val_fraction,
-        people=people,
-        images=images,
-        margin=margin,
-        mining=mining,  # type: ignore[arg-type]
-        fallback=fallback,  # type: ignore[arg-type]
-        base=base,
-        compatible_with=compatible_with,
-        flip=flip,
-        seed=seed,
-        device=device,
-    )
+    try:
+        settings = TrainSettings(
+            epochs=epochs,
+            lr=lr,
+            freeze_until=freeze_until,
+            val_fraction=val_fraction,
+            people=people,
+            images=images,
+            margin=margin,
+            mining=mining,  # type: ignore[arg-type]
+            fallback=fallback,  # type: ignore[arg-type]
+            base=base,
+            compatible_with=compatible_with,
+            flip=flip,
+            new_head=new_head,
+            seed=seed,
+            device=device,
+        )
+    except ValueError as e:
+        raise click.UsageError(str(e)) from e
     run = train_folder(
         data,
         out,

@@ -38,6 +38,7 @@ from facesearch.train.split import (
     Tail,
     freeze,
     set_train_mode,
+    stage_index,
     tail_embed,
     trunk_features,
 )
@@ -65,6 +66,7 @@ class TrainSettings:
     base: str = "sface"
     compatible_with: str | None = None
     flip: bool = True  # random mirror augmentation
+    new_head: bool = False  # re-initialise the embedding layer (pre_fc1, fc1): a new space
     val_pairs: int = 3000
     seed: int = 0
     device: str | None = None  # None: cuda when available, else cpu
@@ -78,6 +80,11 @@ class TrainSettings:
             raise ValueError(f"margin must be > 0, got {self.margin}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        first = stage_index(self.freeze_until)  # ValueError for an unknown layer
+        if self.new_head and first > STAGES.index("pre_fc1"):
+            raise ValueError(
+                "new_head needs pre_fc1 to be trained: freeze_until pre_fc1 or earlier"
+            )
 
 
 @dataclass(frozen=True)
@@ -128,6 +135,16 @@ class TrainResult:
         }
 
 
+def reset_head(model: SFace, seed: int) -> None:
+    """Re-initialise the embedding layer: ``pre_fc1`` (PyTorch's default Linear init, seeded)
+    and ``fc1`` (identity batch norm, fresh running statistics)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model.pre_fc1.reset_parameters()
+    model.fc1.reset_parameters()
+    model.fc1.reset_running_stats()
+
+
 def pick_device(name: str | None) -> torch.device:
     """``name`` or, by default, ``cuda`` when available, else ``cpu``."""
     if name:
@@ -170,47 +187,41 @@ def _lr_lambda(total: int, warmup: float) -> Any:
     return f
 
 
-def train(
+@dataclass(frozen=True)
+class Features:
+    """Frozen-trunk outputs of a training run, computed once (:func:`prepare_features`).
+
+    ``train``: one tensor ``(N, ...)`` per view (plain, then mirrored when ``flip``) for the
+    photos of ``train_used`` (the training people with 2+ photos); ``val``: ``(M, ...)`` for
+    the validation photos, or None. Reusable by several runs with the same base trunk,
+    ``freeze_until``, ``flip`` and data.
+    """
+
+    start: int
+    train_used: FaceSet
+    train: list[torch.Tensor]
+    val: torch.Tensor | None
+    trunk_seconds: float = 0.0
+
+
+def prepare_features(
     base: SFace,
     train_set: FaceSet,
     val_set: FaceSet | None,
     settings: TrainSettings,
     *,
-    old: SFace | None = None,
     progress: bool = False,
-) -> TrainResult:
-    """Fine-tune a copy of ``base`` on ``train_set``; ``base`` itself is left untouched.
-
-    ``old``: the frozen old model of a harmonic training (``settings.compatible_with``
-    names it; the caller loads it), else None. ``val_set``: validation people (disjoint
-    from ``train_set``'s) or None. ``progress``: tqdm bars on stderr.
-    """
+) -> Features:
+    """Run the frozen trunk of ``base`` once over the training and validation crops."""
     from tqdm import tqdm
 
-    t_start = time.perf_counter()
+    t0 = time.perf_counter()
     device = pick_device(settings.device)
-    torch.manual_seed(settings.seed)
-    rng = np.random.default_rng(settings.seed)
-    gen = torch.Generator().manual_seed(settings.seed)
-
-    model = copy.deepcopy(base).float()
+    model = copy.deepcopy(base).float().to(device)
     start = freeze(model, settings.freeze_until)
-    model.to(device)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log.info(
-        "training %s onwards (%d parameters) on %s; frozen: %s",
-        STAGES[start],
-        n_trainable,
-        device,
-        ", ".join(STAGES[:start]) or "nothing",
-    )
-    sampler = PKSampler(train_set.labels, settings.people, settings.images, seed=settings.seed)
+    eligible = PKSampler(train_set.labels, settings.people, settings.images).eligible
     # Only photos of eligible people (2+ photos) are ever drawn: cache only those.
-    used = np.flatnonzero(np.isin(train_set.labels, sampler.eligible))
-    train_used = train_set.subset(used)
-    labels = torch.from_numpy(train_used.labels)
-    sampler = PKSampler(train_used.labels, settings.people, settings.images, seed=settings.seed)
-
+    train_used = train_set.subset(np.flatnonzero(np.isin(train_set.labels, eligible)))
     views = 2 if settings.flip else 1
     n_cache = len(train_used) * views + (len(val_set) if val_set is not None else 0)
     bar = tqdm(
@@ -231,6 +242,58 @@ def train(
         else None
     )
     bar.close()
+    secs = time.perf_counter() - t0
+    log.info("trunk features of %d crops in %.1fs", n_cache, secs)
+    return Features(start, train_used, feats, val_feats, secs)
+
+
+def train(
+    base: SFace,
+    train_set: FaceSet,
+    val_set: FaceSet | None,
+    settings: TrainSettings,
+    *,
+    old: SFace | None = None,
+    progress: bool = False,
+    features: Features | None = None,
+) -> TrainResult:
+    """Fine-tune a copy of ``base`` on ``train_set``; ``base`` itself is left untouched.
+
+    ``old``: the frozen old model of a harmonic training (``settings.compatible_with``
+    names it; the caller loads it), else None. ``val_set``: validation people (disjoint
+    from ``train_set``'s) or None. ``progress``: tqdm bars on stderr. ``features``: from
+    :func:`prepare_features` with the same arguments (computed here when None).
+    """
+    from tqdm import tqdm
+
+    t_start = time.perf_counter()
+    device = pick_device(settings.device)
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    gen = torch.Generator().manual_seed(settings.seed)
+
+    if features is None:
+        features = prepare_features(base, train_set, val_set, settings, progress=progress)
+    model = copy.deepcopy(base).float()
+    if settings.new_head:
+        reset_head(model, settings.seed)
+    start = freeze(model, settings.freeze_until)
+    if start != features.start:
+        raise ValueError(f"features are for stage {features.start}, settings train from {start}")
+    model.to(device)
+    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info(
+        "training %s onwards (%d parameters) on %s; frozen: %s",
+        STAGES[start],
+        n_trainable,
+        device,
+        ", ".join(STAGES[:start]) or "nothing",
+    )
+    train_used = features.train_used
+    labels = torch.from_numpy(train_used.labels)
+    sampler = PKSampler(train_used.labels, settings.people, settings.images, seed=settings.seed)
+    views = len(features.train)
+    feats, val_feats = features.train, features.val
 
     old_emb: list[torch.Tensor] | None = None
     if old is not None:
