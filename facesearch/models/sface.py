@@ -341,9 +341,10 @@ def load_sface(weights: Path | None = None) -> SFace:
 # --------------------------------------------------------------------------- embedder
 
 
-#: Crops per forward pass. Measured on 2 cores (see ``Embedder``): 8-16 crops per pass are the
-#: fastest per face; 64 is about 1.5x slower per face and needs about 400 MB more memory.
-DEFAULT_BATCH_SIZE: int = 16
+#: Crops per forward pass. Measured with 1 and 2 threads: 4-8 crops per pass are the fastest
+#: per face (activations stay in cache); 32 is about 1.5x slower per face, 64 also needs about
+#: 400 MB more memory.
+DEFAULT_BATCH_SIZE: int = 8
 
 
 class Embedder:
@@ -358,7 +359,7 @@ class Embedder:
     - ``fuse=False``, or any other module: the module itself runs, switched to eval mode for the
       call and back to its previous mode afterwards, so weight updates show at once.
 
-    ``batch_size``: crops per forward pass (memory grows with it; 16 is the fastest per face here).
+    ``batch_size``: crops per forward pass (memory grows with it; 8 is about the fastest).
     ``flip``: also embed the mirror image of each crop; the two L2-normalised features are averaged
     and normalised again, so each view weighs the same whatever its feature norm. Off by default:
     on LFW View 1 (pairsDevTest) it changed the best-threshold accuracy from 98.8% to 98.7% and
@@ -405,7 +406,10 @@ class Embedder:
         try:
             with torch.inference_mode():
                 # NHWC uint8 -> NCHW float32 with channels-last strides: no layout copy.
-                x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2)
+                arr = np.ascontiguousarray(crops)
+                if not arr.flags.writeable:  # torch.from_numpy wants a writable buffer
+                    arr = arr.copy()
+                x = torch.from_numpy(arr).permute(0, 3, 1, 2)
                 y = runner(x.to(device=device, dtype=torch.float32))  # (B, D)
                 return y.float().cpu().numpy()
         finally:
