@@ -49,22 +49,16 @@ class PipelineConfig:
     detector: DetectorConfig = field(default_factory=_default_detector_config)
     model: str = "sface"
     flip: bool = False
-    batch_size: int = 64
+    batch_size: int | None = None  # crops per forward pass; None: the embedder's default
     threads: int | None = None
 
 
-def load_embedder(model: str = "sface", *, flip: bool = False, batch_size: int = 64) -> Embedder:
+def load_embedder(model: str = "sface", *, flip: bool = False, batch_size: int | None = None) -> Embedder:
     """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
-    if model == "sface":
-        from facesearch.models.sface import Embedder
-
-        return Embedder(name="sface", flip=flip, batch_size=batch_size)
     from facesearch.models.modelfile import load_embedder as load_file
+    from facesearch.models.sface import DEFAULT_BATCH_SIZE
 
-    emb = load_file(model)
-    emb.flip = flip
-    emb.batch_size = batch_size
-    return emb
+    return load_file(model, flip=flip, batch_size=batch_size or DEFAULT_BATCH_SIZE)
 
 
 class FacePipeline:
