@@ -1,0 +1,293 @@
+"""``facesearch cluster`` (with ``name``, ``split``, ``merge``) and ``facesearch evaluate cluster``.
+
+The library side is :mod:`facesearch.clustering` (SQL glue) over :mod:`facesearch.cluster`
+(the algorithms). Results go to stdout (a table, or JSON with ``--json``); logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from facesearch.cli import main
+from facesearch.cli.collection import _collection_args, _open
+from facesearch.cli.faces import evaluate
+from facesearch.cli.options import collection_options, json_option
+
+LINKAGES = ("average", "single", "complete")
+#: Clusters listed by the summary table before "... and N more".
+MAX_ROWS = 30
+
+
+def _threshold_option(f: Any) -> Any:
+    return click.option(
+        "--threshold",
+        type=click.FloatRange(0.0, 4.0, min_open=True),
+        default=None,
+        help="Merge while the linkage distance d = |f(a)-f(b)|^2 is below this "
+        "[default: the verification tau, 1.274 for SFace].",
+    )(f)
+
+
+def _config(threshold: float | None, linkage: str, min_size: int) -> Any:
+    from facesearch.cluster import ClusterConfig
+
+    kwargs: dict[str, Any] = {"linkage": linkage, "min_size": min_size}
+    if threshold is not None:
+        kwargs["threshold"] = threshold
+    return ClusterConfig(**kwargs)
+
+
+def _print_report(rep: Any) -> None:
+    clusters = rep.clusters
+    sizes = [e.size for e in clusters]
+    people = [e for e in rep.entries if e.kind == "person"]
+    singles = [e for e in rep.entries if e.kind == "single"]
+    if rep.stats is not None:
+        st = rep.stats
+        click.echo(
+            f"run:       {st.mode}, {st.new_faces} faces placed, {st.clusters_created} clusters "
+            f"created, {st.joined_existing} faces joined existing clusters ({st.seconds:.1f} s)"
+        )
+    click.echo(
+        f"faces:     {rep.faces} ({sum(sizes)} in {len(clusters)} clusters, "
+        f"{sum(e.size for e in people)} labelled in no cluster, {len(singles)} alone)"
+    )
+    if sizes:
+        click.echo(f"sizes:     largest {max(sizes)}, median {sorted(sizes)[len(sizes) // 2]}")
+    click.echo(
+        f"proposals: {len(rep.proposals)} clusters within tau {rep.threshold:.3f} of a person"
+    )
+    if rep.assigned:
+        click.echo(f"assigned:  {rep.assigned} faces labelled from proposals")
+    if not clusters:
+        return
+    click.echo("")
+    click.echo(f"{'id':>6}  {'size':>5}  {'photos':>6}  person")
+    for e in clusters[:MAX_ROWS]:
+        if e.person is not None:
+            who = f"{e.person}" + (" (manual)" if e.manual else "")
+        elif e.proposed is not None:
+            who = f"proposed: {e.proposed} (d {e.distance:.3f})"
+        else:
+            who = "(manual)" if e.manual else "-"
+        photos = len({r.photo for r in e.faces})
+        click.echo(f"{e.id:>6}  {e.size:>5}  {photos:>6}  {who}")
+    if len(clusters) > MAX_ROWS:
+        click.echo(f"... and {len(clusters) - MAX_ROWS} more clusters (--json lists them all)")
+
+
+@main.group(invoke_without_command=True)
+@_threshold_option
+@click.option(
+    "--linkage", type=click.Choice(LINKAGES), default="average", show_default=True,
+    help="Distance between two groups: mean, smallest or largest d over their face pairs.",
+)  # fmt: skip
+@click.option(
+    "--min-size", type=click.IntRange(1, None), default=2, show_default=True,
+    help="Groups with fewer faces are left alone (listed as single faces).",
+)  # fmt: skip
+@click.option("--full", is_flag=True, help="Start over instead of placing only new faces.")
+@click.option(
+    "--assign", "do_assign", is_flag=True,
+    help="Label the faces of clusters proposed as a person (source 'propagated').",
+)  # fmt: skip
+@click.option(
+    "--export", "export_dir", type=click.Path(file_okay=False), default=None,
+    help="Write face crops (JPEG) into DIR: one folder per cluster and per person, "
+    "'singletons' for faces alone. DIR must be new or empty.",
+)  # fmt: skip
+@collection_options
+@json_option
+@click.pass_context
+def cluster(
+    ctx: click.Context,
+    threshold: float | None,
+    linkage: str,
+    min_size: int,
+    full: bool,
+    do_assign: bool,
+    export_dir: str | None,
+    home: str,
+    collection: str,
+    db_url: str | None,
+    as_json: bool,
+) -> None:
+    """Group the faces that have no person into clusters, one per person.
+
+    Agglomerative clustering (average linkage by default) over a k-nearest-neighbour graph.
+    Two faces of one photo are never in one cluster; faces labelled as different people never
+    merge. Clusters are stored: a re-run places only the faces indexed since (into existing
+    clusters where they belong) unless --full; clusters named, merged or split by hand are kept.
+    A cluster within tau of a labelled person is proposed as that person (--assign applies it).
+
+    Output lists every face once: stored clusters (unlabelled faces), labelled faces in no
+    cluster under their person (kind 'person', id null), and faces alone (kind 'single').
+    Subcommands name, split and merge clusters.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    import dataclasses
+
+    from facesearch import clustering
+
+    config = _config(threshold, linkage, min_size)
+    with _open(home, collection, db_url) as col, col.lock():
+        stats = clustering.cluster_collection(col, config, full=full)
+        rep = clustering.report(col)
+        assigned = 0
+        if do_assign and rep.clusters:
+            assigned = clustering.apply_proposals(col, rep)
+            rep = clustering.report(col)
+        rep = dataclasses.replace(rep, stats=stats, assigned=assigned)
+    if export_dir is not None:
+        written = clustering.export(rep, Path(export_dir))
+        click.echo(
+            f"exported {sum(written.values())} face crops into {len(written)} folders "
+            f"in {export_dir}",
+            err=True,
+        )
+    if as_json:
+        click.echo(json.dumps([e.to_dict() for e in rep.entries], indent=1))
+    else:
+        _print_report(rep)
+
+
+@cluster.command("name")
+@click.argument("cluster_id", metavar="ID", type=int)
+@click.argument("name")
+@collection_options
+@click.pass_context
+def cluster_name(
+    ctx: click.Context, cluster_id: int, name: str, home: str, collection: str, db_url: str | None
+) -> None:
+    """Turn cluster ID into person NAME (new, or an existing person gets its faces)."""
+    from facesearch.clustering import name_cluster
+
+    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
+        n = name_cluster(col, cluster_id, name)
+    click.echo(f"cluster {cluster_id} is now {name!r}: {n} faces labelled")
+
+
+@cluster.command("split")
+@click.argument("cluster_id", metavar="ID", type=int)
+@_threshold_option
+@click.option("--linkage", type=click.Choice(LINKAGES), default="average", show_default=True)
+@collection_options
+@click.pass_context
+def cluster_split(
+    ctx: click.Context,
+    cluster_id: int,
+    threshold: float | None,
+    linkage: str,
+    home: str,
+    collection: str,
+    db_url: str | None,
+) -> None:
+    """Split cluster ID: its faces go back to being alone, or with --threshold (smaller than
+    the one that made it) are re-clustered at it into new clusters kept by later runs."""
+    from facesearch.clustering import split_cluster
+
+    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
+        made = split_cluster(col, cluster_id, threshold, linkage)
+    if made:
+        click.echo(f"split cluster {cluster_id} into clusters {', '.join(map(str, made))}")
+    else:
+        click.echo(f"split cluster {cluster_id}: its faces are alone")
+
+
+@cluster.command("merge")
+@click.argument("cluster_ids", metavar="ID ID...", type=int, nargs=-1, required=True)
+@collection_options
+@click.pass_context
+def cluster_merge(
+    ctx: click.Context, cluster_ids: tuple[int, ...], home: str, collection: str, db_url: str | None
+) -> None:
+    """Merge clusters into the first ID (kept by later runs)."""
+    from facesearch.clustering import merge_clusters
+
+    if len(cluster_ids) < 2:
+        raise click.UsageError("give at least two cluster ids to merge")
+    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
+        size = merge_clusters(col, cluster_ids)
+    others = ", ".join(map(str, cluster_ids[1:]))
+    click.echo(f"merged clusters {others} into {cluster_ids[0]} ({size} faces)")
+
+
+# -- evaluate cluster ---------------------------------------------------------------------------
+
+
+def _load_npz(path: str) -> tuple[Any, Any, Any]:
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as z:
+        if "xb" not in z or "labels" not in z:
+            raise click.BadParameter(f"{path} must hold arrays 'xb' (N, D) and 'labels' (N,)")
+        xb = np.ascontiguousarray(z["xb"], dtype=np.float32)
+        _, true = np.unique(z["labels"], return_inverse=True)
+        photos = z["photo_ids"].astype(np.int64) if "photo_ids" in z else None
+    return xb, true.astype(np.int64), photos
+
+
+@evaluate.command("cluster")
+@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False))
+@_threshold_option
+@click.option("--linkage", type=click.Choice(LINKAGES), default="average", show_default=True)
+@click.option(
+    "--embeddings", "embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
+    hidden=True, help="Dev: an .npz with xb (N, D), labels (N,) and optional photo_ids.",
+)  # fmt: skip
+@json_option
+def evaluate_cluster(
+    folder: str | None,
+    threshold: float | None,
+    linkage: str,
+    embeddings: str | None,
+    as_json: bool,
+) -> None:
+    """Cluster FOLDER (one subfolder per person) without its labels and score it.
+
+    The photos are indexed into a temporary collection (no labels), the largest face of each
+    photo is clustered with the default settings and compared with the subfolders: pairwise
+    and BCubed precision/recall/F, and the number of clusters vs people. A face alone counts
+    as a cluster of its own.
+    """
+    from facesearch.cli import collection as cli_collection
+    from facesearch.clustering import evaluate_clusters, labelled_by_folder
+    from facesearch.collection import Collection
+    from facesearch.indexer import IndexSettings, default_workers, index_paths
+
+    config = _config(threshold, linkage, 2)
+    if embeddings is not None:
+        xb, true, photos = _load_npz(embeddings)
+    elif folder is None:
+        raise click.UsageError("give FOLDER (one subfolder per person)")
+    else:
+        with (
+            tempfile.TemporaryDirectory(prefix="facesearch-eval-") as tmp,
+            Collection.open(tmp, "eval", create=True) as col,
+            col.lock(),
+        ):
+            pipe = cli_collection._make_pipeline("sface")
+            settings = IndexSettings(labels=None, workers=default_workers())
+            index_paths(col, pipe, [folder], settings)
+            xb, true, photos = labelled_by_folder(col, Path(folder))
+    result = evaluate_clusters(xb, true, config, photo_ids=photos)
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=1))
+        return
+    click.echo(f"faces      {result.faces} ({result.people} people)")
+    click.echo(
+        f"clusters   {result.clusters} ({result.singletons} faces alone; "
+        f"{result.linkage} linkage, threshold {result.threshold:.3f})"
+    )
+    for what, (p, r, f) in (("pairwise", result.pairwise), ("bcubed", result.bcubed)):
+        click.echo(f"{what:<10} precision {p:.4f}  recall {r:.4f}  F {f:.4f}")
+    click.echo(f"time       {result.seconds:.2f} s clustering")
+
+
+__all__ = ["cluster", "cluster_merge", "cluster_name", "cluster_split", "evaluate_cluster"]
