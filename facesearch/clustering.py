@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -215,29 +216,61 @@ def _delete_empty_clusters(s: Session) -> None:
     s.execute(sa.delete(st.Cluster).where(st.Cluster.id.not_in(used)))
 
 
+def _new_clusters(s: Session, n: int) -> list[int]:
+    """Insert ``n`` automatic clusters in one statement; their ids, in insertion order."""
+    if n == 0:
+        return []
+    now = datetime.now(timezone.utc)
+    rows = [{"manual": False, "created_at": now, "updated_at": now} for _ in range(n)]
+    stmt = sa.insert(st.Cluster).returning(st.Cluster.id, sort_by_parameter_order=True)
+    return [int(r[0]) for r in s.execute(stmt, rows)]
+
+
+def _set_clusters(s: Session, face_ids: np.ndarray, cluster_ids: np.ndarray) -> None:
+    """``faces.cluster_id = cluster_ids[i]`` for ``face_ids[i]`` (both ``(n,) int64``), one
+    executemany."""
+    if not len(face_ids):
+        return
+    table = st.FaceRow.__table__
+    stmt = (
+        sa.update(table)  # type: ignore[arg-type]
+        .where(table.c.id == sa.bindparam("fid"))
+        .values(cluster_id=sa.bindparam("cid"))
+    )
+    params = [{"fid": int(i), "cid": int(c)} for i, c in zip(face_ids, cluster_ids, strict=True)]
+    s.connection().execute(stmt, params)
+    s.expire_all()
+
+
 def _store_groups(s: Session, f: _Faces, groups: np.ndarray, positions: np.ndarray) -> int:
     """Store the groups ``groups`` (``(len(positions),)`` ids, ``-1`` alone) of the faces at
     ``positions``: a group holding a manual cluster's faces adds its other unlabelled faces to
     it; else its unlabelled faces become a new cluster. Returns the clusters created."""
-    created = 0
     ok = groups >= 0
     pos, g = positions[ok], groups[ok]
     order = np.argsort(g, kind="stable")
     pos, g = pos[order], g[order]
     starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]]) if len(g) else np.zeros(0, np.int64)
+    manual = np.array(sorted(f.manual), dtype=np.int64)
+    in_manual = np.isin(f.cluster_ids, manual)
+    joins: list[tuple[np.ndarray, int]] = []  # (positions, manual cluster id)
+    fresh: list[np.ndarray] = []  # positions of each new cluster
     for members in np.split(pos, starts[1:]) if len(g) else []:
-        cids = f.cluster_ids[members]
-        kept = {int(c) for c in cids if int(c) in f.manual}
-        free = members[(f.person_ids[members] < 0) & ~np.isin(cids, list(f.manual))]
+        free = members[(f.person_ids[members] < 0) & ~in_manual[members]]
         if not len(free):
             continue
-        if kept:
-            target = min(kept)  # one at most: manual clusters never share a group
+        kept = f.cluster_ids[members][in_manual[members]]
+        if len(kept):  # one at most: manual clusters never share a group
+            joins.append((free, int(kept.min())))
         else:
-            target = st.create_cluster(s)
-            created += 1
-        st.set_cluster(s, f.face_ids[free].tolist(), target)
-    return created
+            fresh.append(free)
+    ids = _new_clusters(s, len(fresh))
+    parts = [(p, c) for p, c in joins] + list(zip(fresh, ids, strict=True))
+    if parts:
+        where = np.concatenate([p for p, _ in parts])
+        cids = np.concatenate([np.full(len(p), c, dtype=np.int64) for p, c in parts])
+        _set_clusters(s, f.face_ids[where], cids)
+    return len(fresh)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -282,15 +315,13 @@ def cluster_collection(
                 photo_ids=f.photo_ids[pos], labels=labels[pos],
             )  # fmt: skip
             start = len(sql_ids)
-            # new faces that joined an existing cluster (unlabelled ones are stored there)
-            into = np.flatnonzero((out >= 0) & (out < start))
-            into = into[into >= len(old)]
-            for c in np.unique(out[into]).tolist():
-                sel = pos[into[out[into] == c]]
-                sel = sel[f.person_ids[sel] < 0]
-                if len(sel):
-                    st.set_cluster(s, f.face_ids[sel].tolist(), int(sql_ids[c]))
-                    joined += len(sel)
+            # faces that joined an existing cluster: new ones, or old ones that were alone
+            # (unlabelled ones are stored there)
+            before = np.concatenate([dense, np.full(len(new), -1, dtype=np.int64)])
+            into = np.flatnonzero((out >= 0) & (out < start) & (before < 0))
+            into = into[f.person_ids[pos[into]] < 0]
+            _set_clusters(s, f.face_ids[pos[into]], sql_ids[out[into]])
+            joined = len(into)
             rest = np.flatnonzero(out >= start)
             groups = np.full(n, -1, dtype=np.int64)
             groups[pos[rest]] = out[rest]
