@@ -442,13 +442,29 @@ def apply_proposals(col: Collection, rep: ClusterReport) -> int:
 
 def name_cluster(col: Collection, cluster_id: int, name: str) -> int:
     """Turn cluster ``cluster_id`` into person ``name`` (created, or an existing person gets its
-    faces): its unlabelled faces are labelled ``MANUAL``, the cluster becomes manual (kept by
-    re-runs). Returns the number of faces labelled."""
+    faces): its faces are labelled ``MANUAL``, except those labelled by hand as another person
+    than the cluster's (naming a named cluster again renames it); the cluster becomes manual
+    (kept by re-runs). Returns the number of faces labelled."""
     with col.lock(), col.session() as s:
         c = _require_cluster(s, cluster_id)
         person = st.ensure_person(s, name)
-        fids = s.scalars(select(st.FaceRow.id).where(st.FaceRow.cluster_id == c.id)).all()
-        n = st.assign(s, fids, name, st.LabelSource.MANUAL, replace=False)
+        rows = s.execute(
+            select(st.FaceRow.id, st.Assignment.source, st.Assignment.person_id)
+            .outerjoin(st.Assignment, st.Assignment.face_id == st.FaceRow.id)
+            .where(st.FaceRow.cluster_id == c.id)
+        ).all()
+        # faces labelled by hand as someone else than the cluster's person keep their label;
+        # unlabelled faces, labels from a cluster or a proposal, and the cluster's own person
+        # (a renamed cluster) follow the new name
+        derived = {st.LabelSource.CLUSTER.value, st.LabelSource.PROPAGATED.value}
+        fids = [
+            int(fid)
+            for fid, source, pid in rows
+            if source is None
+            or getattr(source, "value", source) in derived
+            or (c.person_id is not None and pid == c.person_id)
+        ]
+        n = st.assign(s, fids, name, st.LabelSource.MANUAL, replace=True)
         c.person_id, c.name, c.manual = person.id, name, True
     return n
 

@@ -171,6 +171,22 @@ def test_name_split_merge(col: dict[str, Any]) -> None:
     assert ids == _all_face_ids(col["home"])
 
 
+def test_name_adds_to_an_existing_person(col: dict[str, Any]) -> None:
+    args = col["args"]
+    entries = _clusters(args)
+    amy, penny = (_by_person(entries, f)["id"] for f in ("BBT_Amy", "BBT_Penny"))
+    run_cli(["cluster", "name", amy, "Friends", *args])
+    run_cli(["cluster", "name", penny, "Friends", *args])
+    assert json.loads(run_cli(["people", "--json", *args]).stdout) == [
+        {"person": "Friends", "faces": 7, "photos": 7}
+    ]
+    # renaming a named cluster moves the faces it labelled
+    out = run_cli(["cluster", "name", penny, "Penny", *args]).stdout
+    assert out == f"cluster {penny} is now 'Penny': 3 faces labelled\n"
+    people = json.loads(run_cli(["people", "--json", *args]).stdout)
+    assert [(p["person"], p["faces"]) for p in people] == [("Friends", 4), ("Penny", 3)]
+
+
 def test_merge_refuses_faces_of_one_photo(col: dict[str, Any]) -> None:
     entries = _clusters(col["args"], "--full", "--min-size", "1")
     group = [e["id"] for e in entries if any(Path(f["photo"]).name == GROUP for f in e["faces"])]
