@@ -19,6 +19,7 @@ from facesearch.cluster import (
     assign_new,
     bcubed_prf,
     build_index,
+    default_threshold,
     knn_graph,
     n_clusters,
     pairwise_prf,
@@ -161,7 +162,7 @@ def test_sparse_graph_equals_scipy_when_it_holds_every_close_pair(method: str) -
     dist, _ = knn_graph(x, k)
     # the premise of the guarantee: each face's k-th neighbour is already beyond the threshold
     assert (dist[:, -1] >= DEFAULT_THRESHOLD).all()
-    config = ClusterConfig(linkage=method, k=k, min_size=1)  # type: ignore[arg-type]
+    config = ClusterConfig(DEFAULT_THRESHOLD, linkage=method, k=k, min_size=1)  # type: ignore[arg-type]
     assert same_partition(agglomerate(x, config), scipy_clusters(x, method, DEFAULT_THRESHOLD))
 
 
@@ -170,7 +171,7 @@ def test_sparse_average_equals_scipy_with_identities_larger_than_k(seed: int) ->
     # Identities of up to 60 faces with k = 8: most same-person pairs are not edges, yet the
     # average linkage is exact (cluster sums) and clusters of one person stay graph-adjacent.
     x, _ = faces(12, 60, 0.07, seed=seed)
-    config = ClusterConfig(k=8, min_size=1)
+    config = ClusterConfig(DEFAULT_THRESHOLD, k=8, min_size=1)
     assert same_partition(agglomerate(x, config), scipy_clusters(x, "average", DEFAULT_THRESHOLD))
 
 
@@ -199,7 +200,7 @@ def test_constraints_equal_dense_greedy_oracle(seed: int) -> None:
     labels = np.full(n, -1, dtype=np.int64)
     some = rng.choice(n, n // 6, replace=False)
     labels[some] = ident[some]
-    config = ClusterConfig(k=n, min_size=1, premerge_labels=False)
+    config = ClusterConfig(DEFAULT_THRESHOLD, k=n, min_size=1, premerge_labels=False)
     got = agglomerate(x, config, photo_ids=photo, labels=labels)
     ref = greedy_oracle(x, DEFAULT_THRESHOLD, photo, labels)
     assert same_partition(got, ref)
@@ -380,3 +381,28 @@ def test_metrics_on_known_cases() -> None:
     assert bcubed_prf(alone, true).recall == pytest.approx((3 * (1 / 3) + 2 * (1 / 2)) / 5)
     assert pairwise_prf(alone, true).recall == 0.0
     assert n_clusters(np.array([0, 0, -1, -1, 3])) == 4
+
+
+# --------------------------------------------------------------------------- default threshold
+
+
+def test_default_threshold_moves_below_tau_as_same_person_pairs_get_rare() -> None:
+    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)  # 10 people: 1 pair in 10 is the same
+    many, _ = faces(600, 1, 0.08, seed=21, fixed=True)  # 600 people seen once
+    t_few, t_many = default_threshold(few), default_threshold(many)
+    assert t_many < t_few < DEFAULT_THRESHOLD
+    assert default_threshold(few) == t_few, "seeded: the same faces give the same threshold"
+    assert default_threshold(few, tau=1.4) > t_few, "it follows tau"
+
+
+def test_default_threshold_is_tau_without_a_crowd() -> None:
+    x, _ = faces(1, 1, 0.0, seed=22)
+    assert default_threshold(x) == DEFAULT_THRESHOLD
+    assert default_threshold(np.repeat(x, 5, axis=0)) == DEFAULT_THRESHOLD  # one person only
+
+
+def test_default_config_uses_the_default_threshold() -> None:
+    x, _ = faces(60, 4, 0.09, seed=23)
+    auto = agglomerate(x)
+    explicit = agglomerate(x, ClusterConfig(threshold=default_threshold(x)))
+    np.testing.assert_array_equal(auto, explicit)
