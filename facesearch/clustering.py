@@ -37,6 +37,7 @@ Nothing here prints; the CLI renders :class:`ClusterReport`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -632,7 +633,7 @@ class ClusterEvaluation:
     singletons: int
     pairwise: tuple[float, float, float]  # precision, recall, F
     bcubed: tuple[float, float, float]
-    threshold: float
+    threshold: float | None
     linkage: str
     seconds: float
 
@@ -667,6 +668,10 @@ def evaluate_clusters(
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
+    if config.threshold is None:  # report the threshold the default rule gives these faces
+        from facesearch.cluster import default_threshold
+
+        config = dataclasses.replace(config, threshold=default_threshold(xb))
     pred = agglomerate(xb, config, photo_ids=photo_ids)
     secs = time.perf_counter() - t0
     pw = pairwise_prf(pred, true)

@@ -29,7 +29,7 @@ def _threshold_option(f: Any) -> Any:
         type=click.FloatRange(0.0, 4.0, min_open=True),
         default=None,
         help="Merge while the linkage distance d = |f(a)-f(b)|^2 is below this "
-        "[default: the verification tau, 1.274 for SFace].",
+        "[default: facesearch.cluster's, derived from the verification tau].",
     )(f)
 
 
@@ -283,7 +283,7 @@ def evaluate_cluster(
     click.echo(f"faces      {result.faces} ({result.people} people)")
     click.echo(
         f"clusters   {result.clusters} ({result.singletons} faces alone; "
-        f"{result.linkage} linkage, threshold {result.threshold:.3f})"
+        f"{result.linkage} linkage, threshold {result.threshold or float('nan'):.3f})"
     )
     for what, (p, r, f) in (("pairwise", result.pairwise), ("bcubed", result.bcubed)):
         click.echo(f"{what:<10} precision {p:.4f}  recall {r:.4f}  F {f:.4f}")
