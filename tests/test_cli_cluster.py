@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 import pytest
-from collhelpers import collection_args, run_cli, use_shared_pipeline
+from collhelpers import (
+    collection_args,
+    pg_module_url,  # noqa: F401
+    run_cli,
+    use_shared_pipeline,
+)
 from PIL import Image
 
 from facesearch import store as st
@@ -272,3 +277,25 @@ def test_evaluate_cluster_embeddings(tmp_path: Path) -> None:
     res = json.loads(run_cli(["evaluate", "cluster", "--embeddings", path, "--json"]).stdout)
     assert (res["faces"], res["people"], res["clusters"]) == (30, 5, 5)
     assert res["bcubed"]["f"] == 1.0
+
+
+@pytest.mark.postgres
+def test_postgres(indexed: dict[str, Path], tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """The SQL of runs, incremental runs and corrections on PostgreSQL."""
+    pg_url = request.getfixturevalue("pg_module_url")
+    args = collection_args(tmp_path / "home", pg_url)
+    with pytest.MonkeyPatch.context() as mp:
+        use_shared_pipeline(mp)
+        run_cli(["index", indexed["lib"], *args])
+        entries = _clusters(args)
+        assert len([e for e in entries if e["kind"] == "cluster"]) == 3
+        amy = _by_person(entries, "BBT_Amy")["id"]
+        run_cli(["cluster", "name", amy, "Amy", *args])
+        run_cli(["index", indexed["lib2"], *args])
+    out = run_cli(["cluster", *args]).stdout
+    assert out.startswith("run:       incremental, 2 faces placed, 0 clusters created, 2 faces")
+    entries = _clusters(args)
+    named = [e for e in entries if e["id"] == amy][0]
+    assert named["person"] == "Amy" and named["size"] == 5
+    with Collection.open(tmp_path / "home", db_url=pg_url) as c, c.session() as s:
+        assert sorted(f["face_id"] for e in entries for f in e["faces"]) == st.face_ids(s).tolist()
