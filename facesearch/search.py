@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch.distance import DEFAULT_THRESHOLD
+from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD
 from facesearch.types import Face, Match
 
 if TYPE_CHECKING:
@@ -120,7 +120,7 @@ def identify_vectors(
     xq: np.ndarray,
     *,
     k: int = 5,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
     exclude: AbstractSet[int] | Sequence[AbstractSet[int]] = frozenset(),
 ) -> list[Identification]:
     """Identify query embeddings ``xq`` ``(nq, D) float32`` (unit, the collection's space).
@@ -201,7 +201,7 @@ def identify_faces(
     faces: Sequence[Face],
     *,
     k: int = 5,
-    threshold: float = DEFAULT_THRESHOLD,
+    threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
 ) -> list[Identification]:
     """:func:`identify_vectors` for detected faces; each result carries its face (box)."""
     if not faces:

@@ -292,7 +292,7 @@ def query(
         img = load_image(image)
         _ = col.vectors  # fails early (no faces yet) before the networks load
         pipe = _make_pipeline(_pipeline_model(col, None))
-        tau = threshold if threshold is not None else model_threshold(pipe)
+        tau = threshold if threshold is not None else model_threshold(pipe, "identify")
         faces = pipe.faces(img)
         if not faces:
             raise NoFaceError(image)

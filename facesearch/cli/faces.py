@@ -22,10 +22,21 @@ def make_pipeline(model: str, flip: bool | None = None) -> Any:
     return FacePipeline(cfg)
 
 
-def model_threshold(pipeline: Any) -> float:
-    """The calibrated tau of the pipeline's model (model files carry their own)."""
-    from facesearch.distance import DEFAULT_THRESHOLD
+def model_threshold(pipeline: Any, purpose: str = "verify") -> float:
+    """The calibrated tau of the pipeline's model for ``purpose`` 'verify' (1:1) or 'identify' (1:K).
 
+    The shipped SFace uses the LFW calibration of :mod:`facesearch.distance`; a model file
+    carries its own verification tau (and an identification one when it recorded it; else the
+    verification tau is used for both).
+    """
+    from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_THRESHOLD
+
+    meta = getattr(pipeline.embedder, "meta", None) or {}
+    if purpose == "identify":
+        if meta.get("identify_threshold") is not None:
+            return float(meta["identify_threshold"])
+        if pipeline.model_name == "sface":
+            return DEFAULT_IDENTIFY_THRESHOLD
     t = getattr(pipeline.embedder, "threshold", None)
     return float(t) if t is not None else DEFAULT_THRESHOLD
 
