@@ -5,7 +5,13 @@ Heavy modules (torch, faiss, sqlalchemy) are imported lazily so that the CLI sta
 
 from __future__ import annotations
 
-from facesearch.distance import DEFAULT_THRESHOLD, distance, pairwise_distance
+from facesearch.distance import (
+    DEFAULT_IDENTIFY_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    DEFAULT_VERIFY_THRESHOLD,
+    distance,
+    pairwise_distance,
+)
 from facesearch.errors import (
     CollectionError,
     FacesearchError,
@@ -19,7 +25,9 @@ from facesearch.types import Detection, Face, Match
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_IDENTIFY_THRESHOLD",
     "DEFAULT_THRESHOLD",
+    "DEFAULT_VERIFY_THRESHOLD",
     "CollectionError",
     "Detection",
     "Face",

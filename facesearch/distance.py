@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Default 1:1 "same person" threshold tau on d for the shipped SFace model: the distance at
-#: which the false-accept rate over all 174.6 million impostor pairs of LFW is 1e-3 (1.273;
-#: it is also SFace's published cosine threshold 0.363, d = 2 - 2 * 0.363). On LFW View 2 the
-#: 10-fold fitted thresholds lie at 1.30-1.32 (see README, "Thresholds").
+#: The base operating point of the shipped SFace model: the distance at which the
+#: false-accept rate over all 174.6 million impostor pairs of LFW is 1e-3 (1.273; it is also
+#: SFace's published cosine threshold 0.363, d = 2 - 2 * 0.363). Clustering derives its merge
+#: threshold from it (see facesearch.cluster).
 DEFAULT_THRESHOLD: float = 1.274
+
+#: Default 1:1 "same person" threshold for ``facesearch verify``: the mean of the ten
+#: per-fold thresholds fitted for accuracy by the LFW View 2 protocol (1.3249; folds 1.30-1.32),
+#: measured with ``facesearch evaluate lfw`` (README, "Thresholds").
+DEFAULT_VERIFY_THRESHOLD: float = 1.325
 
 #: Default 1:K "this is person X" threshold for ``facesearch query``. Identification compares a
 #: face with every person of the collection, so its false-match rate grows with their number;

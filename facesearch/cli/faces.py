@@ -29,14 +29,17 @@ def model_threshold(pipeline: Any, purpose: str = "verify") -> float:
     carries its own verification tau (and an identification one when it recorded it; else the
     verification tau is used for both).
     """
-    from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_THRESHOLD
+    from facesearch.distance import (
+        DEFAULT_IDENTIFY_THRESHOLD,
+        DEFAULT_THRESHOLD,
+        DEFAULT_VERIFY_THRESHOLD,
+    )
 
     meta = getattr(pipeline.embedder, "meta", None) or {}
-    if purpose == "identify":
-        if meta.get("identify_threshold") is not None:
-            return float(meta["identify_threshold"])
-        if pipeline.model_name == "sface":
-            return DEFAULT_IDENTIFY_THRESHOLD
+    if purpose == "identify" and meta.get("identify_threshold") is not None:
+        return float(meta["identify_threshold"])
+    if pipeline.model_name == "sface":
+        return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
     t = getattr(pipeline.embedder, "threshold", None)
     return float(t) if t is not None else DEFAULT_THRESHOLD
 
