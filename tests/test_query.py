@@ -23,7 +23,7 @@ from dbhelpers import DIM, make_face, unit_vectors
 import facesearch.search as search_mod
 from facesearch import store as st
 from facesearch.collection import Collection
-from facesearch.distance import DEFAULT_THRESHOLD, pairwise_distance
+from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_THRESHOLD, pairwise_distance
 from facesearch.search import group_matches, identify_vectors
 from facesearch.types import Face, Match
 
@@ -221,7 +221,7 @@ def test_query_a_new_photo_of_a_known_person(
     out = run_cli(["query", photo, "--json", *library["args"]]).stdout
     (entry,) = json.loads(out)
     assert entry["person"] == "BBT_Raj"
-    assert 0 < entry["distance"] < DEFAULT_THRESHOLD == entry["threshold"]
+    assert 0 < entry["distance"] < DEFAULT_IDENTIFY_THRESHOLD == entry["threshold"]
     assert len(entry["box"]) == 4 and entry["box"][2] > entry["box"][0]
     assert len(entry["matches"]) == 5
     assert set(entry["matches"][0]) >= {"person", "distance", "photo", "face_id"}
@@ -231,7 +231,7 @@ def test_query_a_new_photo_of_a_known_person(
     assert dists == sorted(dists) and entry["distance"] == dists[0]
     assert sum(g["count"] for g in entry["groups"]) == 5
     table = run_cli(["query", photo, *library["args"]]).stdout
-    assert table == _table([entry], DEFAULT_THRESHOLD)
+    assert table == _table([entry], DEFAULT_IDENTIFY_THRESHOLD)
     assert table.startswith(f"face 1 [{round(entry['box'][0])}, ")
     assert ": BBT_Raj (d " in table.splitlines()[0]
 
@@ -260,7 +260,7 @@ def test_query_strangers_are_unknown(
     photo = data / "photos" / "BBT_Sheldon" / "sheldon1.png"
     (e,) = json.loads(run_cli(["query", photo, "--json", *library["args"]]).stdout)
     assert e["person"] is None
-    assert e["distance"] is None or e["distance"] >= DEFAULT_THRESHOLD
+    assert e["distance"] is None or e["distance"] >= DEFAULT_IDENTIFY_THRESHOLD
 
 
 def test_query_every_face_of_a_group_photo(
