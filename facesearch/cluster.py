@@ -60,7 +60,7 @@ Threshold
     more images, one in 400 over all of LFW), and at tau the nearest stranger of a face seen only
     once is often closer than tau. :func:`default_threshold` moves tau to the Bayes boundary for
     that prior, estimated from the faces themselves (no labels): ``d = 1.157`` on the first LFW
-    set above, ``1.113`` on all of LFW. With average linkage, two groups are then merged when
+    set above, ``1.110`` on all of LFW. With average linkage, two groups are then merged when
     their faces, on average, would be judged the same person at that prior. The same rule is
     used for ``single`` and ``complete`` (single linkage chains more, complete splits more).
 
@@ -205,7 +205,7 @@ def default_threshold(
     not look like a collection of several people (fewer than 2 faces, ``mu_diff <= tau``,
     ``pi >= 0.5``). ``xb``: ``(N, D) float32`` unit rows; all pairs when ``N (N - 1) / 2 <=
     pairs``, else ``pairs`` random ones (seeded). On SFace LFW embeddings with tau = 1.274:
-    1.157 for the 158 people with at least 10 images, 1.113 for all of LFW.
+    1.157 for the 158 people with at least 10 images, 1.110 for all of LFW.
     """
     xb = _check_embeddings(xb)
     n = len(xb)
