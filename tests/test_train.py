@@ -524,7 +524,7 @@ def test_split_matches_the_full_network() -> None:
         start = STAGES.index(layer) if layer != "none" else 0
         h = trunk_features(model, crops, start, dtype=torch.float32)
         x = tail_embed(model, h, start)
-        assert np.abs(x - ref).max() < 1e-5, layer
+        assert np.abs(x - ref).max() < 1e-4, layer  # fused trunk: float rounding only
         if start:  # the float16 cache rounds the features, not the embeddings
             x16 = tail_embed(model, h.half(), start)
             assert np.abs(x16 - ref).max() < 5e-3, layer

@@ -12,7 +12,7 @@ from facesearch.cli import main
 from facesearch.cli.options import json_option
 
 #: Mirrors facesearch.train.split.DEFAULT_FREEZE_UNTIL (not imported: it pulls in torch).
-DEFAULT_FREEZE_UNTIL = "conv_14_dw"
+DEFAULT_FREEZE_UNTIL = "conv_14"
 
 
 def _pct(x: float | None) -> str:

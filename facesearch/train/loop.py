@@ -326,7 +326,8 @@ def train(
             log.warning("validation people have no same-person pairs: no validation accuracy")
             val_pairs = None
     if val_pairs is not None and val_feats is not None and val_set is not None:
-        xv = tail_embed(model, val_feats, start, device=device)
+        # "Before" is the base model as given (before any new head).
+        xv = tail_embed(copy.deepcopy(base).float().to(device), val_feats, start, device=device)
         result.val_before, tau0 = _val_accuracy(xv, xv, val_pairs)
         log.info("validation accuracy before: %.4f (tau %.3f)", result.val_before, tau0)
         if old is not None:
