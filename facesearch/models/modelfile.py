@@ -107,6 +107,12 @@ def model_name(path: str | os.PathLike[str], weights_hash: str) -> str:
     return f"{Path(path).stem}-{weights_hash[:10]}"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _atomic_torch_save(obj: object, path: Path) -> None:
     import torch
 
@@ -117,6 +123,7 @@ def _atomic_torch_save(obj: object, path: Path) -> None:
             torch.save(obj, fp)
             fp.flush()
             os.fsync(fp.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a model file is shareable
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

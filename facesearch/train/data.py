@@ -194,6 +194,9 @@ def _write_cache(
             mtimes=np.array([k[2] for k in keys], dtype=np.int64),
             crops=crops,
         )
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
         os.replace(tmp, cache)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
