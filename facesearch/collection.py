@@ -67,7 +67,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
-from facesearch.errors import CollectionError, IndexMismatchError
+from facesearch.errors import CollectionError, IncompatibleModelError, IndexMismatchError
 from facesearch.types import Match
 from facesearch.vectors import AUTO_APPROX_ABOVE, KINDS, VectorIndex, resolve_kind
 
@@ -222,6 +222,7 @@ class Collection:
         self._lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
         self._lock_depth = 0
         self._vectors: VectorIndex | None = None
+        self._space_of_vectors: tuple[str, ...] = ()  # the models whose faces _vectors holds
         self._stale = False
         self._dirty = False
 
@@ -487,6 +488,7 @@ class Collection:
         writer = self._lock.held
         with self.store.session() as s:
             exp = self._require_expected(s)
+        self._space_of_vectors = exp.space
         self._stale = False
         loaded: VectorIndex | None = None
         try:
@@ -564,6 +566,7 @@ class Collection:
         started = time.monotonic()
         with self.store.session(snapshot=True) as s:
             exp = self._require_expected(s)
+            self._space_of_vectors = exp.space
             setting: str = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
             kind = resolve_kind(setting, exp.count)
             if kind == "flat":
@@ -837,6 +840,23 @@ class Collection:
                     row.append(Match(int(fid), float(dist), rec.person, rec.photo))
             out.append(row)
         return out
+
+    def check_query_models(self, models: Sequence[str]) -> None:
+        """Raise :class:`IncompatibleModelError` unless queries embedded by ``models`` can be
+        compared with the indexed vectors (each model registered in the active model's space).
+
+        Costs no query once the index is loaded (the space is read with it).
+        """
+        _ = self.vectors
+        space = self._space_of_vectors
+        bad = sorted(set(models) - set(space))
+        if bad:
+            raise IncompatibleModelError(
+                f"queries embedded by model {', '.join(map(repr, bad))} cannot be compared with "
+                f"collection {self.name!r}'s vectors (models {', '.join(space)}): embed them with "
+                "the collection's active model, or register a compatible model with "
+                "'facesearch model add FILE'"
+            )
 
     def check(self) -> dict[str, Any]:
         """Compare the index file with SQL, id by id (reads every id: O(faces)).

@@ -203,9 +203,15 @@ def identify_faces(
     k: int = 5,
     threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
 ) -> list[Identification]:
-    """:func:`identify_vectors` for detected faces; each result carries its face (box)."""
+    """:func:`identify_vectors` for detected faces; each result carries its face (box).
+
+    Raises :class:`~facesearch.errors.IncompatibleModelError` when the faces were embedded by
+    a model whose vectors cannot be compared with the collection's
+    (:meth:`~facesearch.collection.Collection.check_query_models`).
+    """
     if not faces:
         return []
+    collection.check_query_models(sorted({f.model for f in faces}))
     xq = np.stack([np.asarray(f.embedding, dtype=np.float32) for f in faces])
     results = identify_vectors(collection, xq, k=k, threshold=threshold)
     return [

@@ -46,7 +46,7 @@ def _register() -> None:
     # Command modules register themselves on ``main``; import order is the help order.
     import importlib
 
-    for name in ("faces", "collection", "cluster", "train"):
+    for name in ("faces", "collection", "model", "cluster", "train"):
         try:
             importlib.import_module(f"facesearch.cli.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet

@@ -279,6 +279,8 @@ def query(
 ) -> None:
     """Who is in IMAGE? 1:K identification of every face against the collection.
 
+    The query is embedded with the collection's active model (see 'facesearch model').
+
     For each face: the K nearest stored faces grouped by person (best distance, count), and
     a verdict: the person of the nearest labelled face when its distance d is below tau,
     else "unknown". Exit status 1 when the photo cannot be read or has no face.
@@ -287,11 +289,13 @@ def query(
     from facesearch.errors import NoFaceError
     from facesearch.image import load_image
     from facesearch.search import identify_faces
+    from facesearch.upgrade import check_query_embedder, query_model
 
     with _open(home, collection, db_url) as col:
         img = load_image(image)
         _ = col.vectors  # fails early (no faces yet) before the networks load
-        pipe = _make_pipeline(_pipeline_model(col, None))
+        pipe = _make_pipeline(query_model(col))
+        check_query_embedder(col, pipe.embedder)  # the registered model file, unchanged
         tau = threshold if threshold is not None else model_threshold(pipe, "identify")
         faces = pipe.faces(img)
         if not faces:
