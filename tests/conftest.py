@@ -7,6 +7,7 @@ Tests that need it skip with a reason when it is absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 # Spinning OpenMP threads make torch crawl when the cores are shared (see facesearch/cli).
@@ -33,3 +34,16 @@ def data(shared: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference(shared: Path) -> Path:
     return shared / "reference"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _weight_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The numpy engine caches prepared weights (``FACESEARCH_CACHE``): keep the suite's copy
+    out of the user's cache, shared by the whole session (and the CLI processes it starts)."""
+    before = os.environ.get("FACESEARCH_CACHE")
+    os.environ["FACESEARCH_CACHE"] = str(tmp_path_factory.mktemp("weight-cache"))
+    yield
+    if before is None:
+        os.environ.pop("FACESEARCH_CACHE", None)
+    else:
+        os.environ["FACESEARCH_CACHE"] = before

@@ -11,15 +11,32 @@ from typing import Any
 import click
 
 from facesearch.cli import main
-from facesearch.cli.options import json_option, model_option, threshold_option
+from facesearch.cli.options import engine_option, json_option, model_option, threshold_option
 
 
-def make_pipeline(model: str, flip: bool | None = None) -> Any:
-    """Build the pipeline for ``--model`` (imports torch lazily)."""
+def resolve_engine(model: str, engine: str = "auto") -> str:
+    """``--engine``: 'auto' is numpy for the shipped model (no torch import), else torch."""
+    if engine == "auto":
+        return "numpy" if str(model) == "sface" else "torch"
+    if engine == "numpy" and str(model) != "sface":
+        raise click.UsageError(f"--engine numpy runs the shipped model 'sface' only, not {model}")
+    return engine
+
+
+def make_pipeline(
+    model: str, flip: bool | None = None, engine: str = "torch", detector: Any = None
+) -> Any:
+    """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch).
+
+    ``detector``: an already built detector to use (either engine's: their results agree).
+    """
     from facesearch.pipeline import FacePipeline, PipelineConfig
 
-    cfg = PipelineConfig(model=model) if flip is None else PipelineConfig(model=model, flip=flip)
-    return FacePipeline(cfg)
+    engine = resolve_engine(model, engine)
+    cfg = PipelineConfig(model=model, engine=engine)
+    if flip is not None:
+        cfg = PipelineConfig(model=model, engine=engine, flip=flip)
+    return FacePipeline(cfg, detector=detector)
 
 
 def model_threshold(pipeline: Any, purpose: str = "verify") -> float:
@@ -90,6 +107,7 @@ def detect(images: tuple[str, ...], as_json: bool) -> None:
 @threshold_option
 @model_option
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the model's).")
+@engine_option
 @json_option
 def verify(
     image_a: str,
@@ -98,6 +116,7 @@ def verify(
     threshold: float | None,
     model: str,
     flip: bool | None,
+    engine: str,
     as_json: bool,
 ) -> None:
     """1:1 verification: are the faces in IMAGE_A and IMAGE_B the same person?
@@ -110,7 +129,7 @@ def verify(
     from facesearch.errors import NoFaceError
     from facesearch.image import load_image
 
-    pipe = make_pipeline(model, flip)
+    pipe = make_pipeline(model, flip, engine)
     tau = threshold if threshold is not None else model_threshold(pipe)
     img_a, img_b = load_image(image_a), load_image(image_b)
     if all_pairs:

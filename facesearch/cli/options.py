@@ -24,6 +24,18 @@ def model_option(f: F) -> F:
     )(f)  # type: ignore[return-value]
 
 
+def engine_option(f: F) -> F:
+    return click.option(
+        "--engine",
+        "engine",
+        type=click.Choice(["auto", "numpy", "torch"]),
+        default="auto",
+        show_default=True,
+        help="Network engine: 'numpy' starts ~2.5 s faster (no torch import), 'torch' is faster "
+        "per face; 'auto': numpy for the shipped model, torch for a model file.",
+    )(f)  # type: ignore[return-value]
+
+
 def threshold_option(f: F) -> F:
     return click.option(
         "--threshold",

@@ -1,0 +1,551 @@
+"""YuNet and SFace in plain numpy: the same networks and weights without importing torch.
+
+Why: ``import torch`` alone costs about 2.5 CPU-seconds on a 2-core machine, more than a whole
+``facesearch query`` or ``facesearch verify`` needs for one photo. These two commands therefore
+run the networks with this engine (``--engine numpy``, their default); bulk work (``index``,
+``evaluate``, ``train``) keeps the PyTorch engine, which is 2-4x faster per face once loaded.
+
+The engine computes in channels-last float32: 1x1 convolutions and the 3x3 stems as matrix
+products (numpy's BLAS), depthwise 3x3 convolutions as nine shifted multiply-adds, batch norms
+folded into the weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`).
+Outputs agree with the PyTorch modules to float32 rounding: the parity tests
+(``tests/test_npengine.py``) hold it to the same reference boxes, landmarks and features.
+
+:class:`NumpyDetector` and :class:`NumpyEmbedder` have the interface of
+:class:`facesearch.models.yunet.Detector` and :class:`facesearch.models.sface.Embedder`
+(``detect``, ``detect_batch``, ``with_config``, ``config``; ``embed``, ``name``, ``dim``,
+``flip``, ``batch_size``), so :class:`facesearch.pipeline.FacePipeline` takes either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from facesearch.errors import ModelError
+from facesearch.models.detection import (
+    DEFAULT_BATCH_SIZE,
+    STRIDES,
+    DetectorConfig,
+    add_large,
+    decode,
+    default_weights_path,
+    read_weight_arrays,
+    round_up,
+    to_detections,
+)
+from facesearch.models.sface_arrays import (
+    INPUT_MEAN,
+    INPUT_SCALE,
+    INPUT_SIZE,
+    LAYERS,
+    WEIGHTS_FILE,
+    fused_arrays,
+    l2_normalize,
+    read_weights,
+    state_arrays,
+)
+from facesearch.types import Detection
+
+log = logging.getLogger(__name__)
+
+# ------------------------------------------------------------------------------------ ops
+# Activations are (B, H, W, C) float32, C-contiguous. Weights keep torch's layout on input.
+
+
+def _pointwise(x: np.ndarray, w_t: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """1x1 convolution: ``w_t`` ``(C, C')`` (transposed), ``b`` ``(C',)``."""
+    bsz, h, wd, c = x.shape
+    y = x.reshape(-1, c) @ w_t
+    y += b
+    return y.reshape(bsz, h, wd, -1)
+
+
+def _dense3x3(x: np.ndarray, w_mat: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+    """3x3 convolution, padding 1: ``w_mat`` ``(9 * C, C')`` in ``(dy, dx, c)`` row order."""
+    bsz, h, wd, c = x.shape
+    xp = np.zeros((bsz, h + 2, wd + 2, c), np.float32)
+    xp[:, 1:-1, 1:-1] = x
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    cols = np.empty((bsz, ho, wo, 3, 3, c), np.float32)
+    for dy in range(3):
+        for dx in range(3):
+            cols[:, :, :, dy, dx] = xp[
+                :,
+                dy : dy + stride * (ho - 1) + 1 : stride,
+                dx : dx + stride * (wo - 1) + 1 : stride,
+            ]
+    y = cols.reshape(-1, 9 * c) @ w_mat
+    y += b
+    return y.reshape(bsz, ho, wo, -1)
+
+
+def _depthwise3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+    """Depthwise 3x3 convolution, padding 1: ``w`` ``(3, 3, C)``, ``b`` ``(C,)``.
+
+    Each tap is one multiply-add over whole rows seen as ``(B, H, W * C)`` with the weights
+    tiled along the row: numpy's inner loops then run over ``W * C`` values instead of ``C``,
+    which is what makes this fast (3-4x over broadcasting a ``(C,)`` vector).
+    """
+    bsz, h, wd, c = x.shape
+    if stride != 1:
+        xp = np.zeros((bsz, h + 2, wd + 2, c), np.float32)
+        xp[:, 1:-1, 1:-1] = x
+        ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+        out = np.empty((bsz, ho, wo, c), np.float32)
+        out[:] = b
+        tmp = np.empty_like(out)
+        for dy in range(3):
+            for dx in range(3):
+                sl = xp[
+                    :,
+                    dy : dy + stride * (ho - 1) + 1 : stride,
+                    dx : dx + stride * (wo - 1) + 1 : stride,
+                ]
+                np.multiply(sl, w[dy, dx], out=tmp)
+                out += tmp
+        return out
+    rows = x.reshape(bsz, h, wd * c)
+    wt = np.tile(w, (1, 1, wd))  # (3, 3, W * C)
+    bt = np.tile(b, wd)
+    out = np.empty_like(rows)
+
+    def band(r0: int, r1: int) -> None:
+        """Output rows ``[r0, r1)``: the centre tap, then the eight others where they land."""
+        o = out[:, r0:r1]
+        np.multiply(rows[:, r0:r1], wt[1, 1], out=o)
+        o += bt
+        tmp = np.empty_like(o)
+        for dy in range(3):
+            for dx in range(3):
+                if dy == 1 and dx == 1:
+                    continue
+                oy, ox = dy - 1, dx - 1  # the tap reads x[i + oy, j + ox]
+                d0, d1 = max(r0, -oy), min(r1, h - oy)  # output rows whose input row exists
+                if d0 >= d1:
+                    continue
+                xs = slice(max(0, ox) * c, (wd + min(0, ox)) * c)
+                xd = slice(max(0, -ox) * c, (wd - max(0, ox)) * c)
+                t = tmp[:, d0 - r0 : d1 - r0, xd]
+                np.multiply(rows[:, d0 + oy : d1 + oy, xs], wt[dy, dx, xd], out=t)
+                out[:, d0:d1, xd] += t
+
+    _in_bands(band, h, rows.size)
+    return out.reshape(bsz, h, wd, c)
+
+
+@functools.cache
+def _openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | None:
+    """numpy's bundled OpenBLAS ``(get_num_threads, set_num_threads)``, or None if not found."""
+    import ctypes
+    import glob
+
+    libs = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs", "*openblas*")
+    for path in glob.glob(libs):
+        try:
+            lib = ctypes.CDLL(path)  # already loaded by numpy: the same handle
+        except OSError:
+            continue
+        for suffix in ("64_", ""):
+            get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
+            put = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
+            if get is not None and put is not None:
+                put.argtypes = [ctypes.c_int]
+                return get, put
+    return None
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS on one thread for the duration: the engine's matrix products are small, and
+    OpenBLAS threads that spin-wait make them several times slower when the cores are busy
+    (measured: 0.74 s instead of 0.05 s for one SFace pass beside two busy processes)."""
+    fns = _openblas_threads()
+    if fns is None:
+        yield
+        return
+    get, put = fns
+    before = int(get())
+    if before != 1:
+        put(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            put(before)
+
+
+# numpy's ufuncs release the GIL: big maps are cut into bands of rows, one per thread.
+_PARALLEL_MIN = 1 << 18  # values; below this a single thread is faster
+_threads = max(1, min(4, os.cpu_count() or 1))
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_threads(n: int) -> None:
+    """Threads for the engine's element-wise work (BLAS threads are numpy's own setting)."""
+    global _threads, _pool
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    if n != _threads and _pool is not None:
+        _pool.shutdown()
+        _pool = None
+    _threads = n
+
+
+def _in_bands(fn: Callable[[int, int], None], rows: int, size: int) -> None:
+    """``fn(r0, r1)`` over ``[0, rows)`` cut into bands, in parallel for big maps."""
+    global _pool
+    n = min(_threads, rows)
+    if n <= 1 or size < _PARALLEL_MIN:
+        fn(0, rows)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="npengine")
+    cuts = [rows * i // n for i in range(n + 1)]
+    futures = [_pool.submit(fn, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if a < b]
+    for f in futures:
+        f.result()
+
+
+def _relu(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(x.shape[0] * x.shape[1], -1)
+    _in_bands(lambda a, b: np.maximum(flat[a:b], 0.0, out=flat[a:b]), flat.shape[0], x.size)
+    return x
+
+
+def _prelu(x: np.ndarray, slope_minus_one: np.ndarray) -> np.ndarray:
+    """PReLU in place: ``x + (a - 1) * min(x, 0)`` (``a * x`` below 0, ``x`` above)."""
+    flat = x.reshape(-1, x.shape[-1])
+
+    def band(a: int, b: int) -> None:
+        neg = np.minimum(flat[a:b], 0.0)
+        neg *= slope_minus_one
+        flat[a:b] += neg
+
+    _in_bands(band, flat.shape[0], x.size)
+    return x
+
+
+def _maxpool2(x: np.ndarray) -> np.ndarray:
+    bsz, h, w, c = x.shape
+    return x[:, : h // 2 * 2, : w // 2 * 2].reshape(bsz, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _add_upsampled(lateral: np.ndarray, coarse: np.ndarray) -> np.ndarray:
+    """``lateral + nearest_upsample_x2(coarse)`` without materialising the upsampled map."""
+    bsz, h, w, c = lateral.shape
+    y = lateral.reshape(bsz, h // 2, 2, w // 2, 2, c) + coarse[:, :, None, :, None, :]
+    return y.reshape(bsz, h, w, c)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+# ----------------------------------------------------------------------------------- YuNet
+
+
+class _DPUnit:
+    """1x1 conv then depthwise 3x3 (batch norm folded), optional ReLU."""
+
+    def __init__(self, w: dict[str, np.ndarray], prefix: str, relu: bool = True) -> None:
+        w1 = w[f"{prefix}.conv1.weight"]  # (C', C, 1, 1)
+        self.w1_t = np.ascontiguousarray(w1[:, :, 0, 0].T)
+        self.b1 = w[f"{prefix}.conv1.bias"]
+        self.w2 = np.ascontiguousarray(w[f"{prefix}.conv2.weight"][:, 0].transpose(1, 2, 0))
+        self.b2 = w[f"{prefix}.conv2.bias"]
+        self.relu = relu
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = _depthwise3x3(_pointwise(x, self.w1_t, self.b1), self.w2, self.b2, 1)
+        return _relu(y) if self.relu else y
+
+
+class NumpyYuNet:
+    """The YuNet network (:class:`facesearch.models.yunet.YuNet`) on numpy arrays.
+
+    ``__call__(x)``: ``x`` ``(B, H, W, 3) float32`` RGB 0..255, H and W multiples of 32 ->
+    the 12 head outputs in the ONNX order, each ``(B, anchors, C)``, as :meth:`YuNet.forward`.
+    """
+
+    def __init__(self, weights: Path | None = None) -> None:
+        path = default_weights_path() if weights is None else Path(weights)
+        w = read_weight_arrays(path)
+        stem = w["backbone.model0.conv1.weight"][:, ::-1]  # (16, 3, 3, 3), BGR -> RGB input
+        self.stem_w = np.ascontiguousarray(stem.transpose(2, 3, 1, 0).reshape(27, -1))
+        self.stem_b = w["backbone.model0.conv1.bias"]
+        self.stem_unit = _DPUnit(w, "backbone.model0.conv2")
+        self.stages = [
+            (_DPUnit(w, f"backbone.model{i}.conv1"), _DPUnit(w, f"backbone.model{i}.conv2"))
+            for i in range(1, 6)
+        ]
+        self.lateral = [_DPUnit(w, f"neck.lateral_convs.{i}") for i in range(3)]
+        self.heads = []
+        branches = ("cls", "bbox", "obj", "kps")
+        for level in range(len(STRIDES)):
+            parts = [f"bbox_head.multi_level_{b}.{level}" for b in branches]
+            fused = {
+                "h.conv1.weight": np.concatenate([w[f"{p}.conv1.weight"] for p in parts]),
+                "h.conv1.bias": np.concatenate([w[f"{p}.conv1.bias"] for p in parts]),
+                "h.conv2.weight": np.concatenate([w[f"{p}.conv2.weight"] for p in parts]),
+                "h.conv2.bias": np.concatenate([w[f"{p}.conv2.bias"] for p in parts]),
+            }
+            self.heads.append(_DPUnit(fused, "h", relu=False))  # 16 channels: 1+4+1+10
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        def stage(i: int, t: np.ndarray) -> np.ndarray:
+            a, b = self.stages[i - 1]
+            return b(a(t))
+
+        x = self.stem_unit(_relu(_dense3x3(x, self.stem_w, self.stem_b, 2)))
+        x = _maxpool2(x)  # H/4
+        x = _maxpool2(stage(2, stage(1, x)))  # H/8
+        c3 = stage(3, x)
+        c4 = stage(4, _maxpool2(c3))
+        c5 = stage(5, _maxpool2(c4))
+        p5 = self.lateral[2](c5)
+        p4 = self.lateral[1](_add_upsampled(c4, p5))
+        p3 = self.lateral[0](_add_upsampled(c3, p4))
+        cls, obj, bbox, kps = [], [], [], []
+        for head, f in zip(self.heads, (p3, p4, p5), strict=True):
+            y = head(f)  # (B, h, w, 16)
+            y = y.reshape(y.shape[0], -1, 16)
+            cls.append(_sigmoid(y[..., 0:1]))
+            bbox.append(y[..., 1:5])
+            obj.append(_sigmoid(y[..., 5:6]))
+            kps.append(y[..., 6:16])
+        return (*cls, *obj, *bbox, *kps)
+
+
+def _resize(image: np.ndarray, long_side: int) -> tuple[np.ndarray, float, float]:
+    """``image`` as is, or scaled so its long side is ``long_side`` (antialiased bilinear)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= long_side:
+        return image, 1.0, 1.0
+    from PIL import Image
+
+    factor = long_side / max(h, w)
+    nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
+    small = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+    return small, w / nw, h / nh
+
+
+class NumpyDetector:
+    """:class:`facesearch.models.yunet.Detector` on the numpy engine: same settings, same
+    decoding, results equal to float32 rounding (downscaled photos are resized by Pillow's
+    antialiased bilinear instead of torch's, which moves boxes by a fraction of a pixel)."""
+
+    def __init__(self, config: DetectorConfig | None = None, weights: Path | None = None) -> None:
+        self.config = config if config is not None else DetectorConfig()
+        self.net = NumpyYuNet(weights)
+
+    def with_config(self, config: DetectorConfig) -> NumpyDetector:
+        other = object.__new__(NumpyDetector)
+        other.config = config
+        other.net = self.net
+        return other
+
+    def detect(self, image: np.ndarray) -> list[Detection]:
+        """Faces in one ``(H, W, 3) uint8`` RGB photo, best score first."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(
+        self, images: Sequence[np.ndarray], batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> list[list[Detection]]:
+        """Faces in several photos, one list per image (one forward pass per view)."""
+        config = self.config
+        out: list[list[Detection]] = []
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+                got = type(image).__name__ if not isinstance(image, np.ndarray) else image.dtype
+                raise ValueError(f"image {i}: expected a uint8 numpy array, got {got}")
+            if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+                raise ValueError(f"image {i}: expected shape (H, W, 3) RGB, got {image.shape}")
+            fine = self._run(image, config.max_side, config)
+            coarse: list[Detection] = []
+            if config.coarse_side and max(image.shape[:2]) > config.coarse_side:
+                coarse = self._run(image, config.coarse_side, config)
+            out.append(add_large(fine, coarse))
+        return out
+
+    def _run(self, image: np.ndarray, long_side: int, config: DetectorConfig) -> list[Detection]:
+        view, sx, sy = _resize(image, long_side)
+        h, w = view.shape[:2]
+        pad = (round_up(h), round_up(w))
+        x = np.zeros((1, pad[0], pad[1], 3), np.float32)  # zero padding bottom/right
+        x[0, :h, :w] = view
+        with _single_threaded_blas():
+            outputs = self.net(x)
+        rows = decode(outputs, pad, config)[0]
+        return to_detections(rows, sx, sy)
+
+
+# ----------------------------------------------------------------------------------- SFace
+
+
+def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """An SFace state (:func:`~facesearch.models.sface_arrays.state_arrays` names) as the
+    arrays :class:`NumpySFace` runs: batch norms folded, weights in the layouts of the ops
+    (``"{i}.w"``, ``"{i}.b"``, ``"{i}.s"`` = PReLU slope - 1 per conv; ``"head_t"``, ``"head_b"``).
+    """
+    layers, head_w, head_b = fused_arrays(state)
+    out: dict[str, np.ndarray] = {}
+    for i, (spec, (w, b, slope)) in enumerate(zip(LAYERS, layers, strict=True)):
+        if spec.groups > 1:  # depthwise (C, 1, 3, 3) -> (3, 3, C)
+            wm = w[:, 0].transpose(1, 2, 0)
+        elif spec.kernel == 1:  # (C', C, 1, 1) -> (C, C')
+            wm = w[:, :, 0, 0].T
+        else:  # (C', C, 3, 3) -> (9 C, C') in (dy, dx, c) order
+            wm = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+        out[f"{i}.w"] = np.ascontiguousarray(wm)
+        out[f"{i}.b"] = b
+        out[f"{i}.s"] = slope - np.float32(1.0)
+    dim, hw = head_w.shape[0], 7
+    # the head reads (C, H, W)-flattened features; reorder its columns to (H, W, C)
+    head_hwc = head_w.reshape(dim, -1, hw, hw).transpose(0, 2, 3, 1).reshape(dim, -1)
+    out["head_t"] = np.ascontiguousarray(head_hwc.T)  # (50176, 128)
+    out["head_b"] = head_b
+    return out
+
+
+class NumpySFace:
+    """The fused SFace network on numpy arrays: ``(B, 112, 112, 3) float32`` RGB 0..255 ->
+    ``(B, 128)`` raw features, as :class:`facesearch.models.sface.FusedSFace`.
+
+    Built from :func:`prepare_sface` arrays.
+    """
+
+    def __init__(self, prepared: dict[str, np.ndarray]) -> None:
+        self.layers = []
+        for i, spec in enumerate(LAYERS):
+            kind = "dw" if spec.groups > 1 else "pw" if spec.kernel == 1 else "dense"
+            w, b, s = (prepared[f"{i}.{k}"] for k in "wbs")
+            self.layers.append((kind, w, b, spec.stride, s))
+        self.head_t = prepared["head_t"]
+        self.head_b = prepared["head_b"]
+        self.embedding_dim = int(self.head_t.shape[1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = (x - np.float32(INPUT_MEAN)) * np.float32(INPUT_SCALE)
+        for kind, w, b, stride, slope_m1 in self.layers:
+            if kind == "dw":
+                x = _depthwise3x3(x, w, b, stride)
+            elif kind == "pw":
+                x = _pointwise(x, w, b)
+            else:
+                x = _dense3x3(x, w, b, stride)
+            x = _prelu(x, slope_m1)
+        y = x.reshape(x.shape[0], -1) @ self.head_t
+        y += self.head_b
+        return y
+
+
+#: Version of the prepared-weights cache layout; bump when :func:`prepare_sface` changes.
+_CACHE_FORMAT = "sface-np-1"
+
+
+def cache_dir() -> Path:
+    """Where prepared weights are cached: ``$FACESEARCH_CACHE``, else
+    ``$XDG_CACHE_HOME/facesearch``, else ``~/.cache/facesearch``."""
+    env = os.environ.get("FACESEARCH_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "facesearch"
+
+
+def _load_prepared_sface(path: Path) -> dict[str, np.ndarray]:
+    """:func:`prepare_sface` of the weight file ``path``, through an on-disk cache.
+
+    Dequantizing and folding the int8 weights costs ~0.4 s, a third of a ``facesearch query``;
+    the result (float32, ~38 MB, uncompressed ``.npz``) is cached under :func:`cache_dir`, keyed
+    by the file's path, size and modification time, and reads back in ~30 ms. Any problem with
+    the cache (read-only home, a damaged file) falls back to preparing in memory.
+    """
+    st = path.stat()
+    key = hashlib.sha256(
+        f"{_CACHE_FORMAT}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
+    ).hexdigest()[:20]
+    cached = cache_dir() / f"sface-{key}.npz"
+    if cached.is_file():
+        try:
+            with np.load(cached, allow_pickle=False) as npz:
+                return {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, EOFError) as e:
+            log.warning("ignoring damaged weight cache %s: %s", cached, e)
+    _, arrays = read_weights(path)
+    prepared = prepare_sface(state_arrays(arrays))
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".sface-", suffix=".npz", dir=cached.parent)
+        try:
+            with os.fdopen(fd, "wb") as fp:
+                np.savez(fp, **prepared)
+            os.replace(tmp, cached)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        log.debug("cannot cache prepared weights in %s: %s", cached.parent, e)
+    return prepared
+
+
+class NumpyEmbedder:
+    """:class:`facesearch.models.sface.Embedder` for the shipped SFace, on the numpy engine."""
+
+    def __init__(
+        self,
+        weights: Path | None = None,
+        name: str = "sface",
+        batch_size: int = 8,
+        flip: bool = False,
+    ) -> None:
+        path = Path(weights) if weights is not None else WEIGHTS_FILE
+        if not path.is_file():
+            raise ModelError(f"SFace weight file not found: {path}")
+        self.net = NumpySFace(_load_prepared_sface(path))
+        self.name = name
+        self.batch_size = batch_size
+        self.flip = flip
+        self.dim: int = self.net.embedding_dim
+
+    def embed(self, crops: np.ndarray) -> np.ndarray:
+        """``(N, 112, 112, 3) uint8`` aligned RGB crops -> ``(N, D) float32`` unit vectors."""
+        crops = np.asarray(crops)
+        if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise ValueError(
+                f"crops must be (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) aligned RGB faces, "
+                f"got shape {crops.shape}"
+            )
+        if crops.dtype != np.uint8:
+            raise ValueError(f"crops must be uint8 RGB 0..255, got dtype {crops.dtype}")
+        out = np.empty((crops.shape[0], self.dim), np.float32)
+        for start in range(0, crops.shape[0], self.batch_size):
+            batch = crops[start : start + self.batch_size].astype(np.float32)
+            with _single_threaded_blas():
+                feats = self.net(batch)
+                if self.flip:
+                    mirrored = self.net(batch[:, :, ::-1].copy())
+                    feats = l2_normalize(feats) + l2_normalize(mirrored)
+            out[start : start + len(batch)] = l2_normalize(feats)
+        return out
+
+
+__all__ = [
+    "NumpyDetector",
+    "NumpyEmbedder",
+    "NumpySFace",
+    "NumpyYuNet",
+    "cache_dir",
+    "prepare_sface",
+    "set_threads",
+]
