@@ -141,7 +141,9 @@ def _invert_affine(matrix: np.ndarray) -> np.ndarray:
 
 def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """``a * b + c`` in float32 with a single rounding (a float32 product is exact in float64)."""
-    return (a.astype(np.float64) * b.astype(np.float64) + c.astype(np.float64)).astype(np.float32)
+    r = np.multiply(a, b, dtype=np.float64)  # inputs cast on the fly: no float64 copies
+    r += c
+    return r.astype(np.float32)
 
 
 def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.ndarray:
@@ -175,23 +177,27 @@ def warp_affine(image: np.ndarray, matrix: np.ndarray, size: int = 112) -> np.nd
     sy = _fma32(np.broadcast_to(m[3], (size, size)), xs[None, :], row_y[:, None])
     x0f = np.floor(sx)
     y0f = np.floor(sy)
-    ax = (sx - x0f)[..., None]  # (size, size, 1) float32
-    ay = (sy - y0f)[..., None]
+    ax = (sx - x0f).reshape(-1, 1)  # (size * size, 1) float32
+    ay = (sy - y0f).reshape(-1, 1)
     # Clip before the int cast so that wild coordinates cannot overflow.
-    x0 = np.clip(x0f, -2, w + 1).astype(np.int64)
-    y0 = np.clip(y0f, -2, h + 1).astype(np.int64)
+    x0 = np.clip(x0f, -2, w + 1).astype(np.int64).reshape(-1)
+    y0 = np.clip(y0f, -2, h + 1).astype(np.int64).reshape(-1)
+    flat = img.reshape(h * w, img.shape[2])  # a view for C-contiguous images
+    in_x0, in_x1 = (x0 >= 0) & (x0 < w), (x0 >= -1) & (x0 < w - 1)
+    in_y0, in_y1 = (y0 >= 0) & (y0 < h), (y0 >= -1) & (y0 < h - 1)
+    cx0, cx1 = np.clip(x0, 0, w - 1), np.clip(x0 + 1, 0, w - 1)
+    ry0, ry1 = np.clip(y0, 0, h - 1) * w, np.clip(y0 + 1, 0, h - 1) * w
 
-    def tap(yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-        inside = (xx >= 0) & (xx < w) & (yy >= 0) & (yy < h)
-        v = img[np.clip(yy, 0, h - 1), np.clip(xx, 0, w - 1)].astype(f32)  # (size, size, C)
-        v[~inside] = 0.0
+    def tap(row: np.ndarray, col: np.ndarray, inside: np.ndarray) -> np.ndarray:
+        v = flat.take(row + col, axis=0).astype(f32)  # (size * size, C)
+        v[~inside] = 0.0  # outside the image: black
         return v
 
-    p00, p01 = tap(y0, x0), tap(y0, x0 + 1)
-    p10, p11 = tap(y0 + 1, x0), tap(y0 + 1, x0 + 1)
+    p00, p01 = tap(ry0, cx0, in_y0 & in_x0), tap(ry0, cx1, in_y0 & in_x1)
+    p10, p11 = tap(ry1, cx0, in_y1 & in_x0), tap(ry1, cx1, in_y1 & in_x1)
     top = _fma32(ax, p01 - p00, p00)
     bottom = _fma32(ax, p11 - p10, p10)
-    out = _fma32(ay, bottom - top, top)
+    out = _fma32(ay, bottom - top, top).reshape(size, size, -1)
     out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return out[:, :, 0] if squeeze else out
 
