@@ -5,6 +5,7 @@ Layout of a collection folder ``HOME/NAME/``::
     collection.json   name, format, database URL when not the default (password never stored)
     faces.db          the SQLite store (absent with ``--db postgresql+psycopg://...``)
     vectors.faiss     the vector index (see :mod:`facesearch.vectors`)
+    vectors.faiss.pq  its search accelerator (index type pq), a cache of vectors.faiss
     write.lock        the writer lock (``fcntl.flock``), holding the writer's pid
 
 Opening
@@ -37,10 +38,17 @@ in SQL until re-embedded.
 
 Index type
 ----------
-Stored in the database (``meta.index_type``): ``auto`` (default), ``flat`` or ``ivf``. ``auto``
-is exact (flat) up to :data:`facesearch.vectors.AUTO_APPROX_ABOVE` faces and IVF above; it
-switches back to flat below half that. An IVF index is retrained (rebuilt from SQL) when the
-collection has grown or shrunk by a factor :data:`IVF_RETRAIN_FACTOR` since training.
+Stored in the database (``meta.index_type``): ``auto`` (default), ``flat``, ``pq`` or ``ivf``
+(see :mod:`facesearch.vectors`). ``auto`` is exact (flat) up to
+:data:`facesearch.vectors.AUTO_APPROX_ABOVE` faces and ``pq`` (exact vectors plus a PQ
+fast-scan accelerator, exact re-ranking) above; it switches back to flat below half that.
+flat <-> pq switches keep the vectors (the accelerator is trained or dropped, no SQL read); an
+``ivf`` index left by an older ``auto`` collection is rebuilt as ``pq``/``flat`` at the next
+write. The pq accelerator retrains itself from the stored vectors when the count has grown by
+:data:`facesearch.vectors.PQ_RETRAIN_FACTOR` since training, and is rebuilt by the next writer
+when its sidecar file (``vectors.faiss.pq``) is missing or stale. An IVF index is retrained
+(rebuilt from SQL) when the collection has grown or shrunk by a factor
+:data:`IVF_RETRAIN_FACTOR` since training.
 
 Not thread-safe: use one :class:`Collection` per thread.
 """
@@ -69,7 +77,13 @@ from sqlalchemy.orm import Session
 from facesearch import store as st
 from facesearch.errors import CollectionError, IncompatibleModelError, IndexMismatchError
 from facesearch.types import Match
-from facesearch.vectors import AUTO_APPROX_ABOVE, KINDS, VectorIndex, resolve_kind
+from facesearch.vectors import (
+    AUTO_APPROX_ABOVE,
+    KINDS,
+    VectorIndex,
+    resolve_kind,
+    sidecar_path,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -364,7 +378,7 @@ class Collection:
 
     @property
     def index_type(self) -> str:
-        """The index type setting: ``auto`` | ``flat`` | ``ivf``."""
+        """The index type setting: ``auto`` | ``flat`` | ``pq`` | ``ivf``."""
         with self.store.session() as s:
             return st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
 
@@ -569,10 +583,11 @@ class Collection:
             self._space_of_vectors = exp.space
             setting: str = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
             kind = resolve_kind(setting, exp.count)
-            if kind == "flat":
+            if kind in ("flat", "pq"):  # streamed; a pq accelerator is trained once, at the end
                 vi = VectorIndex.create(exp.dim, "flat", model=exp.model)
                 for ids, xb in st.load_embeddings(s, models=exp.space):
                     vi.add(ids, xb)
+                vi.convert(kind)
             else:
                 ids, xb = st.load_all_embeddings(s, models=exp.space, dim=exp.dim)
                 vi = VectorIndex.build(ids, xb, kind, dim=exp.dim, model=exp.model)
@@ -590,8 +605,8 @@ class Collection:
         setting = self.index_type
         if setting != "auto":
             return setting
-        if current == "ivf" and count >= AUTO_APPROX_ABOVE // 2:
-            return "ivf"  # hysteresis: back to flat only well below the threshold
+        if current == "pq" and count >= AUTO_APPROX_ABOVE // 2:
+            return "pq"  # hysteresis: back to flat only well below the threshold
         return resolve_kind("auto", count)
 
     def _vectors_for_write(self) -> VectorIndex:
@@ -628,7 +643,12 @@ class Collection:
                 vi.trained_on / IVF_RETRAIN_FACTOR <= vi.count <= vi.trained_on * IVF_RETRAIN_FACTOR
             )
         )
-        if wanted != vi.kind or retrain:
+        if wanted != vi.kind and {wanted, vi.kind} <= {"flat", "pq"}:
+            logger.info(
+                "collection %r: %d faces, switching the index to %s", self.name, vi.count, wanted
+            )
+            vi.convert(wanted)  # same vectors: the accelerator is trained or dropped
+        elif wanted != vi.kind or retrain:
             logger.info(
                 "collection %r: %d faces, rebuilding the index as %s", self.name, vi.count, wanted
             )
@@ -923,6 +943,9 @@ class Collection:
                 nprobe=meta.nprobe,
                 bytes=self.index_path.stat().st_size,
             )
+            side = sidecar_path(self.index_path)
+            if meta.kind == "pq" and side.is_file():  # the accelerator, part of the index
+                index["bytes"] += side.stat().st_size
         except FileNotFoundError:
             index.update(type=None, faces=0, bytes=0)
         except IndexMismatchError as exc:

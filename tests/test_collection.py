@@ -15,6 +15,7 @@ import pytest
 from dbhelpers import DIM, collection_db, make_photo, pg_schema_url, unit_vectors  # noqa: F401
 
 from facesearch import store as st
+from facesearch import vectors
 from facesearch.collection import INDEX_NAME, LOCK_NAME, Collection
 from facesearch.errors import CollectionError
 from facesearch.vectors import VectorIndex
@@ -356,3 +357,66 @@ def test_reader_uses_the_stale_index_while_a_writer_works(col: Collection) -> No
     with reopen(col) as reader:  # no writer any more: rebuilt and saved
         assert not reader.vectors_stale and len(reader.vectors) == len(sql_ids(col))
     assert col.check()["consistent"]
+
+
+def test_pq_collection_survives_adds_removals_and_reopening(
+    col: Collection, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(vectors, "PQ_MIN_TRAIN", 40)  # an accelerator from 40 faces
+    added = fill(col, 30)
+    vi = col.set_index_type("pq")
+    assert vi is not None and vi.kind == "pq" and vi.accelerated and col.index_type == "pq"
+    sidecar = vectors.sidecar_path(col.folder / INDEX_NAME)
+    assert sidecar.is_file()
+    assert_agree(col)
+    fill(col, 6, seed=4)  # adds into the accelerator
+    col.remove_photos([added[1].photo_id, added[4].photo_id])
+    col.remove_faces(added[7].face_ids[:1])
+    assert_agree(col)
+    with col.session() as s:
+        ids, xb = st.load_all_embeddings(s)
+    with reopen(col) as c:
+        assert c.vectors.kind == "pq" and c.vectors.accelerated and c.vectors.mmapped
+        matches = c.search(xb, k=1)
+        assert [m[0].face_id for m in matches] == ids.tolist()
+        assert c.info(check=False)["index"]["bytes"] == (
+            (col.folder / INDEX_NAME).stat().st_size + sidecar.stat().st_size
+        )
+    # a lost accelerator: readers search exactly, the next writer rebuilds it
+    sidecar.unlink()
+    with caplog.at_level(logging.WARNING, logger="facesearch.vectors"), reopen(col) as c:
+        assert not c.vectors.accelerated and len(c.vectors) == len(ids)
+        assert [m[0].face_id for m in c.search(xb[:5], k=1)] == ids[:5].tolist()
+    assert "it is missing" in caplog.text
+    col.remove_faces(added[9].face_ids[:1])
+    assert sidecar.is_file()
+    with reopen(col) as c:
+        assert c.vectors.accelerated
+    assert_agree(col)
+
+
+def test_auto_switches_between_flat_and_pq_in_place(
+    col: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import facesearch.collection as collection_module
+
+    monkeypatch.setattr(vectors, "PQ_MIN_TRAIN", 40)
+    monkeypatch.setattr(vectors, "AUTO_APPROX_ABOVE", 50)
+    monkeypatch.setattr(collection_module, "AUTO_APPROX_ABOVE", 50)
+    added = fill(col, 20)  # 39 faces: flat
+    assert col.vectors.kind == "flat"
+
+    def forbidden(*a: object, **k: object) -> None:
+        raise AssertionError("embeddings read from SQL for a flat <-> pq switch")
+
+    monkeypatch.setattr(st, "load_embeddings", forbidden)
+    monkeypatch.setattr(st, "load_all_embeddings", forbidden)
+    fill(col, 10, seed=5)  # 58 faces: pq, trained on the vectors held
+    assert col.vectors.kind == "pq" and col.vectors.accelerated
+    col.remove_photos([a.photo_id for a in added[:6]])  # 46 faces: hysteresis keeps pq
+    assert col.vectors.kind == "pq"
+    col.remove_photos([a.photo_id for a in added[6:18]])  # 22 faces, below 25: flat again
+    assert col.vectors.kind == "flat"
+    assert not vectors.sidecar_path(col.folder / INDEX_NAME).exists()
+    monkeypatch.undo()
+    assert_agree(col)

@@ -23,7 +23,7 @@ from facesearch.cli.options import (
 )
 
 #: ``facesearch index --index-type`` choices (``facesearch.vectors.KINDS``, checked by a test).
-INDEX_TYPES = ("auto", "flat", "ivf")
+INDEX_TYPES = ("auto", "flat", "ivf", "pq")
 #: Environment variable: seconds a writer waits for another writer (default 10).
 LOCK_TIMEOUT_ENV = "FACESEARCH_LOCK_TIMEOUT"
 #: Failed photos listed by the ``index`` summary before "... and N more".
@@ -135,8 +135,9 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
     "--index-type",
     type=click.Choice(INDEX_TYPES),
     default=None,
-    help="Vector index: exact 'flat', approximate 'ivf', or 'auto' (flat up to 200,000 faces). "
-    "Kept by the collection.  [default: keep the setting, 'auto' for a new collection]",
+    help="Vector index: exact 'flat'; 'pq' (exact vectors plus a PQ fast-scan accelerator, "
+    "candidates re-ranked exactly); approximate 'ivf'; or 'auto' (flat up to 50,000 faces, pq "
+    "above). Kept by the collection.  [default: keep the setting, 'auto' for a new collection]",
 )
 @click.option(
     "--batch-size",
