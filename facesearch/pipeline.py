@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,8 +49,11 @@ class PipelineConfig:
 
     ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
-    ``threads``: torch intra-op threads (numpy engine: its element-wise threads); ``None``
-    leaves the default (one per core).
+    ``threads``: cores to use (``None``: one per core, at most 8). With the torch engine a
+    batch of several photos is cut into ``threads`` parts run side by side, each on one
+    torch thread (measured on 2 cores: 2x the photos/s of one torch process with 2 intra-op
+    threads, whose threads mostly wait on each other with these small convolutions); a single
+    photo runs on ``threads`` intra-op threads. Numpy engine: its element-wise threads.
     ``engine``: ``"torch"``, or ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
     networks without importing torch, which saves ~2.5 CPU-s of start-up and is the faster
     choice for a command that handles one or two photos; torch is 2-4x faster per face after
@@ -112,15 +116,17 @@ class FacePipeline:
     ) -> None:
         self.config = config or PipelineConfig()
         numpy_engine = self.config.engine == "numpy"
-        if self.config.threads:
-            if numpy_engine:
+        self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
+        self._pool: ThreadPoolExecutor | None = None
+        if numpy_engine:
+            if self.config.threads:
                 from facesearch.models.npengine import set_threads
 
                 set_threads(self.config.threads)
-            else:
-                import torch
+        else:
+            import torch
 
-                torch.set_num_threads(self.config.threads)
+            torch.set_num_threads(self.threads)
         if detector is None:
             if numpy_engine:
                 from facesearch.models.npengine import NumpyDetector
@@ -170,7 +176,46 @@ class FacePipeline:
         """Faces of several photos; all their crops go through the embedder together.
 
         ``detections`` may be given (e.g. from :meth:`detect_batch`) to skip detection.
+        With ``threads`` > 1 (torch engine) the photos are split into that many parts of
+        about equal pixel counts, processed side by side; results are in input order and the
+        same as one part at a time.
         """
+        parts = self._parts(images)
+        if len(parts) <= 1:
+            return self._faces_serial(images, detections)
+        import torch
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facesearch-infer")
+        torch.set_num_threads(1)
+        try:
+            futures = [
+                self._pool.submit(
+                    self._faces_serial,
+                    images[a:b],
+                    None if detections is None else detections[a:b],
+                )
+                for a, b in parts
+            ]
+            return [faces for f in futures for faces in f.result()]
+        finally:
+            torch.set_num_threads(self.threads)
+
+    def _parts(self, images: Sequence[np.ndarray]) -> list[tuple[int, int]]:
+        """``[start, end)`` ranges of ``images`` for the parallel workers (contiguous, about
+        equal pixel counts); one range when there is nothing to share."""
+        n = len(images)
+        workers = min(self.threads, n)
+        if workers <= 1 or self.config.engine != "torch":
+            return [(0, n)]
+        pixels = np.cumsum([int(im.shape[0]) * int(im.shape[1]) for im in images])
+        cuts = np.searchsorted(pixels, pixels[-1] * np.arange(1, workers) / workers, side="left")
+        bounds = sorted({0, n, *(int(c) + 1 for c in cuts)})
+        return [(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=False) if a < b]
+
+    def _faces_serial(
+        self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]] | None
+    ) -> list[list[Face]]:
         if detections is None:
             detections = self.detector.detect_batch(list(images))
         crops = [self.align(img, dets) for img, dets in zip(images, detections, strict=True)]
@@ -180,9 +225,7 @@ class FacePipeline:
         out: list[list[Face]] = []
         i = 0
         for dets, n in zip(detections, counts, strict=True):
-            out.append(
-                [Face(det, xb[i + j], self.model_name) for j, det in enumerate(dets)]
-            )
+            out.append([Face(det, xb[i + j], self.model_name) for j, det in enumerate(dets)])
             i += n
         return out
 
@@ -213,4 +256,3 @@ class FacePipeline:
         cx, cy = w / 2.0, h / 2.0
         det = min(dets, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
         return self.faces_batch([image], [[det]])[0][0], used
-

@@ -52,6 +52,7 @@ from facesearch.models.sface_arrays import (
     read_weights,
     state_arrays,
 )
+from facesearch.models.yunet import pointwise
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,13 @@ class FusedSFace(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - INPUT_MEAN) * INPUT_SCALE  # (B, 3, 112, 112)
-        x = self.features(x)  # (B, 1024, 7, 7)
-        return self.head(torch.flatten(x, 1))  # (B, 128)
+        layers = list(self.features)
+        for conv, act in zip(layers[::2], layers[1::2], strict=True):
+            if conv.kernel_size == (1, 1):  # oneDNN directly: see yunet.pointwise (10-15% faster)
+                x = act(pointwise(x, conv.weight, conv.bias))
+            else:
+                x = act(conv(x))
+        return self.head(torch.flatten(x, 1))  # (B, 128) from (B, 1024, 7, 7)
 
 
 # --------------------------------------------------------------------------- weight loading

@@ -1,0 +1,51 @@
+"""FacePipeline: photos split over parallel workers give the same faces, in input order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facesearch.image import load_image
+from facesearch.pipeline import FacePipeline, PipelineConfig
+
+
+@pytest.fixture(scope="module")
+def photos(data: Path) -> list[np.ndarray]:
+    paths = (
+        sorted((data / "groups").glob("*.jpg"))[:2]
+        + sorted((data / "lfw" / "images").glob("A*/*.jpg"))[:4]
+    )
+    return [load_image(p) for p in paths]
+
+
+def test_parallel_parts_equal_one_part(photos: list[np.ndarray]) -> None:
+    serial = FacePipeline(PipelineConfig(threads=1))
+    parallel = FacePipeline(
+        PipelineConfig(threads=2), detector=serial.detector, embedder=serial.embedder
+    )
+    assert len(parallel._parts(photos)) == 2
+    a, b = serial.faces_batch(photos), parallel.faces_batch(photos)
+    assert [len(x) for x in a] == [len(x) for x in b]
+    assert sum(len(x) for x in a) >= 6
+    for fa, fb in zip(a, b, strict=True):
+        for x, y in zip(fa, fb, strict=True):
+            assert x.detection.box == pytest.approx(y.detection.box, abs=1e-3)
+            assert float(x.embedding @ y.embedding) > 0.99999
+
+
+def test_parts_are_contiguous_and_balanced_by_pixels() -> None:
+    pipe = FacePipeline.__new__(FacePipeline)
+    pipe.config = PipelineConfig(threads=2)
+    pipe.threads = 2
+    big, small = np.zeros((1000, 1000, 3), np.uint8), np.zeros((100, 100, 3), np.uint8)
+    assert pipe._parts([big, small, small, small]) == [(0, 1), (1, 4)]
+    assert pipe._parts([small] * 4) == [(0, 2), (2, 4)]
+    assert pipe._parts([small]) == [(0, 1)]
+    pipe.threads = 3
+    parts = pipe._parts([small] * 7)
+    assert parts[0][0] == 0 and parts[-1][1] == 7
+    assert all(a < b for a, b in parts) and all(
+        p[1] == q[0] for p, q in zip(parts, parts[1:], strict=False)
+    )
