@@ -11,9 +11,11 @@ Systems (``--systems``):
 * ``facesearch-index``: the ``facesearch index DIR`` command into a fresh collection
   (``--home`` a temporary folder), timed as a whole process: start-up, model loading, decode,
   detect, align, embed, store;
-* ``facesearch``: the Python API in one process, photo by photo:
-  ``FacePipeline(PipelineConfig(threads=T)).faces(load_image(path))``;
-* ``facesearch-batch``: the Python API with ``faces_batch`` over ``--batch`` photos at a time;
+* ``facesearch``: the Python API in one process, the bulk way: ``load_image`` then
+  ``FacePipeline(PipelineConfig(threads=T)).faces_batch(images)`` over ``--batch`` (16) photos at
+  a time (as ``facesearch index`` batches them; decoding is not overlapped here);
+* ``facesearch-single``: the Python API photo by photo (``faces_batch([image])``, i.e.
+  ``faces(image)``), as a script calling it in a loop would;
 * ``opencv``: ``cv2.FaceDetectorYN`` + ``cv2.FaceRecognizerSF`` (``bench/alternatives.py``);
 * ``dlib``: the ``face_recognition`` pipeline (``bench/alternatives.py``).
 
@@ -75,7 +77,7 @@ IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".ppm",
     ".heic", ".heif",
 }  # fmt: skip
-ALL_SYSTEMS = ("facesearch-index", "facesearch", "facesearch-batch", "opencv", "dlib")
+ALL_SYSTEMS = ("facesearch-index", "facesearch", "facesearch-single", "opencv", "dlib")
 DEFAULT_SYSTEMS = ("facesearch-index", "facesearch", "opencv", "dlib")
 
 
@@ -141,7 +143,7 @@ def _thread_env(threads: int, extra: Sequence[str] = ()) -> dict[str, str]:
 
 def _make_system(name: str, threads: int, weights: Path, batch: int) -> Any:
     """The system under test, models loaded: an object with ``process_all(paths)``."""
-    if name in ("facesearch", "facesearch-batch"):
+    if name in ("facesearch", "facesearch-single"):
         import torch
 
         from facesearch.image import load_image
@@ -149,7 +151,7 @@ def _make_system(name: str, threads: int, weights: Path, batch: int) -> Any:
 
         torch.set_num_threads(threads)
         pipe = FacePipeline(PipelineConfig(threads=threads))
-        per_call = 1 if name == "facesearch" else batch
+        per_call = 1 if name == "facesearch-single" else batch
 
         class _Facesearch:
             def process_all(self, paths: Sequence[str]) -> tuple[list[np.ndarray], int]:
@@ -255,7 +257,8 @@ def run_measured(
 
     Peak RSS is the larger of the child's ``ru_maxrss`` (from ``wait4``: the high-water mark of
     that very process) and the peak of the summed RSS of the child and its descendants sampled
-    every 20 ms (in case the child spawns worker processes).
+    every 0.2 s (in case the child spawns worker processes; descendants are listed once a
+    second: listing scans /proc and would cost the measured process CPU time).
     """
     import psutil
 
@@ -270,15 +273,21 @@ def run_measured(
         def sample() -> None:
             try:
                 ps = psutil.Process(proc.pid)
+                kids: list[Any] = []
+                tick = 0
                 while not done.is_set():
                     try:
-                        rss = ps.memory_info().rss + sum(
-                            c.memory_info().rss for c in ps.children(recursive=True)
-                        )
+                        if tick % 5 == 0:
+                            kids = ps.children(recursive=True)
+                        rss = ps.memory_info().rss
+                        for c in kids:
+                            with contextlib.suppress(psutil.Error):
+                                rss += c.memory_info().rss
                         peak[0] = max(peak[0], rss / 2**20)
                     except psutil.Error:
                         pass
-                    done.wait(0.02)
+                    tick += 1
+                    done.wait(0.2)
             except psutil.Error:
                 pass
 
@@ -406,7 +415,7 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                 "photos_per_s_all": [round(r.photos_per_s, 3) for r in rs],
             }
         ratios: dict[str, float] = {}
-        for fs in ("facesearch-index", "facesearch", "facesearch-batch"):
+        for fs in ("facesearch-index", "facesearch", "facesearch-single"):
             for alt in ("opencv", "dlib"):
                 if fs in sect and alt in sect:
                     # CLI vs whole alternative process (both pay start-up and model loading);
@@ -665,7 +674,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--sets", default="lfw,photos", help="comma-separated: lfw, photos")
     p.add_argument("--lfw-count", type=int, default=2000)
     p.add_argument(
-        "--batch", type=int, default=16, help="photos per faces_batch call (facesearch-batch)"
+        "--batch", type=int, default=16, help="photos per faces_batch call (facesearch)"
     )
     p.add_argument("--index-args", default="", help="extra arguments for `facesearch index`")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
