@@ -75,6 +75,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
+from facesearch import vectors as vectors_module
 from facesearch.errors import CollectionError, IncompatibleModelError, IndexMismatchError
 from facesearch.types import Match
 from facesearch.vectors import (
@@ -514,6 +515,13 @@ class Collection:
         else:
             mismatch = self._mismatch(loaded, exp)
             if mismatch is None:
+                if (
+                    writer
+                    and loaded.kind == "pq"
+                    and not loaded.accelerated
+                    and len(loaded) >= vectors_module.PQ_MIN_TRAIN
+                ):
+                    self._dirty = True  # its sidecar was missing or stale: the flush rebuilds it
                 return loaded
             reason = mismatch
         if writer:

@@ -388,6 +388,9 @@ def test_pq_collection_survives_adds_removals_and_reopening(
         assert not c.vectors.accelerated and len(c.vectors) == len(ids)
         assert [m[0].face_id for m in c.search(xb[:5], k=1)] == ids[:5].tolist()
     assert "it is missing" in caplog.text
+    with col.lock():  # a writer that only opens the index rebuilds it
+        assert not col.vectors.accelerated
+    assert sidecar.is_file()
     col.remove_faces(added[9].face_ids[:1])
     assert sidecar.is_file()
     with reopen(col) as c:
