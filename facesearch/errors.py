@@ -25,14 +25,21 @@ class ImageError(FacesearchError):
         self.reason = reason
         super().__init__(f"cannot read image {self.source}: {reason}")
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes
+        return (type(self), (self.source, self.reason))
+
 
 class NoFaceError(FacesearchError):
     """A photo in which a face was required has none."""
 
     def __init__(self, source: str | Path, detail: str = "") -> None:
         self.source = str(source)
+        self.detail = detail
         msg = f"no face found in {self.source}"
         super().__init__(msg + (f" ({detail})" if detail else ""))
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # picklable across processes
+        return (type(self), (self.source, self.detail))
 
 
 class ModelError(FacesearchError):

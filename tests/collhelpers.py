@@ -55,9 +55,9 @@ def use_shared_pipeline(monkeypatch: pytest.MonkeyPatch) -> Any:
 
     pipe = shared_pipeline()
 
-    def make(model: str, engine: str = "torch", detector: Any = None) -> Any:
-        # engine / detector: `query` may pass the numpy detector it already ran; its faces
-        # equal the torch detector's (tests/test_npengine.py), so the shared pipeline serves
+    def make(model: str, engine: str = "torch") -> Any:
+        # `query` embeds with the numpy engine in a child process by default; this pipeline
+        # serves the other paths (its faces equal the numpy engine's: tests/test_npengine.py)
         assert model == "sface", f"tests only share the sface pipeline, asked for {model!r}"
         return pipe
 

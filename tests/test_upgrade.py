@@ -70,6 +70,7 @@ def _save_variant(path: Path, kind: str, parent: dict[str, Any] | None = None) -
                 model.fc1.running_mean,
                 model.fc1.running_var,
             ):
+                assert t is not None
                 t.copy_(t[perm])
         else:
             w.add_(torch.randn(w.shape, generator=gen) * 0.02 * float(w.std()))
@@ -228,7 +229,8 @@ def test_model_add_makes_queries_use_the_new_model_on_the_old_vectors(
     home, db, args = col_args["home"], col_args["db"], col_args["args"]
     compat = models["compat"]
     before = _query(data, args)
-    assert before["person"] == "BBT_Raj" and asked[-1] == "sface"
+    # the shipped model: embedded by the numpy engine (prefetch child), no torch pipeline
+    assert before["person"] == "BBT_Raj" and asked == []
     index_before = (home / "default" / "vectors.faiss").read_bytes()
 
     out = run_cli(["model", "add", compat["path"], *args]).stdout.splitlines()
@@ -275,7 +277,8 @@ def test_model_add_makes_queries_use_the_new_model_on_the_old_vectors(
     assert run_cli(["model", "use", "sface", *args]).stdout == (
         "model sface is active: queries are embedded with it\n"
     )
-    assert _query(data, args)["person"] == "BBT_Raj" and asked[-1] == "sface"
+    n_asked = len(asked)
+    assert _query(data, args)["person"] == "BBT_Raj" and len(asked) == n_asked  # numpy engine
     table = run_cli(["model", *args]).stdout.splitlines()
     assert table[0].split() == ["model", "faces", "compatible", "with", "file"]
     assert any(line.startswith("* sface ") for line in table)

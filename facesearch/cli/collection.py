@@ -81,10 +81,10 @@ def _pipeline_model(col: Any, model: str | None) -> str:
     return str(active.path)
 
 
-def _make_pipeline(model: str, engine: str = "torch", detector: Any = None) -> Any:
+def _make_pipeline(model: str, engine: str = "torch") -> Any:
     from facesearch.cli.faces import make_pipeline
 
-    return make_pipeline(model, engine=engine, detector=detector)
+    return make_pipeline(model, engine=engine)
 
 
 def _human_bytes(n: int | None) -> str:
@@ -293,39 +293,42 @@ def query(
     a verdict: the person of the nearest labelled face when its distance d is below tau,
     else "unknown". Exit status 1 when the photo cannot be read or has no face.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from facesearch.cli.prefetch import EarlyFaces
 
-    from facesearch.cli.faces import model_threshold
-    from facesearch.errors import NoFaceError
-    from facesearch.image import load_image
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import check_query_embedder, query_model
+    # First of all: the photo's faces are computed (numpy engine, shipped model) in a child
+    # process while this one imports SQLAlchemy and opens the collection (cli/prefetch.py).
+    early = EarlyFaces(image) if engine != "torch" else None
+    try:
+        from facesearch.cli.faces import model_threshold, resolve_engine, shipped_threshold
+        from facesearch.errors import NoFaceError
+        from facesearch.search import identify_faces
+        from facesearch.types import Face
+        from facesearch.upgrade import check_query_embedder, query_model
 
-    def read_and_detect() -> tuple[Any, Any, Any]:
-        # Runs beside the collection's opening: numpy releases the GIL while decoding and
-        # detecting, so this overlaps the SQLAlchemy import (measured: -0.15 s of ~1.5 s).
-        img = load_image(image)
-        if engine == "torch":
-            return img, None, None
-        from facesearch.models.npengine import NumpyDetector
-
-        detector = NumpyDetector()  # same faces as the torch detector (parity-tested)
-        return img, detector, detector.detect(img)
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        early = pool.submit(read_and_detect)
         with _open(home, collection, db_url) as col:
             _ = col.vectors  # fails early (no faces yet)
             model = query_model(col)
-            img, detector, detections = early.result()  # ImageError for a bad photo
-            pipe = _make_pipeline(model, engine, detector)
-            check_query_embedder(col, pipe.embedder)  # the registered model file, unchanged
-            tau = threshold if threshold is not None else model_threshold(pipe, "identify")
-            faces = pipe.faces_batch([img], None if detections is None else [detections])[0]
+            engine_used = resolve_engine(model, engine)
+            if early is not None and engine_used == "numpy":
+                _, detections, vectors = early.result()  # ImageError for a bad photo
+                faces = [Face(d, v, "sface") for d, v in zip(detections, vectors, strict=True)]
+                tau = threshold if threshold is not None else shipped_threshold("identify")
+            else:
+                from facesearch.image import load_image
+
+                img = load_image(image)
+                found = [early.result()[1]] if early is not None else None  # same detector
+                pipe = _make_pipeline(model, engine_used)
+                check_query_embedder(col, pipe.embedder)  # the registered model file, unchanged
+                tau = threshold if threshold is not None else model_threshold(pipe, "identify")
+                faces = pipe.faces_batch([img], found)[0]
             if not faces:
                 raise NoFaceError(image)
             faces = sorted(faces, key=lambda f: (f.detection.box[0], f.detection.box[1]))
             results = identify_faces(col, faces, k=k, threshold=tau)
+    finally:
+        if early is not None:
+            early.cancel()
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return

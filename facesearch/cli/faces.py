@@ -23,20 +23,22 @@ def resolve_engine(model: str, engine: str = "auto") -> str:
     return engine
 
 
-def make_pipeline(
-    model: str, flip: bool | None = None, engine: str = "torch", detector: Any = None
-) -> Any:
-    """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch).
-
-    ``detector``: an already built detector to use (either engine's: their results agree).
-    """
+def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
+    """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
     from facesearch.pipeline import FacePipeline, PipelineConfig
 
     engine = resolve_engine(model, engine)
     cfg = PipelineConfig(model=model, engine=engine)
     if flip is not None:
         cfg = PipelineConfig(model=model, engine=engine, flip=flip)
-    return FacePipeline(cfg, detector=detector)
+    return FacePipeline(cfg)
+
+
+def shipped_threshold(purpose: str = "verify") -> float:
+    """The shipped SFace's LFW-calibrated tau for 'verify' (1:1) or 'identify' (1:K)."""
+    from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_VERIFY_THRESHOLD
+
+    return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
 
 
 def model_threshold(pipeline: Any, purpose: str = "verify") -> float:
@@ -46,17 +48,13 @@ def model_threshold(pipeline: Any, purpose: str = "verify") -> float:
     carries its own verification tau (and an identification one when it recorded it; else the
     verification tau is used for both).
     """
-    from facesearch.distance import (
-        DEFAULT_IDENTIFY_THRESHOLD,
-        DEFAULT_THRESHOLD,
-        DEFAULT_VERIFY_THRESHOLD,
-    )
+    from facesearch.distance import DEFAULT_THRESHOLD
 
     meta = getattr(pipeline.embedder, "meta", None) or {}
     if purpose == "identify" and meta.get("identify_threshold") is not None:
         return float(meta["identify_threshold"])
     if pipeline.model_name == "sface":
-        return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
+        return shipped_threshold(purpose)
     t = getattr(pipeline.embedder, "threshold", None)
     return float(t) if t is not None else DEFAULT_THRESHOLD
 

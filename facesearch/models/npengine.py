@@ -190,6 +190,16 @@ _threads = max(1, min(4, os.cpu_count() or 1))
 _pool: ThreadPoolExecutor | None = None
 
 
+def _forget_pool_after_fork() -> None:
+    """A forked child has none of the parent's threads: it must not submit to their pool."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
 def set_threads(n: int) -> None:
     """Threads for the engine's element-wise work (BLAS threads are numpy's own setting)."""
     global _threads, _pool
