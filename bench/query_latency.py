@@ -4,10 +4,12 @@ Parts (``--parts``, default all):
 
 ``vectors``
     Vector search latency (one query at a time, as a one-face photo queries: median and p95 in
-    ms) and recall@10 against exact search, at 10k / 100k / 1M synthetic faces, for the exact
-    index and the approximate one facesearch uses (``facesearch.vectors.VectorIndex`` kinds
-    ``flat``, ``ivf`` and what ``auto`` resolves to), plus build time, file size and the time
-    to load the saved index (memory-mapped). ``--faiss`` adds plain FAISS HNSW32 for reference.
+    ms) and recall@10 against exact search, at 10k / 100k / 1M synthetic faces, for the
+    ``facesearch.vectors.VectorIndex`` kinds (``--kinds``, default ``flat``, ``pq`` and
+    ``ivf``; the table marks what ``auto`` resolves to), plus build time, file size (a ``pq``
+    index: main file + accelerator sidecar), the time to load the saved index (memory-mapped;
+    ``pq``: with its CRC-checked sidecar) and the machine's load average before and after.
+    ``--faiss`` adds plain FAISS HNSW32 for reference.
 
     The synthetic faces are seeded and clustered like real embeddings: identities are random
     unit vectors, each with a geometric number of faces (mean 10), a face is
@@ -169,8 +171,11 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
     faiss.omp_set_num_threads(args.threads)
     VectorIndex: Any = None  # noqa: N806
     resolve_kind: Any = None
+    vectors: Any = None
     with contextlib.suppress(ImportError):  # before facesearch.vectors: plain FAISS stand-ins
+        from facesearch import vectors
         from facesearch.vectors import VectorIndex, resolve_kind
+    load_before = os.getloadavg()
     rows: list[dict[str, Any]] = []
     for nb in args.sizes:
         nq = args.queries
@@ -185,7 +190,7 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
         # the exact neighbours a 1:K identification acts on: those within the threshold
         i_tau = np.where(2.0 - 2.0 * ip_exact < TAU, i_exact, -1)
         log.info("nb=%d: data ready, exact truth in %.1f s", nb, t_gt)
-        kinds: list[str] = ["flat", "ivf"] if VectorIndex is not None else []
+        kinds: list[str] = list(args.kinds) if VectorIndex is not None else []
         faiss_kinds: list[str] = (
             ["HNSW32"] if (args.faiss and nb <= args.faiss_max) or VectorIndex is None else []
         )
@@ -194,7 +199,7 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
             faiss_kinds.insert(1, f"IVF{max(1, round(2 * math.sqrt(nb)))},Flat")
         for kind in kinds + faiss_kinds:
             row: dict[str, Any] = {"nb": nb, "index": kind}
-            if kind in ("flat", "ivf"):
+            if kind in ("flat", "pq", "ivf"):
                 assert VectorIndex is not None
                 t = time.perf_counter()
                 vi = VectorIndex.create(DIM, kind, n_hint=nb)
@@ -206,10 +211,20 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "index.faiss"
                     vi.save(path)
-                    row["file_mb"] = path.stat().st_size / 2**20
+                    side = vectors.sidecar_path(path)
+                    side_mb = side.stat().st_size / 2**20 if side.exists() else 0.0
+                    row["file_mb"] = path.stat().st_size / 2**20 + side_mb
                     t = time.perf_counter()
                     vi = VectorIndex.load(path, mmap=True)
                     row["load_mmap_ms"] = (time.perf_counter() - t) * 1e3
+                    if kind == "pq":
+                        row["accelerator_mb"] = side_mb
+                        row["params"] = (
+                            f"{vectors.pq_m(DIM)} × {vectors.PQ_NBITS}-bit codes, K_FACTOR "
+                            f"{vectors.K_FACTOR}, sidecar {side_mb:.1f} MB"
+                            if vi.accelerated
+                            else f"exact (below PQ_MIN_TRAIN {vectors.PQ_MIN_TRAIN:,})"
+                        )
 
                     row.update(_measure(_searcher(vi), xq, i_exact, i_tau, known, args))
                     if args.sweep and kind == "ivf":
@@ -233,7 +248,15 @@ def bench_vectors(args: argparse.Namespace) -> dict[str, Any]:
             log.info("nb=%d %s: %s", nb, kind, {k: v for k, v in row.items() if k not in ("nb",)})
             rows.append(row)
         del xb
-    return {"rows": rows, "queries": args.queries, "threads": args.threads}
+    return {
+        "rows": rows,
+        "few_queries": getattr(vectors, "FEW_QUERIES", None),
+        "queries": args.queries,
+        "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+        "loadavg_before": list(load_before),
+        "loadavg_after": list(os.getloadavg()),
+    }
 
 
 def _searcher(index: Any) -> Callable[[np.ndarray], Any]:
@@ -331,7 +354,14 @@ def render_vectors(payload: dict[str, Any]) -> str:
         "against exact inner-product search (all queries; *known* / *unknown*: queries whose "
         "person is / is not in the collection; *within τ*: only the exact neighbours closer than "
         "the threshold τ = 1.274, the ones a 1:K identification acts on); *auto* marks the kind "
-        "`--index-type auto` picks at that size.",
+        "`--index-type auto` picks at that size.  ",
+        "facesearch runs searches of at most "
+        f"{payload.get('few_queries', 16)} queries on one FAISS thread (`facesearch.vectors`, "
+        "*Threads*), so for its kinds the two latency columns differ only by noise; the plain "
+        "FAISS rows show what FAISS threads do to one query.  ",
+        f"OMP_WAIT_POLICY {payload.get('omp_wait_policy', 'unset')}; machine load average "
+        f"(1/5/15 min) {_loads(payload.get('loadavg_before'))} before, "
+        f"{_loads(payload.get('loadavg_after'))} after (2 cores, shared with other jobs).",
         "",
         "| faces | index | params | build s | file MB | load (mmap) ms | median ms | p95 ms | "
         "median ms 1 thread | p95 ms 1 thread | recall@10 | known | unknown | within τ |",
@@ -356,7 +386,7 @@ def render_vectors(payload: dict[str, Any]) -> str:
         ]
         for r in sweeps:
             lines.append(
-                f"- {r['nb']:,} faces, nlist {r.get('params', '')}: "
+                f"- {r['nb']:,} faces, {r.get('params', '')}: "
                 + "; ".join(
                     f"nprobe {s['nprobe']}: {s['recall10']:.3f} / {s['lat_median_ms']:.1f}"
                     + (f" (within τ {s['recall10_tau']:.3f})" if "recall10_tau" in s else "")
@@ -364,6 +394,10 @@ def render_vectors(payload: dict[str, Any]) -> str:
                 )
             )
     return "\n".join(lines) + "\n"
+
+
+def _loads(x: Sequence[float] | None) -> str:
+    return "–" if not x else " / ".join(f"{v:.1f}" for v in x)
 
 
 def _o(x: float | None, nd: int) -> str:
@@ -754,6 +788,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--parts", default="vectors,startup", help="build, vectors, startup, e2e")
     p.add_argument("--quick", action="store_true", help="10k and 100k only, fewer queries")
     p.add_argument("--sizes", default="10000,100000,1000000")
+    p.add_argument("--kinds", default="flat,pq,ivf", help="VectorIndex kinds (vectors part)")
     p.add_argument("--queries", type=int, default=1000, help="queries for recall")
     p.add_argument("--latency-queries", type=int, default=300, help="queries timed one by one")
     p.add_argument("--threads", type=int, default=2)
@@ -784,6 +819,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.parts = [s for s in args.parts.split(",") if s]
     args.sizes = [int(s) for s in args.sizes.split(",")]
+    args.kinds = [s for s in args.kinds.split(",") if s]
     if args.quick:
         args.sizes = [s for s in args.sizes if s <= 100_000]
         args.queries = min(args.queries, 300)
