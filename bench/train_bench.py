@@ -23,9 +23,16 @@ Input: the aligned LFW crops as an ``.npz`` (``paths (N,)`` relative to ``lfw/im
 ``crops (N, 112, 112, 3) uint8``, from the pipeline's detector and aligner). Output: a
 Markdown report (``--out``), and JSON on stdout.
 
+- ``--new-head`` adds the pair ``new-head`` / ``new-head harmonic``: the embedding layer
+  (``pre_fc1``, ``fc1``) re-initialised, i.e. a genuinely new embedding space, as in an
+  upgrade to a new architecture. ``--variants`` picks the runs (each pair shares data, seed
+  and settings; only the harmonic term differs).
+
 Example (2 cores)::
 
     python bench/train_bench.py --crops lfw_crops.npz --threads 2 --out bench/results/train.md
+    python bench/train_bench.py --crops lfw_crops.npz --threads 2 --epochs 30 \
+        --variants new-head,new-head-harmonic --out bench/results/train_e30_new-head.md
 """
 
 from __future__ import annotations
@@ -131,6 +138,12 @@ def main() -> None:
         help="also train both models with a re-initialised embedding layer",
     )
     ap.add_argument("--new-head-lr", type=float, default=1e-3)
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated runs to train, among: fine-tuned, harmonic, new-head, "
+        "new-head-harmonic (default: fine-tuned,harmonic, plus the new-head pair with --new-head)",
+    )
     ap.add_argument("--clean", action="store_true", help="also score the unshifted test pairs")
     ap.add_argument("--models", type=Path, default=None, help="folder to save the two model files")
     ap.add_argument(
@@ -256,9 +269,21 @@ def main() -> None:
     if clean_feats is not None:
         clean_embs["sface"] = tail_embed(base, clean_feats, start)
     runs = {}
-    variants = [("fine-tuned", False, False), ("harmonic", True, False)]
-    if args.new_head:
-        variants += [("new-head", False, True), ("new-head harmonic", True, True)]
+    known = {
+        "fine-tuned": ("fine-tuned", False, False),
+        "harmonic": ("harmonic", True, False),
+        "new-head": ("new-head", False, True),
+        "new-head-harmonic": ("new-head harmonic", True, True),
+    }
+    chosen = ["fine-tuned", "harmonic"] + (
+        ["new-head", "new-head-harmonic"] if args.new_head else []
+    )
+    if args.variants:
+        chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+        unknown = [v for v in chosen if v not in known]
+        if unknown:
+            ap.error(f"unknown --variants {unknown}; choose among {', '.join(known)}")
+    variants = [known[v] for v in chosen]
     for kind, harmonic, new_head in variants:
         s = dataclasses.replace(
             settings,
