@@ -8,11 +8,13 @@ to ``lfw/images``, ``Name/Name_NNNN.jpg``) and ``embeddings`` ``(N, 128) float32
 2. all of LFW (5,749 people, 13,233 images).
 
 On each: facesearch's default (:class:`facesearch.cluster.ClusterConfig`, chosen without the
-labels), single and complete linkage at the same threshold, and facesearch at every threshold
-of the sweep (to show where the default sits); Chinese whispers (dlib's own when dlib is
-installed, else the port in ``baselines.py``) and DBSCAN (min_samples 3) at every threshold of
-the sweep, reporting their best; exact average linkage with scipy (set 1 only); and facesearch
-given one labelled face per person (must-link + cannot-link), which is not label-free.
+labels: average linkage, ``default_thresholds``), single and complete linkage with the same
+thresholds, and facesearch at every threshold of the sweep, as a plain dendrogram cut and with
+the default's pair threshold for two single faces (to show where the default sits); Chinese
+whispers (dlib's own when dlib is installed, else the port in ``baselines.py``) and DBSCAN
+(min_samples 3) at every threshold of the sweep, reporting their best; exact average linkage
+with scipy (set 1 only); and facesearch given one labelled face per person (must-link +
+cannot-link), which is not label-free.
 The sweep: ``d`` from 0.60 to 1.60 by 0.05, then by 0.01 around each method's best.
 
 Scale (``--scale N ...``): seeded synthetic faces (many identities of Zipf-distributed sizes on the
@@ -53,7 +55,7 @@ from facesearch.cluster import (  # noqa: E402
     ClusterConfig,
     agglomerate,
     bcubed_prf,
-    default_threshold,
+    default_thresholds,
     knn_graph,
     n_clusters,
     pairwise_prf,
@@ -186,8 +188,9 @@ def run_set(name: str, xb: np.ndarray, true: np.ndarray, exact: bool) -> dict[st
     t0 = time.perf_counter()
     default = ClusterConfig()
     pred = agglomerate(xb, default)
+    t_auto, t_pair = default_thresholds(xb)
     res["ours_default"] = score(pred, true, time.perf_counter() - t0) | {
-        "threshold": default_threshold(xb), "k": default.k, "linkage": default.linkage,
+        "threshold": t_auto, "pair_threshold": t_pair, "k": default.k, "linkage": default.linkage,
     }  # fmt: skip
     t0 = time.perf_counter()
     pred = agglomerate(xb, ClusterConfig(threshold=DEFAULT_THRESHOLD))
@@ -204,6 +207,13 @@ def run_set(name: str, xb: np.ndarray, true: np.ndarray, exact: bool) -> dict[st
     log.info("ours, threshold sweep")
     res["ours_sweep"] = sweep(
         lambda t: agglomerate(xb, ClusterConfig(threshold=t), graph=graph), true
+    )
+    log.info("ours with the default pair threshold %.3f, threshold sweep", t_pair)
+    res["ours_pair_sweep"] = sweep(
+        lambda t: agglomerate(
+            xb, ClusterConfig(threshold=t, pair_threshold=min(t, t_pair)), graph=graph
+        ),
+        true,
     )
     try:
         import dlib  # noqa: F401
@@ -229,7 +239,6 @@ def run_set(name: str, xb: np.ndarray, true: np.ndarray, exact: bool) -> dict[st
         t0 = time.perf_counter()
         tree = linkage(pdist(xb.astype(np.float64), "sqeuclidean"), "average")
         tree_s = time.perf_counter() - t0
-        t_auto = float(res["ours_default"]["threshold"])
         ref = fcluster(tree, t_auto, "distance")
         res["exact_default"] = score(ref, true, tree_s)
         res["exact_sweep"] = sweep(lambda t: fcluster(tree, t, "distance"), true)
@@ -303,14 +312,31 @@ def render_set(name: str, r: dict[str, Any]) -> list[str]:
     """The table and sweep curves of one LFW set."""
     tau = f"d < {DEFAULT_THRESHOLD:.3f}"
     d = r["ours_default"]
+    pair = f", single faces d < {d['pair_threshold']:.3f}" if "pair_threshold" in d else ""
     rows = [
-        ("**facesearch (default)**", f"average, d < {d['threshold']:.3f} (auto), k {d['k']}", d),
+        (
+            "**facesearch (default)**",
+            f"average, d < {d['threshold']:.3f}{pair} (auto), k {d['k']}",
+            d,
+        ),
         ("facesearch", f"average, {tau} (tau itself)", r["ours_tau"]),
         ("facesearch", "single, auto threshold", r["ours_single"]),
         ("facesearch", "complete, auto threshold", r["ours_complete"]),
     ]
     best = r["ours_sweep"]
-    rows.append(("facesearch, best", f"average, d < {best['best_threshold']:.2f}", best["best"]))
+    rows.append(
+        ("facesearch, best plain cut", f"average, d < {best['best_threshold']:.2f}", best["best"])
+    )
+    if "ours_pair_sweep" in r and "pair_threshold" in d:
+        pb = r["ours_pair_sweep"]
+        rows.append(
+            (
+                "facesearch, best threshold with the default pair threshold",
+                f"average, d < {pb['best_threshold']:.2f}, single faces d < "
+                f"{d['pair_threshold']:.3f}",
+                pb["best"],
+            )
+        )
     cw = r["cw_sweep"]
     cw_t = f"d < {cw['best_threshold']:.2f}"
     rows.append((f"Chinese whispers, best ({r['cw_impl']})", cw_t, cw["best"]))
@@ -320,7 +346,7 @@ def render_set(name: str, r: dict[str, Any]) -> list[str]:
     rows.append(("DBSCAN, best", f"min_samples 3, d <= {db['best_threshold']:.2f}", db["best"]))
     if "exact_sweep" in r:
         ex = r["exact_sweep"]
-        same_t = f"d < {d['threshold']:.3f} (the default's)"
+        same_t = f"d < {d['threshold']:.3f} (the default's threshold, no pair rule)"
         rows.append(("exact average linkage (scipy)", same_t, r["exact_default"]))
         rows.append(
             ("exact average linkage (scipy), best", f"d < {ex['best_threshold']:.2f}", ex["best"])
@@ -337,12 +363,17 @@ def render_set(name: str, r: dict[str, Any]) -> list[str]:
     if "ours_vs_exact_bcubed_f" in r:
         lines += [
             "facesearch (sparse k-NN graph) against exact average linkage at the default "
-            "threshold: BCubed F of one scored against the other "
-            f"{r['ours_vs_exact_bcubed_f']:.4f} (1 = the same clusters).",
+            "threshold, both as a plain cut (no pair rule): BCubed F of one scored against the "
+            f"other {r['ours_vs_exact_bcubed_f']:.4f} (1 = the same clusters).",
             "",
         ]
     lines += ["BCubed F along each sweep (threshold F):", ""]
-    names = {"ours_sweep": "facesearch", "cw_sweep": "Chinese whispers", "dbscan_sweep": "DBSCAN"}
+    names = {
+        "ours_sweep": "facesearch (plain cut)",
+        "ours_pair_sweep": "facesearch (default pair threshold)",
+        "cw_sweep": "Chinese whispers",
+        "dbscan_sweep": "DBSCAN",
+    }
     names["exact_sweep"] = "exact"
     for key, label in names.items():
         if key in r:
@@ -360,11 +391,16 @@ def render(results: dict[str, Any]) -> str:
         lines += [
             f"Embeddings: {results.get('embeddings', '?')}. {results.get('lfw_machine', '')}",
             "",
+            f"Command: `{results.get('lfw_command', 'python bench/cluster_bench.py')}`",
+            "",
             "Thresholds are distances d = |a-b|^2 (cosine distance = d / 2). 'best' = the "
             "threshold of the sweep with the highest BCubed F, i.e. chosen with the labels; "
-            "the facesearch default is chosen without them (average linkage, k = 32, threshold "
-            "= `default_threshold`: tau moved to the Bayes boundary for the share of same-person "
-            "pairs, estimated from random pairs of the faces themselves).",
+            "the facesearch default is chosen without them (average linkage, k = 32, "
+            "`default_thresholds`: tau moved to the Bayes boundary T(p) for the prior p that "
+            "two faces are one person, estimated from random pairs of the faces themselves: "
+            "p = pi, the share of random pairs below tau, for a merge with a group; p = 1/N "
+            "for a merge of two single faces). 'plain cut': one threshold for every merge "
+            "(a cut of the exact average-linkage dendrogram).",
             "",
         ]
     for name, r in sets.items():
@@ -380,6 +416,8 @@ def render(results: dict[str, Any]) -> str:
             "Wall-clock seconds depend on the other jobs sharing the cores (load = 1-minute load "
             "average at the end); CPU seconds (user + system, all threads) are less affected. "
             f"{results.get('scale_machine', '')}",
+            "",
+            f"Command: `{results.get('scale_command', 'python bench/cluster_bench.py --scale')}`",
             "",
             "| faces | identities | index | threads | k-NN s (CPU s) | agglomerate s (CPU s) "
             "| total s | load | RSS before MB | peak RSS MB | clusters | BCubed F |",
@@ -403,6 +441,14 @@ def write_atomic(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def command() -> str:
+    """This run's command line, paths shortened to their file names (no machine paths)."""
+    import shlex
+
+    args = [Path(a).name if os.sep in a and Path(a).exists() else a for a in sys.argv[1:]]
+    return shlex.join(["python", "bench/cluster_bench.py", *args])
 
 
 def machine(threads: int) -> str:
@@ -457,6 +503,7 @@ def main() -> None:
         if args.note:
             results["embeddings"] += f" ({args.note})"
         results["lfw_machine"] = machine(args.threads)
+        results["lfw_command"] = command()
         wanted = args.sets.split(",")
         if "1" in wanted:
             sel = n_images >= 10
@@ -467,6 +514,7 @@ def main() -> None:
         results["sets"] = sets
     if args.scale:
         results["scale_machine"] = machine(args.threads)
+        results["scale_command"] = command()
         redo = {(n, args.index) for n in args.scale}
         old = [r for r in results.get("scale", []) if (r["faces"], r["index"]) not in redo]
         results["scale"] = old + run_scale(args.scale, args.threads, args.index)

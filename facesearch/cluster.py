@@ -15,7 +15,8 @@ How it scales
       each one vectorised query of a cluster's graph neighbours; neighbour sets are merged
       lazily (set union, resolved through a union-find array when read).
     * ``complete``: a heap of candidate merges with lazy invalidation (a version per cluster).
-    * ``single``: Kruskal over the edges sorted by ``d``, with a union-find.
+    * ``single``: Kruskal over the edges sorted by ``d``, with a union-find (edges held back by
+      the pair threshold are passed over again until nothing merges).
 
     Measured: 100,000 faces in a few minutes within about 1 GB (``bench/results/cluster.md``).
 
@@ -33,12 +34,13 @@ What a missing edge means
 
     Hence the guarantee, for every linkage: **if every pair of faces closer than the threshold is
     an edge of the graph, the result equals exact (dense) agglomerative clustering cut at the
-    threshold** (tested against scipy). A pair of clusters that shares no such edge then has all
-    of its face pairs at ``d >= threshold``, so its linkage is ``>= threshold`` too. When ``k`` is
-    smaller than that needs (identities with more than ``k`` faces), the approximation is only that
-    two clusters without a close edge between them are never compared; since the clusters of one
-    person stay joined by many edges, the result still matched the exact one on LFW and on the
-    synthetic sets with identities of up to 60 faces at ``k = 8`` (tests, benchmark).
+    threshold** (tested against scipy; for a plain cut, see Thresholds). A pair of clusters that
+    shares no such edge then has all of its face pairs at ``d >= threshold``, so its linkage is
+    ``>= threshold`` too. When ``k`` is smaller than that needs (identities with more than ``k``
+    faces), the approximation is only that two clusters without a close edge between them are
+    never compared; since the clusters of one person stay joined by many edges, the result still
+    matched the exact one on LFW and on the synthetic sets with identities of up to 60 faces at
+    ``k = 8`` (tests, benchmark).
 
 Constraints (cannot-link and must-link)
     * Two faces of the same photo (``photo_ids``) are never in one cluster.
@@ -51,18 +53,34 @@ Constraints (cannot-link and must-link)
     Constraints are monotone (a cluster only gains photos and labels), so a pair of clusters that
     conflicts once is dropped from the graph for good.
 
-Threshold
-    Merge while the linkage distance is ``< threshold``. The default is derived from the
+Thresholds
+    Merge while the linkage distance is ``< threshold``; but two *single* faces (each in no group
+    yet) only while their ``d < pair_threshold`` (stricter). Both defaults are derived from the
     verification threshold tau, :data:`facesearch.distance.DEFAULT_THRESHOLD` (d = 1.274, cosine
-    0.363, SFace's own "same person" threshold), and follows it when tau is recalibrated. tau
+    0.363, SFace's own "same person" threshold), and follow it when tau is recalibrated. tau
     is a 1:1 decision for pairs that are as often the same person as not; in a collection a
     random pair of faces is rarely the same person (one in 40 among LFW's 158 people with 10 or
-    more images, one in 400 over all of LFW), and at tau the nearest stranger of a face seen only
-    once is often closer than tau. :func:`default_threshold` moves tau to the Bayes boundary for
-    that prior, estimated from the faces themselves (no labels): ``d = 1.157`` on the first LFW
-    set above, ``1.110`` on all of LFW. With average linkage, two groups are then merged when
-    their faces, on average, would be judged the same person at that prior. The same rule is
-    used for ``single`` and ``complete`` (single linkage chains more, complete splits more).
+    more images, one in 360 over all of LFW), and at tau the nearest stranger of a face seen only
+    once is often closer than tau. :func:`default_thresholds` moves tau to the Bayes boundary
+    ``T(p)`` for a prior ``p`` of "same person", from the faces themselves (no labels):
+
+    * ``threshold = T(pi)``, ``pi`` the share of random pairs below tau: ``d = 1.157`` on the
+      first LFW set above, ``1.110`` on all of LFW. With average linkage, a face or group joins
+      a group when their faces, on average, would be judged the same person at that prior.
+    * ``pair_threshold = T(1 / N)``: ``pi`` is dominated by the people with many photos (a
+      person with ``m`` faces makes ``m^2 / 2`` of the pairs), but two faces that joined no
+      group are, as far as the clustering knows, of people seen once, for whom one given other
+      face of the ``N`` is theirs with probability ``1 / N``: ``d = 0.999`` and ``0.998`` on
+      the two LFW sets. It guards against the commonest error in a collection where most
+      people appear once: two strangers who happen to be each other's nearest face.
+
+    An explicit ``threshold`` alone is a plain cut (``pair_threshold = threshold``), hence the
+    guarantee above. With the pair rule the merge rule depends on the clusters' sizes, which the
+    nearest-neighbour chain's proof does not cover (two single faces that may not merge can
+    later, once one of them joined a group; the chain then goes back, see ``run_chain``); its
+    results equalled a greedy agglomeration that always merges the globally closest allowed
+    pair, dense in the tests and over the same graph on both LFW sets. The same rule is used
+    for ``single`` and ``complete`` (single linkage chains more, complete splits more).
 
 Output
     ``(N,) int64`` cluster ids: ``0 .. C-1`` numbered by decreasing size (ties: smallest face
@@ -102,13 +120,17 @@ class ClusterConfig:
     """Settings of one clustering run.
 
     ``threshold``: merge while the linkage distance (in ``d`` units) is ``< threshold``; ``None``
-    (default) takes :func:`default_threshold` of the faces being clustered, tau adjusted for how
-    rare same-person pairs are among them. ``linkage``: ``"average"`` (default), ``"single"`` or
-    ``"complete"``. ``k``: neighbours per face in the graph (32: exact-equivalent on LFW and on
-    synthetic sets; raise it for identities with many hundreds of faces). ``min_size``: groups
-    smaller than this are left as singletons (``-1``). ``premerge_labels``: faces with the same
-    label start in one cluster (must-link). ``exact_max``: up to this many faces the neighbours come
-    from an exact flat index, above it from HNSW (approximate).
+    (default) takes :func:`default_thresholds` of the faces being clustered, tau adjusted for how
+    rare same-person pairs are among them. ``pair_threshold``: the stricter bound for a merge of
+    two *single* faces (each in no group yet), ``d < pair_threshold``; ``None`` takes the default
+    rule's when ``threshold`` is ``None`` too, else ``threshold`` itself (an explicit
+    ``threshold`` alone is a plain cut of the dendrogram). It is never above ``threshold``.
+    ``linkage``: ``"average"`` (default), ``"single"`` or ``"complete"``. ``k``: neighbours per
+    face in the graph (32: exact-equivalent on LFW and on synthetic sets; raise it for identities
+    with many hundreds of faces). ``min_size``: groups smaller than this are left as singletons
+    (``-1``). ``premerge_labels``: faces with the same label start in one cluster (must-link).
+    ``exact_max``: up to this many faces the neighbours come from an exact flat index, above it
+    from HNSW (approximate).
     """
 
     threshold: float | None = None
@@ -117,18 +139,34 @@ class ClusterConfig:
     min_size: int = 2
     premerge_labels: bool = True
     exact_max: int = 200_000
+    pair_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be one of {LINKAGES}, got {self.linkage!r}")
-        if self.threshold is not None and not 0.0 < self.threshold <= 4.0:
-            raise ValueError(f"threshold is a distance d in (0, 4], got {self.threshold}")
+        for name in ("threshold", "pair_threshold"):
+            t = getattr(self, name)
+            if t is not None and not 0.0 < t <= 4.0:
+                raise ValueError(f"{name} is a distance d in (0, 4], got {t}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.min_size < 1:
             raise ValueError(f"min_size must be >= 1, got {self.min_size}")
         if self.exact_max < 0:
             raise ValueError(f"exact_max must be >= 0, got {self.exact_max}")
+
+    def thresholds(self, xb: np.ndarray) -> tuple[float, float]:
+        """``(threshold, pair_threshold)`` for clustering ``xb`` ``(N, D) float32`` under these
+        settings: the ones given, the default rule's (:func:`default_thresholds`) for those left
+        ``None``; the pair threshold is capped at the threshold."""
+        if self.threshold is None:
+            t, t_pair = default_thresholds(xb)
+            if self.pair_threshold is not None:
+                t_pair = self.pair_threshold
+        else:
+            t = self.threshold
+            t_pair = t if self.pair_threshold is None else self.pair_threshold
+        return t, min(t_pair, t)
 
 
 @dataclass(frozen=True)
@@ -184,33 +222,41 @@ def _check_ids(a: np.ndarray | None, n: int, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- threshold
 
 
-def default_threshold(
+def default_thresholds(
     xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
-) -> float:
-    """The merge threshold for these faces: tau, shifted by the prior of "same person".
+) -> tuple[float, float]:
+    """The merge thresholds for these faces: tau, shifted by the prior of "same person".
 
     tau is a 1:1 verification threshold: the point where a pair is as likely the same person as
-    not when both are equally common (LFW's protocol). Among the faces of a collection a random
-    pair is the same person with a small probability ``pi``, so the Bayes decision moves below
-    tau. With same- and different-person distances modelled as two normals of equal spread
-    ``sigma``, tau halfway between their means (``mu_same = 2 tau - mu_diff``), the boundary for a
-    prior ``pi`` is
+    not when both are equally common (LFW's protocol). Among the faces of a collection a pair is
+    the same person with a small prior probability ``p``, so the Bayes decision moves below tau.
+    With same- and different-person distances modelled as two normals of equal spread ``sigma``,
+    tau halfway between their means (``mu_same = 2 tau - mu_diff``), the boundary for a prior
+    ``p`` is
 
-        ``T = tau - sigma^2 / (2 (mu_diff - tau)) * ln((1 - pi) / pi)``.
+        ``T(p) = tau - sigma^2 / (2 (mu_diff - tau)) * ln((1 - p) / p)``.
 
     ``mu_diff`` and ``sigma`` are the median and the MAD-based spread of ``d`` over random pairs
-    of ``xb`` (almost all different people), ``pi`` the fraction of random pairs below tau (at
-    least ``1 / N``: slightly more than the true share, as it counts the false accepts too).
-    No labels are used. The result is never above tau; tau itself is returned when the faces do
-    not look like a collection of several people (fewer than 2 faces, ``mu_diff <= tau``,
-    ``pi >= 0.5``). ``xb``: ``(N, D) float32`` unit rows; all pairs when ``N (N - 1) / 2 <=
-    pairs``, else ``pairs`` random ones (seeded). On SFace LFW embeddings with tau = 1.274:
-    1.157 for the 158 people with at least 10 images, 1.110 for all of LFW.
+    of ``xb`` (almost all different people). Two priors, both from the faces, no labels:
+
+    * ``threshold = T(pi)`` for every merge that involves a group: ``pi`` is the fraction of
+      random pairs below tau (at least ``1 / N``; slightly more than the true share, as it
+      counts the false accepts too), the chance that two faces taken at random are one person.
+    * ``pair_threshold = T(1 / N)`` for a merge of two single faces. ``pi`` is dominated by the
+      people with many photos (a person with ``m`` faces makes ``m^2 / 2`` of the pairs); a face
+      that matched no group yet is, as far as the clustering knows, of a person seen once, and
+      the chance that one given other face of the ``N`` is that person is ``1 / N``.
+
+    Both are never above tau; tau itself is returned for both when the faces do not look like a
+    collection of several people (fewer than 2 faces, ``mu_diff <= tau``, ``pi >= 0.5``).
+    ``xb``: ``(N, D) float32`` unit rows; all pairs when ``N (N - 1) / 2 <= pairs``, else
+    ``pairs`` random ones (seeded). On SFace LFW embeddings with tau = 1.274: ``(1.157, 0.999)``
+    for the 158 people with at least 10 images, ``(1.110, 0.998)`` for all of LFW.
     """
     xb = _check_embeddings(xb)
     n = len(xb)
     if n < 2:
-        return tau
+        return tau, tau
     if n * (n - 1) // 2 <= pairs:
         i, j = np.triu_indices(n, 1)
     else:
@@ -223,17 +269,26 @@ def default_threshold(
     sigma = 1.4826 * float(np.median(np.abs(d - mu)))
     pi = max(float(np.mean(d < tau)), 1.0 / n)
     if mu <= tau or pi >= 0.5 or sigma == 0.0:
-        return tau
-    t = tau - sigma**2 / (2.0 * (mu - tau)) * math.log((1.0 - pi) / pi)
+        return tau, tau
+
+    def boundary(p: float) -> float:
+        t = tau - sigma**2 / (2.0 * (mu - tau)) * math.log((1.0 - p) / p)
+        return float(min(tau, max(t, 0.0)))
+
+    t, t_pair = boundary(pi), boundary(1.0 / n)
     log.info(
-        "default threshold %.3f (tau %.3f, mu_diff %.3f, sigma %.3f, pi %.4f)",
-        t,
-        tau,
-        mu,
-        sigma,
-        pi,
-    )
-    return float(min(tau, max(t, 0.0)))
+        "default thresholds %.3f, single faces %.3f (tau %.3f, mu_diff %.3f, sigma %.3f, "
+        "pi %.4f, N %d)",
+        t, t_pair, tau, mu, sigma, pi, n,
+    )  # fmt: skip
+    return t, min(t_pair, t)
+
+
+def default_threshold(
+    xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
+) -> float:
+    """The first of :func:`default_thresholds`: the merge threshold for a merge with a group."""
+    return default_thresholds(xb, tau, pairs, seed)[0]
 
 
 # --------------------------------------------------------------------------- k-NN graph
@@ -327,7 +382,9 @@ class _Agglomerator:
 
     ``init[i]`` is the root face of face ``i``'s starting group (``init[init[i]] == init[i]``).
     ``tags``: cannot-link arrays ``(N,)``; two clusters with different non-negative values of one
-    array never merge. ``photo_ids``: ``(N,)``, ``-1`` for unknown.
+    array never merge. ``photo_ids``: ``(N,)``, ``-1`` for unknown. ``threshold``: merge while
+    the linkage is below it; ``pair_threshold`` (``<= threshold``): the bound instead when both
+    clusters are single faces.
     """
 
     def __init__(
@@ -338,9 +395,13 @@ class _Agglomerator:
         photo_ids: np.ndarray,
         threshold: float,
         linkage: str,
+        pair_threshold: float | None = None,
     ) -> None:
         n = len(xb)
         self.threshold = threshold
+        self.pair_threshold = (
+            threshold if pair_threshold is None else min(pair_threshold, threshold)
+        )
         self.linkage = linkage
         self.x64 = xb.astype(np.float64)
         self.parent = init.copy()
@@ -443,14 +504,27 @@ class _Agglomerator:
         sel = w < self.threshold
         a, b, w = a[sel], b[sel], w[sel]
         order = np.argsort(w, kind="stable")
-        parent = self.parent
-        for i, j in zip(a[order].tolist(), b[order].tolist(), strict=True):
-            ri = _find(parent, i)
-            rj = _find(parent, j)
-            if ri == rj or not self.compatible(ri, rj):
-                continue
-            keep, gone = (ri, rj) if self.size[ri] >= self.size[rj] else (rj, ri)
-            self._absorb(keep, gone)
+        a, b, w = a[order], b[order], w[order]
+        parent, size, pair = self.parent, self.size, self.pair_threshold
+        while len(a):
+            # an edge between two single faces at >= pair_threshold waits: it becomes a merge
+            # once one of its faces joined a group, so such edges are passed over again
+            wait: list[int] = []
+            merged = False
+            for e, (i, j, d) in enumerate(zip(a.tolist(), b.tolist(), w.tolist(), strict=True)):
+                ri = _find(parent, i)
+                rj = _find(parent, j)
+                if ri == rj or not self.compatible(ri, rj):
+                    continue
+                if d >= pair and size[ri] == 1 and size[rj] == 1:
+                    wait.append(e)
+                    continue
+                keep, gone = (ri, rj) if size[ri] >= size[rj] else (rj, ri)
+                self._absorb(keep, gone)
+                merged = True
+            if not merged:
+                break
+            a, b, w = a[wait], b[wait], w[wait]
 
     def run_chain(self, a: np.ndarray, b: np.ndarray) -> None:
         """Average linkage by the nearest-neighbour chain (Murtagh 1983; Mullner 2011).
@@ -472,6 +546,7 @@ class _Agglomerator:
         todo = sorted(adj)  # clusters without any edge can never merge
         pos = 0
         chain: list[int] = []
+        on_chain: set[int] = set()
         merges = 0
         while True:
             if not chain:
@@ -480,18 +555,26 @@ class _Agglomerator:
                 if pos == len(todo):
                     break
                 chain.append(todo[pos])
+                on_chain.add(todo[pos])
             top = chain[-1]
             prev = chain[-2] if len(chain) > 1 else -1
             nxt = self._nearest(top, prev, adj)
-            if nxt < 0:  # nothing below the threshold: final (only a chain start can get here)
+            if nxt < 0:  # nothing below the threshold: final (with the pair rule, for now)
                 done[top] = True
-                chain.pop()
+                on_chain.discard(chain.pop())
                 continue
             if nxt != prev:
-                chain.append(nxt)
+                if nxt in on_chain:
+                    # only with the pair rule (not reducible: a merge of two single faces can
+                    # bring a group closer than the chain's last step): go back to nxt
+                    while chain[-1] != nxt:
+                        on_chain.discard(chain.pop())
+                else:
+                    chain.append(nxt)
+                    on_chain.add(nxt)
                 continue
-            chain.pop()
-            chain.pop()
+            on_chain.discard(chain.pop())
+            on_chain.discard(chain.pop())
             merges += 1
             keep, gone = (top, prev) if len(adj[top]) >= len(adj[prev]) else (prev, top)
             self._absorb(keep, gone)
@@ -529,7 +612,11 @@ class _Agglomerator:
         if not len(nb):
             return -1
         lv = self.average(top, nb)
-        cand = np.flatnonzero(lv < self.threshold)
+        if self.pair_threshold < self.threshold and self.size[top] == 1:
+            thr = np.where(self.size[nb] == 1, self.pair_threshold, self.threshold)
+        else:
+            thr = np.full(len(nb), self.threshold)
+        cand = np.flatnonzero(lv < thr)
         if not len(cand):
             return -1
         cand = cand[np.argsort(lv[cand], kind="stable")]
@@ -537,8 +624,10 @@ class _Agglomerator:
             x = int(nb[idx])
             if self.compatible(top, x):
                 if prev >= 0 and x != prev and prev in raw:
-                    lp = float(lv[nb == prev][0])
-                    if lp <= float(lv[idx]) + 1e-12:  # ties go to the chain (no cycles)
+                    at = np.flatnonzero(nb == prev)
+                    lp = float(lv[at[0]])
+                    # ties go to the chain (no cycles)
+                    if lp < float(thr[at[0]]) and lp <= float(lv[idx]) + 1e-12:
                         return prev
                 return x
             raw.discard(x)  # x still lists top; it drops it when it finds the conflict itself
@@ -569,13 +658,15 @@ class _Agglomerator:
         alive, version = self.alive, self.version
         merges = 0
         while heap:
-            _, i, j, vi, vj = heapq.heappop(heap)
+            v, i, j, vi, vj = heapq.heappop(heap)
             if not (alive[i] and alive[j]) or version[i] != vi or version[j] != vj:
                 continue
             if not self.compatible(i, j):  # monotone: the pair conflicts for good
                 adj[i].pop(j, None)
                 adj[j].pop(i, None)
                 continue
+            if v >= self.pair_threshold and self.size[i] == 1 and self.size[j] == 1:
+                continue  # kept in adj: recomputed when one of them joins a group
             merges += 1
             keep, gone = (i, j) if len(self.members[i]) >= len(self.members[j]) else (j, i)
             dk, dg = adj[keep], adj.pop(gone)
@@ -632,6 +723,7 @@ def _run(
     photo_ids: np.ndarray,
     config: ClusterConfig,
     threshold: float,
+    pair_threshold: float,
 ) -> np.ndarray:
     """Map the face edges onto the starting groups and agglomerate; ``(N,)`` root per face.
 
@@ -659,7 +751,7 @@ def _run(
         first[1:] = key[1:] != key[:-1]
         key, w = key[first], w[first]
         a, b = key // n, key % n
-    agg = _Agglomerator(xb, init, tags, photo_ids, threshold, config.linkage)
+    agg = _Agglomerator(xb, init, tags, photo_ids, threshold, config.linkage, pair_threshold)
     if config.linkage == "single":
         agg.run_single(a, b, w)
     elif config.linkage == "average":
@@ -735,7 +827,7 @@ def agglomerate(
     labels = _check_ids(labels, n, "labels")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    threshold = default_threshold(xb) if config.threshold is None else config.threshold
+    threshold, pair_threshold = config.thresholds(xb)
     if graph is None:
         dist, ids = knn_graph(xb, config.k, index=index, exact_max=config.exact_max)
     else:
@@ -744,11 +836,13 @@ def agglomerate(
             raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {ids.shape}")
     a, b, w = _edges(dist, ids)
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
-    roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold)
+    roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold)
     out = _number(roots, config.min_size)
     log.info(
-        "clustered %d faces: %d clusters, %d left alone (%s linkage, threshold %.3f, k %d)",
-        n, int(out.max(initial=-1)) + 1, int((out < 0).sum()), config.linkage, threshold, config.k,
+        "clustered %d faces: %d clusters, %d left alone (%s linkage, threshold %.3f, single "
+        "faces %.3f, k %d)",
+        n, int(out.max(initial=-1)) + 1, int((out < 0).sum()), config.linkage, threshold,
+        pair_threshold, config.k,
     )  # fmt: skip
     return out
 
@@ -823,8 +917,10 @@ def assign_new(
     else:
         a = b = np.zeros(0, dtype=np.int64)
         w = np.zeros(0, dtype=np.float64)
-    threshold = default_threshold(xall) if config.threshold is None else config.threshold
-    roots = _run(xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold)
+    threshold, pair_threshold = config.thresholds(xall)
+    roots = _run(
+        xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold
+    )
     out = np.full(n, -1, dtype=np.int64)
     # faces whose final cluster holds an old cluster take that cluster's id
     root_tag = np.full(n, -1, dtype=np.int64)

@@ -636,6 +636,7 @@ class ClusterEvaluation:
     threshold: float | None
     linkage: str
     seconds: float
+    pair_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         def prf(t: tuple[float, float, float]) -> dict[str, float]:
@@ -649,6 +650,7 @@ class ClusterEvaluation:
             "pairwise": prf(self.pairwise),
             "bcubed": prf(self.bcubed),
             "threshold": self.threshold,
+            "pair_threshold": self.pair_threshold,
             "linkage": self.linkage,
             "seconds": self.seconds,
         }
@@ -668,10 +670,9 @@ def evaluate_clusters(
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
-    if config.threshold is None:  # report the threshold the default rule gives these faces
-        from facesearch.cluster import default_threshold
-
-        config = dataclasses.replace(config, threshold=default_threshold(xb))
+    if config.threshold is None:  # report the thresholds the default rule gives these faces
+        t, t_pair = config.thresholds(xb)
+        config = dataclasses.replace(config, threshold=t, pair_threshold=t_pair)
     pred = agglomerate(xb, config, photo_ids=photo_ids)
     secs = time.perf_counter() - t0
     pw = pairwise_prf(pred, true)
@@ -686,6 +687,7 @@ def evaluate_clusters(
         threshold=config.threshold,
         linkage=config.linkage,
         seconds=secs,
+        pair_threshold=config.thresholds(xb)[1],
     )
 
 

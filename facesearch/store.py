@@ -90,8 +90,8 @@ logger = logging.getLogger(__name__)
 
 #: The Alembic revision this code reads and writes, and every revision it knows (oldest first).
 #: ``tests/test_migrations.py`` checks them against the scripts in ``migrations/versions``.
-SCHEMA_HEAD: str = "0001"
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001",)
+SCHEMA_HEAD: str = "0002"
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002")
 #: Where the Alembic scripts live: ``facesearch/_migrations`` in an installed wheel, else the
 #: repository's top-level ``migrations/`` folder (source tree, editable install).
 _PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "_migrations"
@@ -211,6 +211,9 @@ class Cluster(Base):
 
 class FaceRow(Base):
     __tablename__ = "faces"
+    # Ids are never reused (SQLite would hand a deleted largest id out again); what remembers
+    # face ids across runs, like incremental clustering, relies on it. Migration 0002.
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     photo_id: Mapped[int] = mapped_column(ForeignKey("photos.id", ondelete="CASCADE"), index=True)

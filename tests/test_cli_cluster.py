@@ -141,6 +141,33 @@ def test_persists_and_adds_new_faces(col: dict[str, Any]) -> None:
     assert ids == _all_face_ids(col["home"])
 
 
+def test_incremental_run_places_a_face_added_after_the_largest_was_deleted(
+    col: dict[str, Any],
+) -> None:
+    """Face ids are never reused (migration 0002): SQLite without AUTOINCREMENT gave the next
+    face the id of the deleted largest one, and the incremental run took it for a face it had
+    already placed (``cluster.last_face``) and left it alone."""
+    _clusters(col["args"])
+    with Collection.open(col["home"]) as c:
+        with c.session() as s:
+            last = int(st.get_meta(s, "cluster.last_face") or 0)
+            photo = s.get(st.FaceRow, last).photo_id  # type: ignore[union-attr]
+            gone = st.face_ids(s).tolist()
+        with c.lock():
+            c.remove_photos([photo])
+    with pytest.MonkeyPatch.context() as mp:
+        use_shared_pipeline(mp)
+        run_cli(["index", col["lib2"], *col["args"]])
+    new = sorted(set(_all_face_ids(col["home"])) - set(gone))
+    assert len(new) == 2 and min(new) > last, (new, last)
+    out = run_cli(["cluster", *col["args"]]).stdout
+    assert out.startswith("run:       incremental, 2 faces placed, 0 clusters created, 2 faces")
+    after = _clusters(col["args"])
+    for folder in BATCH2:
+        e = _by_person(after, folder)
+        assert {Path(f["photo"]).name for f in e["faces"]} >= set(BATCH2[folder])
+
+
 def test_name_split_merge(col: dict[str, Any]) -> None:
     args = col["args"]
     entries = _clusters(args)

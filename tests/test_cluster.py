@@ -20,6 +20,7 @@ from facesearch.cluster import (
     bcubed_prf,
     build_index,
     default_threshold,
+    default_thresholds,
     knn_graph,
     n_clusters,
     pairwise_prf,
@@ -61,13 +62,19 @@ def scipy_clusters(x: np.ndarray, method: str, threshold: float) -> np.ndarray:
 
 
 def greedy_oracle(
-    x: np.ndarray, threshold: float, photo: np.ndarray, labels: np.ndarray
+    x: np.ndarray,
+    threshold: float,
+    photo: np.ndarray,
+    labels: np.ndarray,
+    pair_threshold: float | None = None,
 ) -> np.ndarray:
-    """Dense average linkage with cannot-link: always merge the closest allowed pair."""
+    """Dense average linkage with cannot-link: always merge the closest allowed pair; two
+    single faces are allowed only below ``pair_threshold`` (default: ``threshold``)."""
     d = pairwise_distance(x, x).astype(np.float64)
+    pair_t = threshold if pair_threshold is None else pair_threshold
     groups = [[i] for i in range(len(x))]
     while True:
-        best, pair = threshold, None
+        best, pair = np.inf, None
         for i, j in itertools.combinations(range(len(groups)), 2):
             gi, gj = groups[i], groups[j]
             if set(photo[gi]) & set(photo[gj]):
@@ -76,7 +83,7 @@ def greedy_oracle(
             if li and lj and li != lj:
                 continue
             link = d[np.ix_(gi, gj)].mean()
-            if link < best:
+            if link < (pair_t if len(gi) == len(gj) == 1 else threshold) and link < best:
                 best, pair = link, (i, j)
         if pair is None:
             break
@@ -401,8 +408,66 @@ def test_default_threshold_is_tau_without_a_crowd() -> None:
     assert default_threshold(np.repeat(x, 5, axis=0)) == DEFAULT_THRESHOLD  # one person only
 
 
-def test_default_config_uses_the_default_threshold() -> None:
+def test_single_faces_get_the_stricter_prior_of_a_person_seen_once() -> None:
+    many, _ = faces(600, 3, 0.08, seed=24)
+    t, t_pair = default_thresholds(many)
+    assert t == default_threshold(many)
+    assert t_pair < t < DEFAULT_THRESHOLD
+    # T(p) = tau - c ln((1 - p) / p): the gap between p = pi and p = 1 / N
+    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)
+    t_few, t_few_pair = default_thresholds(few)
+    assert t_few_pair < t_few
+    x, _ = faces(1, 1, 0.0, seed=22)
+    assert default_thresholds(x) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+
+
+def test_default_config_uses_the_default_thresholds() -> None:
     x, _ = faces(60, 4, 0.09, seed=23)
+    t, t_pair = default_thresholds(x)
+    assert ClusterConfig().thresholds(x) == (t, t_pair)
     auto = agglomerate(x)
-    explicit = agglomerate(x, ClusterConfig(threshold=default_threshold(x)))
+    explicit = agglomerate(x, ClusterConfig(threshold=t, pair_threshold=t_pair))
     np.testing.assert_array_equal(auto, explicit)
+    # an explicit threshold alone is a plain cut (pair threshold = threshold), capped below it
+    assert ClusterConfig(threshold=1.0).thresholds(x) == (1.0, 1.0)
+    assert ClusterConfig(threshold=1.0, pair_threshold=1.2).thresholds(x) == (1.0, 1.0)
+    assert ClusterConfig(pair_threshold=0.5).thresholds(x) == (t, 0.5)
+    with pytest.raises(ValueError, match="pair_threshold"):
+        ClusterConfig(pair_threshold=0.0)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 6, 7])  # seeds where the pair threshold matters
+def test_pair_threshold_equals_dense_greedy_oracle(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x, _ = faces(20, 3, 0.13, seed=seed, dim=32)  # same-person d around 1.0
+    n = len(x)
+    photo = rng.integers(0, n, n)
+    t, t_pair = 1.1, 0.95
+    config = ClusterConfig(t, k=n, min_size=1, pair_threshold=t_pair)
+    got = agglomerate(x, config, photo_ids=photo)
+    ref = greedy_oracle(x, t, photo, np.full(n, -1), pair_threshold=t_pair)
+    assert same_partition(got, ref)
+    assert not same_partition(got, agglomerate(x, ClusterConfig(t, k=n, min_size=1), photo))
+
+
+@pytest.mark.parametrize("method", ["average", "single", "complete"])
+def test_two_single_faces_need_the_pair_threshold_but_join_a_group_at_the_threshold(
+    method: str,
+) -> None:
+    # a, b: d(a, b) = 0.9; c next to b (d 0.2): {b, c} forms, then a joins it at the threshold
+    rng = np.random.default_rng(25)
+    base = unit(rng.standard_normal((1, 64)))[0].astype(np.float64)
+    other = unit(rng.standard_normal((1, 64)))[0].astype(np.float64)
+    other -= (other @ base) * base
+    other /= np.linalg.norm(other)
+
+    def at(d: float) -> np.ndarray:  # the unit vector at distance d from base
+        c = 1.0 - d / 2.0
+        return c * base + np.sqrt(1.0 - c * c) * other
+
+    x = unit(np.stack([at(0.0), at(0.9)]))
+    alone = ClusterConfig(1.2, linkage=method, min_size=1, pair_threshold=0.8)  # type: ignore[arg-type]
+    assert n_clusters(agglomerate(x, alone)) == 2
+    assert n_clusters(agglomerate(x, ClusterConfig(1.2, linkage=method))) == 1  # type: ignore[arg-type]
+    x3 = unit(np.stack([at(0.0), at(0.9), at(0.9) + 0.05 * other]))
+    assert n_clusters(agglomerate(x3, alone)) == 1

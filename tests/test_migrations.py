@@ -72,11 +72,11 @@ def test_check_schema_messages(db_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE stranger")
         st.upgrade_database(engine)
-        # A newer facesearch would know revision "0002": this database is then older.
-        monkeypatch.setattr(st, "SCHEMA_HEAD", "0002")
-        monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002"))
+        # A newer facesearch would know revision "0003": this database is then older.
+        monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
+        monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
         with pytest.raises(
-            CollectionError, match="revision 0001.*needs 0002.*facesearch db upgrade"
+            CollectionError, match="revision 0002.*needs 0003.*facesearch db upgrade"
         ):
             st.check_schema(engine, "collection 'x'")
         monkeypatch.undo()
@@ -92,10 +92,10 @@ def test_older_collection_asks_for_db_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Collection.open(tmp_path, "old", create=True).close()
-    monkeypatch.setattr(st, "SCHEMA_HEAD", "0002")
-    monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002"))
+    monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
+    monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
     with pytest.raises(
-        CollectionError, match="collection 'old' has schema revision 0001.*db upgrade"
+        CollectionError, match="collection 'old' has schema revision 0002.*db upgrade"
     ):
         Collection.open(tmp_path, "old")
     monkeypatch.undo()
@@ -109,3 +109,69 @@ def test_older_collection_asks_for_db_upgrade(
     Collection.open(tmp_path, "old").close()
     with pytest.raises(CollectionError, match="no collection 'nope'"):
         upgrade_collection(tmp_path, "nope")
+
+
+def _insert_face(conn: sa.Connection, photo_id: int, face_id: int | None = None) -> int:
+    cols = "photo_id, x1, y1, x2, y2, landmarks, score, embedding, model"
+    vals = ":p, 0, 0, 1, 1, '[]', 0.9, x'00', 'm'"
+    if face_id is not None:
+        cols, vals = "id, " + cols, ":i, " + vals
+    conn.execute(
+        sa.text(f"INSERT INTO faces ({cols}) VALUES ({vals})"), {"p": photo_id, "i": face_id}
+    )
+    return int(conn.execute(sa.text("SELECT MAX(id) FROM faces")).scalar() or 0)
+
+
+def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
+    """Revision 0001 let SQLite hand out a deleted largest face id again; 0002 keeps the data
+    (assignments included, though rebuilding ``faces`` cascades) and makes ids AUTOINCREMENT,
+    starting above both the largest face id and ``cluster.last_face``."""
+    engine = st.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert st.upgrade_database(engine, "0001") == "0001"
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO models (name, dim, created_at) VALUES ('m', 1, 0)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO photos (id, path, content_hash, size, mtime, status, indexed_at) "
+                    "VALUES (1, 'a.jpg', 'h', 1, 0, 'ok', 0)"
+                )
+            )
+            conn.execute(sa.text("INSERT INTO people (id, name, created_at) VALUES (1, 'Amy', 0)"))
+            for _ in range(3):
+                _insert_face(conn, 1)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assignments (face_id, person_id, source, assigned_at) "
+                    "VALUES (2, 1, 'manual', 0)"
+                )
+            )
+            # the bug, at 0001: the largest id is handed out again after a delete
+            conn.execute(sa.text("DELETE FROM faces WHERE id = 3"))
+            assert _insert_face(conn, 1) == 3
+            # clustering had seen faces up to id 5 (4 and 5 deleted since)
+            conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('cluster.last_face', '5')"))
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD == "0002"
+        with engine.begin() as conn:
+            sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE name = 'faces'")
+            ).scalar()
+            assert "AUTOINCREMENT" in str(sql)
+            assert conn.execute(sa.text("SELECT id FROM faces ORDER BY id")).scalars().all() == [
+                1, 2, 3,
+            ]  # fmt: skip
+            assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [2]
+            assert _insert_face(conn, 1) == 6  # above cluster.last_face
+            conn.execute(sa.text("DELETE FROM faces WHERE id = 6"))
+            assert _insert_face(conn, 1) == 7  # a deleted id is not handed out again
+        st.check_schema(engine)
+        assert st.downgrade_database(engine, "0001") == "0001"
+        with engine.begin() as conn:
+            sql = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE name = 'faces'")
+            ).scalar()
+            assert "AUTOINCREMENT" not in str(sql)
+            assert conn.execute(sa.text("SELECT COUNT(*) FROM faces")).scalar() == 4
+            assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [2]
+    finally:
+        engine.dispose()
