@@ -193,7 +193,14 @@ def test_the_engine_does_not_import_torch(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env["FACESEARCH_CACHE"] = str(tmp_path / "cache")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=300,  # a hang fails the test instead of the suite
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
 

@@ -59,6 +59,10 @@ class EarlyFaces:
         pid = os.fork()
         if pid == 0:  # the child: compute, send, exit without running the parent's cleanup
             os.close(r)
+            with contextlib.suppress(OSError):  # never read (or stop on) the terminal
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
             try:
                 payload = ("ok", _compute(path))
             except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
