@@ -448,7 +448,11 @@ def update_results(section: str, payload: dict[str, Any], out_dir: Path = RESULT
     out_dir.mkdir(parents=True, exist_ok=True)
     jf = out_dir / "speed.json"
     allres = json.loads(jf.read_text()) if jf.exists() else {}
-    allres[section] = payload
+    # No path of the machine goes into the repo: the shared folder is written as its default.
+    text = json.dumps(payload)
+    for shared in {str(DEFAULT_SHARED), str(DEFAULT_SHARED.resolve())}:
+        text = text.replace(f" --shared {shared}", "").replace(shared, "../shared")
+    allres[section] = json.loads(text)
     _atomic_write(jf, json.dumps(allres, indent=2, sort_keys=True) + "\n")
     _atomic_write(out_dir / "speed.md", render_markdown(allres))
 
