@@ -28,10 +28,8 @@ def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -
     from facesearch.pipeline import FacePipeline, PipelineConfig
 
     engine = resolve_engine(model, engine)
-    cfg = PipelineConfig(model=model, engine=engine)
-    if flip is not None:
-        cfg = PipelineConfig(model=model, engine=engine, flip=flip)
-    return FacePipeline(cfg)
+    flip_setting = {} if flip is None else {"flip": flip}  # None: the config's default
+    return FacePipeline(PipelineConfig(model=model, engine=engine, **flip_setting))
 
 
 def shipped_threshold(purpose: str = "verify") -> float:

@@ -212,6 +212,16 @@ def decode(
     return results
 
 
+def check_image(image: object, index: int) -> np.ndarray:
+    """``image`` if it is an ``(H, W, 3) uint8`` RGB array; ``ValueError`` naming ``index``."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        got = type(image).__name__ if not isinstance(image, np.ndarray) else image.dtype
+        raise ValueError(f"image {index}: expected a uint8 numpy array, got {got}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image {index}: expected shape (H, W, 3) RGB, got {image.shape}")
+    return image
+
+
 def round_up(n: int) -> int:
     """``n`` rounded up to a multiple of :data:`DIVISOR` (the padded network input)."""
     return ((n - 1) // DIVISOR + 1) * DIVISOR
@@ -261,6 +271,7 @@ __all__ = [
     "WEIGHTS_FORMAT",
     "DetectorConfig",
     "add_large",
+    "check_image",
     "decode",
     "default_weights_path",
     "nms_boxes",

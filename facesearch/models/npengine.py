@@ -37,6 +37,7 @@ from facesearch.models.detection import (
     STRIDES,
     DetectorConfig,
     add_large,
+    check_image,
     decode,
     default_weights_path,
     read_weight_arrays,
@@ -46,11 +47,10 @@ from facesearch.models.detection import (
 from facesearch.models.sface_arrays import (
     INPUT_MEAN,
     INPUT_SCALE,
-    INPUT_SIZE,
     LAYERS,
     WEIGHTS_FILE,
+    embed_in_batches,
     fused_arrays,
-    l2_normalize,
     read_weights,
     state_arrays,
 )
@@ -375,11 +375,7 @@ class NumpyDetector:
         config = self.config
         out: list[list[Detection]] = []
         for i, image in enumerate(images):
-            if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-                got = type(image).__name__ if not isinstance(image, np.ndarray) else image.dtype
-                raise ValueError(f"image {i}: expected a uint8 numpy array, got {got}")
-            if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
-                raise ValueError(f"image {i}: expected shape (H, W, 3) RGB, got {image.shape}")
+            check_image(image, i)
             fine = self._run(image, config.max_side, config)
             coarse: list[Detection] = []
             if config.coarse_side and max(image.shape[:2]) > config.coarse_side:
@@ -530,24 +526,12 @@ class NumpyEmbedder:
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """``(N, 112, 112, 3) uint8`` aligned RGB crops -> ``(N, D) float32`` unit vectors."""
-        crops = np.asarray(crops)
-        if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(
-                f"crops must be (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) aligned RGB faces, "
-                f"got shape {crops.shape}"
-            )
-        if crops.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8 RGB 0..255, got dtype {crops.dtype}")
-        out = np.empty((crops.shape[0], self.dim), np.float32)
-        for start in range(0, crops.shape[0], self.batch_size):
-            batch = crops[start : start + self.batch_size].astype(np.float32)
+
+        def forward(batch: np.ndarray) -> np.ndarray:
             with _single_threaded_blas():
-                feats = self.net(batch)
-                if self.flip:
-                    mirrored = self.net(batch[:, :, ::-1].copy())
-                    feats = l2_normalize(feats) + l2_normalize(mirrored)
-            out[start : start + len(batch)] = l2_normalize(feats)
-        return out
+                return self.net(batch.astype(np.float32))
+
+        return embed_in_batches(crops, forward, self.dim, self.batch_size, self.flip)
 
 
 __all__ = [

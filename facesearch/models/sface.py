@@ -48,7 +48,7 @@ from facesearch.models.sface_arrays import (
     WEIGHTS_FILE,
     ConvSpec,
     dequantize_blockwise,
-    l2_normalize,
+    embed_in_batches,
     read_weights,
     state_arrays,
 )
@@ -223,8 +223,6 @@ def load_sface(weights: Path | None = None) -> SFace:
 # --------------------------------------------------------------------------- embedder
 
 
-
-
 class Embedder:
     """Aligned face crops in, unit-length embeddings out.
 
@@ -300,24 +298,7 @@ class Embedder:
         Returns ``(N, D) float32``, unit L2 norm, C-contiguous; ``(0, D)`` for ``N = 0``.
         Computed ``batch_size`` crops at a time.
         """
-        crops = np.asarray(crops)
-        if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
-            raise ValueError(
-                f"crops must be (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) aligned RGB faces, "
-                f"got shape {crops.shape}"
-            )
-        if crops.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8 RGB 0..255, got dtype {crops.dtype}")
-        n = crops.shape[0]
-        xb = np.empty((n, self.dim), dtype=np.float32)
-        for start in range(0, n, self.batch_size):
-            batch = crops[start : start + self.batch_size]  # (b, 112, 112, 3)
-            feats = self._forward(batch)  # (b, D)
-            if self.flip:
-                mirrored = self._forward(batch[:, :, ::-1, :])
-                feats = l2_normalize(feats) + l2_normalize(mirrored)
-            xb[start : start + len(batch)] = l2_normalize(feats)
-        return xb
+        return embed_in_batches(crops, self._forward, self.dim, self.batch_size, self.flip)
 
 
 __all__ = [

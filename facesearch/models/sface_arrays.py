@@ -8,6 +8,7 @@ Plain numpy, shared by the PyTorch module (:mod:`facesearch.models.sface`) and t
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -206,3 +207,35 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     """Rows scaled to unit L2 norm: ``(N, D) -> (N, D) float32`` (a zero row stays zero)."""
     norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def embed_in_batches(
+    crops: np.ndarray,
+    forward: Callable[[np.ndarray], np.ndarray],
+    dim: int,
+    batch_size: int,
+    flip: bool,
+) -> np.ndarray:
+    """What both engines' ``embed`` do around the network.
+
+    Checks ``crops`` (``(N, 112, 112, 3) uint8`` aligned RGB faces), runs ``forward`` (uint8
+    crops -> ``(b, dim)`` raw features) ``batch_size`` crops at a time, averages the normalised
+    features of each crop and its mirror image when ``flip``, and returns ``(N, dim) float32``
+    unit vectors (``(0, dim)`` for ``N = 0``).
+    """
+    crops = np.asarray(crops)
+    if crops.ndim != 4 or crops.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        raise ValueError(
+            f"crops must be (N, {INPUT_SIZE}, {INPUT_SIZE}, 3) aligned RGB faces, "
+            f"got shape {crops.shape}"
+        )
+    if crops.dtype != np.uint8:
+        raise ValueError(f"crops must be uint8 RGB 0..255, got dtype {crops.dtype}")
+    out = np.empty((crops.shape[0], dim), dtype=np.float32)
+    for start in range(0, crops.shape[0], batch_size):
+        batch = crops[start : start + batch_size]  # (b, 112, 112, 3)
+        feats = forward(batch)  # (b, dim)
+        if flip:
+            feats = l2_normalize(feats) + l2_normalize(forward(batch[:, :, ::-1, :]))
+        out[start : start + len(batch)] = l2_normalize(feats)
+    return out

@@ -44,6 +44,7 @@ from facesearch.models.detection import (
     WEIGHTS_FORMAT,
     DetectorConfig,
     add_large,
+    check_image,
     decode,
     default_weights_path,
     nms_boxes,
@@ -333,11 +334,7 @@ class Detector:
     @staticmethod
     def _views(image: np.ndarray, index: int, config: DetectorConfig) -> list[_View]:
         """The view at ``max_side`` and, for photos larger than ``coarse_side``, the coarse one."""
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
-            got = type(image).__name__ if not isinstance(image, np.ndarray) else image.dtype
-            raise ValueError(f"image {index}: expected a uint8 numpy array, got {got}")
-        if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-            raise ValueError(f"image {index}: expected shape (H, W, 3) RGB, got {image.shape}")
+        check_image(image, index)
         with warnings.catch_warnings():  # read-only arrays are fine: we never write to them
             warnings.filterwarnings("ignore", message=".*not writable.*", category=UserWarning)
             pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)  # (3, H, W)
