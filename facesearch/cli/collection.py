@@ -16,6 +16,7 @@ import click
 
 from facesearch.cli import main
 from facesearch.cli.options import (
+    batch_options,
     collection_options,
     engine_option,
     json_option,
@@ -139,19 +140,7 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
     "candidates re-ranked exactly); approximate 'ivf'; or 'auto' (flat up to 50,000 faces, pq "
     "above). Kept by the collection.  [default: keep the setting, 'auto' for a new collection]",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 100_000),
-    default=64,
-    show_default=True,
-    help="Photos per database commit (an interrupted run loses at most one batch).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Threads reading and decoding photos  [default: one per core, at most 4]",
-)
+@batch_options
 @collection_options
 @json_option
 def index(

@@ -13,7 +13,7 @@ import click
 
 from facesearch.cli import main
 from facesearch.cli.collection import _collection_args, _open
-from facesearch.cli.options import collection_options, json_option
+from facesearch.cli.options import batch_options, collection_options, json_option
 
 
 def _model_rows(col: Any) -> tuple[str | None, list[dict[str, Any]]]:
@@ -135,19 +135,7 @@ def model_use(
     help="Accept a model that is not compatible with the collection's: every face is "
     "re-embedded and the model is used for queries only once all are done.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 100_000),
-    default=64,
-    show_default=True,
-    help="Photos per database commit (an interrupted run loses at most one batch).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(1, 64),
-    default=None,
-    help="Threads reading and decoding photos  [default: one per core, at most 4]",
-)
+@batch_options
 @collection_options
 @json_option
 def reindex(

@@ -46,6 +46,23 @@ def threshold_option(f: F) -> F:
     )(f)  # type: ignore[return-value]
 
 
+def batch_options(f: F) -> F:
+    """``--batch-size`` and ``--workers`` of the commands that read photos in bulk."""
+    f = click.option(
+        "--workers",
+        type=click.IntRange(1, 64),
+        default=None,
+        help="Threads reading and decoding photos  [default: one per core, at most 4]",
+    )(f)
+    return click.option(  # type: ignore[return-value]
+        "--batch-size",
+        type=click.IntRange(1, 100_000),
+        default=64,
+        show_default=True,
+        help="Photos per database commit (an interrupted run loses at most one batch).",
+    )(f)
+
+
 def collection_options(f: F) -> F:
     f = click.option(
         "--db",
