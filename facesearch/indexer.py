@@ -37,9 +37,12 @@ and reported; the run goes on. A failed photo whose file has not changed is not 
 Speed
 -----
 Files are read, hashed and decoded by ``workers`` threads (Pillow and hashlib release the GIL)
-while the main thread runs the networks: photos go through the detector in batches of up to
-:data:`DETECT_BATCH` photos (or :data:`DETECT_PIXELS` pixels, to bound memory with large
-photos), and all faces of a batch through the embedder together. Photos are decoded at full
+while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one torch thread each)
+run the networks on tasks of a few photos: up to :data:`DETECT_BATCH` photos or
+:data:`DETECT_PIXELS` pixels per round, cut into one task per worker. Up to two tasks per
+worker are out at a time, and results are taken oldest first, so photos are stored in the order
+read while the workers never wait for one another or for a commit (measured on 2 cores: 167
+large photos 24.3 s -> 19.4 s against a barrier after every batch). Photos are decoded at full
 resolution: the detector downscales internally, and alignment samples the full-resolution
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
@@ -98,9 +101,10 @@ logger = logging.getLogger(__name__)
 
 #: The largest face gets a photo's label when its area is at least this many times the second's.
 DOMINANCE_RATIO: float = 2.0
-#: Photos per detector call (at most; fewer when ``batch_size`` is smaller).
+#: Photos per round of tasks (at most; fewer when ``batch_size`` is smaller), cut into one task
+#: per pipeline worker.
 DETECT_BATCH: int = 16
-#: A detector batch is closed early when its photos hold this many pixels (bounds memory).
+#: A round is closed early when its photos hold this many pixels (bounds memory).
 DETECT_PIXELS: int = 48_000_000
 #: Default photos per SQL transaction.
 COMMIT_BATCH: int = 64
@@ -436,9 +440,16 @@ class _Run:
         self.report = IndexReport()
         self.pending: list[NewPhoto] = []
         self.pending_stats: list[tuple[bool, bool]] = []  # (updated, failed) per pending photo
-        self.batch: list[_Read] = []
+        self.batch: list[_Read] = []  # the open task
         self.batch_pixels = 0
-        self.detect_batch = max(1, min(DETECT_BATCH, settings.batch_size))
+        # Photos go to the pipeline's workers in tasks of a few photos; up to max_inflight
+        # tasks are out at a time, so the workers never wait for each other or for a commit.
+        workers = max(1, int(getattr(pipeline, "threads", 1) or 1))
+        self.task_photos = max(1, min(DETECT_BATCH, settings.batch_size) // workers)
+        self.task_pixels = max(1, DETECT_PIXELS // workers)
+        self.max_inflight = 2 * workers
+        self.inflight: deque[tuple[list[_Read], Future[Any] | None]] = deque()
+        self.submit: Callable[..., Future[Any]] | None = None
         self.total = 0
         self.done = 0
         self.faces = 0
@@ -454,28 +465,55 @@ class _Run:
     # -- decoded photos -> NewPhoto -----------------------------------------------------------
 
     def add_read(self, r: _Read) -> None:
+        """A photo read: into the open task (or, unreadable, straight into the queue of
+        results, behind the photos before it)."""
         if r.image is None:
-            self._queue_photo(r, (), None)
-            self._tick(1)
-            return
-        self.batch.append(r)
-        self.batch_pixels += int(r.image.shape[0]) * int(r.image.shape[1])
-        if len(self.batch) >= self.detect_batch or self.batch_pixels >= DETECT_PIXELS:
-            self.run_batch()
+            self.send_task()
+            self.inflight.append(([r], None))
+        else:
+            self.batch.append(r)
+            self.batch_pixels += int(r.image.shape[0]) * int(r.image.shape[1])
+            if len(self.batch) >= self.task_photos or self.batch_pixels >= self.task_pixels:
+                self.send_task()
+        self.collect(wait=False)
 
-    def run_batch(self) -> None:
+    def send_task(self) -> None:
+        """Hand the open task (photos) to a pipeline worker."""
         batch, self.batch, self.batch_pixels = self.batch, [], 0
         if not batch:
             return
+        assert self.submit is not None, "tasks are sent inside _index's pipeline.workers() block"
         images = [r.image for r in batch]
+        self.inflight.append((batch, self.submit(self.pipe.faces_batch, images)))
+
+    def collect(self, *, wait: bool) -> None:
+        """Results of finished tasks, oldest first (photos are queued in the order read).
+
+        ``wait=False``: take what is done, and wait only while more than
+        :attr:`max_inflight` tasks are out (this bounds memory). ``wait=True``: all of them.
+        """
+        while self.inflight:
+            batch, fut = self.inflight[0]
+            if fut is not None and not fut.done() and not wait:
+                if len(self.inflight) <= self.max_inflight:
+                    return
+            self.inflight.popleft()
+            self._finish(batch, fut)
+
+    def _finish(self, batch: list[_Read], fut: Future[Any] | None) -> None:
+        if fut is None:  # not decoded: recorded with its error
+            for r in batch:
+                self._queue_photo(r, (), None)
+            self._tick(len(batch))
+            return
         try:
-            results: list[list[Face] | str] = list(self.pipe.faces_batch(images))  # type: ignore[arg-type]
+            results: list[list[Face] | str] = list(fut.result())
         except Exception as exc:  # noqa: BLE001 - isolate the photo that fails
-            logger.debug("batch of %d photos failed (%s): one by one", len(batch), exc)
+            logger.debug("task of %d photos failed (%s): one by one", len(batch), exc)
             results = []
-            for img in images:
+            for r in batch:
                 try:
-                    results.append(self.pipe.faces_batch([img])[0])  # type: ignore[list-item]
+                    results.append(self.pipe.faces_batch([r.image])[0])  # type: ignore[list-item]
                 except Exception as one:  # noqa: BLE001
                     results.append(f"processing failed ({type(one).__name__}: {one})")
         for r, res in zip(batch, results, strict=True):
@@ -486,6 +524,11 @@ class _Run:
                 self._queue_photo(r, tuple(res), r.image)
             r.image = None
         self._tick(len(batch))
+
+    def finish(self) -> None:
+        """Send the open task and take every result."""
+        self.send_task()
+        self.collect(wait=True)
 
     def _queue_photo(self, r: _Read, faces: tuple[Face, ...], image: np.ndarray | None) -> None:
         from facesearch import store as st
@@ -647,21 +690,23 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
     try:
-        queue: deque[Future[_Read]] = deque()
-        it: Iterator[_Job] = iter(jobs)
-        for job in it:
-            queue.append(pool.submit(_read, job, moved_hashes))
-            if len(queue) >= window:
-                break
-        while queue:
-            r = queue.popleft().result()
-            nxt = next(it, None)
-            if nxt is not None:
-                queue.append(pool.submit(_read, nxt, moved_hashes))
-            _handle(run, r, gone, claimed, relabel)
-        run.run_batch()
+        with run.pipe.workers() as run.submit:
+            queue: deque[Future[_Read]] = deque()
+            it: Iterator[_Job] = iter(jobs)
+            for job in it:
+                queue.append(pool.submit(_read, job, moved_hashes))
+                if len(queue) >= window:
+                    break
+            while queue:
+                r = queue.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    queue.append(pool.submit(_read, nxt, moved_hashes))
+                _handle(run, r, gone, claimed, relabel)
+            run.finish()
         run.commit()
     finally:
+        run.submit = None
         pool.shutdown(wait=True, cancel_futures=True)
     # photos under the roots that are gone (and were not moved)
     lost = [p for p in gone_under_roots if p.id not in claimed]

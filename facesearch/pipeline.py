@@ -10,10 +10,12 @@ which is where most of the indexing speed comes from.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -118,6 +120,7 @@ class FacePipeline:
         numpy_engine = self.config.engine == "numpy"
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
+        self._local = threading.local()  # .serial: this thread is one of the parallel workers
         if numpy_engine:
             if self.config.threads:
                 from facesearch.models.npengine import set_threads
@@ -181,16 +184,15 @@ class FacePipeline:
         same as one part at a time.
         """
         parts = self._parts(images)
-        if len(parts) <= 1:
+        if len(parts) <= 1 or getattr(self._local, "serial", False):
             return self._faces_serial(images, detections)
         import torch
 
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facesearch-infer")
+        pool = self._workers_pool()
         torch.set_num_threads(1)
         try:
             futures = [
-                self._pool.submit(
+                pool.submit(
                     self._faces_serial,
                     images[a:b],
                     None if detections is None else detections[a:b],
@@ -200,6 +202,66 @@ class FacePipeline:
             return [faces for f in futures for faces in f.result()]
         finally:
             torch.set_num_threads(self.threads)
+
+    @contextlib.contextmanager
+    def workers(self) -> Iterator[Callable[..., Future[object]]]:
+        """``submit(fn, *args) -> Future``: run ``fn`` (e.g. :meth:`faces_batch`, or a wrapper
+        of it) on the pipeline's workers.
+
+        With the torch engine and ``threads`` > 1, ``threads`` tasks run side by side, each on
+        one torch thread, for as long as the block lasts; a :meth:`faces_batch` inside a task
+        runs on its worker alone. A caller that keeps a few tasks in flight keeps every core
+        busy, with no barrier between batches (this is how :mod:`facesearch.indexer` feeds
+        photos). Otherwise ``fn`` runs at once in the calling thread. On the way out tasks not
+        started are cancelled and running ones are waited for.
+        """
+        if self.threads <= 1 or self.config.engine != "torch":
+
+            def run_now(fn: Callable[..., object], *args: object) -> Future[object]:
+                fut: Future[object] = Future()
+                try:
+                    fut.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, as a pool would
+                    fut.set_exception(exc)
+                return fut
+
+            yield run_now
+            return
+        import torch
+
+        pool = self._workers_pool()
+        submitted: list[Future[object]] = []
+
+        def submit(fn: Callable[..., object], *args: object) -> Future[object]:
+            fut = pool.submit(self._as_worker, fn, *args)
+            submitted.append(fut)
+            if len(submitted) > 64:
+                submitted[:] = [f for f in submitted if not f.done()]
+            return fut
+
+        torch.set_num_threads(1)
+        try:
+            yield submit
+        finally:
+            for f in submitted:
+                f.cancel()
+            for f in submitted:
+                if not f.cancelled():
+                    with contextlib.suppress(BaseException):
+                        f.result()
+            torch.set_num_threads(self.threads)
+
+    def _as_worker(self, fn: Callable[..., object], *args: object) -> object:
+        self._local.serial = True
+        try:
+            return fn(*args)
+        finally:
+            self._local.serial = False
+
+    def _workers_pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="facesearch-infer")
+        return self._pool
 
     def _parts(self, images: Sequence[np.ndarray]) -> list[tuple[int, int]]:
         """``[start, end)`` ranges of ``images`` for the parallel workers (contiguous, about

@@ -49,3 +49,42 @@ def test_parts_are_contiguous_and_balanced_by_pixels() -> None:
     assert all(a < b for a, b in parts) and all(
         p[1] == q[0] for p, q in zip(parts, parts[1:], strict=False)
     )
+
+
+def test_workers_run_tasks_side_by_side_in_submission_order(photos: list[np.ndarray]) -> None:
+    serial = FacePipeline(PipelineConfig(threads=1))
+    pipe = FacePipeline(
+        PipelineConfig(threads=2), detector=serial.detector, embedder=serial.embedder
+    )
+    import threading
+
+    seen: set[str] = set()
+    both = threading.Barrier(2, timeout=30)  # passes only if two tasks run at the same time
+
+    def task(images: list[np.ndarray]) -> object:
+        seen.add(threading.current_thread().name)
+        both.wait()
+        return pipe.faces_batch(images)  # on a worker: its part alone, no nested parts
+
+    with pipe.workers() as submit:
+        futures = [submit(task, photos[:3]), submit(task, photos[3:])]
+        got = [faces for f in futures for faces in f.result()]
+    assert len(seen) == 2 and all(n.startswith("facesearch-infer") for n in seen)
+    want = serial.faces_batch(photos)
+    assert [len(x) for x in got] == [len(x) for x in want]
+    for fa, fb in zip(got, want, strict=True):
+        for x, y in zip(fa, fb, strict=True):
+            assert float(x.embedding @ y.embedding) > 0.99999
+
+    def boom() -> None:
+        raise ValueError("bad photo")
+
+    with pipe.workers() as submit:
+        fut = submit(boom)
+        with pytest.raises(ValueError, match="bad photo"):
+            fut.result()
+    # one thread: the task runs at once, in the caller's thread; errors come back the same way
+    with serial.workers() as submit:
+        fut = submit(lambda: threading.current_thread().name)
+        assert fut.done() and fut.result() == threading.current_thread().name
+        assert isinstance(submit(boom).exception(), ValueError)

@@ -82,3 +82,76 @@ def _register() -> None:
 
 
 _register()
+
+
+# -------------------------------------------------------------------------- the console script
+
+_GC_THRESHOLDS: tuple[int, int, int] | None = None  # the thresholds run() put aside
+
+
+def run() -> None:
+    """The ``facesearch`` console script: :func:`main` with a quicker start and end.
+
+    - **Start:** importing torch and SQLAlchemy makes a few hundred thousand long-lived objects,
+      and each full garbage collection meanwhile walks all of them (measured: 4 collections,
+      0.45 s, before the first photo of ``facesearch index``). Full collections are put off
+      until :func:`startup_done` (called once the models are loaded), which freezes what was
+      imported out of the collector's way and restores the usual thresholds.
+    - **End:** Python's own shutdown tears down every module one by one, which with torch loaded
+      takes 0.6-1.2 s after the command's work is done (measured: 0.65 s after a bare ``import
+      torch``). The commands have closed their collections and files by then, so once the
+      regular exit work is done (atexit handlers, which flush the logs; waiting for non-daemon
+      threads; flushing stdout and stderr) the process ends with ``os._exit`` and the status
+      the command set. ``FACESEARCH_FAST_EXIT=0`` keeps the full shutdown.
+    """
+    global _GC_THRESHOLDS
+    import gc
+
+    _GC_THRESHOLDS = gc.get_threshold()
+    g0, g1, g2 = _GC_THRESHOLDS
+    gc.set_threshold(g0, g1, max(g2, 1000))
+    try:
+        main()  # click's standalone mode: always ends with SystemExit
+    except SystemExit as exc:
+        _exit(exc.code)
+    _exit(0)
+
+
+def startup_done() -> None:
+    """Heavy imports and models are loaded: freeze them, restore the collector's thresholds."""
+    global _GC_THRESHOLDS
+    if _GC_THRESHOLDS is None:
+        return
+    import gc
+
+    gc.freeze()
+    gc.set_threshold(*_GC_THRESHOLDS)
+    _GC_THRESHOLDS = None
+
+
+def _exit(code: object) -> None:
+    """Exit with ``code`` (``SystemExit`` semantics), skipping module teardown when torch is
+    loaded (see :func:`run`)."""
+    if os.environ.get("FACESEARCH_FAST_EXIT") == "0" or "torch" not in sys.modules:
+        raise SystemExit(code)
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:
+        print(code, file=sys.stderr)
+        status = 1
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)  # what Python's exit does first
+    if shutdown is not None:
+        shutdown()  # joins non-daemon threads, shuts executors down
+    atexit._run_exitfuncs()  # logging.shutdown() among them
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # closed or broken pipe: what Python's exit reports
+            if stream is sys.stdout:
+                status = 120
+    os._exit(status)

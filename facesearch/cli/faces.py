@@ -27,9 +27,13 @@ def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -
     """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
     from facesearch.pipeline import FacePipeline, PipelineConfig
 
+    from facesearch.cli import startup_done
+
     engine = resolve_engine(model, engine)
     flip_setting = {} if flip is None else {"flip": flip}  # None: the config's default
-    return FacePipeline(PipelineConfig(model=model, engine=engine, **flip_setting))
+    pipe = FacePipeline(PipelineConfig(model=model, engine=engine, **flip_setting))
+    startup_done()
+    return pipe
 
 
 def shipped_threshold(purpose: str = "verify") -> float:
