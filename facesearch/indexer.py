@@ -74,10 +74,12 @@ set by hand or by an earlier run.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import logging
 import os
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -110,6 +112,10 @@ DETECT_PIXELS: int = 48_000_000
 COMMIT_BATCH: int = 64
 #: The vector index file is saved at least this often during a run (seconds).
 CHECKPOINT_SECONDS: float = 60.0
+#: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
+#: whose files hold this many bytes, are read and decoded ahead.
+READ_AHEAD_PHOTOS: int = 256
+READ_AHEAD_BYTES: int = 24 << 20
 #: Bytes read at a time when hashing.
 _READ_CHUNK = 1 << 20
 
@@ -429,12 +435,12 @@ class _Run:
     def __init__(
         self,
         collection: Collection,
-        pipeline: FacePipeline,
+        pipeline: FacePipeline | None,
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
     ) -> None:
         self.col = collection
-        self.pipe = pipeline
+        self.pipe: FacePipeline = pipeline  # type: ignore[assignment]  # None: set_pipeline later
         self.settings = settings
         self.progress = progress
         self.report = IndexReport()
@@ -442,18 +448,43 @@ class _Run:
         self.pending_stats: list[tuple[bool, bool]] = []  # (updated, failed) per pending photo
         self.batch: list[_Read] = []  # the open task
         self.batch_pixels = 0
-        # Photos go to the pipeline's workers in tasks of a few photos; up to max_inflight
-        # tasks are out at a time, so the workers never wait for each other or for a commit.
-        workers = max(1, int(getattr(pipeline, "threads", 1) or 1))
-        self.task_photos = max(1, min(DETECT_BATCH, settings.batch_size) // workers)
-        self.task_pixels = max(1, DETECT_PIXELS // workers)
-        self.max_inflight = 2 * workers
         self.inflight: deque[tuple[list[_Read], Future[Any] | None]] = deque()
         self.submit: Callable[..., Future[Any]] | None = None
+        self.loader: Callable[[], FacePipeline] | None = None
+        self.stack: contextlib.ExitStack | None = None  # holds the pipeline's workers open
+        self.task_photos = self.task_pixels = self.max_inflight = 1
         self.total = 0
         self.done = 0
         self.faces = 0
         self.last_checkpoint = time.monotonic()
+        if pipeline is not None:
+            self.set_pipeline(pipeline)
+
+    def load_pipeline(self) -> None:
+        """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
+        interval is shortened so that they get the GIL between the import's bytecodes), register
+        its model and open its workers on ``stack``."""
+        assert self.loader is not None
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(min(before, 0.0005))
+        try:
+            pipeline = self.loader()
+        finally:
+            sys.setswitchinterval(before)
+        register_pipeline_model(self.col, pipeline)
+        self.set_pipeline(pipeline)
+        assert self.stack is not None, "the pipeline is loaded inside _index"
+        self.submit = self.stack.enter_context(pipeline.workers())
+
+    def set_pipeline(self, pipeline: FacePipeline) -> None:
+        """Photos go to the pipeline's workers in tasks of a few photos; up to
+        ``max_inflight`` tasks are out at a time, so the workers never wait for each other or
+        for a commit."""
+        self.pipe = pipeline
+        workers = max(1, int(getattr(pipeline, "threads", 1) or 1))
+        self.task_photos = max(1, min(DETECT_BATCH, self.settings.batch_size) // workers)
+        self.task_pixels = max(1, DETECT_PIXELS // workers)
+        self.max_inflight = 2 * workers
 
     # -- progress -----------------------------------------------------------------------------
 
@@ -467,6 +498,8 @@ class _Run:
     def add_read(self, r: _Read) -> None:
         """A photo read: into the open task (or, unreadable, straight into the queue of
         results, behind the photos before it)."""
+        if r.image is not None and self.pipe is None:
+            self.load_pipeline()
         if r.image is None:
             self.send_task()
             self.inflight.append(([r], None))
@@ -594,13 +627,18 @@ class _Run:
 
 def index_paths(
     collection: Collection,
-    pipeline: FacePipeline,
+    pipeline: FacePipeline | Callable[[], FacePipeline],
     paths: Sequence[str | os.PathLike[str]],
     settings: IndexSettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
 ) -> IndexReport:
     """Index the photos under ``paths`` into ``collection`` (see the module doc).
+
+    ``pipeline``: the pipeline, or a function that builds it. A function is called only when
+    the first photo that needs the networks has been read, while the next photos are read and
+    decoded in the background (loading torch and the models takes seconds); a run where every
+    photo is unchanged never calls it.
 
     Holds the collection's writer lock for the whole run. ``progress`` is called after every
     photo or batch of photos processed. Returns the report; on Ctrl-C the report says
@@ -610,7 +648,9 @@ def index_paths(
     started = time.monotonic()
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    run = _Run(collection, pipeline, settings, progress)
+    loader = pipeline if callable(pipeline) else None
+    run = _Run(collection, None if loader is not None else pipeline, settings, progress)  # type: ignore[arg-type]
+    run.loader = loader
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
@@ -631,7 +671,8 @@ def index_paths(
     with collection.lock():
         if settings.index_type is not None and settings.index_type != collection.index_type:
             collection.set_index_type(settings.index_type)
-        register_pipeline_model(collection, pipeline)
+        if loader is None:
+            register_pipeline_model(collection, run.pipe)
         try:
             _index(run, found, labeler)
         except KeyboardInterrupt:
@@ -690,23 +731,40 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
     try:
-        with run.pipe.workers() as run.submit:
-            queue: deque[Future[_Read]] = deque()
+        with contextlib.ExitStack() as stack:
+            queue: deque[tuple[Future[_Read], int]] = deque()  # (read, file size)
             it: Iterator[_Job] = iter(jobs)
-            for job in it:
-                queue.append(pool.submit(_read, job, moved_hashes))
-                if len(queue) >= window:
-                    break
+            queued_bytes = 0
+
+            def fill() -> None:
+                """Keep ``window`` reads out; while the pipeline is not loaded yet, read further
+                ahead (up to READ_AHEAD_PHOTOS photos or READ_AHEAD_BYTES of files)."""
+                nonlocal queued_bytes
+                while len(queue) < window or (
+                    run.pipe is None
+                    and len(queue) < READ_AHEAD_PHOTOS
+                    and queued_bytes < READ_AHEAD_BYTES
+                ):
+                    job = next(it, None)
+                    if job is None:
+                        return
+                    queue.append((pool.submit(_read, job, moved_hashes), job.size))
+                    queued_bytes += job.size
+
+            run.stack = stack
+            if run.pipe is not None:
+                run.submit = stack.enter_context(run.pipe.workers())
+            fill()
             while queue:
-                r = queue.popleft().result()
-                nxt = next(it, None)
-                if nxt is not None:
-                    queue.append(pool.submit(_read, nxt, moved_hashes))
-                _handle(run, r, gone, claimed, relabel)
+                fut, size = queue.popleft()
+                queued_bytes -= size
+                r = fut.result()
+                fill()
+                _handle(run, r, gone, claimed, relabel)  # may load the pipeline: reads go on
             run.finish()
         run.commit()
     finally:
-        run.submit = None
+        run.submit = run.stack = None
         pool.shutdown(wait=True, cancel_futures=True)
     # photos under the roots that are gone (and were not moved)
     lost = [p for p in gone_under_roots if p.id not in claimed]

@@ -282,3 +282,28 @@ def test_load_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="fc1_gamma"):
         load_sface(partial)
+
+
+def test_shipped_embedder_reads_folded_weights_from_the_cache(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    embedder: Embedder,
+    aligned: tuple[np.ndarray, np.ndarray],
+) -> None:
+    """``Embedder()`` (the shipped SFace) gives the same features as the fused module, whether
+    its folded weights were just made, read back from the cache, or the cache is damaged; the
+    trainable module is loaded only when asked for."""
+    monkeypatch.setenv("FACESEARCH_CACHE", str(tmp_path / "c"))
+    crops, feats = aligned
+    want = embedder.embed(crops)
+    first = Embedder()
+    files = list((tmp_path / "c").glob("sface-*.npz"))
+    assert len(files) == 1
+    again = Embedder()
+    files[0].write_bytes(b"damaged")
+    damaged = Embedder()
+    for emb in (first, again, damaged):
+        np.testing.assert_array_equal(emb.embed(crops), want)
+    assert float(cosines(again.embed(crops), feats).min()) > 0.99999999
+    assert again._module is None  # not loaded so far
+    assert isinstance(again.module, SFace) and again.module is again.module

@@ -444,3 +444,40 @@ def test_killed_indexing_resumes_without_duplicates(
         assert st.face_count(s) == n_photos  # one face per photo, none twice
         assert {p.name: p.faces for p in st.people(s)} == {p: 5 for p in people}
     assert_agree(home, None)
+
+
+def test_pipeline_loader_runs_once_and_only_when_a_photo_needs_it(
+    tmp_path: Path, data: Path
+) -> None:
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    for f in sorted((data / "photos" / "BBT_Howard").iterdir())[:3]:
+        shutil.copy(f, lib / f.name)
+    (lib / "broken.jpg").write_bytes(b"not a jpeg")
+    calls: list[CountingPipeline] = []
+
+    def loader() -> CountingPipeline:
+        calls.append(CountingPipeline())
+        return calls[-1]
+
+    settings = IndexSettings(batch_size=2, workers=2)
+    with Collection.open(tmp_path, "c", create=True) as col:
+        r = index_paths(col, loader, [lib], settings)  # type: ignore[arg-type]
+        assert (r.new, r.failed, len(calls), calls[0].photos) == (3, 1, 1, 3)
+        assert r.faces_added >= 3
+        # nothing new: the networks are not loaded
+        r = index_paths(col, loader, [lib], settings)  # type: ignore[arg-type]
+        assert (r.unchanged, len(calls)) == (4, 1)
+
+    # a loader that fails (e.g. a model file that cannot be read) stores nothing more
+    shutil.copy(data / "photos" / "BBT_Amy" / "amy1.png", lib / "amy1.png")
+
+    def bad_loader() -> CountingPipeline:
+        raise FacesearchError("model file broken.fsm cannot be read")
+
+    with Collection.open(tmp_path, "c") as col:
+        with pytest.raises(FacesearchError, match="broken.fsm"):
+            index_paths(col, bad_loader, [lib], settings)  # type: ignore[arg-type]
+        with col.session() as s:
+            assert str(lib / "amy1.png") not in st.photo_stats(s)
+            assert len(st.photo_stats(s)) == 4

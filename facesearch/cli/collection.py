@@ -175,9 +175,14 @@ def index(
         workers=workers or default_workers(),
         index_type=index_type,
     )
-    # the lock is taken before loading the networks: a second writer is refused at once
+    # The lock is taken before loading the networks: a second writer is refused at once. The
+    # networks are loaded when the first photo that needs them has been read (the next ones
+    # are read meanwhile), and not at all when every photo is unchanged.
     with _open(home, collection, db_url, create=True) as col, col.lock():
-        pipe = _make_pipeline(_pipeline_model(col, model))
+        pipeline_model = _pipeline_model(col, model)
+
+        def pipe() -> Any:
+            return _make_pipeline(pipeline_model)
         bars: list[Any] = []  # made on the first event, when the number of photos is known
 
         def progress(p: Progress) -> None:

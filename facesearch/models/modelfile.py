@@ -251,7 +251,10 @@ def load_embedder(
     """
     from facesearch.models.sface import Embedder
 
-    module, meta = load_model(name_or_path)
+    if str(name_or_path) == SHIPPED:  # fused weights from the cache, module loaded on demand
+        module, meta = None, shipped_meta()
+    else:
+        module, meta = load_model(name_or_path)
     emb = Embedder(module, name=str(meta["name"]), batch_size=batch_size, flip=flip)
     emb.meta = meta  # type: ignore[attr-defined]
     emb.threshold = meta.get("threshold")  # type: ignore[attr-defined]

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +52,7 @@ from facesearch.models.sface_arrays import (
     read_weights,
     state_arrays,
 )
+from facesearch.models.weightcache import cache_dir, cached_arrays
 from facesearch.types import Detection
 
 log = logging.getLogger(__name__)
@@ -459,50 +458,16 @@ class NumpySFace:
 _CACHE_FORMAT = "sface-np-1"
 
 
-def cache_dir() -> Path:
-    """Where prepared weights are cached: ``$FACESEARCH_CACHE``, else
-    ``$XDG_CACHE_HOME/facesearch``, else ``~/.cache/facesearch``."""
-    env = os.environ.get("FACESEARCH_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "facesearch"
-
-
 def _load_prepared_sface(path: Path) -> dict[str, np.ndarray]:
-    """:func:`prepare_sface` of the weight file ``path``, through an on-disk cache.
+    """:func:`prepare_sface` of the weight file ``path``, through the on-disk cache of
+    :mod:`facesearch.models.weightcache` (dequantizing and folding cost ~0.4 s, a third of a
+    ``facesearch query``; the ~38 MB of float32 read back in ~30 ms)."""
 
-    Dequantizing and folding the int8 weights costs ~0.4 s, a third of a ``facesearch query``;
-    the result (float32, ~38 MB, uncompressed ``.npz``) is cached under :func:`cache_dir`, keyed
-    by the file's path, size and modification time, and reads back in ~30 ms. Any problem with
-    the cache (read-only home, a damaged file) falls back to preparing in memory.
-    """
-    st = path.stat()
-    key = hashlib.sha256(
-        f"{_CACHE_FORMAT}:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()
-    ).hexdigest()[:20]
-    cached = cache_dir() / f"sface-{key}.npz"
-    if cached.is_file():
-        try:
-            with np.load(cached, allow_pickle=False) as npz:
-                return {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError) as e:
-            log.warning("ignoring damaged weight cache %s: %s", cached, e)
-    _, arrays = read_weights(path)
-    prepared = prepare_sface(state_arrays(arrays))
-    try:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".sface-", suffix=".npz", dir=cached.parent)
-        try:
-            with os.fdopen(fd, "wb") as fp:
-                np.savez(fp, **prepared)
-            os.replace(tmp, cached)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        log.debug("cannot cache prepared weights in %s: %s", cached.parent, e)
-    return prepared
+    def prepare() -> dict[str, np.ndarray]:
+        _, arrays = read_weights(path)
+        return prepare_sface(state_arrays(arrays))
+
+    return cached_arrays(path, _CACHE_FORMAT, prepare)
 
 
 class NumpyEmbedder:

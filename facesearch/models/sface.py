@@ -220,6 +220,36 @@ def load_sface(weights: Path | None = None) -> SFace:
     return model.eval()
 
 
+#: Tag of the fused-weights cache entries; bump when :meth:`FusedSFace.from_sface` changes.
+_FUSED_CACHE_TAG = "sface-torch-fused-1"
+
+
+def load_fused_sface(weights: Path | None = None) -> FusedSFace:
+    """:meth:`SFace.fused` of the pretrained weights, through the on-disk cache of
+    :mod:`facesearch.models.weightcache` (loading and folding cost ~0.4 s per process, reading
+    the folded weights back ~30 ms)."""
+    from facesearch.models.weightcache import cached_arrays
+
+    path = Path(weights) if weights is not None else WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(f"SFace weight file not found: {path}")
+
+    def prepare() -> dict[str, np.ndarray]:
+        return {k: v.numpy() for k, v in load_sface(path).fused().state_dict().items()}
+
+    arrays = cached_arrays(path, _FUSED_CACHE_TAG, prepare)
+    with torch.device("meta"):
+        fused = FusedSFace()
+    try:
+        fused.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in arrays.items()}, strict=True, assign=True
+        )
+    except RuntimeError as e:  # a cache entry of another shape: prepare afresh
+        logger.warning("ignoring fused SFace weights that do not fit: %s", e)
+        return load_sface(path).fused()
+    return fused.eval().requires_grad_(False)
+
+
 # --------------------------------------------------------------------------- embedder
 
 
@@ -253,19 +283,28 @@ class Embedder:
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self._module: nn.Module = module if module is not None else load_sface()
+        # the shipped SFace, fused: its folded weights come from the cache, and the trainable
+        # module is loaded only if asked for (``module``)
+        self._module: nn.Module | None = module
         self.name = name
         self.batch_size = batch_size
         self.flip = flip
-        self._runner: nn.Module = self._module
-        if fuse and isinstance(self._module, SFace):
-            fused = self._module.fused().cpu()
+        if module is None and fuse:
+            fused: nn.Module = load_fused_sface()
+        elif fuse and isinstance(self.module, SFace):
+            fused = self.module.fused().cpu()
+        else:
+            fused = self.module
+        self._runner: nn.Module = fused
+        if fused is not self._module:
             self._runner = fused.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        self.dim: int = int(getattr(self._module, "embedding_dim", 0)) or self._probe_dim()
+        self.dim: int = int(getattr(self._runner, "embedding_dim", 0)) or self._probe_dim()
 
     @property
     def module(self) -> nn.Module:
         """The module given (or loaded): unfused, trainable, never modified by the embedder."""
+        if self._module is None:
+            self._module = load_sface()
         return self._module
 
     def _probe_dim(self) -> int:
@@ -311,6 +350,7 @@ __all__ = [
     "FusedSFace",
     "SFace",
     "dequantize_blockwise",
+    "load_fused_sface",
     "load_sface",
     "state_dict_from_onnx_arrays",
 ]
