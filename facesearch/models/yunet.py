@@ -76,6 +76,23 @@ def pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) 
     return F.conv2d(x, weight, bias)
 
 
+_FUSED_RELU = _MKLDNN and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def conv_relu(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``relu(conv(x))`` with the ReLU done by oneDNN inside the convolution (one pass over the
+    output instead of two: ~15 % of a large photo's detection time) when ``x`` is
+    channels-last; same values as the two steps."""
+    if _FUSED_RELU and x.is_contiguous(memory_format=torch.channels_last) and not x.requires_grad:
+        pad = conv.padding
+        assert isinstance(pad, tuple)
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight, conv.bias, list(pad), list(conv.stride), list(conv.dilation),
+            conv.groups, "relu", [], "",
+        )  # fmt: skip
+    return F.relu(conv(x), inplace=True)
+
+
 class ConvDPUnit(nn.Module):
     """1x1 conv then depthwise 3x3 conv (batch norm already folded in), optional ReLU."""
 
@@ -86,8 +103,8 @@ class ConvDPUnit(nn.Module):
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv2(pointwise(x, self.conv1.weight, self.conv1.bias))
-        return F.relu(x, inplace=True) if self.relu else x
+        x = pointwise(x, self.conv1.weight, self.conv1.bias)
+        return conv_relu(x, self.conv2) if self.relu else self.conv2(x)
 
 
 class ConvHead(nn.Module):
@@ -99,7 +116,7 @@ class ConvHead(nn.Module):
         self.conv2 = ConvDPUnit(mid_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(x), inplace=True))
+        return self.conv2(conv_relu(x, self.conv1))
 
 
 class Conv4Layer(nn.Module):
