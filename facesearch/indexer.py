@@ -115,7 +115,7 @@ CHECKPOINT_SECONDS: float = 60.0
 #: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
 #: whose files hold this many bytes, are read and decoded ahead.
 READ_AHEAD_PHOTOS: int = 256
-READ_AHEAD_BYTES: int = 24 << 20
+READ_AHEAD_BYTES: int = 16 << 20
 #: Bytes read at a time when hashing.
 _READ_CHUNK = 1 << 20
 

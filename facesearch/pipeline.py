@@ -116,6 +116,9 @@ class FacePipeline:
         detector: Detector | NumpyDetector | None = None,
         embedder: Embedder | NumpyEmbedder | None = None,
     ) -> None:
+        from facesearch.process import tune_malloc
+
+        tune_malloc()  # activation buffers stay in the heap (see facesearch.process)
         self.config = config or PipelineConfig()
         numpy_engine = self.config.engine == "numpy"
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))

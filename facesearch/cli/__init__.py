@@ -19,31 +19,9 @@ from typing import Any
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
-def _tune_malloc() -> None:
-    """Keep freed network activations in the heap instead of returning them to the kernel.
+from facesearch.process import tune_malloc  # noqa: E402
 
-    glibc serves the multi-MB activation buffers of every forward pass with mmap/munmap and
-    trims the heap after each free, so each pass page-faults its memory in again: measured on
-    LFW with 2 workers, 25 % of the CPU time was the kernel's (6.0 s sys per 300 photos; 1.5 s
-    with these settings, +10 % photos/s). Peak memory is unchanged (the same buffers are
-    reused). ``FACESEARCH_MALLOC=default`` keeps glibc's own settings; other C libraries have
-    no ``mallopt`` and are left alone.
-    """
-    if os.environ.get("FACESEARCH_MALLOC") == "default" or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    mallopt(m_mmap_threshold, 32 << 20)  # the largest glibc accepts on 64-bit
-    mallopt(m_trim_threshold, 256 << 20)
-    mallopt(m_top_pad, 64 << 20)
-
-
-_tune_malloc()
+tune_malloc()
 
 import click  # noqa: E402 - after the process settings above
 
