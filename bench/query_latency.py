@@ -489,7 +489,7 @@ def bench_startup(args: argparse.Namespace) -> dict[str, Any]:
         home = str(args.collection_home)
         cmd = [*fs, "query", str(args.image), "--home", home]
         out["query"] = wall_times(cmd, args.cli_runs, env)
-        out["query"]["command"] = shlex.join(["facesearch", *cmd[len(fs) :]])
+        out["query"]["command"] = shlex.join(["facesearch", *_public(cmd[len(fs) :])])
         out["query"]["collection_faces"] = _collection_faces(home)
         out["query_phases"] = query_phases(home, str(args.image), env, runs=3)
         out["query_importtime"] = _cli_import_profile(cmd, env)
@@ -839,6 +839,17 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
+def _public(argv: Sequence[str]) -> list[str]:
+    """``argv`` as the results show it: a bench collection's folder (this machine's) becomes
+    ``COLL_<faces>`` (built as the README says: ``--parts build``)."""
+    out = list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a in ("--collection-home", "--home"):
+            name = Path(out[i + 1]).name.upper()  # e.g. coll1m -> COLL1M
+            out[i + 1] = name.replace("COLL", "COLL_", 1) if name.startswith("COLL") else "COLL"
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -847,7 +858,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.update({k: str(args.threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
     os.environ.update(dict(item.partition("=")[::2] for item in args.env))
     common = {
-        "command": shlex.join(["python", "bench/query_latency.py", *argv]),
+        "command": shlex.join(["python", "bench/query_latency.py", *_public(argv)]),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "threads": args.threads,
     }
