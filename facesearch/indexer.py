@@ -527,9 +527,9 @@ class _Run:
         """
         while self.inflight:
             batch, fut = self.inflight[0]
-            if fut is not None and not fut.done() and not wait:
-                if len(self.inflight) <= self.max_inflight:
-                    return
+            pending = fut is not None and not fut.done()
+            if pending and not wait and len(self.inflight) <= self.max_inflight:
+                return
             self.inflight.popleft()
             self._finish(batch, fut)
 

@@ -183,6 +183,7 @@ def index(
 
         def pipe() -> Any:
             return _make_pipeline(pipeline_model)
+
         bars: list[Any] = []  # made on the first event, when the number of photos is known
 
         def progress(p: Progress) -> None:

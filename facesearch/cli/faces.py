@@ -25,9 +25,8 @@ def resolve_engine(model: str, engine: str = "auto") -> str:
 
 def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
     """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
-    from facesearch.pipeline import FacePipeline, PipelineConfig
-
     from facesearch.cli import startup_done
+    from facesearch.pipeline import FacePipeline, PipelineConfig
 
     engine = resolve_engine(model, engine)
     flip_setting = {} if flip is None else {"flip": flip}  # None: the config's default
