@@ -437,12 +437,14 @@ class _Run:
     def __init__(
         self,
         collection: Collection,
-        pipeline: FacePipeline | None,
+        pipeline: FacePipeline | Callable[[], FacePipeline],
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
     ) -> None:
         self.col = collection
-        self.pipe: FacePipeline = pipeline  # type: ignore[assignment]  # None: set_pipeline later
+        # a function that builds the pipeline is called by load_pipeline, when first needed
+        self.loader = pipeline if callable(pipeline) else None
+        self.pipe: FacePipeline | None = None
         self.settings = settings
         self.progress = progress
         self.report = IndexReport()
@@ -452,15 +454,14 @@ class _Run:
         self.batch_pixels = 0
         self.inflight: deque[tuple[list[_Read], Future[Any] | None]] = deque()
         self.submit: Callable[..., Future[Any]] | None = None
-        self.loader: Callable[[], FacePipeline] | None = None
         self.stack: contextlib.ExitStack | None = None  # holds the pipeline's workers open
         self.task_photos = self.task_pixels = self.max_inflight = 1
         self.total = 0
         self.done = 0
         self.faces = 0
         self.last_checkpoint = time.monotonic()
-        if pipeline is not None:
-            self.set_pipeline(pipeline)
+        if self.loader is None:
+            self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
     def load_pipeline(self) -> None:
         """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
@@ -517,7 +518,7 @@ class _Run:
         batch, self.batch, self.batch_pixels = self.batch, [], 0
         if not batch:
             return
-        assert self.submit is not None, "tasks are sent inside _index's pipeline.workers() block"
+        assert self.submit is not None and self.pipe is not None, "sent inside _index's workers"
         images = [r.image for r in batch]
         self.inflight.append((batch, self.submit(self.pipe.faces_batch, images)))
 
@@ -546,6 +547,7 @@ class _Run:
         except Exception as exc:  # noqa: BLE001 - isolate the photo that fails
             logger.debug("task of %d photos failed (%s): one by one", len(batch), exc)
             results = []
+            assert self.pipe is not None
             for r in batch:
                 try:
                     results.append(self.pipe.faces_batch([r.image])[0])  # type: ignore[list-item]
@@ -650,9 +652,7 @@ def index_paths(
     started = time.monotonic()
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    loader = pipeline if callable(pipeline) else None
-    run = _Run(collection, None if loader is not None else pipeline, settings, progress)  # type: ignore[arg-type]
-    run.loader = loader
+    run = _Run(collection, pipeline, settings, progress)
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
@@ -673,7 +673,7 @@ def index_paths(
     with collection.lock():
         if settings.index_type is not None and settings.index_type != collection.index_type:
             collection.set_index_type(settings.index_type)
-        if loader is None:
+        if run.pipe is not None:  # given built; a loader's is registered when it is called
             register_pipeline_model(collection, run.pipe)
         try:
             _index(run, found, labeler)

@@ -233,22 +233,22 @@ class FacePipeline:
         import torch
 
         pool = self._workers_pool()
-        submitted: list[Future[object]] = []
+        submitted: set[Future[object]] = set()  # not finished yet
 
         def submit(fn: Callable[..., object], *args: object) -> Future[object]:
             fut = pool.submit(self._as_worker, fn, *args)
-            submitted.append(fut)
-            if len(submitted) > 64:
-                submitted[:] = [f for f in submitted if not f.done()]
+            submitted.add(fut)
+            fut.add_done_callback(submitted.discard)
             return fut
 
         torch.set_num_threads(1)
         try:
             yield submit
         finally:
-            for f in submitted:
+            left = list(submitted)
+            for f in left:
                 f.cancel()
-            for f in submitted:
+            for f in left:
                 if not f.cancelled():
                     with contextlib.suppress(BaseException):
                         f.result()
