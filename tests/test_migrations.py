@@ -60,6 +60,74 @@ def test_upgrade_creates_exactly_the_models_schema(
         engine.dispose()
 
 
+def _schema_dump(engine: sa.Engine) -> dict[str, object]:
+    """Everything the inspector sees, in a comparable form, plus the rows a new database has."""
+    out: dict[str, object] = {}
+    with engine.connect() as conn:
+        ins = sa.inspect(conn)
+        for t in sorted(ins.get_table_names()):
+            out[t] = {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], c.get("default"))
+                    for c in ins.get_columns(t)
+                ],
+                "pk": ins.get_pk_constraint(t),
+                "fks": sorted(
+                    (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"],
+                     tuple(f["referred_columns"]), tuple(sorted(f["options"].items())))
+                    for f in ins.get_foreign_keys(t)
+                ),  # fmt: skip
+                "indexes": sorted(
+                    (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
+                    for i in ins.get_indexes(t)
+                ),
+                "unique": sorted(
+                    (u["name"] or "", tuple(u["column_names"])) for u in ins.get_unique_constraints(t)
+                ),
+            }
+        out["rows"] = {
+            "meta": sorted(conn.execute(sa.text("SELECT key, value FROM meta")).all()),
+            "version": conn.execute(sa.text("SELECT version_num FROM alembic_version")).all(),
+        }
+        if engine.dialect.name == "sqlite":  # AUTOINCREMENT (migration 0002) is in the DDL
+            ddl = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type='table'"))
+            out["autoincrement"] = sorted(n for n, sql in ddl if "AUTOINCREMENT" in (sql or ""))
+    return out
+
+
+def test_create_schema_builds_what_the_migrations_build(
+    db_url: str,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Store.open(create=True)`` builds a new database from the models (no Alembic run);
+    the result must be the migrations' database, and Alembic must take it from there."""
+    monkeypatch.chdir(tmp_path)
+    engine = st.make_engine(db_url)
+    try:
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD
+        migrated = _schema_dump(engine)
+        assert st.downgrade_database(engine, "base") is None  # leaves an empty alembic_version
+        st.create_schema(engine)
+        assert _schema_dump(engine) == migrated
+        assert migrated["rows"] == {  # type: ignore[comparison-overlap]
+            "meta": [("face_count", "0"), ("generation", "0")],
+            "version": [(st.SCHEMA_HEAD,)],
+        }
+        if engine.dialect.name == "sqlite":
+            assert migrated["autoincrement"] == ["faces"]
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD  # nothing to do
+        assert st.downgrade_database(engine, "base") is None  # and the scripts can go down
+        assert _tables(engine) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    store = st.Store.open(db_url, create=True)  # an empty database again: created, and usable
+    try:
+        st.check_schema(store.engine)
+    finally:
+        store.engine.dispose()
+
+
 def test_check_schema_messages(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     engine = st.make_engine(db_url)
     try:
