@@ -47,6 +47,12 @@ resolution: the detector downscales internally, and alignment samples the full-r
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
 
+Given a function that builds the pipeline (the command line does this), the networks load only
+once a photo needs them; the read threads read ahead meanwhile and, with ``head_start``, a
+forked child runs the numpy engine on the smallest of the next photos
+(:mod:`facesearch.headstart`): 500 LFW photos 14.0 s -> 13.6 s, 167 large photos 19.3 s ->
+18.6 s (means of 4 and 3 alternating runs).
+
 Commits and interruptions
 -------------------------
 Results are committed to SQL every ``batch_size`` photos (one transaction each). The writer
@@ -90,13 +96,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facesearch import headstart
 from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
 from facesearch.image import SUPPORTED_SUFFIXES, load_image
 from facesearch.types import Face
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
-    from facesearch.pipeline import FacePipeline
+    from facesearch.pipeline import FacePipeline, PipelineConfig
     from facesearch.store import NewPhoto, PhotoStat
 
 logger = logging.getLogger(__name__)
@@ -440,11 +447,16 @@ class _Run:
         pipeline: FacePipeline | Callable[[], FacePipeline],
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
+        head_start: PipelineConfig | None = None,
     ) -> None:
         self.col = collection
         # a function that builds the pipeline is called by load_pipeline, when first needed
         self.loader = pipeline if callable(pipeline) else None
         self.pipe: FacePipeline | None = None
+        self.head_start = head_start if self.loader is not None else None
+        self.job_paths: list[str] = []  # every file to read, in order (for the head start)
+        self.job_sizes: list[int] = []
+        self.early: dict[str, tuple[str, list[Face]]] = {}  # path -> (sha256, faces)
         self.settings = settings
         self.progress = progress
         self.report = IndexReport()
@@ -463,17 +475,33 @@ class _Run:
         if self.loader is None:
             self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
-    def load_pipeline(self) -> None:
+    def load_pipeline(self, first: str) -> None:
         """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
         interval is shortened so that they get the GIL between the import's bytecodes), register
-        its model and open its workers on ``stack``."""
+        its model and open its workers on ``stack``.
+
+        With ``head_start``, a forked child computes the faces of the photos from ``first`` on
+        meanwhile (:mod:`facesearch.headstart`); :meth:`add_read` uses them."""
         assert self.loader is not None
+        head = None
+        if self.head_start is not None and self.head_start.model == "sface" and headstart.enabled():
+            start = self.job_paths.index(first) if first in self.job_paths else len(self.job_paths)
+            head = headstart.HeadStart(
+                self.job_paths[start:], self.head_start, self.job_sizes[start:]
+            )
         before = sys.getswitchinterval()
         sys.setswitchinterval(min(before, 0.0005))
         try:
             pipeline = self.loader()
         finally:
             sys.setswitchinterval(before)
+            early = head.stop() if head is not None else {}
+        if (
+            early
+            and self.head_start is not None
+            and headstart.same_work(pipeline.config, self.head_start)
+        ):
+            self.early = early
         register_pipeline_model(self.col, pipeline)
         self.set_pipeline(pipeline)
         assert self.stack is not None, "the pipeline is loaded inside _index"
@@ -502,7 +530,16 @@ class _Run:
         """A photo read: into the open task (or, unreadable, straight into the queue of
         results, behind the photos before it)."""
         if r.image is not None and self.pipe is None:
-            self.load_pipeline()
+            self.load_pipeline(r.job.path)
+        if r.image is not None and self.early:
+            done = self.early.pop(r.job.path, None)
+            if done is not None and done[0] == r.content_hash:  # computed by the head start
+                self.send_task()  # keeps the order: the open task goes first
+                fut: Future[Any] = Future()
+                fut.set_result([done[1]])
+                self.inflight.append(([r], fut))
+                self.collect(wait=False)
+                return
         if r.image is None:
             self.send_task()
             self.inflight.append(([r], None))
@@ -636,6 +673,7 @@ def index_paths(
     settings: IndexSettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
+    head_start: PipelineConfig | None = None,
 ) -> IndexReport:
     """Index the photos under ``paths`` into ``collection`` (see the module doc).
 
@@ -643,6 +681,11 @@ def index_paths(
     the first photo that needs the networks has been read, while the next photos are read and
     decoded in the background (loading torch and the models takes seconds); a run where every
     photo is unchanged never calls it.
+
+    ``head_start``: the configuration of the pipeline the function builds. With the shipped
+    model, a forked child computes the faces of the first photos with the numpy engine while
+    the function runs, and they are stored as they are (:mod:`facesearch.headstart`; only if
+    the pipeline built has the same detector, model and flip settings).
 
     Holds the collection's writer lock for the whole run. ``progress`` is called after every
     photo or batch of photos processed. Returns the report; on Ctrl-C the report says
@@ -652,7 +695,7 @@ def index_paths(
     started = time.monotonic()
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    run = _Run(collection, pipeline, settings, progress)
+    run = _Run(collection, pipeline, settings, progress, head_start)
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
@@ -720,6 +763,8 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
             gone_under_roots.append(stat)
     claimed: set[int] = set()
     run.total = len(jobs)
+    run.job_paths = [j.path for j in jobs]
+    run.job_sizes = [j.size for j in jobs]
     logger.info(
         "%d image files: %d unchanged, %d to read; %d stored photos no longer found",
         len(found.files),

@@ -73,16 +73,22 @@ def _schema_dump(engine: sa.Engine) -> dict[str, object]:
                 ],
                 "pk": ins.get_pk_constraint(t),
                 "fks": sorted(
-                    (f["name"] or "", tuple(f["constrained_columns"]), f["referred_table"],
-                     tuple(f["referred_columns"]), tuple(sorted(f["options"].items())))
+                    (
+                        f["name"] or "",
+                        tuple(f["constrained_columns"]),
+                        f["referred_table"],
+                        tuple(f["referred_columns"]),
+                        tuple(sorted(f["options"].items())),
+                    )
                     for f in ins.get_foreign_keys(t)
-                ),  # fmt: skip
+                ),
                 "indexes": sorted(
                     (i["name"] or "", tuple(i["column_names"]), bool(i["unique"]))
                     for i in ins.get_indexes(t)
                 ),
                 "unique": sorted(
-                    (u["name"] or "", tuple(u["column_names"])) for u in ins.get_unique_constraints(t)
+                    (u["name"] or "", tuple(u["column_names"]))
+                    for u in ins.get_unique_constraints(t)
                 ),
             }
         out["rows"] = {

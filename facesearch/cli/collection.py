@@ -82,6 +82,14 @@ def _pipeline_model(col: Any, model: str | None) -> str:
     return str(active.path)
 
 
+def _head_start(model: str) -> Any:
+    """The configuration ``_make_pipeline(model)`` builds, for the indexer's head start
+    (:mod:`facesearch.headstart`; the shipped model only)."""
+    from facesearch.pipeline import PipelineConfig
+
+    return PipelineConfig(model=model) if model == "sface" else None
+
+
 def _make_pipeline(model: str, engine: str = "torch") -> Any:
     from facesearch.cli.faces import make_pipeline
 
@@ -205,7 +213,14 @@ def index(
             bar.update(p.done - bar.n)
 
         try:
-            report = index_paths(col, pipe, paths, settings, progress=progress)
+            report = index_paths(
+                col,
+                pipe,
+                paths,
+                settings,
+                progress=progress,
+                head_start=_head_start(pipeline_model),
+            )
         finally:
             for bar in bars:
                 bar.close()
