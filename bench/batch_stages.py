@@ -6,7 +6,10 @@ batched path: ``detect_batch`` of 8 photos, alignment per photo, the embedder on
 
 Usage::
 
-    python bench/batch_stages.py [--shared DIR] [--photos 96] [--repeats 2]
+    python bench/batch_stages.py [--shared DIR] [--photos 96] [--repeats 2] [--sface-layers]
+
+``--sface-layers`` also times SFace layer by layer on those faces (batches of 8): the
+convolution and the PReLU of each of the 27 layers, and the PReLUs' share of the total.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ def main() -> None:
     p.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
     p.add_argument("--photos", type=int, default=96, help="first N LFW images (sorted)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--sface-layers", action="store_true", help="time SFace layer by layer")
     args = p.parse_args()
 
     import torch
@@ -57,6 +61,41 @@ def main() -> None:
             f"{len(ims)} LFW photos, {len(allc)} faces: detect {td:.2f} ms/photo, "
             f"align {ta:.2f} ms/photo, embed {te:.2f} ms/face"
         )
+        if args.sface_layers:
+            sface_layers(pipe, allc)
+
+
+def sface_layers(pipe: object, crops: np.ndarray) -> None:
+    """Convolution and PReLU time of every SFace layer (the embedder's fused network)."""
+    import torch
+
+    from facesearch.models.sface import INPUT_MEAN, INPUT_SCALE
+    from facesearch.models.yunet import pointwise
+
+    net = pipe.embedder._runner  # type: ignore[attr-defined]
+    layers = list(net.features)
+    pairs = list(zip(layers[::2], layers[1::2], strict=True))
+    conv_s, prelu_s = np.zeros(len(pairs)), np.zeros(len(pairs))
+    n = 0
+    with torch.inference_mode():
+        for i in range(0, len(crops) - 7, 8):
+            x = torch.from_numpy(np.ascontiguousarray(crops[i : i + 8])).permute(0, 3, 1, 2)
+            h = (x.float() - INPUT_MEAN) * INPUT_SCALE
+            for k, (conv, act) in enumerate(pairs):
+                t0 = time.process_time()
+                is_1x1 = conv.kernel_size == (1, 1)
+                h = pointwise(h, conv.weight, conv.bias) if is_1x1 else conv(h)
+                t1 = time.process_time()
+                h = act(h)
+                conv_s[k] += t1 - t0
+                prelu_s[k] += time.process_time() - t1
+            n += 8
+    total = conv_s.sum() + prelu_s.sum()
+    print(
+        f"SFace by layer, {n} faces in batches of 8: convolutions {conv_s.sum() / n * 1e3:.2f} "
+        f"ms/face, PReLUs {prelu_s.sum() / n * 1e3:.2f} ms/face "
+        f"({100 * prelu_s.sum() / total:.1f} % of the layers' time)"
+    )
 
 
 if __name__ == "__main__":
