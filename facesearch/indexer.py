@@ -48,10 +48,11 @@ pixels, which is what a query does too (so a photo indexed and the same photo qu
 same embedding).
 
 Given a function that builds the pipeline (the command line does this), the networks load only
-once a photo needs them; the read threads read ahead meanwhile and, with ``head_start``, a
-forked child runs the numpy engine on the smallest of the next photos
+once a photo needs them; the read threads read ahead meanwhile and, with ``loader_config``
+(the shipped model), a forked child runs the numpy engine on the smallest of the next photos
 (:mod:`facesearch.headstart`): 500 LFW photos 14.0 s -> 13.6 s, 167 large photos 19.3 s ->
-18.6 s (means of 4 and 3 alternating runs).
+18.6 s (means of 4 and 3 alternating runs). A run with only a few photos to read
+(:data:`SMALL_RUN_SECONDS`) runs them with the numpy engine and never loads torch.
 
 Commits and interruptions
 -------------------------
@@ -90,7 +91,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -121,6 +122,16 @@ DETECT_PIXELS: int = 24_000_000
 COMMIT_BATCH: int = 64
 #: The vector index file is saved at least this often during a run (seconds).
 CHECKPOINT_SECONDS: float = 60.0
+#: A run with a loader and the shipped model (``loader_config``) whose photos left to read
+#: (when the first one needs the networks) would take the numpy engine at most this many
+#: seconds runs them with it instead of loading torch (~2.5 s of one core); torch is 2-4x
+#: faster per face, so larger runs load it. The estimate is NUMPY_SECONDS_PER_PHOTO per photo
+#: plus NUMPY_SECONDS_PER_MB per MB of file, measured on 2 cores: 8 LFW photos 2.3 s with the
+#: numpy engine against 3.2 s with torch, 1 photo 1.6 s against 3.3 s; 8 photos of 1-14 MP
+#: (8.9 MB) 7.4 s against 5.1 s (means of 3; whole commands).
+SMALL_RUN_SECONDS: float = 2.0
+NUMPY_SECONDS_PER_PHOTO: float = 0.15
+NUMPY_SECONDS_PER_MB: float = 0.7
 #: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
 #: whose files hold this many bytes, are read and decoded ahead.
 READ_AHEAD_PHOTOS: int = 256
@@ -447,13 +458,20 @@ class _Run:
         pipeline: FacePipeline | Callable[[], FacePipeline],
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
-        head_start: PipelineConfig | None = None,
+        loader_config: PipelineConfig | None = None,
     ) -> None:
         self.col = collection
         # a function that builds the pipeline is called by load_pipeline, when first needed
         self.loader = pipeline if callable(pipeline) else None
         self.pipe: FacePipeline | None = None
-        self.head_start = head_start if self.loader is not None else None
+        # the loader's pipeline configuration, when the numpy engine can stand in for it
+        self.shipped = (
+            loader_config
+            if self.loader is not None
+            and loader_config is not None
+            and loader_config.model == "sface"
+            else None
+        )
         self.job_paths: list[str] = []  # every file to read, in order (for the head start)
         self.job_sizes: list[int] = []
         self.early: dict[str, tuple[str, list[Face]]] = {}  # path -> (sha256, faces)
@@ -480,15 +498,33 @@ class _Run:
         interval is shortened so that they get the GIL between the import's bytecodes), register
         its model and open its workers on ``stack``.
 
-        With ``head_start``, a forked child computes the faces of the photos from ``first`` on
-        meanwhile (:mod:`facesearch.headstart`); :meth:`add_read` uses them."""
+        With the shipped model (``loader_config``): a small run (:data:`SMALL_RUN_SECONDS`)
+        gets the numpy engine instead; a larger one gets a head start, a forked child computing
+        the faces of the photos from ``first`` on while the loader runs
+        (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
+        assert self.loader is not None
+        start = self.job_paths.index(first) if first in self.job_paths else len(self.job_paths)
+        left, left_bytes = len(self.job_paths) - start, sum(self.job_sizes[start:])
+        numpy_seconds = left * NUMPY_SECONDS_PER_PHOTO + left_bytes / 1e6 * NUMPY_SECONDS_PER_MB
+        if self.shipped is not None and numpy_seconds <= SMALL_RUN_SECONDS:
+            from facesearch.pipeline import FacePipeline
+
+            logger.info("%d photos to read: the numpy engine runs them (torch not loaded)", left)
+            pipeline = FacePipeline(replace(self.shipped, engine="numpy"))
+        else:
+            pipeline = self._load_with_head_start(start)
+        register_pipeline_model(self.col, pipeline)
+        self.set_pipeline(pipeline)
+        assert self.stack is not None, "the pipeline is loaded inside _index"
+        self.submit = self.stack.enter_context(pipeline.workers())
+
+    def _load_with_head_start(self, start: int) -> FacePipeline:
+        """Call the loader; with the shipped model, a head start from job ``start`` on."""
         assert self.loader is not None
         head = None
-        if self.head_start is not None and self.head_start.model == "sface" and headstart.enabled():
-            start = self.job_paths.index(first) if first in self.job_paths else len(self.job_paths)
-            head = headstart.HeadStart(
-                self.job_paths[start:], self.head_start, self.job_sizes[start:]
-            )
+        if self.shipped is not None and headstart.enabled():
+            paths, sizes = self.job_paths[start:], self.job_sizes[start:]
+            head = headstart.HeadStart(paths, self.shipped, sizes)
         before = sys.getswitchinterval()
         sys.setswitchinterval(min(before, 0.0005))
         try:
@@ -498,14 +534,11 @@ class _Run:
             early = head.stop() if head is not None else {}
         if (
             early
-            and self.head_start is not None
-            and headstart.same_work(pipeline.config, self.head_start)
+            and self.shipped is not None
+            and headstart.same_work(pipeline.config, self.shipped)
         ):
             self.early = early
-        register_pipeline_model(self.col, pipeline)
-        self.set_pipeline(pipeline)
-        assert self.stack is not None, "the pipeline is loaded inside _index"
-        self.submit = self.stack.enter_context(pipeline.workers())
+        return pipeline
 
     def set_pipeline(self, pipeline: FacePipeline) -> None:
         """Photos go to the pipeline's workers in tasks of a few photos; up to
@@ -673,7 +706,7 @@ def index_paths(
     settings: IndexSettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
-    head_start: PipelineConfig | None = None,
+    loader_config: PipelineConfig | None = None,
 ) -> IndexReport:
     """Index the photos under ``paths`` into ``collection`` (see the module doc).
 
@@ -682,10 +715,12 @@ def index_paths(
     decoded in the background (loading torch and the models takes seconds); a run where every
     photo is unchanged never calls it.
 
-    ``head_start``: the configuration of the pipeline the function builds. With the shipped
-    model, a forked child computes the faces of the first photos with the numpy engine while
-    the function runs, and they are stored as they are (:mod:`facesearch.headstart`; only if
-    the pipeline built has the same detector, model and flip settings).
+    ``loader_config``: the configuration of the pipeline the function builds. With the
+    shipped model it lets the numpy engine (same networks, no torch) stand in: a run with at
+    most :data:`SMALL_RUN_SECONDS` of numpy work left runs them all on it and never calls the
+    function; in a larger run a forked child computes the faces of the first photos with it
+    while the function runs, stored as they are (:mod:`facesearch.headstart`; only if the
+    pipeline built has the same detector, model and flip settings).
 
     Holds the collection's writer lock for the whole run. ``progress`` is called after every
     photo or batch of photos processed. Returns the report; on Ctrl-C the report says
@@ -695,7 +730,7 @@ def index_paths(
     started = time.monotonic()
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    run = _Run(collection, pipeline, settings, progress, head_start)
+    run = _Run(collection, pipeline, settings, progress, loader_config)
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other

@@ -1,4 +1,4 @@
-"""The indexer's head start: faces computed by a forked numpy-engine child while torch loads."""
+"""The numpy engine standing in for torch while it loads (head start) and in small runs."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from collhelpers import shared_pipeline
 
-from facesearch import headstart
+from facesearch import headstart, indexer
 from facesearch.collection import Collection
 from facesearch.indexer import IndexSettings, index_paths
 from facesearch.models.yunet import DetectorConfig
@@ -103,6 +103,7 @@ def test_index_with_a_head_start_stores_what_it_stores_without(
             heads.append(self)
 
     monkeypatch.setattr(headstart, "HeadStart", Recorded)
+    monkeypatch.setattr(indexer, "SMALL_RUN_SECONDS", 0.0)  # a "large" run: torch is loaded
 
     def slow_loader() -> Any:  # torch "loads" until the child has done every photo
         assert heads and heads[-1].finished(120)
@@ -111,7 +112,7 @@ def test_index_with_a_head_start_stores_what_it_stores_without(
     settings = IndexSettings(batch_size=3, workers=2)
     expected = PipelineConfig() if same_config else PipelineConfig(flip=True)
     with Collection.open(tmp_path, "with", create=True) as col:
-        rep = index_paths(col, slow_loader, [lib], settings, head_start=expected)
+        rep = index_paths(col, slow_loader, [lib], settings, loader_config=expected)
     with Collection.open(tmp_path, "without", create=True) as col:
         ref = index_paths(col, shared_pipeline(), [lib], settings)
     assert (rep.new, rep.failed, rep.faces_added) == (ref.new, ref.failed, ref.faces_added)
@@ -127,3 +128,40 @@ def test_index_with_a_head_start_stores_what_it_stores_without(
     # the pipeline loaded is the one the head start was computed for
     differs = sum(g[2] != w[2] for g, w in zip(got, want, strict=True))
     assert (differs > 0) == same_config
+
+
+def test_a_small_run_uses_the_numpy_engine_and_never_loads_torch(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lib = _library(tmp_path, data)  # 9 files, 0.2 MB
+    monkeypatch.setattr(indexer, "SMALL_RUN_SECONDS", 100.0)
+    calls: list[int] = []
+
+    def loader() -> Any:
+        calls.append(1)
+        return shared_pipeline()
+
+    settings = IndexSettings(batch_size=3, workers=2)
+    with Collection.open(tmp_path, "small", create=True) as col:
+        rep = index_paths(col, loader, [lib], settings, loader_config=PipelineConfig())
+        assert col.active_model is not None and col.active_model.name == "sface"
+    with Collection.open(tmp_path, "torch", create=True) as col:
+        ref = index_paths(col, shared_pipeline(), [lib], settings)
+    assert calls == []
+    assert (rep.new, rep.failed, rep.faces_added) == (ref.new, ref.failed, ref.faces_added)
+    got, want = _stored(tmp_path / "small" / "faces.db"), _stored(tmp_path / "torch" / "faces.db")
+    assert [r[0] for r in got] == [r[0] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert abs(g[1] - w[1]) < 0.05
+        assert float(np.frombuffer(g[2], np.float32) @ np.frombuffer(w[2], np.float32)) > 0.99999
+
+    # more work than the limit: the loader runs (and the head start beside it)
+    monkeypatch.setattr(indexer, "SMALL_RUN_SECONDS", 1.0)  # 9 photos: 1.35 s + 0.2 MB
+    with Collection.open(tmp_path, "large", create=True) as col:
+        index_paths(col, loader, [lib], settings, loader_config=PipelineConfig())
+    assert calls == [1]
+    # a model file is never replaced by the numpy engine
+    with Collection.open(tmp_path, "model", create=True) as col:
+        monkeypatch.setattr(indexer, "SMALL_RUN_SECONDS", 100.0)
+        index_paths(col, loader, [lib], settings, loader_config=PipelineConfig(model="m.fsm"))
+    assert calls == [1, 1]

@@ -82,9 +82,9 @@ def _pipeline_model(col: Any, model: str | None) -> str:
     return str(active.path)
 
 
-def _head_start(model: str) -> Any:
-    """The configuration ``_make_pipeline(model)`` builds, for the indexer's head start
-    (:mod:`facesearch.headstart`; the shipped model only)."""
+def _loader_config(model: str) -> Any:
+    """The configuration ``_make_pipeline(model)`` builds: with the shipped model the indexer
+    may run the numpy engine instead (a small run, the head start of a large one)."""
     from facesearch.pipeline import PipelineConfig
 
     return PipelineConfig(model=model) if model == "sface" else None
@@ -219,7 +219,7 @@ def index(
                 paths,
                 settings,
                 progress=progress,
-                head_start=_head_start(pipeline_model),
+                loader_config=_loader_config(pipeline_model),
             )
         finally:
             for bar in bars:
