@@ -479,7 +479,7 @@ def create_schema(engine: Engine) -> None:
         _ALEMBIC_VERSION.create(conn, checkfirst=True)  # may exist, empty, after a downgrade
         conn.execute(_ALEMBIC_VERSION.delete())
         conn.execute(_ALEMBIC_VERSION.insert().values(version_num=SCHEMA_HEAD))
-        conn.execute(Meta.__table__.insert(), list(_INITIAL_META))
+        conn.execute(sa.insert(Meta), list(_INITIAL_META))
 
 
 def _alembic_config(connection: sa.Connection) -> Any:
