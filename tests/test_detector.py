@@ -31,7 +31,6 @@ from facesearch.models.yunet import (
     decode,
     default_weights_path,
     load_weights,
-    max_pool2,
     nms_boxes,
 )
 from facesearch.types import Detection
@@ -275,22 +274,6 @@ def test_parity_with_pil_decoding(detector: Detector, data: Path, references: li
 
 
 # ---------------------------------------------------------------------------------- behaviour
-
-
-@pytest.mark.parametrize("shape", [(2, 16, 64, 96), (1, 64, 10, 6), (3, 8, 7, 9), (1, 4, 2, 2)])
-@pytest.mark.parametrize("channels_last", [True, False])
-def test_max_pool2_equals_torch_max_pool(shape: tuple[int, ...], channels_last: bool) -> None:
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    x[0, 0, 0, 0] = float("nan")
-    x.view(-1)[5::7] = 0.0  # ties
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    got, want = max_pool2(x), torch.nn.functional.max_pool2d(x, 2)
-    assert got.shape == want.shape
-    assert torch.equal(got.nan_to_num(7.0), want.nan_to_num(7.0))
-    assert got.isnan().equal(want.isnan())
-    if channels_last:  # the next convolution gets channels-last again
-        assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_no_face_in_plain_or_noise_images() -> None:
