@@ -4,14 +4,14 @@ Loading PyTorch and the models takes ~2.5 s of one core before ``facesearch inde
 them; the other core only reads files meanwhile. :class:`HeadStart` forks a child process that
 runs the same networks with the numpy engine (:mod:`facesearch.models.npengine`, no torch, its
 weights loaded in ~0.2 s) on the next photos of the run, the smallest files first, and writes
-the faces of each one to a pipe as it goes. When the networks are loaded, :meth:`HeadStart.stop` ends the child and
-returns the faces of the photos it finished; the indexer stores those instead of running them
-again. Measured on 2 cores: the child finishes ~28 of 500 LFW photos (the run: 14.0 -> 13.6 s)
+the faces of each one to a pipe as it goes. When the networks are loaded,
+:meth:`HeadStart.stop` ends the child and returns the faces of the photos it finished; the
+indexer stores those instead of running them again. Measured on 2 cores: the child finishes ~28 of 500 LFW photos (the run: 14.0 -> 13.6 s)
 and ~42 of 167 large photos (19.3 -> 18.6 s), means of alternating runs.
 
-Same results: the child decodes the file as the indexer does (:func:`facesearch.image.load_image`
-on its bytes) and runs the same pipeline configuration (detector settings, shipped model, flip),
-the numpy engine instead of torch; its outputs agree with torch's to float32 rounding
+Same results: the child reads, hashes and decodes the file as the indexer does (its
+``_sha256``, then :func:`facesearch.image.load_image` on the bytes) and runs the same pipeline
+configuration (detector settings, shipped model, flip), the numpy engine instead of torch; its outputs agree with torch's to float32 rounding
 (``tests/test_npengine.py``). Each result carries the sha256 of the bytes it was computed
 from, and the indexer uses it only for a file with that hash. A photo the child cannot process
 is left to the indexer.
@@ -24,7 +24,6 @@ plain process: it ignores the terminal, dies with the parent (Linux), and leaves
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import pickle
@@ -152,13 +151,6 @@ class HeadStart:
         logger.debug("head start: %d photos done by the child", len(out))
         return out
 
-    def __enter__(self) -> HeadStart:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._pid:
-            self.stop()
-
 
 def _child(paths: list[str], config: PipelineConfig, fd: int) -> None:
     """In the child: quiet, one thread, then each photo's faces to ``fd`` as they come."""
@@ -177,14 +169,13 @@ def _child(paths: list[str], config: PipelineConfig, fd: int) -> None:
                 return
     logging.disable(logging.CRITICAL)
     from facesearch.image import load_image
+    from facesearch.indexer import _sha256  # the content hash exactly as the indexer takes it
     from facesearch.pipeline import FacePipeline
 
     pipe = FacePipeline(replace(config, engine="numpy", threads=1))
     for path in paths:
         try:
-            with open(path, "rb") as f:
-                data = f.read()
-            sha = hashlib.sha256(data).hexdigest()
+            data, sha = _sha256(path)
             faces = pipe.faces_batch([load_image(data)])[0]
         except Exception:  # noqa: BLE001 - the indexer reads it again and reports the error
             continue

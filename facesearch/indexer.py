@@ -472,8 +472,7 @@ class _Run:
             and loader_config.model == "sface"
             else None
         )
-        self.job_paths: list[str] = []  # every file to read, in order (for the head start)
-        self.job_sizes: list[int] = []
+        self.jobs: list[_Job] = []  # every file to read, in order
         self.early: dict[str, tuple[str, list[Face]]] = {}  # path -> (sha256, faces)
         self.settings = settings
         self.progress = progress
@@ -493,7 +492,7 @@ class _Run:
         if self.loader is None:
             self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
-    def load_pipeline(self, first: str) -> None:
+    def load_pipeline(self, first: _Job) -> None:
         """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
         interval is shortened so that they get the GIL between the import's bytecodes), register
         its model and open its workers on ``stack``.
@@ -503,8 +502,8 @@ class _Run:
         the faces of the photos from ``first`` on while the loader runs
         (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
         assert self.loader is not None
-        start = self.job_paths.index(first) if first in self.job_paths else len(self.job_paths)
-        left, left_bytes = len(self.job_paths) - start, sum(self.job_sizes[start:])
+        left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
+        left, left_bytes = len(left_jobs), sum(j.size for j in left_jobs)
         numpy_seconds = left * NUMPY_SECONDS_PER_PHOTO + left_bytes / 1e6 * NUMPY_SECONDS_PER_MB
         if self.shipped is not None and numpy_seconds <= SMALL_RUN_SECONDS:
             from facesearch.pipeline import FacePipeline
@@ -512,19 +511,19 @@ class _Run:
             logger.info("%d photos to read: the numpy engine runs them (torch not loaded)", left)
             pipeline = FacePipeline(replace(self.shipped, engine="numpy"))
         else:
-            pipeline = self._load_with_head_start(start)
+            pipeline = self._load_with_head_start(left_jobs)
         register_pipeline_model(self.col, pipeline)
         self.set_pipeline(pipeline)
         assert self.stack is not None, "the pipeline is loaded inside _index"
         self.submit = self.stack.enter_context(pipeline.workers())
 
-    def _load_with_head_start(self, start: int) -> FacePipeline:
-        """Call the loader; with the shipped model, a head start from job ``start`` on."""
+    def _load_with_head_start(self, jobs: list[_Job]) -> FacePipeline:
+        """Call the loader; with the shipped model, a head start on ``jobs``."""
         assert self.loader is not None
+        shipped = self.shipped
         head = None
-        if self.shipped is not None and headstart.enabled():
-            paths, sizes = self.job_paths[start:], self.job_sizes[start:]
-            head = headstart.HeadStart(paths, self.shipped, sizes)
+        if shipped is not None and headstart.enabled():
+            head = headstart.HeadStart([j.path for j in jobs], shipped, [j.size for j in jobs])
         before = sys.getswitchinterval()
         sys.setswitchinterval(min(before, 0.0005))
         try:
@@ -532,11 +531,7 @@ class _Run:
         finally:
             sys.setswitchinterval(before)
             early = head.stop() if head is not None else {}
-        if (
-            early
-            and self.shipped is not None
-            and headstart.same_work(pipeline.config, self.shipped)
-        ):
+        if shipped is not None and early and headstart.same_work(pipeline.config, shipped):
             self.early = early
         return pipeline
 
@@ -563,7 +558,7 @@ class _Run:
         """A photo read: into the open task (or, unreadable, straight into the queue of
         results, behind the photos before it)."""
         if r.image is not None and self.pipe is None:
-            self.load_pipeline(r.job.path)
+            self.load_pipeline(r.job)
         if r.image is not None and self.early:
             done = self.early.pop(r.job.path, None)
             if done is not None and done[0] == r.content_hash:  # computed by the head start
@@ -798,8 +793,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
             gone_under_roots.append(stat)
     claimed: set[int] = set()
     run.total = len(jobs)
-    run.job_paths = [j.path for j in jobs]
-    run.job_sizes = [j.size for j in jobs]
+    run.jobs = jobs
     logger.info(
         "%d image files: %d unchanged, %d to read; %d stored photos no longer found",
         len(found.files),

@@ -85,9 +85,9 @@ def _pipeline_model(col: Any, model: str | None) -> str:
 def _loader_config(model: str) -> Any:
     """The configuration ``_make_pipeline(model)`` builds: with the shipped model the indexer
     may run the numpy engine instead (a small run, the head start of a large one)."""
-    from facesearch.pipeline import PipelineConfig
+    from facesearch.cli.faces import pipeline_config
 
-    return PipelineConfig(model=model) if model == "sface" else None
+    return pipeline_config(model)
 
 
 def _make_pipeline(model: str, engine: str = "torch") -> Any:

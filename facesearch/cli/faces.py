@@ -23,14 +23,21 @@ def resolve_engine(model: str, engine: str = "auto") -> str:
     return engine
 
 
-def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
-    """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
-    from facesearch.cli import startup_done
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+def pipeline_config(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
+    """The :class:`~facesearch.pipeline.PipelineConfig` :func:`make_pipeline` builds from."""
+    from facesearch.pipeline import PipelineConfig
 
     engine = resolve_engine(model, engine)
     flip_setting = {} if flip is None else {"flip": flip}  # None: the config's default
-    pipe = FacePipeline(PipelineConfig(model=model, engine=engine, **flip_setting))
+    return PipelineConfig(model=model, engine=engine, **flip_setting)
+
+
+def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
+    """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
+    from facesearch.cli import startup_done
+    from facesearch.pipeline import FacePipeline
+
+    pipe = FacePipeline(pipeline_config(model, flip, engine))
     startup_done()
     return pipe
 
