@@ -6,15 +6,16 @@ runs the same networks with the numpy engine (:mod:`facesearch.models.npengine`,
 weights loaded in ~0.2 s) on the next photos of the run, the smallest files first, and writes
 the faces of each one to a pipe as it goes. When the networks are loaded,
 :meth:`HeadStart.stop` ends the child and returns the faces of the photos it finished; the
-indexer stores those instead of running them again. Measured on 2 cores: the child finishes ~28 of 500 LFW photos (the run: 14.0 -> 13.6 s)
-and ~42 of 167 large photos (19.3 -> 18.6 s), means of alternating runs.
+indexer stores those instead of running them again. Measured on 2 cores: the child finishes
+~28 of 500 LFW photos (the run: 14.0 -> 13.6 s) and ~42 of 167 large photos (19.3 -> 18.6 s),
+means of alternating runs.
 
 Same results: the child reads, hashes and decodes the file as the indexer does (its
 ``_sha256``, then :func:`facesearch.image.load_image` on the bytes) and runs the same pipeline
-configuration (detector settings, shipped model, flip), the numpy engine instead of torch; its outputs agree with torch's to float32 rounding
-(``tests/test_npengine.py``). Each result carries the sha256 of the bytes it was computed
-from, and the indexer uses it only for a file with that hash. A photo the child cannot process
-is left to the indexer.
+configuration (detector settings, shipped model, flip), the numpy engine instead of torch; its
+outputs agree with torch's to float32 rounding (``tests/test_npengine.py``). Each result
+carries the sha256 of the bytes it was computed from, and the indexer uses it only for a file
+with that hash. A photo the child cannot process is left to the indexer.
 
 Only with ``os.fork`` (Linux, macOS); ``FACESEARCH_HEAD_START=0`` turns it off. The child is a
 plain process: it ignores the terminal, dies with the parent (Linux), and leaves through
