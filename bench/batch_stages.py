@@ -7,9 +7,20 @@ batched path: ``detect_batch`` of 8 photos, alignment per photo, the embedder on
 Usage::
 
     python bench/batch_stages.py [--shared DIR] [--photos 96] [--repeats 2] [--sface-layers]
+    python bench/batch_stages.py --stem [--repeats 6]
 
 ``--sface-layers`` also times SFace layer by layer on those faces (batches of 8): the
 convolution and the PReLU of each of the 27 layers, and the PReLUs' share of the total.
+
+``--stem`` measures the embedder as the indexer's workers run it: two threads each embedding
+64 crops in batches of 8 at once (faces/s, wall) and one thread alone (CPU-ms per face), for
+three settings run in turn ``--repeats`` times (medians): the whole batch through the stem and
+``torch.prelu``; the stem in chunks of ``STEM_CHUNK`` crops; and the chunks with the native
+in-place PReLU (``facesearch.models.kernels``), which is what ``facesearch index`` runs.
+In this process the whole-batch setting also pays page faults: glibc hands its 26 MB
+activations back to the system after each batch. ``facesearch index``'s process does not (its
+page faults do not grow with the photos), so there the gain is smaller: see
+``bench/results/speed.md``.
 """
 
 from __future__ import annotations
@@ -29,7 +40,11 @@ def main() -> None:
     p.add_argument("--photos", type=int, default=96, help="first N LFW images (sorted)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sface-layers", action="store_true", help="time SFace layer by layer")
+    p.add_argument("--stem", action="store_true", help="stem chunks and native PReLU, A/B")
     args = p.parse_args()
+    if args.stem:
+        stem_ab(args.repeats)
+        return
 
     import torch
 
@@ -96,6 +111,60 @@ def sface_layers(pipe: object, crops: np.ndarray) -> None:
         f"ms/face, PReLUs {prelu_s.sum() / n * 1e3:.2f} ms/face "
         f"({100 * prelu_s.sum() / total:.1f} % of the layers' time)"
     )
+
+
+def stem_ab(repeats: int) -> None:
+    """Embedder throughput with and without the chunked stem and the native PReLU."""
+    import threading
+
+    import torch
+
+    import facesearch.models.kernels as kernels
+    import facesearch.models.sface as sface
+
+    torch.set_num_threads(1)
+    emb = sface.Embedder()
+    native, chunk = kernels._NATIVE, sface.STEM_CHUNK
+    if native is None:
+        raise SystemExit("facesearch._native is not built: pip install -e . first")
+    crops = np.random.default_rng(0).integers(0, 256, (64, 112, 112, 3), dtype=np.uint8)
+    settings = {
+        "whole batch, torch.prelu": (emb.batch_size, None),
+        f"stem in chunks of {chunk}, torch.prelu": (chunk, None),
+        f"stem in chunks of {chunk}, native PReLU": (chunk, native),
+    }
+
+    def work() -> None:
+        for i in range(0, len(crops), 8):
+            emb.embed(crops[i : i + 8])
+
+    one: dict[str, list[float]] = {k: [] for k in settings}
+    two: dict[str, list[float]] = {k: [] for k in settings}
+    try:
+        for c, n in settings.values():  # warm-up
+            sface.STEM_CHUNK, kernels._NATIVE = c, n
+            work()
+        for _ in range(repeats):
+            for name, (c, n) in settings.items():
+                sface.STEM_CHUNK, kernels._NATIVE = c, n
+                t = time.process_time()
+                work()
+                one[name].append((time.process_time() - t) / len(crops) * 1e3)
+                threads = [threading.Thread(target=work) for _ in range(2)]
+                t = time.perf_counter()
+                for th in threads:
+                    th.start()
+                for th in threads:
+                    th.join()
+                two[name].append(2 * len(crops) / (time.perf_counter() - t))
+    finally:
+        sface.STEM_CHUNK, kernels._NATIVE = chunk, native
+    print(f"SFace, batches of 8 crops, median of {repeats}:")
+    for name in settings:
+        print(
+            f"  {name:40s} 2 threads {np.median(two[name]):6.1f} faces/s   "
+            f"1 thread {np.median(one[name]):6.2f} CPU-ms/face"
+        )
 
 
 if __name__ == "__main__":

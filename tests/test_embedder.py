@@ -168,10 +168,11 @@ def test_output_contract(embedder: Embedder, aligned: tuple[np.ndarray, np.ndarr
 
 
 def test_batching_invariance(sface: SFace, aligned: tuple[np.ndarray, np.ndarray]) -> None:
-    crops = aligned[0][:7]
+    crops = aligned[0][:9]
     embedder = Embedder(sface, batch_size=1)
     one_by_one = np.concatenate([embedder.embed(c[None]) for c in crops])
-    for batch_size in (3, 5):  # 3 + 3 + 1 and 5 + 2
+    # 3 + 3 + 3, 5 + 4, and 9 at once: its stem in chunks of STEM_CHUNK (4 + 4 + 1)
+    for batch_size in (3, 5, 9):
         embedder.batch_size = batch_size
         xb = embedder.embed(crops)
         np.testing.assert_allclose(xb, one_by_one, atol=2e-6, err_msg=f"batch_size={batch_size}")

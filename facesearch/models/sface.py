@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from facesearch.errors import ModelError
+from facesearch.models.kernels import prelu_
 from facesearch.models.sface_arrays import (
     BN_MOMENTUM,
     CONV_BN_EPS,
@@ -45,6 +46,8 @@ from facesearch.models.sface_arrays import (
     INPUT_SCALE,
     INPUT_SIZE,
     LAYERS,
+    STEM_CHUNK,
+    STEM_LAYERS,
     WEIGHTS_FILE,
     ConvSpec,
     dequantize_blockwise,
@@ -182,14 +185,28 @@ class FusedSFace(nn.Module):
         return fused.eval().requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - INPUT_MEAN) * INPUT_SCALE  # (B, 3, 112, 112)
         layers = list(self.features)
-        for conv, act in zip(layers[::2], layers[1::2], strict=True):
-            if conv.kernel_size == (1, 1):  # oneDNN directly: see yunet.pointwise (10-15% faster)
-                x = act(pointwise(x, conv.weight, conv.bias))
-            else:
-                x = act(conv(x))
-        return self.head(torch.flatten(x, 1))  # (B, 128) from (B, 1024, 7, 7)
+        pairs = list(zip(layers[::2], layers[1::2], strict=True))
+        stem, rest = pairs[:STEM_LAYERS], pairs[STEM_LAYERS:]
+        # the stem a few crops at a time (its activations stay in cache), the rest batched
+        parts = [
+            _run((x[i : i + STEM_CHUNK] - INPUT_MEAN) * INPUT_SCALE, stem)
+            for i in range(0, x.shape[0], STEM_CHUNK)
+        ]  # (b, 3, 112, 112) -> (b, 256, 14, 14) each
+        x = _run(parts[0] if len(parts) == 1 else torch.cat(parts), rest)  # (B, 1024, 7, 7)
+        return self.head(torch.flatten(x, 1))  # (B, 128)
+
+
+def _run(x: torch.Tensor, pairs: list[tuple[nn.Module, nn.Module]]) -> torch.Tensor:
+    """``x`` through (convolution, PReLU) pairs of :class:`FusedSFace`; each PReLU overwrites
+    the fresh output of its convolution when it can (:func:`facesearch.models.kernels.prelu_`)."""
+    for conv, act in pairs:
+        assert isinstance(conv, nn.Conv2d) and isinstance(act, nn.PReLU)
+        if conv.kernel_size == (1, 1):  # oneDNN directly: see yunet.pointwise (10-15% faster)
+            x = prelu_(pointwise(x, conv.weight, conv.bias), act.weight)
+        else:
+            x = prelu_(conv(x), act.weight)
+    return x
 
 
 # --------------------------------------------------------------------------- weight loading

@@ -1,0 +1,77 @@
+"""The native in-place PReLU against ``torch.prelu`` (the oracle), bit for bit; its fallbacks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facesearch.models import kernels
+from facesearch.models.kernels import native_available, prelu_
+
+
+def test_native_kernels_are_built() -> None:
+    """The install builds ``facesearch._native`` (a C compiler is part of the test setup)."""
+    assert native_available(), "facesearch._native is not built: run `pip install -e .` again"
+
+
+def _activation(shape: tuple[int, int, int, int], seed: int) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+    flat = x.view(-1)
+    n = flat.numel()
+    # special values: zeros of both signs, infinities, NaN, subnormals
+    specials = torch.tensor([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-40, -1e-40])
+    idx = torch.from_numpy(rng.choice(n, size=min(n, len(specials)), replace=False))
+    flat[idx] = specials[: len(idx)]
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize(
+    "shape", [(1, 1, 1, 1), (2, 3, 5, 7), (1, 8, 4, 4), (3, 13, 9, 6), (4, 64, 28, 28)]
+)
+def test_prelu_in_place_equals_torch_prelu(shape: tuple[int, int, int, int]) -> None:
+    x = _activation(shape, seed=sum(shape))
+    slope = torch.from_numpy(np.random.default_rng(1).uniform(-0.5, 1.5, shape[1]).astype("f4"))
+    want = torch.prelu(x, slope)
+    got = prelu_(x, slope)
+    assert got.data_ptr() == x.data_ptr(), "a channels-last float32 tensor is overwritten"
+    assert torch.equal(got.isnan(), want.isnan())
+    ok = ~want.isnan()
+    assert torch.equal(got[ok].view(torch.int32), want[ok].view(torch.int32)), "not bit-equal"
+
+
+def test_prelu_falls_back_to_torch_for_other_tensors() -> None:
+    slope = torch.tensor([0.25, -0.5, 2.0])
+    x = torch.randn(2, 3, 4, 5)  # NCHW: not channels-last
+    before = x.clone()
+    got = prelu_(x, slope)
+    assert torch.equal(x, before), "an NCHW input is not touched"
+    assert torch.equal(got, torch.prelu(before, slope))
+    xd = before.double().contiguous(memory_format=torch.channels_last)
+    assert torch.equal(prelu_(xd, slope.double()), torch.prelu(xd, slope.double()))
+
+
+def test_prelu_keeps_autograd_working() -> None:
+    slope = torch.tensor([0.25, 0.5])
+    x = torch.randn(2, 2, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    prelu_(x, slope).sum().backward()
+    assert x.grad is not None
+    assert torch.equal(x.grad, torch.where(x > 0, 1.0, slope.view(1, 2, 1, 1)).expand_as(x))
+
+
+def test_sface_is_the_same_with_and_without_the_native_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facesearch.models.sface import load_fused_sface
+
+    net = load_fused_sface().to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 3, 112, 112, generator=gen) * 255).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.inference_mode():
+        native = net(x)
+        monkeypatch.setattr(kernels, "_NATIVE", None)
+        plain = net(x)
+    assert torch.equal(native, plain)
