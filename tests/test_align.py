@@ -181,6 +181,34 @@ def test_warp_matches_cv2(channels: int) -> None:
     assert exact / total > 0.9999, f"only {exact}/{total} values identical to cv2.warpAffine"
 
 
+def test_native_warp_equals_numpy_warp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C warp (``facesearch/_native.c``) gives the numpy warp's bytes: general affine maps,
+    crops partly or wholly outside the image, 1/3/4 channels, odd sizes, tiny images."""
+    import facesearch.align as align
+    from facesearch.native import NATIVE
+
+    if NATIVE is None:
+        pytest.fail("facesearch._native is not built: run `pip install -e .` again")
+    rng = np.random.default_rng(7)
+    mismatches = []
+    for t in range(600):
+        h, w = (int(v) for v in rng.integers(1, 300, 2))
+        channels = (1, 3, 4)[t % 3]
+        img = rng.integers(0, 256, (h, w) if channels == 1 else (h, w, channels), dtype=np.uint8)
+        m = similarity(rng.uniform(0.05, 4.0), rng.uniform(-3.2, 3.2), 0.0, 0.0)
+        m[:, 2] = rng.uniform(-20, 20, 2) if t % 3 == 0 else rng.uniform(-300, 100, 2)
+        if t % 5 == 0:
+            m[0, 1] += rng.uniform(-0.3, 0.3)  # not a similarity
+        size = (112, 7, 1, 50)[t % 4]
+        monkeypatch.setattr(align, "_NATIVE", NATIVE)
+        fast = warp_affine(img, m, size)
+        monkeypatch.setattr(align, "_NATIVE", None)
+        slow = warp_affine(img, m, size)
+        if not (fast.shape == slow.shape and np.array_equal(fast, slow)):
+            mismatches.append((t, h, w, channels, size))
+    assert not mismatches, f"native and numpy warps differ: {mismatches[:5]}"
+
+
 # --------------------------------------------------------------------------- with real faces
 
 

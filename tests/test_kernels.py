@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from facesearch.models import kernels
-from facesearch.models.kernels import native_available, prelu_
+from facesearch.models.kernels import prelu_
+from facesearch.native import native_available
 
 
 def test_native_kernels_are_built() -> None:

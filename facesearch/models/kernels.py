@@ -3,35 +3,20 @@
 PyTorch's ``prelu`` writes its result to a new tensor: on SFace's large early activations that
 is a second pass over fresh memory, ~15 % of the network's time. :func:`prelu_` overwrites its
 input instead, through the small C kernel of ``facesearch/_native.c`` (built at install time,
-optional). Without it, or for a tensor it does not take, it is ``torch.prelu``: the results are
-the same bit for bit either way.
+optional: :mod:`facesearch.native`). Without it, or for a tensor it does not take, it is
+``torch.prelu``: the results are the same bit for bit either way.
 """
 
 from __future__ import annotations
 
-import logging
 from types import ModuleType
 
 import torch
 
-logger = logging.getLogger(__name__)
+from facesearch.native import NATIVE, native_available
 
-
-def _load_native() -> ModuleType | None:
-    try:
-        from facesearch import _native  # type: ignore[attr-defined]
-    except ImportError:  # not built (no C compiler at install): PyTorch's kernel instead
-        logger.debug("facesearch._native is not built: PReLU runs as torch.prelu")
-        return None
-    return _native
-
-
-_NATIVE: ModuleType | None = _load_native()
-
-
-def native_available() -> bool:
-    """Whether the native kernels are built and loaded."""
-    return _NATIVE is not None
+#: The native kernels used here (``None``: ``torch.prelu``); tests swap it.
+_NATIVE: ModuleType | None = NATIVE
 
 
 def prelu_(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
