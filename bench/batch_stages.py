@@ -17,10 +17,8 @@ convolution and the PReLU of each of the 27 layers, and the PReLUs' share of the
 three settings run in turn ``--repeats`` times (medians): the whole batch through the stem and
 ``torch.prelu``; the stem in chunks of ``STEM_CHUNK`` crops; and the chunks with the native
 in-place PReLU (``facesearch.models.kernels``), which is what ``facesearch index`` runs.
-In this process the whole-batch setting also pays page faults: glibc hands its 26 MB
-activations back to the system after each batch. ``facesearch index``'s process does not (its
-page faults do not grow with the photos), so there the gain is smaller: see
-``bench/results/speed.md``.
+As in ``facesearch index``, glibc's allocator is tuned first (``facesearch.process.tune_malloc``):
+without it the whole-batch setting would also pay page faults for its 26 MB activations.
 """
 
 from __future__ import annotations
@@ -121,7 +119,9 @@ def stem_ab(repeats: int) -> None:
 
     import facesearch.models.kernels as kernels
     import facesearch.models.sface as sface
+    from facesearch.process import tune_malloc
 
+    tune_malloc()  # as the pipeline does: activations stay in the heap
     torch.set_num_threads(1)
     emb = sface.Embedder()
     native, chunk = kernels._NATIVE, sface.STEM_CHUNK

@@ -76,3 +76,44 @@ def test_sface_is_the_same_with_and_without_the_native_kernel(
         monkeypatch.setattr(kernels, "_NATIVE", None)
         plain = net(x)
     assert torch.equal(native, plain)
+
+
+def test_packed_pointwise_equals_plain_and_follows_the_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """1x1 convolutions on packed weights: ``pointwise``'s values bit for bit, a new packed
+    copy when the weight changes in place, and copies of the owner start empty."""
+    import copy
+
+    from facesearch.models.kernels import PackedWeights
+    from facesearch.models.yunet import pointwise
+
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(3, 24, 9, 9, generator=gen).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(40, 24, 1, 1, generator=gen)
+    bias = torch.randn(40, generator=gen)
+    packs = PackedWeights()
+    with torch.inference_mode():
+        assert torch.equal(packs.pointwise(x, weight, bias), pointwise(x, weight, bias))
+        weight.mul_(-0.5)  # in place: the packed copy is stale
+        assert torch.equal(packs.pointwise(x, weight, bias), pointwise(x, weight, bias))
+        nchw = x.contiguous()  # not channels-last: pointwise itself
+        assert torch.equal(packs.pointwise(nchw, weight, bias), pointwise(nchw, weight, bias))
+    assert copy.deepcopy(packs)._packed == {}
+
+
+def test_sface_is_the_same_with_and_without_packed_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from facesearch.models.sface import load_fused_sface
+
+    net = load_fused_sface().to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.rand(5, 3, 112, 112, generator=gen) * 255).contiguous(
+        memory_format=torch.channels_last
+    )
+    with torch.inference_mode():
+        packed = net(x)
+        monkeypatch.setattr(kernels, "_PACKING", False)
+        plain = net(x)
+    assert torch.equal(packed, plain)

@@ -1,18 +1,25 @@
-"""Kernels the networks share: PReLU in place, native when ``facesearch._native`` is built.
+"""Kernels the networks share: PReLU in place (native when ``facesearch._native`` is built), and
+1x1 convolutions on weights packed once for oneDNN.
 
 PyTorch's ``prelu`` writes its result to a new tensor: on SFace's large early activations that
 is a second pass over fresh memory, ~15 % of the network's time. :func:`prelu_` overwrites its
 input instead, through the small C kernel of ``facesearch/_native.c`` (built at install time,
 optional: :mod:`facesearch.native`). Without it, or for a tensor it does not take, it is
 ``torch.prelu``: the results are the same bit for bit either way.
+
+:class:`PackedWeights`: ``torch.mkldnn_convolution`` reorders a plain weight into oneDNN's
+blocked layout on every call; SFace's ``conv_14`` (1024 x 1024) spends ~30 % of its time on
+that. A :class:`PackedWeights` keeps the reordered copy of each weight it has seen.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import torch
 
+from facesearch.models.yunet import pointwise
 from facesearch.native import NATIVE, native_available
 
 #: The native kernels used here (``None``: ``torch.prelu``); tests swap it.
@@ -47,4 +54,55 @@ def prelu_(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
     return x
 
 
-__all__ = ["native_available", "prelu_"]
+_PACKING = (
+    torch.backends.mkldnn.is_available()
+    and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+    and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight")
+)
+
+
+class PackedWeights:
+    """1x1 convolutions whose weights are reordered for oneDNN once, not on every call.
+
+    :meth:`pointwise` is :func:`facesearch.models.yunet.pointwise` (same values, bit for bit)
+    for float32 channels-last inputs that autograd does not track; other inputs go to
+    ``pointwise`` itself. A packed copy is remade when its weight is replaced or changed in
+    place. Copies and pickles of the owner start with no packed weights.
+    """
+
+    def __init__(self) -> None:
+        # id(weight) -> (data pointer, version counter, packed oneDNN weight)
+        self._packed: dict[int, tuple[int, int, torch.Tensor]] = {}
+
+    def pointwise(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """``x (B, C, H, W)``, ``weight (C', C, 1, 1)``, ``bias (C',)`` -> ``(B, C', H, W)``."""
+        if (
+            not _PACKING
+            or x.dtype != torch.float32
+            or weight.dtype != torch.float32
+            or x.device.type != "cpu"
+            or not x.is_contiguous(memory_format=torch.channels_last)
+            or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+        ):
+            return pointwise(x, weight, bias)
+        entry = self._packed.get(id(weight))
+        if entry is None or entry[0] != weight.data_ptr() or entry[1] != weight._version:
+            packed = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
+                weight.detach().contiguous().to_mkldnn(), [0, 0], [1, 1], [1, 1], 1, list(x.shape)
+            )
+            entry = (weight.data_ptr(), weight._version, packed)
+            self._packed[id(weight)] = entry
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, entry[2], bias, [0, 0], [1, 1], [1, 1], 1, "none", [], ""
+        )
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> PackedWeights:
+        return PackedWeights()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_packed": {}}
+
+
+__all__ = ["PackedWeights", "native_available", "prelu_"]

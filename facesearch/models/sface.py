@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from facesearch.errors import ModelError
-from facesearch.models.kernels import prelu_
+from facesearch.models.kernels import PackedWeights, prelu_
 from facesearch.models.sface_arrays import (
     BN_MOMENTUM,
     CONV_BN_EPS,
@@ -55,7 +55,6 @@ from facesearch.models.sface_arrays import (
     read_weights,
     state_arrays,
 )
-from facesearch.models.yunet import pointwise
 
 logger = logging.getLogger(__name__)
 
@@ -156,6 +155,7 @@ class FusedSFace(nn.Module):
             layers.append(nn.PReLU(spec.out_channels))
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(HEAD_CHANNELS * HEAD_SIZE * HEAD_SIZE, EMBEDDING_DIM)
+        self._packs = PackedWeights()  # oneDNN copies of the 1x1 weights, made on first use
 
     @classmethod
     @torch.no_grad()
@@ -190,20 +190,25 @@ class FusedSFace(nn.Module):
         stem, rest = pairs[:STEM_LAYERS], pairs[STEM_LAYERS:]
         # the stem a few crops at a time (its activations stay in cache), the rest batched
         parts = [
-            _run((x[i : i + STEM_CHUNK] - INPUT_MEAN) * INPUT_SCALE, stem)
+            _run((x[i : i + STEM_CHUNK] - INPUT_MEAN) * INPUT_SCALE, stem, self._packs)
             for i in range(0, x.shape[0], STEM_CHUNK)
         ]  # (b, 3, 112, 112) -> (b, 256, 14, 14) each
-        x = _run(parts[0] if len(parts) == 1 else torch.cat(parts), rest)  # (B, 1024, 7, 7)
+        x = torch.cat(parts) if len(parts) > 1 else parts[0]
+        x = _run(x, rest, self._packs)  # (B, 1024, 7, 7)
         return self.head(torch.flatten(x, 1))  # (B, 128)
 
 
-def _run(x: torch.Tensor, pairs: list[tuple[nn.Module, nn.Module]]) -> torch.Tensor:
+def _run(
+    x: torch.Tensor, pairs: list[tuple[nn.Module, nn.Module]], packs: PackedWeights
+) -> torch.Tensor:
     """``x`` through (convolution, PReLU) pairs of :class:`FusedSFace`; each PReLU overwrites
-    the fresh output of its convolution when it can (:func:`facesearch.models.kernels.prelu_`)."""
+    the fresh output of its convolution when it can (:func:`facesearch.models.kernels.prelu_`);
+    the 1x1 convolutions run on packed weights (:class:`facesearch.models.kernels.PackedWeights`).
+    """
     for conv, act in pairs:
         assert isinstance(conv, nn.Conv2d) and isinstance(act, nn.PReLU)
         if conv.kernel_size == (1, 1):  # oneDNN directly: see yunet.pointwise (10-15% faster)
-            x = prelu_(pointwise(x, conv.weight, conv.bias), act.weight)
+            x = prelu_(packs.pointwise(x, conv.weight, conv.bias), act.weight)
         else:
             x = prelu_(conv(x), act.weight)
     return x
