@@ -79,10 +79,13 @@ HEAD_SIZE: int = 7  # 112 / 2**4
 DEFAULT_BATCH_SIZE: int = 8
 #: The high-resolution stem (the first ``STEM_LAYERS`` convolutions, 112x112 down to 14x14)
 #: runs ``STEM_CHUNK`` crops at a time, the rest of the network on the whole batch. A stem
-#: activation of 8 crops is up to 26 MB (8 x 64 x 112 x 112 float32), more than the L3 share of
-#: a core, while the deep layers want the batch to amortise their weights (conv_14: 4 MB).
-#: Measured with two threads embedding at once (``bench/batch_stages.py --stem``): 8 crops in
-#: chunks of 4 run ~15 % more faces per second than 8 crops at once.
+#: activation of 8 crops is up to 26 MB (8 x 64 x 112 x 112 float32): with glibc's default
+#: settings every such buffer is mmapped and page-faulted in again on each batch, where chunks
+#: of 4 stay in the heap and in cache. Measured with the default allocator (an Embedder on its
+#: own; ``FACESEARCH_MALLOC=default python bench/batch_stages.py --stem``): 38.3 -> 30.3 CPU-ms
+#: per face, 54 -> 66 faces/s with two threads.
+#: With the allocator tuned as ``facesearch index`` tunes it (``facesearch.process.tune_malloc``)
+#: the difference is within the noise (72-77 faces/s for all settings).
 STEM_LAYERS: int = 12
 STEM_CHUNK: int = 4
 
