@@ -61,23 +61,6 @@ def test_prelu_keeps_autograd_working() -> None:
     assert torch.equal(x.grad, torch.where(x > 0, 1.0, slope.view(1, 2, 1, 1)).expand_as(x))
 
 
-def test_sface_is_the_same_with_and_without_the_native_kernel(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from facesearch.models.sface import load_fused_sface
-
-    net = load_fused_sface().to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(6, 3, 112, 112, generator=gen) * 255).contiguous(
-        memory_format=torch.channels_last
-    )
-    with torch.inference_mode():
-        native = net(x)
-        monkeypatch.setattr(kernels, "_NATIVE", None)
-        plain = net(x)
-    assert torch.equal(native, plain)
-
-
 def test_packed_pointwise_equals_plain_and_follows_the_weight(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -102,18 +85,22 @@ def test_packed_pointwise_equals_plain_and_follows_the_weight(
     assert copy.deepcopy(packs)._packed == {}
 
 
-def test_sface_is_the_same_with_and_without_packed_weights(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    ("switch", "off"), [("_NATIVE", None), ("_PACKING", False)], ids=["native-prelu", "packing"]
+)
+def test_sface_is_the_same_with_and_without(
+    switch: str, off: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The whole fused SFace, bit for bit, with the native PReLU or the packed weights off."""
     from facesearch.models.sface import load_fused_sface
 
     net = load_fused_sface().to(memory_format=torch.channels_last)
-    gen = torch.Generator().manual_seed(1)
-    x = (torch.rand(5, 3, 112, 112, generator=gen) * 255).contiguous(
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(6, 3, 112, 112, generator=gen) * 255).contiguous(
         memory_format=torch.channels_last
     )
     with torch.inference_mode():
-        packed = net(x)
-        monkeypatch.setattr(kernels, "_PACKING", False)
+        fast = net(x)
+        monkeypatch.setattr(kernels, switch, off)
         plain = net(x)
-    assert torch.equal(packed, plain)
+    assert torch.equal(fast, plain)
