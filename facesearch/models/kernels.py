@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from facesearch.models.yunet import pointwise
-from facesearch.native import NATIVE, native_available
+from facesearch.native import NATIVE
 
 #: The native kernels used here (``None``: ``torch.prelu``); tests swap it.
 _NATIVE: ModuleType | None = NATIVE
@@ -105,4 +105,4 @@ class PackedWeights:
         return {"_packed": {}}
 
 
-__all__ = ["PackedWeights", "native_available", "prelu_"]
+__all__ = ["PackedWeights", "prelu_"]

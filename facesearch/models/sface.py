@@ -207,7 +207,7 @@ def _run(
     """
     for conv, act in pairs:
         assert isinstance(conv, nn.Conv2d) and isinstance(act, nn.PReLU)
-        if conv.kernel_size == (1, 1):  # oneDNN directly: see yunet.pointwise (10-15% faster)
+        if conv.kernel_size == (1, 1):
             x = prelu_(packs.pointwise(x, conv.weight, conv.bias), act.weight)
         else:
             x = prelu_(conv(x), act.weight)
