@@ -1,8 +1,9 @@
 """Build of the optional native kernels; everything else is in pyproject.toml.
 
-``facesearch._native`` (``facesearch/_native.c``, plain C, no dependency) speeds up SFace's
-PReLUs and the face alignment. It is optional: without a C compiler the build goes on without
-it and facesearch runs the PyTorch and numpy equivalents (same results, slower).
+``facesearch._native`` (``facesearch/_native.c``, plain C, no dependency) holds the
+convolutions of the numpy engine, SFace's PReLUs for PyTorch and the face alignment. It is
+optional: without a C compiler the build goes on without it and facesearch runs the PyTorch and
+numpy equivalents (same results to float32 rounding, slower).
 """
 
 import os

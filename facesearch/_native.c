@@ -1,5 +1,6 @@
-/* Native kernels of facesearch, optional: every one has a pure PyTorch equivalent that runs
- * when this module is not built (see facesearch/models/kernels.py).
+/* Native kernels of facesearch, optional: every one has a PyTorch or numpy equivalent that runs
+ * when this module is not built (facesearch/models/kernels.py, facesearch/align.py,
+ * facesearch/models/npengine.py).
  *
  * prelu_rows(address, rows, channels, slopes_address): PReLU in place on a float32 matrix of
  * `rows` x `channels`, C-contiguous (a channels-last activation seen as (N*H*W, C)), slope per
@@ -13,12 +14,21 @@
  * source coordinates and the blend are float32 fused multiply-adds (a float64 product, exact,
  * plus a float64 add, rounded to float32, as the numpy code does), round half to even. Built
  * with -ffp-contract=off so that the compiler adds no fused multiply-add of its own.
+ *
+ * conv3x3, pointwise, bias_act, max_pool2: the convolutions of the numpy engine (see the section
+ * "Convolution kernels" below).
+ *
+ * set_simd(on): the AVX2 paths (chosen at run time, when the CPU has AVX2 and FMA) or the
+ * portable C ones only, for tests.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+
+/* 0: the portable C paths only (tests compare the two; set_simd) */
+static int simd_enabled = 1;
 
 static void prelu_scalar(float *x, size_t rows, size_t c, const float *a) {
     for (size_t r = 0; r < rows; r++) {
@@ -71,7 +81,7 @@ static PyObject *prelu_rows(PyObject *self, PyObject *args) {
     const float *a = (const float *)(uintptr_t)aa;
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH
-    if (__builtin_cpu_supports("avx2"))
+    if (simd_enabled && __builtin_cpu_supports("avx2"))
         prelu_avx2(x, (size_t)rows, (size_t)channels, a);
     else
 #endif
@@ -151,7 +161,629 @@ static PyObject *warp_affine(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+
+/* ------------------------------------------------------------------------------------------
+ * Convolution kernels of the numpy engine (facesearch/models/npengine.py). Activations are
+ * float32, channels last, C-contiguous: (B, H, W, C). Every kernel adds a bias per channel
+ * and applies an activation in the same pass:
+ *   ACT_NONE 0: y = x + b;  ACT_RELU 1: max(y, 0) (as y > 0 ? y : 0);
+ *   ACT_PRELU 2: y > 0 ? y : slope[c] * y (torch.prelu's formula).
+ * The sums run in a fixed order (taps in (dy, dx, c) order, starting from the bias), with
+ * fused multiply-adds in the AVX2 path and separate ones in the portable path: the results agree
+ * with PyTorch's to float32 rounding, not bit for bit. All release the GIL.
+ */
+enum { ACT_NONE = 0, ACT_RELU = 1, ACT_PRELU = 2 };
+
+static inline float act1(float y, int act, float slope) {
+    if (act == ACT_RELU) return y > 0.f ? y : 0.f;
+    if (act == ACT_PRELU) return y > 0.f ? y : slope * y;
+    return y;
+}
+
+static void bias_act_scalar(float *x, size_t rows, size_t c, const float *b, const float *a,
+                            int act) {
+    for (size_t r = 0; r < rows; r++) {
+        float *p = x + r * c;
+        for (size_t j = 0; j < c; j++) p[j] = act1(p[j] + b[j], act, a ? a[j] : 0.f);
+    }
+}
+
+/* depthwise 3x3, padding 1: w (3, 3, C), out (B, Ho, Wo, C) */
+static void dw3x3_scalar(const float *x, long bsz, long h, long w, long c, long stride,
+                         const float *wt, const float *b, const float *a, int act, float *out) {
+    const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    for (long n = 0; n < bsz; n++)
+        for (long oy = 0; oy < ho; oy++)
+            for (long ox = 0; ox < wo; ox++) {
+                float *o = out + ((n * ho + oy) * wo + ox) * c;
+                for (long k = 0; k < c; k++) o[k] = b[k];
+                for (long dy = 0; dy < 3; dy++) {
+                    const long iy = oy * stride + dy - 1;
+                    if (iy < 0 || iy >= h) continue;
+                    for (long dx = 0; dx < 3; dx++) {
+                        const long ix = ox * stride + dx - 1;
+                        if (ix < 0 || ix >= w) continue;
+                        const float *p = x + ((n * h + iy) * w + ix) * c;
+                        const float *q = wt + (dy * 3 + dx) * c;
+                        for (long k = 0; k < c; k++) o[k] += p[k] * q[k];
+                    }
+                }
+                for (long k = 0; k < c; k++) o[k] = act1(o[k], act, a ? a[k] : 0.f);
+            }
+}
+
+/* dense 3x3, padding 1: w (3, 3, Cin, Cout), out (B, Ho, Wo, Cout) */
+static void conv3x3_scalar(const float *x, long bsz, long h, long w, long cin, long stride,
+                           const float *wt, long cout, const float *b, const float *a, int act,
+                           float *out) {
+    const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    for (long n = 0; n < bsz; n++)
+        for (long oy = 0; oy < ho; oy++)
+            for (long ox = 0; ox < wo; ox++) {
+                float *o = out + ((n * ho + oy) * wo + ox) * cout;
+                for (long k = 0; k < cout; k++) o[k] = b[k];
+                for (long dy = 0; dy < 3; dy++) {
+                    const long iy = oy * stride + dy - 1;
+                    if (iy < 0 || iy >= h) continue;
+                    for (long dx = 0; dx < 3; dx++) {
+                        const long ix = ox * stride + dx - 1;
+                        if (ix < 0 || ix >= w) continue;
+                        const float *p = x + ((n * h + iy) * w + ix) * cin;
+                        for (long ci = 0; ci < cin; ci++) {
+                            const float *q = wt + ((dy * 3 + dx) * cin + ci) * cout;
+                            for (long k = 0; k < cout; k++) o[k] += p[ci] * q[k];
+                        }
+                    }
+                }
+                for (long k = 0; k < cout; k++) o[k] = act1(o[k], act, a ? a[k] : 0.f);
+            }
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma"))) static inline __m256 act8(__m256 y, int act, __m256 slope) {
+    const __m256 zero = _mm256_setzero_ps();
+    if (act == ACT_RELU) return _mm256_max_ps(y, zero);
+    if (act == ACT_PRELU)
+        return _mm256_blendv_ps(_mm256_mul_ps(slope, y), y, _mm256_cmp_ps(y, zero, _CMP_GT_OQ));
+    return y;
+}
+
+__attribute__((target("avx2,fma"))) static void bias_act_avx2(float *x, size_t rows, size_t c,
+                                                               const float *b, const float *a,
+                                                               int act) {
+    const size_t c8 = c & ~(size_t)7;
+    for (size_t r = 0; r < rows; r++) {
+        float *p = x + r * c;
+        size_t j = 0;
+        for (; j < c8; j += 8) {
+            const __m256 s = a ? _mm256_loadu_ps(a + j) : _mm256_setzero_ps();
+            __m256 y = _mm256_add_ps(_mm256_loadu_ps(p + j), _mm256_loadu_ps(b + j));
+            _mm256_storeu_ps(p + j, act8(y, act, s));
+        }
+        for (; j < c; j++) p[j] = act1(p[j] + b[j], act, a ? a[j] : 0.f);
+    }
+}
+
+/* one output pixel of a depthwise 3x3, taps outside the image skipped */
+__attribute__((target("avx2,fma"))) static inline __m256 dw_pixel(const float *const rows[3],
+                                                                    long ix0, long w, long c,
+                                                                    long k, const __m256 q[9],
+                                                                    __m256 acc) {
+    for (int dy = 0; dy < 3; dy++) {
+        const float *r = rows[dy];
+        for (int dx = 0; dx < 3; dx++) {
+            const long ix = ix0 + dx;
+            if (r && ix >= 0 && ix < w)
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(r + ix * c + k), q[dy * 3 + dx], acc);
+        }
+    }
+    return acc;
+}
+
+/* depthwise 3x3, channels in blocks of 8 (c % 8 == 0): per output row and block, the 9 taps
+ * stay in registers while the row is swept, 4 pixels at a time inside the image */
+__attribute__((target("avx2,fma"))) static void dw3x3_avx2(const float *x, long bsz, long h,
+                                                            long w, long c, long stride,
+                                                            const float *wt, const float *b,
+                                                            const float *a, int act, float *out) {
+    const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    /* interior: every tap inside the row, ox * stride - 1 >= 0 and ox * stride + 1 <= w - 1 */
+    const long in_lo = 1, in_hi = w >= 2 ? (w - 2) / stride + 1 : 0; /* [in_lo, in_hi) */
+    for (long n = 0; n < bsz; n++)
+        for (long oy = 0; oy < ho; oy++) {
+            const float *rows[3];
+            int full = 1;
+            for (long dy = 0; dy < 3; dy++) {
+                const long iy = oy * stride + dy - 1;
+                rows[dy] = (iy < 0 || iy >= h) ? NULL : x + (n * h + iy) * w * c;
+                full &= rows[dy] != NULL;
+            }
+            float *orow = out + (n * ho + oy) * wo * c;
+            for (long k = 0; k < c; k += 8) {
+                __m256 q[9];
+                for (int t = 0; t < 9; t++) q[t] = _mm256_loadu_ps(wt + t * c + k);
+                const __m256 bias = _mm256_loadu_ps(b + k);
+                const __m256 s = a ? _mm256_loadu_ps(a + k) : _mm256_setzero_ps();
+                long ox = 0;
+                if (full) {
+                    for (; ox < in_lo && ox < wo; ox++)
+                        _mm256_storeu_ps(orow + ox * c + k,
+                                         act8(dw_pixel(rows, ox * stride - 1, w, c, k, q, bias),
+                                              act, s));
+                    const long sc = stride * c;
+                    for (; ox + 4 <= in_hi; ox += 4) {
+                        __m256 c0 = bias, c1 = bias, c2 = bias, c3 = bias;
+                        for (int dy = 0; dy < 3; dy++) {
+                            const float *p = rows[dy] + (ox * stride - 1) * c + k;
+                            for (int dx = 0; dx < 3; dx++) {
+                                const __m256 qq = q[dy * 3 + dx];
+                                const float *pp = p + dx * c;
+                                c0 = _mm256_fmadd_ps(_mm256_loadu_ps(pp), qq, c0);
+                                c1 = _mm256_fmadd_ps(_mm256_loadu_ps(pp + sc), qq, c1);
+                                c2 = _mm256_fmadd_ps(_mm256_loadu_ps(pp + 2 * sc), qq, c2);
+                                c3 = _mm256_fmadd_ps(_mm256_loadu_ps(pp + 3 * sc), qq, c3);
+                            }
+                        }
+                        float *o = orow + ox * c + k;
+                        _mm256_storeu_ps(o, act8(c0, act, s));
+                        _mm256_storeu_ps(o + c, act8(c1, act, s));
+                        _mm256_storeu_ps(o + 2 * c, act8(c2, act, s));
+                        _mm256_storeu_ps(o + 3 * c, act8(c3, act, s));
+                    }
+                }
+                for (; ox < wo; ox++)
+                    _mm256_storeu_ps(orow + ox * c + k,
+                                     act8(dw_pixel(rows, ox * stride - 1, w, c, k, q, bias), act, s));
+            }
+        }
+}
+
+/* NB blocks of 8 output channels of one pixel, taps outside the image skipped */
+#define CONV_PIXEL(NB)                                                                          \
+    __attribute__((target("avx2,fma"))) static inline void conv_pixel_##NB(                    \
+        const float *x, long n, long h, long w, long cin, long iy0, long ix0, const float *wt,  \
+        const float *b, __m256 acc[NB]) {                                                        \
+        const long cout = 8 * NB;                                                                \
+        for (int j = 0; j < NB; j++) acc[j] = _mm256_loadu_ps(b + 8 * j);                       \
+        for (long dy = 0; dy < 3; dy++) {                                                        \
+            const long iy = iy0 + dy;                                                            \
+            if (iy < 0 || iy >= h) continue;                                                     \
+            for (long dx = 0; dx < 3; dx++) {                                                    \
+                const long ix = ix0 + dx;                                                        \
+                if (ix < 0 || ix >= w) continue;                                                 \
+                const float *p = x + ((n * h + iy) * w + ix) * cin;                              \
+                const float *q = wt + (dy * 3 + dx) * cin * cout;                                \
+                for (long ci = 0; ci < cin; ci++) {                                              \
+                    const __m256 v = _mm256_broadcast_ss(p + ci);                                \
+                    for (int j = 0; j < NB; j++)                                                 \
+                        acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(q + ci * cout + 8 * j),      \
+                                                 acc[j]);                                        \
+                }                                                                                \
+            }                                                                                    \
+        }                                                                                        \
+    }
+
+/* dense 3x3 with 8 * NB output channels: P = 8 / NB pixels at a time inside the image, so
+ * that every weight load feeds P fused multiply-adds into 8 independent accumulators */
+#define CONV_KERNEL(NB)                                                                         \
+    CONV_PIXEL(NB)                                                                               \
+    __attribute__((target("avx2,fma"))) static void conv3x3_avx2_##NB(                          \
+        const float *x, long bsz, long h, long w, long cin, long stride, const float *wt,       \
+        const float *b, const float *a, int act, float *out) {                                   \
+        enum { P = 8 / NB };                                                                     \
+        const long cout = 8 * NB;                                                                \
+        const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;                         \
+        const long in_hi = w >= 2 ? (w - 2) / stride + 1 : 0;                                    \
+        __m256 s[NB];                                                                            \
+        for (int j = 0; j < NB; j++) s[j] = a ? _mm256_loadu_ps(a + 8 * j) : _mm256_setzero_ps(); \
+        for (long n = 0; n < bsz; n++)                                                           \
+            for (long oy = 0; oy < ho; oy++) {                                                   \
+                const long iy0 = oy * stride - 1;                                                \
+                const int full = iy0 >= 0 && iy0 + 2 < h;                                        \
+                float *orow = out + (n * ho + oy) * wo * cout;                                   \
+                long ox = 0;                                                                     \
+                while (ox < wo) {                                                                \
+                    if (full && ox >= 1 && ox + P <= in_hi) {                                     \
+                        __m256 acc[P][NB];                                                       \
+                        for (int i = 0; i < P; i++)                                              \
+                            for (int j = 0; j < NB; j++) acc[i][j] = _mm256_loadu_ps(b + 8 * j); \
+                        for (long dy = 0; dy < 3; dy++) {                                        \
+                            const float *row = x + ((n * h + iy0 + dy) * w) * cin;               \
+                            for (long dx = 0; dx < 3; dx++) {                                    \
+                                const float *p = row + (ox * stride - 1 + dx) * cin;             \
+                                const float *q = wt + (dy * 3 + dx) * cin * cout;                \
+                                for (long ci = 0; ci < cin; ci++) {                              \
+                                    __m256 wv[NB];                                               \
+                                    for (int j = 0; j < NB; j++)                                 \
+                                        wv[j] = _mm256_loadu_ps(q + ci * cout + 8 * j);          \
+                                    for (int i = 0; i < P; i++) {                                \
+                                        const __m256 v =                                         \
+                                            _mm256_broadcast_ss(p + i * stride * cin + ci);      \
+                                        for (int j = 0; j < NB; j++)                             \
+                                            acc[i][j] = _mm256_fmadd_ps(v, wv[j], acc[i][j]);    \
+                                    }                                                            \
+                                }                                                                \
+                            }                                                                    \
+                        }                                                                        \
+                        for (int i = 0; i < P; i++)                                              \
+                            for (int j = 0; j < NB; j++)                                         \
+                                _mm256_storeu_ps(orow + (ox + i) * cout + 8 * j,                 \
+                                                 act8(acc[i][j], act, s[j]));                    \
+                        ox += P;                                                                 \
+                    } else {                                                                     \
+                        __m256 acc[NB];                                                          \
+                        conv_pixel_##NB(x, n, h, w, cin, iy0, ox * stride - 1, wt, b, acc);      \
+                        for (int j = 0; j < NB; j++)                                             \
+                            _mm256_storeu_ps(orow + ox * cout + 8 * j, act8(acc[j], act, s[j])); \
+                        ox++;                                                                    \
+                    }                                                                            \
+                }                                                                                \
+            }                                                                                    \
+    }
+
+CONV_KERNEL(1)
+CONV_KERNEL(2)
+CONV_KERNEL(4)
+CONV_KERNEL(8)
+
+/* 8 * NB output channels of a 1x1 convolution (a matrix product (rows, K) x (K, 8 NB) whose
+ * weight and output rows are ld floats apart), bias and activation fused; P = 8 / NB rows at a
+ * time */
+#define PW_KERNEL(NB)                                                                           \
+    __attribute__((target("avx2,fma"))) static void pw_avx2_##NB(                               \
+        const float *x, long rows, long k, const float *wt, long ld, const float *b,            \
+        const float *a, int act, float *out) {                                                                   \
+        enum { P = 8 / NB };                                                                     \
+        const long cout = ld; /* row stride of the weights and of the output */                  \
+        __m256 s[NB], bias[NB];                                                                  \
+        for (int j = 0; j < NB; j++) {                                                           \
+            s[j] = a ? _mm256_loadu_ps(a + 8 * j) : _mm256_setzero_ps();                         \
+            bias[j] = _mm256_loadu_ps(b + 8 * j);                                                \
+        }                                                                                        \
+        long r = 0;                                                                              \
+        for (; r + P <= rows; r += P) {                                                          \
+            __m256 acc[P][NB];                                                                   \
+            for (int i = 0; i < P; i++)                                                          \
+                for (int j = 0; j < NB; j++) acc[i][j] = bias[j];                                \
+            const float *p = x + r * k;                                                          \
+            for (long ci = 0; ci < k; ci++) {                                                    \
+                __m256 wv[NB];                                                                   \
+                for (int j = 0; j < NB; j++) wv[j] = _mm256_loadu_ps(wt + ci * cout + 8 * j);   \
+                for (int i = 0; i < P; i++) {                                                    \
+                    const __m256 v = _mm256_broadcast_ss(p + i * k + ci);                        \
+                    for (int j = 0; j < NB; j++) acc[i][j] = _mm256_fmadd_ps(v, wv[j], acc[i][j]); \
+                }                                                                                \
+            }                                                                                    \
+            for (int i = 0; i < P; i++)                                                          \
+                for (int j = 0; j < NB; j++)                                                     \
+                    _mm256_storeu_ps(out + (r + i) * cout + 8 * j, act8(acc[i][j], act, s[j]));  \
+        }                                                                                        \
+        for (; r < rows; r++) {                                                                  \
+            __m256 acc[NB];                                                                      \
+            for (int j = 0; j < NB; j++) acc[j] = bias[j];                                       \
+            for (long ci = 0; ci < k; ci++) {                                                    \
+                const __m256 v = _mm256_broadcast_ss(x + r * k + ci);                            \
+                for (int j = 0; j < NB; j++)                                                     \
+                    acc[j] = _mm256_fmadd_ps(v, _mm256_loadu_ps(wt + ci * cout + 8 * j), acc[j]); \
+            }                                                                                    \
+            for (int j = 0; j < NB; j++)                                                         \
+                _mm256_storeu_ps(out + r * cout + 8 * j, act8(acc[j], act, s[j]));               \
+        }                                                                                        \
+    }
+
+PW_KERNEL(1)
+PW_KERNEL(2)
+PW_KERNEL(4)
+PW_KERNEL(8)
+
+/* 1x1 convolution, 16 output channels at a time for 6 rows at a time (12 accumulators; per
+ * input channel 2 weight loads and 6 broadcasts feed 12 fused multiply-adds): rows are taken
+ * in panels of 6, whose inputs stay in L1 while every block of 16 output channels is swept
+ * (the weights, K x cout, stay in L2). cout % 16 == 0; other rows and channels go to
+ * pw_avx2_*. */
+__attribute__((target("avx2,fma"))) static void pw_avx2_6x16(const float *x, long rows, long k,
+                                                              const float *wt, long cout,
+                                                              const float *b, const float *a,
+                                                              int act, float *out) {
+    long r = 0;
+    for (; r + 6 <= rows; r += 6) {
+        const float *p = x + r * k;
+        for (long j = 0; j < cout; j += 16) {
+            const __m256 b0 = _mm256_loadu_ps(b + j), b1 = _mm256_loadu_ps(b + j + 8);
+            __m256 c00 = b0, c01 = b1, c10 = b0, c11 = b1, c20 = b0, c21 = b1;
+            __m256 c30 = b0, c31 = b1, c40 = b0, c41 = b1, c50 = b0, c51 = b1;
+            const float *q = wt + j;
+            for (long ci = 0; ci < k; ci++, q += cout) {
+                const __m256 w0 = _mm256_loadu_ps(q), w1 = _mm256_loadu_ps(q + 8);
+                __m256 v = _mm256_broadcast_ss(p + ci);
+                c00 = _mm256_fmadd_ps(v, w0, c00);
+                c01 = _mm256_fmadd_ps(v, w1, c01);
+                v = _mm256_broadcast_ss(p + k + ci);
+                c10 = _mm256_fmadd_ps(v, w0, c10);
+                c11 = _mm256_fmadd_ps(v, w1, c11);
+                v = _mm256_broadcast_ss(p + 2 * k + ci);
+                c20 = _mm256_fmadd_ps(v, w0, c20);
+                c21 = _mm256_fmadd_ps(v, w1, c21);
+                v = _mm256_broadcast_ss(p + 3 * k + ci);
+                c30 = _mm256_fmadd_ps(v, w0, c30);
+                c31 = _mm256_fmadd_ps(v, w1, c31);
+                v = _mm256_broadcast_ss(p + 4 * k + ci);
+                c40 = _mm256_fmadd_ps(v, w0, c40);
+                c41 = _mm256_fmadd_ps(v, w1, c41);
+                v = _mm256_broadcast_ss(p + 5 * k + ci);
+                c50 = _mm256_fmadd_ps(v, w0, c50);
+                c51 = _mm256_fmadd_ps(v, w1, c51);
+            }
+            const __m256 s0 = a ? _mm256_loadu_ps(a + j) : _mm256_setzero_ps();
+            const __m256 s1 = a ? _mm256_loadu_ps(a + j + 8) : _mm256_setzero_ps();
+            float *o = out + r * cout + j;
+            _mm256_storeu_ps(o, act8(c00, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c01, act, s1));
+            o += cout;
+            _mm256_storeu_ps(o, act8(c10, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c11, act, s1));
+            o += cout;
+            _mm256_storeu_ps(o, act8(c20, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c21, act, s1));
+            o += cout;
+            _mm256_storeu_ps(o, act8(c30, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c31, act, s1));
+            o += cout;
+            _mm256_storeu_ps(o, act8(c40, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c41, act, s1));
+            o += cout;
+            _mm256_storeu_ps(o, act8(c50, act, s0));
+            _mm256_storeu_ps(o + 8, act8(c51, act, s1));
+        }
+    }
+    if (r < rows) pw_avx2_2(x + r * k, rows - r, k, wt, cout, b, a, act, out + r * cout);
+    if (r < rows && cout > 16) {
+        for (long j = 16; j < cout; j += 16)
+            pw_avx2_2(x + r * k, rows - r, k, wt + j, cout, b + j, a ? a + j : NULL, act,
+                      out + r * cout + j);
+    }
+}
+
+#endif
+
+
+#ifdef HAVE_AVX2_PATH
+static int use_avx2_fma(void) {
+    return simd_enabled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+static PyObject *set_simd(PyObject *self, PyObject *arg) {
+    (void)self;
+    const int on = PyObject_IsTrue(arg);
+    if (on < 0) return NULL;
+#ifdef HAVE_AVX2_PATH
+    const int before = simd_enabled && __builtin_cpu_supports("avx2") &&
+                       __builtin_cpu_supports("fma");
+#else
+    const int before = 0;
+#endif
+    simd_enabled = on;
+    return PyBool_FromLong(before);
+}
+
+/* max over 2x2 windows, stride 2 (odd last row/column dropped): (B, H, W, C) -> (B, H/2, W/2, C) */
+static void maxpool2(const float *x, long bsz, long h, long w, long c, float *out) {
+    const long ho = h / 2, wo = w / 2;
+    for (long n = 0; n < bsz; n++)
+        for (long oy = 0; oy < ho; oy++) {
+            const float *r0 = x + (n * h + 2 * oy) * w * c, *r1 = r0 + w * c;
+            float *o = out + (n * ho + oy) * wo * c;
+            for (long ox = 0; ox < wo; ox++) {
+                const float *p = r0 + 2 * ox * c, *q = r1 + 2 * ox * c;
+                for (long k = 0; k < c; k++) {
+                    float m = p[k];
+                    if (p[c + k] > m) m = p[c + k];
+                    if (q[k] > m) m = q[k];
+                    if (q[c + k] > m) m = q[c + k];
+                    o[ox * c + k] = m;
+                }
+            }
+        }
+}
+
+static int check_act(int act, unsigned long long aa) {
+    if (act < ACT_NONE || act > ACT_PRELU) {
+        PyErr_Format(PyExc_ValueError, "activation must be 0, 1 or 2, got %d", act);
+        return 0;
+    }
+    if (act == ACT_PRELU && aa == 0) {
+        PyErr_SetString(PyExc_ValueError, "PReLU needs the slopes' address");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *bias_act(PyObject *self, PyObject *args) {
+    unsigned long long xa, ba, aa;
+    Py_ssize_t rows, channels;
+    int act;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KnnKKi", &xa, &rows, &channels, &ba, &aa, &act)) return NULL;
+    if (!check_act(act, aa)) return NULL;
+    if (rows < 0 || channels < 0) {
+        PyErr_Format(PyExc_ValueError, "rows and channels must be >= 0, got %zd and %zd", rows,
+                     channels);
+        return NULL;
+    }
+    if (rows == 0 || channels == 0) Py_RETURN_NONE;
+    if (xa == 0 || ba == 0) {
+        PyErr_SetString(PyExc_ValueError, "null data address");
+        return NULL;
+    }
+    float *x = (float *)(uintptr_t)xa;
+    const float *b = (const float *)(uintptr_t)ba;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (use_avx2_fma())
+        bias_act_avx2(x, (size_t)rows, (size_t)channels, b, a, act);
+    else
+#endif
+        bias_act_scalar(x, (size_t)rows, (size_t)channels, b, a, act);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *conv3x3(PyObject *self, PyObject *args) {
+    unsigned long long xa, wa, ba, aa, oa;
+    Py_ssize_t bsz, h, w, cin, stride, cout;
+    int groups, act;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KnnnnnKnKKiiK", &xa, &bsz, &h, &w, &cin, &stride, &wa, &cout,
+                          &ba, &aa, &act, &groups, &oa))
+        return NULL;
+    if (!check_act(act, aa)) return NULL;
+    if (bsz < 0 || h <= 0 || w <= 0 || cin <= 0 || cout <= 0 || stride < 1 || stride > 2 ||
+        (groups != 1 && !(groups == cin && cin == cout))) {
+        PyErr_Format(PyExc_ValueError,
+                     "conv3x3: bad shape batch=%zd h=%zd w=%zd in=%zd out=%zd stride=%zd "
+                     "groups=%d",
+                     bsz, h, w, cin, cout, stride, groups);
+        return NULL;
+    }
+    if (bsz == 0) Py_RETURN_NONE;
+    if (xa == 0 || wa == 0 || ba == 0 || oa == 0) {
+        PyErr_SetString(PyExc_ValueError, "null data address");
+        return NULL;
+    }
+    const float *x = (const float *)(uintptr_t)xa, *wt = (const float *)(uintptr_t)wa;
+    const float *b = (const float *)(uintptr_t)ba;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
+    float *out = (float *)(uintptr_t)oa;
+    Py_BEGIN_ALLOW_THREADS
+    if (groups > 1) {
+#ifdef HAVE_AVX2_PATH
+        if (cin % 8 == 0 && use_avx2_fma())
+            dw3x3_avx2(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+        else
+#endif
+            dw3x3_scalar(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+    } else {
+#ifdef HAVE_AVX2_PATH
+        const long nb = cout / 8;
+        const int fast = cout % 8 == 0 && use_avx2_fma();
+        if (fast && nb == 1)
+            conv3x3_avx2_1(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+        else if (fast && nb == 2)
+            conv3x3_avx2_2(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+        else if (fast && nb == 4)
+            conv3x3_avx2_4(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+        else if (fast && nb == 8)
+            conv3x3_avx2_8(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+        else
+#endif
+            conv3x3_scalar(x, bsz, h, w, cin, stride, wt, cout, b, a, act, out);
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *pointwise(PyObject *self, PyObject *args) {
+    unsigned long long xa, wa, ba, aa, oa;
+    Py_ssize_t rows, k, cout;
+    int act;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KnnKnKKiK", &xa, &rows, &k, &wa, &cout, &ba, &aa, &act, &oa))
+        return NULL;
+    if (!check_act(act, aa)) return NULL;
+    if (rows < 0 || k <= 0 || cout <= 0) {
+        PyErr_Format(PyExc_ValueError, "pointwise: bad shape rows=%zd in=%zd out=%zd", rows, k,
+                     cout);
+        return NULL;
+    }
+    if (rows == 0) Py_RETURN_NONE;
+    if (xa == 0 || wa == 0 || ba == 0 || oa == 0) {
+        PyErr_SetString(PyExc_ValueError, "null data address");
+        return NULL;
+    }
+    const float *x = (const float *)(uintptr_t)xa, *wt = (const float *)(uintptr_t)wa;
+    const float *b = (const float *)(uintptr_t)ba;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
+    float *out = (float *)(uintptr_t)oa;
+    Py_BEGIN_ALLOW_THREADS
+#ifdef HAVE_AVX2_PATH
+    if (cout % 16 == 0 && use_avx2_fma()) {
+        pw_avx2_6x16(x, rows, k, wt, cout, b, a, act, out);
+    } else if (cout % 8 == 0 && use_avx2_fma()) {
+        long j = 0;
+        for (; j + 64 <= cout; j += 64)
+            pw_avx2_8(x, rows, k, wt + j, cout, b + j, a ? a + j : NULL, act, out + j);
+        if (j + 32 <= cout) {
+            pw_avx2_4(x, rows, k, wt + j, cout, b + j, a ? a + j : NULL, act, out + j);
+            j += 32;
+        }
+        if (j + 16 <= cout) {
+            pw_avx2_2(x, rows, k, wt + j, cout, b + j, a ? a + j : NULL, act, out + j);
+            j += 16;
+        }
+        if (j + 8 <= cout) pw_avx2_1(x, rows, k, wt + j, cout, b + j, a ? a + j : NULL, act, out + j);
+    } else
+#endif
+    {
+        for (long r = 0; r < rows; r++) {
+            float *o = out + r * cout;
+            for (long j = 0; j < cout; j++) o[j] = b[j];
+            for (long ci = 0; ci < k; ci++) {
+                const float v = x[r * k + ci];
+                const float *q = wt + ci * cout;
+                for (long j = 0; j < cout; j++) o[j] += v * q[j];
+            }
+            for (long j = 0; j < cout; j++) o[j] = act1(o[j], act, a ? a[j] : 0.f);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *max_pool2(PyObject *self, PyObject *args) {
+    unsigned long long xa, oa;
+    Py_ssize_t bsz, h, w, c;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KnnnnK", &xa, &bsz, &h, &w, &c, &oa)) return NULL;
+    if (bsz < 0 || h < 0 || w < 0 || c < 0) {
+        PyErr_SetString(PyExc_ValueError, "max_pool2: negative size");
+        return NULL;
+    }
+    if (bsz == 0 || h < 2 || w < 2 || c == 0) Py_RETURN_NONE;
+    if (xa == 0 || oa == 0) {
+        PyErr_SetString(PyExc_ValueError, "null data address");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    maxpool2((const float *)(uintptr_t)xa, bsz, h, w, c, (float *)(uintptr_t)oa);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"bias_act", bias_act, METH_VARARGS,
+     "bias_act(address, rows, channels, bias_address, slopes_address, act): in place on a "
+     "C-contiguous float32 (rows, channels) matrix, x = act(x + bias[c]); act 0 none, 1 ReLU, "
+     "2 PReLU (slopes_address: a slope per channel; 0 otherwise). Releases the GIL."},
+    {"conv3x3", conv3x3, METH_VARARGS,
+     "conv3x3(x_address, batch, h, w, in_channels, stride, w_address, out_channels, "
+     "bias_address, slopes_address, act, groups, out_address): 3x3 convolution, padding 1, "
+     "stride 1 or 2, channels-last float32, bias and activation fused (see bias_act). groups 1: "
+     "weights (3, 3, in, out); groups == in == out: depthwise, weights (3, 3, C). Output "
+     "(batch, (h - 1) // stride + 1, (w - 1) // stride + 1, out). Releases the GIL."},
+    {"set_simd", set_simd, METH_O,
+     "set_simd(on) -> bool: use the AVX2 paths when the CPU has them (on, the default) or the "
+     "portable C ones only; returns whether AVX2 paths were in use. For tests."},
+    {"pointwise", pointwise, METH_VARARGS,
+     "pointwise(x_address, rows, in_channels, w_address, out_channels, bias_address, "
+     "slopes_address, act, out_address): 1x1 convolution as the product of a C-contiguous "
+     "float32 (rows, in) matrix and (in, out) weights, bias and activation fused (see "
+     "bias_act), into (rows, out). Releases the GIL."},
+    {"max_pool2", max_pool2, METH_VARARGS,
+     "max_pool2(x_address, batch, h, w, channels, out_address): 2x2 max pooling, stride 2, "
+     "channels-last float32 (odd last row or column dropped). Releases the GIL."},
+
     {"warp_affine", warp_affine, METH_VARARGS,
      "warp_affine(src_address, h, w, channels, dst_address, size, m0, m1, m2, m3, m4, m5): "
      "bilinear warp of a C-contiguous uint8 (h, w, channels) image into (size, size, channels) "

@@ -37,7 +37,7 @@ and reported; the run goes on. A failed photo whose file has not changed is not 
 Speed
 -----
 Files are read, hashed and decoded by ``workers`` threads (Pillow and hashlib release the GIL)
-while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one torch thread each)
+while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one thread each)
 run the networks on tasks of a few photos: up to :data:`DETECT_BATCH` photos or
 :data:`DETECT_PIXELS` pixels per round, cut into one task per worker. Up to two tasks per
 worker are out at a time, and results are taken oldest first, so photos are stored in the order
@@ -48,11 +48,15 @@ pixels, which is what a query does too (so a photo indexed and the same photo qu
 same embedding).
 
 Given a function that builds the pipeline (the command line does this), the networks load only
-once a photo needs them; the read threads read ahead meanwhile and, with ``loader_config``
-(the shipped model), a forked child runs the numpy engine on the smallest of the next photos
+once a photo needs them, and the read threads read ahead meanwhile. With ``loader_config`` (the
+shipped model) and the native kernels built (:mod:`facesearch.native`), the numpy engine runs
+instead of the function's torch pipeline: as fast per face, and it loads in ~0.3 s instead of
+~2.5 s (500 LFW photos 12.2-12.9 s -> 8.8-9.2 s, 167 large photos 17.9 s -> 12.1 s, whole
+commands). Without the native kernels, a run with only a few photos to read
+(:data:`SMALL_RUN_SECONDS`) runs them with the numpy engine and never loads torch, and a larger
+one loads torch while a forked child runs the numpy engine on the smallest of the next photos
 (:mod:`facesearch.headstart`): 500 LFW photos 14.0 s -> 13.6 s, 167 large photos 19.3 s ->
-18.6 s (means of 4 and 3 alternating runs). A run with only a few photos to read
-(:data:`SMALL_RUN_SECONDS`) runs them with the numpy engine and never loads torch.
+18.6 s (means of 4 and 3 alternating runs).
 
 Commits and interruptions
 -------------------------
@@ -100,6 +104,7 @@ import numpy as np
 from facesearch import headstart
 from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
 from facesearch.image import SUPPORTED_SUFFIXES, load_image
+from facesearch.native import native_available
 from facesearch.types import Face
 
 if TYPE_CHECKING:
@@ -122,13 +127,13 @@ DETECT_PIXELS: int = 24_000_000
 COMMIT_BATCH: int = 64
 #: The vector index file is saved at least this often during a run (seconds).
 CHECKPOINT_SECONDS: float = 60.0
-#: A run with a loader and the shipped model (``loader_config``) whose photos left to read
-#: (when the first one needs the networks) would take the numpy engine at most this many
-#: seconds runs them with it instead of loading torch (~2.5 s of one core); torch is 2-4x
-#: faster per face, so larger runs load it. The estimate is NUMPY_SECONDS_PER_PHOTO per photo
-#: plus NUMPY_SECONDS_PER_MB per MB of file, measured on 2 cores: 8 LFW photos 2.3 s with the
-#: numpy engine against 3.2 s with torch, 1 photo 1.6 s against 3.3 s; 8 photos of 1-14 MP
-#: (8.9 MB) 7.4 s against 5.1 s (means of 3; whole commands).
+#: Without the native kernels: a run with a loader and the shipped model (``loader_config``) whose
+#: photos left to read (when the first one needs the networks) would take the numpy engine at most
+#: this many seconds runs them with it instead of loading torch (~2.5 s of one core); torch is then
+#: 2-4x faster per face, so larger runs load it. The estimate is NUMPY_SECONDS_PER_PHOTO per photo
+#: plus NUMPY_SECONDS_PER_MB per MB of file, measured on 2 cores: 8 LFW photos 2.3 s with the numpy
+#: engine against 3.2 s with torch, 1 photo 1.6 s against 3.3 s; 8 photos of 1-14 MP (8.9 MB) 7.4 s
+#: against 5.1 s (means of 3; whole commands).
 SMALL_RUN_SECONDS: float = 2.0
 NUMPY_SECONDS_PER_PHOTO: float = 0.15
 NUMPY_SECONDS_PER_MB: float = 0.7
@@ -497,15 +502,15 @@ class _Run:
         interval is shortened so that they get the GIL between the import's bytecodes), register
         its model and open its workers on ``stack``.
 
-        With the shipped model (``loader_config``): a small run (:data:`SMALL_RUN_SECONDS`)
-        gets the numpy engine instead; a larger one gets a head start, a forked child computing
-        the faces of the photos from ``first`` on while the loader runs
-        (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
+        With the shipped model (``loader_config``): the numpy engine instead when the native
+        kernels are built, or for a small run (:data:`SMALL_RUN_SECONDS`); otherwise a head
+        start, a forked child computing the faces of the photos from ``first`` on while the
+        loader runs (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
         assert self.loader is not None
         left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
         left, left_bytes = len(left_jobs), sum(j.size for j in left_jobs)
         numpy_seconds = left * NUMPY_SECONDS_PER_PHOTO + left_bytes / 1e6 * NUMPY_SECONDS_PER_MB
-        if self.shipped is not None and numpy_seconds <= SMALL_RUN_SECONDS:
+        if self.shipped is not None and (native_available() or numpy_seconds <= SMALL_RUN_SECONDS):
             from facesearch.pipeline import FacePipeline
 
             logger.info("%d photos to read: the numpy engine runs them (torch not loaded)", left)

@@ -51,15 +51,16 @@ class PipelineConfig:
 
     ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
-    ``threads``: cores to use (``None``: one per core, at most 8). With the torch engine a
-    batch of several photos is cut into ``threads`` parts run side by side, each on one
-    torch thread (measured on 2 cores: 2x the photos/s of one torch process with 2 intra-op
-    threads, whose threads mostly wait on each other with these small convolutions); a single
-    photo runs on ``threads`` intra-op threads. Numpy engine: its element-wise threads.
+    ``threads``: cores to use (``None``: one per core, at most 8). A batch of several photos
+    is cut into ``threads`` parts run side by side, each on one thread (measured on 2 cores
+    with torch: 2x the photos/s of one torch process with 2 intra-op threads, whose threads
+    mostly wait on each other with these small convolutions); a single photo runs on
+    ``threads`` intra-op threads (torch) or element-wise threads (numpy engine).
     ``engine``: ``"torch"``, or ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
-    networks without importing torch, which saves ~2.5 CPU-s of start-up and is the faster
-    choice for a command that handles one or two photos; torch is 2-4x faster per face after
-    that. The numpy engine runs the shipped model only.
+    networks without importing torch, which saves ~2 s of start-up. With the native kernels
+    built (:mod:`facesearch.native`) it is as fast per face as torch (SFace 19-21 ms per face
+    on one thread, YuNet 3.3-3.7 ms per LFW photo), and ``facesearch index`` runs it; without
+    them torch is 2-4x faster per face. The numpy engine runs the shipped model only.
     """
 
     detector: DetectorConfig = field(default_factory=_default_detector_config)
@@ -182,18 +183,15 @@ class FacePipeline:
         """Faces of several photos; all their crops go through the embedder together.
 
         ``detections`` may be given (e.g. from :meth:`detect_batch`) to skip detection.
-        With ``threads`` > 1 (torch engine) the photos are split into that many parts of
+        With ``threads`` > 1 the photos are split into that many parts of
         about equal pixel counts, processed side by side; results are in input order and the
         same as one part at a time.
         """
         parts = self._parts(images)
         if len(parts) <= 1 or getattr(self._local, "serial", False):
             return self._faces_serial(images, detections)
-        import torch
-
         pool = self._workers_pool()
-        torch.set_num_threads(1)
-        try:
+        with self._one_thread_each():
             futures = [
                 pool.submit(
                     self._faces_serial,
@@ -203,22 +201,43 @@ class FacePipeline:
                 for a, b in parts
             ]
             return [faces for f in futures for faces in f.result()]
+
+    @contextlib.contextmanager
+    def _one_thread_each(self) -> Iterator[None]:
+        """While the workers run side by side: one thread each (torch's intra-op threads, or
+        the numpy engine's element-wise threads and numpy's BLAS), restored afterwards."""
+        if self.config.engine == "torch":
+            import torch
+
+            torch.set_num_threads(1)
+            try:
+                yield
+            finally:
+                torch.set_num_threads(self.threads)
+            return
+        from facesearch.models import npengine
+
+        before = npengine.get_threads()
+        npengine.set_threads(1)
+        try:
+            with npengine.single_threaded_blas():
+                yield
         finally:
-            torch.set_num_threads(self.threads)
+            npengine.set_threads(before)
 
     @contextlib.contextmanager
     def workers(self) -> Iterator[Callable[..., Future[object]]]:
         """``submit(fn, *args) -> Future``: run ``fn`` (e.g. :meth:`faces_batch`, or a wrapper
         of it) on the pipeline's workers.
 
-        With the torch engine and ``threads`` > 1, ``threads`` tasks run side by side, each on
-        one torch thread, for as long as the block lasts; a :meth:`faces_batch` inside a task
-        runs on its worker alone. A caller that keeps a few tasks in flight keeps every core
-        busy, with no barrier between batches (this is how :mod:`facesearch.indexer` feeds
-        photos). Otherwise ``fn`` runs at once in the calling thread. On the way out tasks not
-        started are cancelled and running ones are waited for.
+        With ``threads`` > 1, ``threads`` tasks run side by side, each on one thread (torch's, or
+        the numpy engine's and OpenBLAS's), for as long as the block lasts; a :meth:`faces_batch`
+        inside a task runs on its worker alone. A caller that keeps a few tasks in flight keeps
+        every core busy, with no barrier between batches (this is how :mod:`facesearch.indexer`
+        feeds photos). Otherwise ``fn`` runs at once in the calling thread. On the way out tasks
+        not started are cancelled and running ones are waited for.
         """
-        if self.threads <= 1 or self.config.engine != "torch":
+        if self.threads <= 1:
 
             def run_now(fn: Callable[..., object], *args: object) -> Future[object]:
                 fut: Future[object] = Future()
@@ -230,8 +249,6 @@ class FacePipeline:
 
             yield run_now
             return
-        import torch
-
         pool = self._workers_pool()
         submitted: set[Future[object]] = set()  # not finished yet
 
@@ -241,18 +258,17 @@ class FacePipeline:
             fut.add_done_callback(submitted.discard)
             return fut
 
-        torch.set_num_threads(1)
-        try:
-            yield submit
-        finally:
-            left = list(submitted)
-            for f in left:
-                f.cancel()
-            for f in left:
-                if not f.cancelled():
-                    with contextlib.suppress(BaseException):
-                        f.result()
-            torch.set_num_threads(self.threads)
+        with self._one_thread_each():
+            try:
+                yield submit
+            finally:
+                left = list(submitted)
+                for f in left:
+                    f.cancel()
+                for f in left:
+                    if not f.cancelled():
+                        with contextlib.suppress(BaseException):
+                            f.result()
 
     def _as_worker(self, fn: Callable[..., object], *args: object) -> object:
         self._local.serial = True
@@ -271,7 +287,7 @@ class FacePipeline:
         equal pixel counts); one range when there is nothing to share."""
         n = len(images)
         workers = min(self.threads, n)
-        if workers <= 1 or self.config.engine != "torch":
+        if workers <= 1:
             return [(0, n)]
         pixels = np.cumsum([int(im.shape[0]) * int(im.shape[1]) for im in images])
         cuts = np.searchsorted(pixels, pixels[-1] * np.arange(1, workers) / workers, side="left")

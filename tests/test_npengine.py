@@ -11,25 +11,36 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from facesearch.models import npengine
 from facesearch.models.detection import DetectorConfig
 from facesearch.models.npengine import (
+    ACT_NONE,
+    ACT_PRELU,
+    ACT_RELU,
     NumpyDetector,
     NumpyEmbedder,
+    _dense3x3,
     _depthwise3x3,
     _load_prepared_sface,
+    _maxpool2,
+    _pointwise,
     cache_dir,
     prepare_sface,
     set_threads,
+    single_threaded_blas,
 )
 from facesearch.models.sface_arrays import WEIGHTS_FILE, read_weights, state_arrays
+from facesearch.native import NATIVE
 
-NATIVE = DetectorConfig(max_side=1 << 20, coarse_side=0)  # OpenCV's FaceDetectorYN exactly
+OPENCV = DetectorConfig(max_side=1 << 20, coarse_side=0)  # OpenCV's FaceDetectorYN exactly
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +60,18 @@ def references(reference: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def detector() -> NumpyDetector:
-    return NumpyDetector(NATIVE)
+    return NumpyDetector(OPENCV)
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The engine with the C kernels of ``facesearch._native`` (when built), or numpy's alone."""
+    if request.param == "native":
+        if NATIVE is None:
+            pytest.skip("facesearch._native is not built")
+    else:
+        monkeypatch.setattr(npengine, "_NATIVE", None)
+    return str(request.param)
 
 
 def _rgb(path: Path) -> np.ndarray:
@@ -58,10 +80,11 @@ def _rgb(path: Path) -> np.ndarray:
 
 
 def test_detections_match_the_opencv_reference(
-    detector: NumpyDetector, data: Path, references: list[dict]
+    detector: NumpyDetector, data: Path, references: list[dict], kernels: str
 ) -> None:
     """Every 3rd reference image (all categories): same faces, boxes and landmarks within
-    0.01 px of OpenCV's, scores within 1e-4 (the torch engine's bar is the same images)."""
+    0.01 px of OpenCV's, scores within 1e-4 (the torch engine's bar is the same images); with
+    the native kernels and with numpy's alone."""
     checked = faces = 0
     for ref in references[::3]:
         dets = detector.detect(_rgb(data / ref["image"]))
@@ -91,8 +114,9 @@ def test_detector_agrees_with_the_torch_engine_on_downscaled_photos(data: Path) 
             assert np.abs(np.subtract(x.box, y.box)).max() < 1.0, path
 
 
-def test_embeddings_match_the_opencv_reference(reference: Path) -> None:
-    """The 40 reference crops: cosine >= 0.99999 to OpenCV's features."""
+def test_embeddings_match_the_opencv_reference(reference: Path, kernels: str) -> None:
+    """The 40 reference crops: cosine >= 0.99999 to OpenCV's features (native kernels and
+    numpy's alone)."""
     rows = [
         json.loads(x) for x in (reference / "aligned" / "aligned.jsonl").read_text().splitlines()
     ]
@@ -118,7 +142,7 @@ def test_embedder_contract() -> None:
         emb.embed(np.zeros((1, 112, 112, 3), np.float32))
 
 
-def test_depthwise_matches_a_direct_convolution() -> None:
+def test_depthwise_matches_a_direct_convolution(kernels: str) -> None:
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 7, 5)).astype(np.float32)
     w = rng.standard_normal((3, 3, 5)).astype(np.float32)
@@ -212,3 +236,201 @@ def test_numpy_engine_runs_the_shipped_model_only() -> None:
         PipelineConfig(engine="numpy", model="my-model.pt")
     with pytest.raises(ValueError, match="engine must be"):
         PipelineConfig(engine="tensorflow")
+
+
+# --------------------------------------------------------------------------- native kernels
+# The C kernels of ``facesearch/_native.c`` against float64 references, in their AVX2 paths and
+# in the portable ones (``set_simd``); odd sizes reach the edges and the leftover rows/channels.
+
+ACTS = [ACT_NONE, ACT_RELU, ACT_PRELU]
+
+
+@pytest.fixture(params=[True, False], ids=["avx2", "portable"])
+def simd(request: pytest.FixtureRequest) -> Iterator[bool]:
+    if NATIVE is None:
+        pytest.skip("facesearch._native is not built")
+    NATIVE.set_simd(request.param)
+    try:
+        yield bool(request.param)
+    finally:
+        NATIVE.set_simd(True)
+
+
+def _act64(y: np.ndarray, act: int, slope: np.ndarray) -> np.ndarray:
+    if act == ACT_RELU:
+        return np.maximum(y, 0.0)
+    if act == ACT_PRELU:
+        return np.where(y > 0, y, slope.astype(np.float64) * y)
+    return y
+
+
+def _conv64(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, depthwise: bool
+) -> np.ndarray:
+    """3x3 convolution, padding 1, in float64: ``w`` (3, 3, C) depthwise, else (9 C, C')."""
+    bsz, h, wd, c = x.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ho, wo = (h - 1) // stride + 1, (wd - 1) // stride + 1
+    w3 = w.astype(np.float64).reshape((3, 3, c) if depthwise else (3, 3, c, -1))
+    out = np.zeros((bsz, ho, wo, w3.shape[-1])) + b
+    for dy in range(3):
+        for dx in range(3):
+            patch = xp[
+                :,
+                dy : dy + stride * (ho - 1) + 1 : stride,
+                dx : dx + stride * (wo - 1) + 1 : stride,
+            ]
+            out += patch * w3[dy, dx] if depthwise else patch @ w3[dy, dx]
+    return out
+
+
+def _close(got: np.ndarray, want: np.ndarray) -> None:
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [  # batch, h, w, in, out, stride
+        (2, 9, 7, 3, 16, 2),
+        (1, 12, 11, 3, 32, 1),
+        (1, 1, 1, 3, 8, 1),
+        (1, 6, 5, 4, 64, 2),
+        (1, 7, 9, 3, 8, 2),
+        (1, 5, 6, 5, 7, 1),  # out channels not a multiple of 8: portable path
+        (1, 3, 2, 2, 24, 1),
+    ],
+)
+@pytest.mark.parametrize("act", ACTS)
+def test_native_dense_convolution(shape: tuple[int, ...], act: int, simd: bool) -> None:
+    bsz, h, w, cin, cout, stride = shape
+    rng = np.random.default_rng(sum(shape) + act)
+    x = rng.standard_normal((bsz, h, w, cin)).astype(np.float32)
+    wm = rng.standard_normal((9 * cin, cout)).astype(np.float32)
+    b, slope = rng.standard_normal((2, cout)).astype(np.float32)
+    want = _act64(_conv64(x, wm, b, stride, False), act, slope)
+    _close(_dense3x3(x, wm, b, stride, act, slope), want)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [  # batch, h, w, channels, stride
+        (2, 9, 7, 16, 1),
+        (2, 9, 7, 16, 2),
+        (1, 1, 1, 8, 1),
+        (1, 2, 3, 8, 2),
+        (1, 10, 13, 24, 2),
+        (1, 8, 11, 32, 1),
+        (1, 5, 6, 5, 1),  # channels not a multiple of 8: portable path
+    ],
+)
+@pytest.mark.parametrize("act", ACTS)
+def test_native_depthwise_convolution(shape: tuple[int, ...], act: int, simd: bool) -> None:
+    bsz, h, w, c, stride = shape
+    rng = np.random.default_rng(sum(shape) + act)
+    x = rng.standard_normal((bsz, h, w, c)).astype(np.float32)
+    wt = rng.standard_normal((3, 3, c)).astype(np.float32)
+    b, slope = rng.standard_normal((2, c)).astype(np.float32)
+    want = _act64(_conv64(x, wt, b, stride, True), act, slope)
+    _close(_depthwise3x3(x, wt, b, stride, act, slope), want)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [  # rows, in, out
+        (100, 16, 16),
+        (13, 33, 48),
+        (7, 3, 64),
+        (1, 1, 8),
+        (5, 16, 24),
+        (37, 64, 128),
+        (12, 5, 5),  # not a multiple of 8: portable path
+        (9, 300, 300),  # large weights: numpy's BLAS, then the native bias and activation
+    ],
+)
+@pytest.mark.parametrize("act", ACTS)
+def test_native_pointwise_convolution(shape: tuple[int, ...], act: int, simd: bool) -> None:
+    rows, k, cout = shape
+    rng = np.random.default_rng(sum(shape) + act)
+    x = rng.standard_normal((1, 1, rows, k)).astype(np.float32)
+    w_t = rng.standard_normal((k, cout)).astype(np.float32)
+    b, slope = rng.standard_normal((2, cout)).astype(np.float32)
+    want = _act64(x.astype(np.float64) @ w_t + b, act, slope)
+    _close(_pointwise(x, w_t, b, act, slope), want)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 3), (2, 5, 7, 16), (1, 1, 5, 8), (1, 3, 3, 1)])
+def test_native_max_pool_equals_numpy(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    got = _maxpool2(x)
+    monkeypatch.setattr(npengine, "_NATIVE", None)
+    want = _maxpool2(x)
+    assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_native_kernels_refuse_bad_arguments() -> None:
+    if NATIVE is None:
+        pytest.skip("facesearch._native is not built")
+    x = np.zeros((1, 4, 4, 8), np.float32)
+    w = np.zeros((3, 3, 8), np.float32)
+    b = np.zeros(8, np.float32)
+    out = np.zeros((1, 4, 4, 8), np.float32)
+    a = (x.ctypes.data, 1, 4, 4, 8)
+    with pytest.raises(ValueError, match="stride"):
+        NATIVE.conv3x3(*a, 3, w.ctypes.data, 8, b.ctypes.data, 0, ACT_NONE, 8, out.ctypes.data)
+    with pytest.raises(ValueError, match="groups"):
+        NATIVE.conv3x3(*a, 1, w.ctypes.data, 16, b.ctypes.data, 0, ACT_NONE, 8, out.ctypes.data)
+    with pytest.raises(ValueError, match="activation"):
+        NATIVE.conv3x3(*a, 1, w.ctypes.data, 8, b.ctypes.data, 0, 7, 8, out.ctypes.data)
+    with pytest.raises(ValueError, match="slopes"):
+        NATIVE.bias_act(out.ctypes.data, 16, 8, b.ctypes.data, 0, ACT_PRELU)
+    with pytest.raises(ValueError, match="null"):
+        NATIVE.pointwise(x.ctypes.data, 16, 8, 0, 8, b.ctypes.data, 0, ACT_NONE, out.ctypes.data)
+    with pytest.raises(ValueError, match="shape"):
+        NATIVE.pointwise(x.ctypes.data, 16, 0, w.ctypes.data, 8, b.ctypes.data, 0, 0, 0)
+    with pytest.raises(ValueError, match="negative"):
+        NATIVE.max_pool2(x.ctypes.data, 1, -4, 4, 8, out.ctypes.data)
+    assert not out.any(), "nothing was written"
+
+
+def test_arrays_the_native_kernels_cannot_take_go_to_numpy() -> None:
+    """Not float32, or not contiguous: the numpy code runs (same values)."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 6, 8, 16))
+    w = rng.standard_normal((3, 3, 16)).astype(np.float32)
+    b = rng.standard_normal(16).astype(np.float32)
+    want = _conv64(x, w, b, 1, True)
+    got = _depthwise3x3(x.astype(np.float32)[:, :, ::2], w, b, 1)  # a strided view
+    _close(got, _conv64(x[:, :, ::2], w, b, 1, True))
+    np.testing.assert_allclose(_depthwise3x3(x, w, b, 1), want, rtol=1e-5)  # float64 input
+
+
+def test_single_threaded_blas_nests_across_threads() -> None:
+    """The first caller in sets OpenBLAS to one thread, the last one out restores it."""
+    blas = npengine._openblas_threads()
+    if blas is None:
+        pytest.skip("numpy's OpenBLAS not found")
+    get, put = blas
+    before = get()
+    put(2)
+    try:
+        inside, go_on = threading.Event(), threading.Event()
+
+        def other() -> None:
+            with single_threaded_blas():
+                inside.set()
+                go_on.wait(30)
+
+        t = threading.Thread(target=other)
+        with single_threaded_blas():
+            assert get() == 1
+            t.start()
+            assert inside.wait(30)
+        assert get() == 1, "the other thread is still inside"
+        go_on.set()
+        t.join(30)
+        assert get() == 2
+    finally:
+        put(before)

@@ -1,7 +1,9 @@
-"""FacePipeline: photos split over parallel workers give the same faces, in input order."""
+"""FacePipeline: photos split over parallel workers give the same faces, in input order, with
+either engine."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +22,25 @@ def photos(data: Path) -> list[np.ndarray]:
     return [load_image(p) for p in paths]
 
 
-def test_parallel_parts_equal_one_part(photos: list[np.ndarray]) -> None:
-    serial = FacePipeline(PipelineConfig(threads=1))
+@pytest.fixture(params=["torch", "numpy"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The engine; the numpy engine's thread settings (its own, OpenBLAS's) are restored."""
+    from facesearch.models import npengine
+
+    threads, blas = npengine.get_threads(), npengine._openblas_threads()
+    blas_threads = blas[0]() if blas is not None else None
+    yield str(request.param)
+    npengine.set_threads(threads)
+    if blas is not None and blas_threads is not None:
+        blas[1](blas_threads)
+
+
+def test_parallel_parts_equal_one_part(photos: list[np.ndarray], engine: str) -> None:
+    serial = FacePipeline(PipelineConfig(threads=1, engine=engine))
     parallel = FacePipeline(
-        PipelineConfig(threads=2), detector=serial.detector, embedder=serial.embedder
+        PipelineConfig(threads=2, engine=engine),
+        detector=serial.detector,
+        embedder=serial.embedder,
     )
     assert len(parallel._parts(photos)) == 2
     a, b = serial.faces_batch(photos), parallel.faces_batch(photos)
@@ -51,12 +68,23 @@ def test_parts_are_contiguous_and_balanced_by_pixels() -> None:
     )
 
 
-def test_workers_run_tasks_side_by_side_in_submission_order(photos: list[np.ndarray]) -> None:
-    serial = FacePipeline(PipelineConfig(threads=1))
+def test_workers_run_tasks_side_by_side_in_submission_order(
+    photos: list[np.ndarray], engine: str
+) -> None:
+    serial = FacePipeline(PipelineConfig(threads=1, engine=engine))
     pipe = FacePipeline(
-        PipelineConfig(threads=2), detector=serial.detector, embedder=serial.embedder
+        PipelineConfig(threads=2, engine=engine),
+        detector=serial.detector,
+        embedder=serial.embedder,
     )
     import threading
+
+    from facesearch.models import npengine
+
+    npengine.set_threads(2)
+    blas = npengine._openblas_threads()
+    if blas is not None:
+        blas[1](2)
 
     seen: set[str] = set()
     both = threading.Barrier(2, timeout=30)  # passes only if two tasks run at the same time
@@ -67,8 +95,13 @@ def test_workers_run_tasks_side_by_side_in_submission_order(photos: list[np.ndar
         return pipe.faces_batch(images)  # on a worker: its part alone, no nested parts
 
     with pipe.workers() as submit:
+        if engine == "numpy":  # one thread each while the workers run
+            assert npengine.get_threads() == 1
+            assert blas is None or blas[0]() == 1
         futures = [submit(task, photos[:3]), submit(task, photos[3:])]
         got = [faces for f in futures for faces in f.result()]
+    assert npengine.get_threads() == 2, "restored on the way out"
+    assert blas is None or blas[0]() == 2
     assert len(seen) == 2 and all(n.startswith("facesearch-infer") for n in seen)
     want = serial.faces_batch(photos)
     assert [len(x) for x in got] == [len(x) for x in want]

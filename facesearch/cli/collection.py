@@ -83,14 +83,15 @@ def _pipeline_model(col: Any, model: str | None) -> str:
 
 
 def _loader_config(model: str) -> Any:
-    """The configuration ``_make_pipeline(model)`` builds: with the shipped model the indexer
-    may run the numpy engine instead (a small run, the head start of a large one)."""
+    """The configuration of the torch pipeline the indexer's loader builds: with the shipped
+    model the indexer runs the numpy engine instead when the native kernels are built, or for a
+    small run, and gives a larger one a head start (:mod:`facesearch.indexer`)."""
     from facesearch.cli.faces import pipeline_config
 
-    return pipeline_config(model)
+    return pipeline_config(model, engine="torch")
 
 
-def _make_pipeline(model: str, engine: str = "torch") -> Any:
+def _make_pipeline(model: str, engine: str = "bulk") -> Any:
     from facesearch.cli.faces import make_pipeline
 
     return make_pipeline(model, engine=engine)
@@ -190,7 +191,7 @@ def index(
         pipeline_model = _pipeline_model(col, model)
 
         def pipe() -> Any:
-            return _make_pipeline(pipeline_model)
+            return _make_pipeline(pipeline_model, "torch")
 
         bars: list[Any] = []  # made on the first event, when the number of photos is known
 

@@ -15,7 +15,13 @@ from facesearch.cli.options import engine_option, json_option, model_option, thr
 
 
 def resolve_engine(model: str, engine: str = "auto") -> str:
-    """``--engine``: 'auto' is numpy for the shipped model (no torch import), else torch."""
+    """``--engine``: 'auto' is numpy for the shipped model (no torch import), else torch.
+    'bulk' (many photos: ``evaluate``, ``enroll``): numpy for the shipped model when the native
+    kernels are built (as fast per face as torch, and no torch import), else torch."""
+    if engine == "bulk":
+        from facesearch.native import native_available
+
+        return "numpy" if str(model) == "sface" and native_available() else "torch"
     if engine == "auto":
         return "numpy" if str(model) == "sface" else "torch"
     if engine == "numpy" and str(model) != "sface":
@@ -23,7 +29,7 @@ def resolve_engine(model: str, engine: str = "auto") -> str:
     return engine
 
 
-def pipeline_config(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
+def pipeline_config(model: str, flip: bool | None = None, engine: str = "bulk") -> Any:
     """The :class:`~facesearch.pipeline.PipelineConfig` :func:`make_pipeline` builds from."""
     from facesearch.pipeline import PipelineConfig
 
@@ -32,7 +38,7 @@ def pipeline_config(model: str, flip: bool | None = None, engine: str = "torch")
     return PipelineConfig(model=model, engine=engine, **flip_setting)
 
 
-def make_pipeline(model: str, flip: bool | None = None, engine: str = "torch") -> Any:
+def make_pipeline(model: str, flip: bool | None = None, engine: str = "bulk") -> Any:
     """Build the pipeline for ``--model`` (imports torch lazily, and only for engine torch)."""
     from facesearch.cli import startup_done
     from facesearch.pipeline import FacePipeline

@@ -1,15 +1,29 @@
-"""YuNet and SFace in plain numpy: the same networks and weights without importing torch.
+"""YuNet and SFace in numpy and C: the same networks and weights without importing torch.
 
-Why: ``import torch`` alone costs about 2.5 CPU-seconds on a 2-core machine, more than a whole
-``facesearch query`` or ``facesearch verify`` needs for one photo. These two commands therefore
-run the networks with this engine (``--engine numpy``, their default); bulk work (``index``,
-``evaluate``, ``train``) keeps the PyTorch engine, which is 2-4x faster per face once loaded.
+Why: ``import torch`` alone costs about 2 CPU-seconds on a 2-core machine, more than a whole
+``facesearch query`` or ``facesearch verify`` needs for one photo, and ~5 % of indexing 2,000
+LFW photos. With the native kernels built (:mod:`facesearch.native`) this engine is as fast per
+face as the PyTorch one, so ``query``, ``verify``, ``index``, ``enroll`` and ``evaluate`` run it
+for the shipped model; PyTorch stays for training and for model files. Without the native
+kernels it is numpy alone, 2-4x slower per face than PyTorch: then only ``query`` and
+``verify`` (and small index runs) use it.
 
-The engine computes in channels-last float32: 1x1 convolutions and the 3x3 stems as matrix
-products (numpy's BLAS), depthwise 3x3 convolutions as nine shifted multiply-adds, batch norms
-folded into the weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`).
-Outputs agree with the PyTorch modules to float32 rounding: the parity tests
-(``tests/test_npengine.py``) hold it to the same reference boxes, landmarks and features.
+The engine computes in channels-last float32 ``(B, H, W, C)``, batch norms folded into the
+weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`):
+
+- 1x1 convolutions: a register-blocked C kernel (6 rows x 16 channels, bias and activation
+  fused) when the weights fit in L2 (:data:`_NATIVE_PW_WEIGHTS`), else numpy's BLAS followed by
+  the bias and activation in one C pass;
+- 3x3 convolutions (the stems, the depthwise layers): direct C kernels, 4 pixels (depthwise) or
+  8 accumulators (dense) at a time, bias and activation fused;
+- max pooling in C.
+
+One LFW photo through YuNet went 20-21 -> 3.3-3.6 ms and one face through SFace 45-47 -> 19-21 ms
+(one thread, models loaded; PyTorch: 3.7-5.6 and 20-26 ms). Without the native kernels the same
+operations run in numpy (matrix products, depthwise convolutions as nine shifted multiply-adds);
+they are the reference the kernels are tested against. Outputs agree with the PyTorch modules to
+float32 rounding: the parity tests (``tests/test_npengine.py``) hold both variants to the same
+reference boxes, landmarks and features.
 
 :class:`NumpyDetector` and :class:`NumpyEmbedder` have the interface of
 :class:`facesearch.models.yunet.Detector` and :class:`facesearch.models.sface.Embedder`
@@ -23,9 +37,11 @@ import contextlib
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -53,24 +69,137 @@ from facesearch.models.sface_arrays import (
     state_arrays,
 )
 from facesearch.models.weightcache import cache_dir, cached_arrays
+from facesearch.native import NATIVE
 from facesearch.types import Detection
 
 log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------ ops
 # Activations are (B, H, W, C) float32, C-contiguous. Weights keep torch's layout on input.
+#
+# With ``facesearch._native`` built, the 3x3 convolutions, the bias and activation after a 1x1
+# convolution, and the max pooling run as C kernels (one pass, bias and activation fused,
+# the GIL released); the numpy code below is the fallback and the reference they are tested
+# against. Both agree with PyTorch to float32 rounding.
+
+#: The native kernels (``facesearch/_native.c``), or ``None`` for numpy only; tests swap it.
+_NATIVE: ModuleType | None = NATIVE
+
+#: A 1x1 convolution whose weights hold at most this many values (256 KB, L2-resident) runs as
+#: the native kernel, bias and activation fused (measured against numpy's BLAS without them:
+#: YuNet's 16 -> 16 0.19 against 0.26 ms, SFace's 64 -> 128 6.6 against 8.2 ms, 256 -> 256 on
+#: par); larger ones go to numpy's BLAS (blocked for the cache: 512 -> 512 10.2 against
+#: 17.1 ms), and only the bias and activation are native.
+_NATIVE_PW_WEIGHTS = 256 * 256
+
+#: Activations after a convolution (the codes of the native kernels).
+ACT_NONE, ACT_RELU, ACT_PRELU = 0, 1, 2
 
 
-def _pointwise(x: np.ndarray, w_t: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """1x1 convolution: ``w_t`` ``(C, C')`` (transposed), ``b`` ``(C',)``."""
+def _native_args(*arrays: np.ndarray) -> bool:
+    """Whether the native kernels can take these arrays: all float32 and C-contiguous."""
+    return _NATIVE is not None and all(
+        a.dtype == np.float32 and a.flags.c_contiguous for a in arrays
+    )
+
+
+def _addr(a: np.ndarray | None) -> int:
+    return 0 if a is None else int(a.ctypes.data)
+
+
+def _activate(x: np.ndarray, act: int, slope: np.ndarray | None) -> np.ndarray:
+    """``x`` in place: ReLU, PReLU (a slope per channel) or nothing."""
+    if act == ACT_RELU:
+        return _relu(x)
+    if act == ACT_PRELU:
+        assert slope is not None
+        return _prelu(x, slope)
+    return x
+
+
+def _pointwise(
+    x: np.ndarray,
+    w_t: np.ndarray,
+    b: np.ndarray,
+    act: int = ACT_NONE,
+    slope: np.ndarray | None = None,
+) -> np.ndarray:
+    """1x1 convolution: ``w_t`` ``(C, C')`` (transposed), ``b`` ``(C',)``; then ``act``."""
     bsz, h, wd, c = x.shape
-    y = x.reshape(-1, c) @ w_t
-    y += b
+    flat = x.reshape(-1, c)
+    native = _native_args(flat, w_t, b) and (slope is None or _native_args(slope))
+    if native and w_t.size <= _NATIVE_PW_WEIGHTS:
+        assert _NATIVE is not None
+        y = np.empty((flat.shape[0], w_t.shape[1]), np.float32)
+        _NATIVE.pointwise(
+            _addr(flat),
+            flat.shape[0],
+            c,
+            _addr(w_t),
+            y.shape[1],
+            _addr(b),
+            _addr(slope),
+            act,
+            _addr(y),
+        )
+        return y.reshape(bsz, h, wd, -1)
+    y = flat @ w_t
+    if native:
+        assert _NATIVE is not None
+        _NATIVE.bias_act(_addr(y), y.shape[0], y.shape[1], _addr(b), _addr(slope), act)
+    else:
+        y += b
+        _activate(y, act, slope)
     return y.reshape(bsz, h, wd, -1)
 
 
-def _dense3x3(x: np.ndarray, w_mat: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
-    """3x3 convolution, padding 1: ``w_mat`` ``(9 * C, C')`` in ``(dy, dx, c)`` row order."""
+def _conv_native(
+    x: np.ndarray,
+    w: np.ndarray,
+    cout: int,
+    b: np.ndarray,
+    stride: int,
+    act: int,
+    slope: np.ndarray | None,
+    groups: int,
+) -> np.ndarray | None:
+    """The native 3x3 convolution, or ``None`` when it cannot take these arrays."""
+    if not _native_args(x, w, b) or (slope is not None and not _native_args(slope)):
+        return None
+    assert _NATIVE is not None
+    bsz, h, wd, c = x.shape
+    out = np.empty((bsz, (h - 1) // stride + 1, (wd - 1) // stride + 1, cout), np.float32)
+    _NATIVE.conv3x3(
+        _addr(x),
+        bsz,
+        h,
+        wd,
+        c,
+        stride,
+        _addr(w),
+        cout,
+        _addr(b),
+        _addr(slope),
+        act,
+        groups,
+        _addr(out),
+    )
+    return out
+
+
+def _dense3x3(
+    x: np.ndarray,
+    w_mat: np.ndarray,
+    b: np.ndarray,
+    stride: int,
+    act: int = ACT_NONE,
+    slope: np.ndarray | None = None,
+) -> np.ndarray:
+    """3x3 convolution, padding 1: ``w_mat`` ``(9 * C, C')`` in ``(dy, dx, c)`` row order;
+    then ``act``."""
+    out = _conv_native(x, w_mat, w_mat.shape[1], b, stride, act, slope, 1)
+    if out is not None:
+        return out
     bsz, h, wd, c = x.shape
     xp = np.zeros((bsz, h + 2, wd + 2, c), np.float32)
     xp[:, 1:-1, 1:-1] = x
@@ -85,16 +214,30 @@ def _dense3x3(x: np.ndarray, w_mat: np.ndarray, b: np.ndarray, stride: int) -> n
             ]
     y = cols.reshape(-1, 9 * c) @ w_mat
     y += b
-    return y.reshape(bsz, ho, wo, -1)
+    return _activate(y.reshape(bsz, ho, wo, -1), act, slope)
 
 
-def _depthwise3x3(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
-    """Depthwise 3x3 convolution, padding 1: ``w`` ``(3, 3, C)``, ``b`` ``(C,)``.
+def _depthwise3x3(
+    x: np.ndarray,
+    w: np.ndarray,
+    b: np.ndarray,
+    stride: int,
+    act: int = ACT_NONE,
+    slope: np.ndarray | None = None,
+) -> np.ndarray:
+    """Depthwise 3x3 convolution, padding 1: ``w`` ``(3, 3, C)``, ``b`` ``(C,)``; then ``act``.
 
-    Each tap is one multiply-add over whole rows seen as ``(B, H, W * C)`` with the weights
-    tiled along the row: numpy's inner loops then run over ``W * C`` values instead of ``C``,
-    which is what makes this fast (3-4x over broadcasting a ``(C,)`` vector).
+    Numpy: each tap is one multiply-add over whole rows seen as ``(B, H, W * C)`` with the
+    weights tiled along the row: numpy's inner loops then run over ``W * C`` values instead of
+    ``C``, which is what makes this fast (3-4x over broadcasting a ``(C,)`` vector).
     """
+    out = _conv_native(x, w, x.shape[3], b, stride, act, slope, x.shape[3])
+    if out is not None:
+        return out
+    return _activate(_depthwise3x3_numpy(x, w, b, stride), act, slope)
+
+
+def _depthwise3x3_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
     bsz, h, wd, c = x.shape
     if stride != 1:
         xp = np.zeros((bsz, h + 2, wd + 2, c), np.float32)
@@ -163,24 +306,37 @@ def _openblas_threads() -> tuple[Callable[[], int], Callable[[int], None]] | Non
     return None
 
 
+_blas_lock = threading.Lock()
+_blas_users = 0  # callers inside single_threaded_blas()
+_blas_before = 1  # OpenBLAS's thread count when the first of them came in
+
+
 @contextlib.contextmanager
-def _single_threaded_blas() -> Iterator[None]:
-    """OpenBLAS on one thread for the duration: the engine's matrix products are small, and
-    OpenBLAS threads that spin-wait make them several times slower when the cores are busy
-    (measured: 0.74 s instead of 0.05 s for one SFace pass beside two busy processes)."""
+def single_threaded_blas() -> Iterator[None]:
+    """OpenBLAS on one thread while any caller is inside (threads may nest and overlap: the
+    first one in sets it, the last one out restores it). The engine's matrix products are
+    small, and OpenBLAS threads that spin-wait make them several times slower when the cores
+    are busy (measured: 0.74 s instead of 0.05 s for one SFace pass beside two busy
+    processes)."""
+    global _blas_users, _blas_before
     fns = _openblas_threads()
     if fns is None:
         yield
         return
     get, put = fns
-    before = int(get())
-    if before != 1:
-        put(1)
+    with _blas_lock:
+        if _blas_users == 0:
+            _blas_before = int(get())
+            if _blas_before != 1:
+                put(1)
+        _blas_users += 1
     try:
         yield
     finally:
-        if before != 1:
-            put(before)
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0 and _blas_before != 1:
+                put(_blas_before)
 
 
 # numpy's ufuncs release the GIL: big maps are cut into bands of rows, one per thread.
@@ -197,6 +353,11 @@ def _forget_pool_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def get_threads() -> int:
+    """Threads for the engine's element-wise work (:func:`set_threads`)."""
+    return _threads
 
 
 def set_threads(n: int) -> None:
@@ -231,9 +392,10 @@ def _relu(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _prelu(x: np.ndarray, slope_minus_one: np.ndarray) -> np.ndarray:
+def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
     """PReLU in place: ``x + (a - 1) * min(x, 0)`` (``a * x`` below 0, ``x`` above)."""
     flat = x.reshape(-1, x.shape[-1])
+    slope_minus_one = slope - np.float32(1.0)
 
     def band(a: int, b: int) -> None:
         neg = np.minimum(flat[a:b], 0.0)
@@ -246,6 +408,11 @@ def _prelu(x: np.ndarray, slope_minus_one: np.ndarray) -> np.ndarray:
 
 def _maxpool2(x: np.ndarray) -> np.ndarray:
     bsz, h, w, c = x.shape
+    if _native_args(x):
+        assert _NATIVE is not None
+        out = np.empty((bsz, h // 2, w // 2, c), np.float32)
+        _NATIVE.max_pool2(_addr(x), bsz, h, w, c, _addr(out))
+        return out
     return x[:, : h // 2 * 2, : w // 2 * 2].reshape(bsz, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
@@ -275,8 +442,8 @@ class _DPUnit:
         self.relu = relu
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = _depthwise3x3(_pointwise(x, self.w1_t, self.b1), self.w2, self.b2, 1)
-        return _relu(y) if self.relu else y
+        act = ACT_RELU if self.relu else ACT_NONE
+        return _depthwise3x3(_pointwise(x, self.w1_t, self.b1), self.w2, self.b2, 1, act)
 
 
 class NumpyYuNet:
@@ -315,7 +482,7 @@ class NumpyYuNet:
             a, b = self.stages[i - 1]
             return b(a(t))
 
-        x = self.stem_unit(_relu(_dense3x3(x, self.stem_w, self.stem_b, 2)))
+        x = self.stem_unit(_dense3x3(x, self.stem_w, self.stem_b, 2, ACT_RELU))
         x = _maxpool2(x)  # H/4
         x = _maxpool2(stage(2, stage(1, x)))  # H/8
         c3 = stage(3, x)
@@ -388,7 +555,7 @@ class NumpyDetector:
         pad = (round_up(h), round_up(w))
         x = np.zeros((1, pad[0], pad[1], 3), np.float32)  # zero padding bottom/right
         x[0, :h, :w] = view
-        with _single_threaded_blas():
+        with single_threaded_blas():
             outputs = self.net(x)
         rows = decode(outputs, pad, config)[0]
         return to_detections(rows, sx, sy)
@@ -400,7 +567,7 @@ class NumpyDetector:
 def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """An SFace state (:func:`~facesearch.models.sface_arrays.state_arrays` names) as the
     arrays :class:`NumpySFace` runs: batch norms folded, weights in the layouts of the ops
-    (``"{i}.w"``, ``"{i}.b"``, ``"{i}.s"`` = PReLU slope - 1 per conv; ``"head_t"``, ``"head_b"``).
+    (``"{i}.w"``, ``"{i}.b"``, ``"{i}.s"`` = PReLU slope per conv; ``"head_t"``, ``"head_b"``).
     """
     layers, head_w, head_b = fused_arrays(state)
     out: dict[str, np.ndarray] = {}
@@ -413,7 +580,7 @@ def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             wm = w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
         out[f"{i}.w"] = np.ascontiguousarray(wm)
         out[f"{i}.b"] = b
-        out[f"{i}.s"] = slope - np.float32(1.0)
+        out[f"{i}.s"] = np.ascontiguousarray(slope, np.float32)
     dim, hw = head_w.shape[0], 7
     # the head reads (C, H, W)-flattened features; reorder its columns to (H, W, C)
     head_hwc = head_w.reshape(dim, -1, hw, hw).transpose(0, 2, 3, 1).reshape(dim, -1)
@@ -441,21 +608,20 @@ class NumpySFace:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         x = (x - np.float32(INPUT_MEAN)) * np.float32(INPUT_SCALE)
-        for kind, w, b, stride, slope_m1 in self.layers:
+        for kind, w, b, stride, slope in self.layers:
             if kind == "dw":
-                x = _depthwise3x3(x, w, b, stride)
+                x = _depthwise3x3(x, w, b, stride, ACT_PRELU, slope)
             elif kind == "pw":
-                x = _pointwise(x, w, b)
+                x = _pointwise(x, w, b, ACT_PRELU, slope)
             else:
-                x = _dense3x3(x, w, b, stride)
-            x = _prelu(x, slope_m1)
+                x = _dense3x3(x, w, b, stride, ACT_PRELU, slope)
         y = x.reshape(x.shape[0], -1) @ self.head_t
         y += self.head_b
         return y
 
 
 #: Version of the prepared-weights cache layout; bump when :func:`prepare_sface` changes.
-_CACHE_FORMAT = "sface-np-1"
+_CACHE_FORMAT = "sface-np-2"
 
 
 def _load_prepared_sface(path: Path) -> dict[str, np.ndarray]:
@@ -493,7 +659,7 @@ class NumpyEmbedder:
         """``(N, 112, 112, 3) uint8`` aligned RGB crops -> ``(N, D) float32`` unit vectors."""
 
         def forward(batch: np.ndarray) -> np.ndarray:
-            with _single_threaded_blas():
+            with single_threaded_blas():
                 return self.net(batch.astype(np.float32))
 
         return embed_in_batches(crops, forward, self.dim, self.batch_size, self.flip)
@@ -505,6 +671,8 @@ __all__ = [
     "NumpySFace",
     "NumpyYuNet",
     "cache_dir",
+    "get_threads",
     "prepare_sface",
     "set_threads",
+    "single_threaded_blas",
 ]
