@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <math.h>
+#include <string.h>
 
 /* 0: the portable C paths only (tests compare the two; set_simd) */
 static int simd_enabled = 1;
@@ -587,38 +588,91 @@ static void maxpool2(const float *x, long bsz, long h, long w, long c, float *ou
         }
 }
 
-static int check_act(int act, unsigned long long aa) {
-    if (act < ACT_NONE || act > ACT_PRELU) {
-        PyErr_Format(PyExc_ValueError, "activation must be 0, 1 or 2, got %d", act);
+/* An argument that is memory: a C-contiguous float32 buffer (a numpy array; its length is
+ * checked against what the kernel reads or writes), a raw address as an int (not checked), or
+ * None (no memory: address 0). */
+typedef struct {
+    unsigned long long addr;
+    Py_ssize_t len; /* bytes; -1: a raw address, length unknown */
+} Mem;
+
+static int mem_arg(PyObject *o, Mem *m, int flags) {
+    if (o == Py_None) {
+        m->addr = 0;
+        m->len = 0;
+        return 1;
+    }
+    if (PyLong_Check(o)) {
+        m->addr = PyLong_AsUnsignedLongLong(o);
+        m->len = -1;
+        return !PyErr_Occurred();
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(o, &view, flags | PyBUF_FORMAT) < 0)
+        return 0; /* not contiguous, not writable, ... */
+    const char *f = view.format ? view.format : "B";
+    if (*f == '<' || *f == '=' || *f == '@') f++;
+    if (view.itemsize != (Py_ssize_t)sizeof(float) || strcmp(f, "f") != 0) {
+        PyErr_Format(PyExc_ValueError, "expected float32 data, got items of format '%s'",
+                     view.format ? view.format : "B");
+        PyBuffer_Release(&view);
         return 0;
     }
-    if (act == ACT_PRELU && aa == 0) {
-        PyErr_SetString(PyExc_ValueError, "PReLU needs the slopes' address");
+    m->addr = (unsigned long long)(uintptr_t)view.buf;
+    m->len = view.len;
+    PyBuffer_Release(&view); /* the caller holds the array for the duration of the call */
+    return 1;
+}
+
+static int to_mem(PyObject *o, void *p) { return mem_arg(o, (Mem *)p, PyBUF_C_CONTIGUOUS); }
+static int to_wmem(PyObject *o, void *p) {
+    return mem_arg(o, (Mem *)p, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE);
+}
+
+/* the memory holds at least n floats (and is not null) */
+static int holds(const Mem *m, Py_ssize_t n, const char *fn, const char *what) {
+    if (m->addr == 0) {
+        PyErr_Format(PyExc_ValueError, "%s: no memory given for %s", fn, what);
+        return 0;
+    }
+    if (m->len >= 0 && m->len / (Py_ssize_t)sizeof(float) < n) {
+        PyErr_Format(PyExc_ValueError, "%s: %s holds %zd bytes, %zd needed", fn, what, m->len,
+                     n * (Py_ssize_t)sizeof(float));
         return 0;
     }
     return 1;
 }
 
+static int check_act(int act, const Mem *slopes, Py_ssize_t channels, const char *fn) {
+    if (act < ACT_NONE || act > ACT_PRELU) {
+        PyErr_Format(PyExc_ValueError, "%s: activation must be 0, 1 or 2, got %d", fn, act);
+        return 0;
+    }
+    if (act == ACT_PRELU && !holds(slopes, channels, fn, "the PReLU slopes")) return 0;
+    return 1;
+}
+
 static PyObject *bias_act(PyObject *self, PyObject *args) {
-    unsigned long long xa, ba, aa;
+    Mem xm, bm, am;
     Py_ssize_t rows, channels;
     int act;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnnKKi", &xa, &rows, &channels, &ba, &aa, &act)) return NULL;
-    if (!check_act(act, aa)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&nnO&O&i", to_wmem, &xm, &rows, &channels, to_mem, &bm, to_mem,
+                          &am, &act))
+        return NULL;
     if (rows < 0 || channels < 0) {
-        PyErr_Format(PyExc_ValueError, "rows and channels must be >= 0, got %zd and %zd", rows,
-                     channels);
+        PyErr_Format(PyExc_ValueError, "bias_act: rows and channels must be >= 0, got %zd and %zd",
+                     rows, channels);
         return NULL;
     }
     if (rows == 0 || channels == 0) Py_RETURN_NONE;
-    if (xa == 0 || ba == 0) {
-        PyErr_SetString(PyExc_ValueError, "null data address");
+    if (!check_act(act, &am, channels, "bias_act") ||
+        !holds(&xm, rows * channels, "bias_act", "x") ||
+        !holds(&bm, channels, "bias_act", "the bias"))
         return NULL;
-    }
-    float *x = (float *)(uintptr_t)xa;
-    const float *b = (const float *)(uintptr_t)ba;
-    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
+    float *x = (float *)(uintptr_t)xm.addr;
+    const float *b = (const float *)(uintptr_t)bm.addr;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)am.addr : NULL;
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH
     if (use_avx2_fma())
@@ -631,14 +685,14 @@ static PyObject *bias_act(PyObject *self, PyObject *args) {
 }
 
 static PyObject *conv3x3(PyObject *self, PyObject *args) {
-    unsigned long long xa, wa, ba, aa, oa;
+    Mem xm, wm, bm, am, om;
     Py_ssize_t bsz, h, w, cin, stride, cout;
     int groups, act;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnnnnnKnKKiiK", &xa, &bsz, &h, &w, &cin, &stride, &wa, &cout,
-                          &ba, &aa, &act, &groups, &oa))
+    if (!PyArg_ParseTuple(args, "O&nnnnnO&nO&O&iiO&", to_mem, &xm, &bsz, &h, &w, &cin, &stride,
+                          to_mem, &wm, &cout, to_mem, &bm, to_mem, &am, &act, &groups, to_wmem,
+                          &om))
         return NULL;
-    if (!check_act(act, aa)) return NULL;
     if (bsz < 0 || h <= 0 || w <= 0 || cin <= 0 || cout <= 0 || stride < 1 || stride > 2 ||
         (groups != 1 && !(groups == cin && cin == cout))) {
         PyErr_Format(PyExc_ValueError,
@@ -648,14 +702,16 @@ static PyObject *conv3x3(PyObject *self, PyObject *args) {
         return NULL;
     }
     if (bsz == 0) Py_RETURN_NONE;
-    if (xa == 0 || wa == 0 || ba == 0 || oa == 0) {
-        PyErr_SetString(PyExc_ValueError, "null data address");
+    const Py_ssize_t ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
+    if (!check_act(act, &am, cout, "conv3x3") || !holds(&xm, bsz * h * w * cin, "conv3x3", "x") ||
+        !holds(&wm, 9 * cin * (groups > 1 ? 1 : cout), "conv3x3", "the weights") ||
+        !holds(&bm, cout, "conv3x3", "the bias") ||
+        !holds(&om, bsz * ho * wo * cout, "conv3x3", "the output"))
         return NULL;
-    }
-    const float *x = (const float *)(uintptr_t)xa, *wt = (const float *)(uintptr_t)wa;
-    const float *b = (const float *)(uintptr_t)ba;
-    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
-    float *out = (float *)(uintptr_t)oa;
+    const float *x = (const float *)(uintptr_t)xm.addr, *wt = (const float *)(uintptr_t)wm.addr;
+    const float *b = (const float *)(uintptr_t)bm.addr;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)am.addr : NULL;
+    float *out = (float *)(uintptr_t)om.addr;
     Py_BEGIN_ALLOW_THREADS
     if (groups > 1) {
 #ifdef HAVE_AVX2_PATH
@@ -685,27 +741,28 @@ static PyObject *conv3x3(PyObject *self, PyObject *args) {
 }
 
 static PyObject *pointwise(PyObject *self, PyObject *args) {
-    unsigned long long xa, wa, ba, aa, oa;
+    Mem xm, wm, bm, am, om;
     Py_ssize_t rows, k, cout;
     int act;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnnKnKKiK", &xa, &rows, &k, &wa, &cout, &ba, &aa, &act, &oa))
+    if (!PyArg_ParseTuple(args, "O&nnO&nO&O&iO&", to_mem, &xm, &rows, &k, to_mem, &wm, &cout,
+                          to_mem, &bm, to_mem, &am, &act, to_wmem, &om))
         return NULL;
-    if (!check_act(act, aa)) return NULL;
     if (rows < 0 || k <= 0 || cout <= 0) {
         PyErr_Format(PyExc_ValueError, "pointwise: bad shape rows=%zd in=%zd out=%zd", rows, k,
                      cout);
         return NULL;
     }
     if (rows == 0) Py_RETURN_NONE;
-    if (xa == 0 || wa == 0 || ba == 0 || oa == 0) {
-        PyErr_SetString(PyExc_ValueError, "null data address");
+    if (!check_act(act, &am, cout, "pointwise") || !holds(&xm, rows * k, "pointwise", "x") ||
+        !holds(&wm, k * cout, "pointwise", "the weights") ||
+        !holds(&bm, cout, "pointwise", "the bias") ||
+        !holds(&om, rows * cout, "pointwise", "the output"))
         return NULL;
-    }
-    const float *x = (const float *)(uintptr_t)xa, *wt = (const float *)(uintptr_t)wa;
-    const float *b = (const float *)(uintptr_t)ba;
-    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)aa : NULL;
-    float *out = (float *)(uintptr_t)oa;
+    const float *x = (const float *)(uintptr_t)xm.addr, *wt = (const float *)(uintptr_t)wm.addr;
+    const float *b = (const float *)(uintptr_t)bm.addr;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)am.addr : NULL;
+    float *out = (float *)(uintptr_t)om.addr;
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH
     if (cout % 16 == 0 && use_avx2_fma()) {
@@ -742,33 +799,34 @@ static PyObject *pointwise(PyObject *self, PyObject *args) {
 }
 
 static PyObject *max_pool2(PyObject *self, PyObject *args) {
-    unsigned long long xa, oa;
+    Mem xm, om;
     Py_ssize_t bsz, h, w, c;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KnnnnK", &xa, &bsz, &h, &w, &c, &oa)) return NULL;
+    if (!PyArg_ParseTuple(args, "O&nnnnO&", to_mem, &xm, &bsz, &h, &w, &c, to_wmem, &om))
+        return NULL;
     if (bsz < 0 || h < 0 || w < 0 || c < 0) {
         PyErr_SetString(PyExc_ValueError, "max_pool2: negative size");
         return NULL;
     }
     if (bsz == 0 || h < 2 || w < 2 || c == 0) Py_RETURN_NONE;
-    if (xa == 0 || oa == 0) {
-        PyErr_SetString(PyExc_ValueError, "null data address");
+    if (!holds(&xm, bsz * h * w * c, "max_pool2", "x") ||
+        !holds(&om, bsz * (h / 2) * (w / 2) * c, "max_pool2", "the output"))
         return NULL;
-    }
     Py_BEGIN_ALLOW_THREADS
-    maxpool2((const float *)(uintptr_t)xa, bsz, h, w, c, (float *)(uintptr_t)oa);
+    maxpool2((const float *)(uintptr_t)xm.addr, bsz, h, w, c, (float *)(uintptr_t)om.addr);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
     {"bias_act", bias_act, METH_VARARGS,
-     "bias_act(address, rows, channels, bias_address, slopes_address, act): in place on a "
-     "C-contiguous float32 (rows, channels) matrix, x = act(x + bias[c]); act 0 none, 1 ReLU, "
-     "2 PReLU (slopes_address: a slope per channel; 0 otherwise). Releases the GIL."},
+     "bias_act(x, rows, channels, bias, slopes, act): in place on a C-contiguous float32 "
+     "(rows, channels) matrix, x = act(x + bias[c]); act 0 none, 1 ReLU, 2 PReLU (slopes: a "
+     "slope per channel; None otherwise). Arrays are C-contiguous buffers (their sizes are "
+     "checked) or raw addresses. Releases the GIL."},
     {"conv3x3", conv3x3, METH_VARARGS,
-     "conv3x3(x_address, batch, h, w, in_channels, stride, w_address, out_channels, "
-     "bias_address, slopes_address, act, groups, out_address): 3x3 convolution, padding 1, "
+     "conv3x3(x, batch, h, w, in_channels, stride, weights, out_channels, bias, slopes, act, "
+     "groups, out): 3x3 convolution, padding 1, "
      "stride 1 or 2, channels-last float32, bias and activation fused (see bias_act). groups 1: "
      "weights (3, 3, in, out); groups == in == out: depthwise, weights (3, 3, C). Output "
      "(batch, (h - 1) // stride + 1, (w - 1) // stride + 1, out). Releases the GIL."},
@@ -776,12 +834,12 @@ static PyMethodDef methods[] = {
      "set_simd(on) -> bool: use the AVX2 paths when the CPU has them (on, the default) or the "
      "portable C ones only; returns whether AVX2 paths were in use. For tests."},
     {"pointwise", pointwise, METH_VARARGS,
-     "pointwise(x_address, rows, in_channels, w_address, out_channels, bias_address, "
-     "slopes_address, act, out_address): 1x1 convolution as the product of a C-contiguous "
+     "pointwise(x, rows, in_channels, weights, out_channels, bias, slopes, act, out): 1x1 "
+     "convolution as the product of a C-contiguous "
      "float32 (rows, in) matrix and (in, out) weights, bias and activation fused (see "
      "bias_act), into (rows, out). Releases the GIL."},
     {"max_pool2", max_pool2, METH_VARARGS,
-     "max_pool2(x_address, batch, h, w, channels, out_address): 2x2 max pooling, stride 2, "
+     "max_pool2(x, batch, h, w, channels, out): 2x2 max pooling, stride 2, "
      "channels-last float32 (odd last row or column dropped). Releases the GIL."},
 
     {"warp_affine", warp_affine, METH_VARARGS,

@@ -371,27 +371,43 @@ def test_native_max_pool_equals_numpy(
 
 
 def test_native_kernels_refuse_bad_arguments() -> None:
+    """Bad shapes, activations and buffers are refused before anything is written: arrays are
+    checked to hold what the kernel would read or write, and to be C-contiguous."""
     if NATIVE is None:
         pytest.skip("facesearch._native is not built")
-    x = np.zeros((1, 4, 4, 8), np.float32)
-    w = np.zeros((3, 3, 8), np.float32)
-    b = np.zeros(8, np.float32)
+    x = np.ones((1, 4, 4, 8), np.float32)
+    w = np.ones((3, 3, 8), np.float32)
+    b = np.ones(8, np.float32)
     out = np.zeros((1, 4, 4, 8), np.float32)
-    a = (x.ctypes.data, 1, 4, 4, 8)
     with pytest.raises(ValueError, match="stride"):
-        NATIVE.conv3x3(*a, 3, w.ctypes.data, 8, b.ctypes.data, 0, ACT_NONE, 8, out.ctypes.data)
+        NATIVE.conv3x3(x, 1, 4, 4, 8, 3, w, 8, b, None, ACT_NONE, 8, out)
     with pytest.raises(ValueError, match="groups"):
-        NATIVE.conv3x3(*a, 1, w.ctypes.data, 16, b.ctypes.data, 0, ACT_NONE, 8, out.ctypes.data)
+        NATIVE.conv3x3(x, 1, 4, 4, 8, 1, w, 16, b, None, ACT_NONE, 8, out)
     with pytest.raises(ValueError, match="activation"):
-        NATIVE.conv3x3(*a, 1, w.ctypes.data, 8, b.ctypes.data, 0, 7, 8, out.ctypes.data)
+        NATIVE.conv3x3(x, 1, 4, 4, 8, 1, w, 8, b, None, 7, 8, out)
     with pytest.raises(ValueError, match="slopes"):
-        NATIVE.bias_act(out.ctypes.data, 16, 8, b.ctypes.data, 0, ACT_PRELU)
-    with pytest.raises(ValueError, match="null"):
-        NATIVE.pointwise(x.ctypes.data, 16, 8, 0, 8, b.ctypes.data, 0, ACT_NONE, out.ctypes.data)
+        NATIVE.bias_act(out, 16, 8, b, None, ACT_PRELU)
+    with pytest.raises(ValueError, match="x holds 512 bytes, 1024 needed"):
+        NATIVE.conv3x3(x, 2, 4, 4, 8, 1, w, 8, b, None, ACT_NONE, 8, out)
+    with pytest.raises(ValueError, match="the weights holds"):  # dense 8 -> 8 needs 9 x 8 x 8
+        NATIVE.conv3x3(x, 1, 4, 4, 8, 1, w, 8, b, None, ACT_NONE, 1, out)
+    with pytest.raises(ValueError, match="the output holds"):
+        NATIVE.pointwise(x, 16, 8, np.ones((8, 16), np.float32), 16, np.ones(16, "f4"), None,
+                         ACT_NONE, out)  # fmt: skip
+    with pytest.raises(ValueError, match="no memory given for the bias"):
+        NATIVE.pointwise(x, 16, 8, w, 8, None, None, ACT_NONE, out)
     with pytest.raises(ValueError, match="shape"):
-        NATIVE.pointwise(x.ctypes.data, 16, 0, w.ctypes.data, 8, b.ctypes.data, 0, 0, 0)
+        NATIVE.pointwise(x, 16, 0, w, 8, b, None, ACT_NONE, out)
     with pytest.raises(ValueError, match="negative"):
-        NATIVE.max_pool2(x.ctypes.data, 1, -4, 4, 8, out.ctypes.data)
+        NATIVE.max_pool2(x, 1, -4, 4, 8, out)
+    with pytest.raises((ValueError, BufferError), match="contiguous"):
+        NATIVE.bias_act(np.ones((16, 16), np.float32)[:, ::2], 16, 8, b, None, ACT_NONE)
+    with pytest.raises(ValueError, match="float32"):
+        NATIVE.bias_act(np.ones((16, 8)), 16, 8, b, None, ACT_NONE)  # float64
+    read_only = np.zeros(128, np.float32)
+    read_only.setflags(write=False)
+    with pytest.raises((ValueError, BufferError), match="read-only"):
+        NATIVE.max_pool2(x, 1, 4, 4, 8, read_only)
     assert not out.any(), "nothing was written"
 
 
