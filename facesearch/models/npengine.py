@@ -101,8 +101,8 @@ def _native_args(*arrays: np.ndarray) -> bool:
     """Whether the native kernels can take these arrays: all float32 and C-contiguous."""
     if _NATIVE is None:
         return False
-    for a in arrays:  # a loop, not all(): this runs a few times per layer
-        if a.dtype != _FLOAT32 or not a.flags.c_contiguous:  # noqa: SIM110
+    for a in arrays:  # noqa: SIM110 - a loop, not all(): this runs a few times per layer
+        if a.dtype != _FLOAT32 or not a.flags.c_contiguous:
             return False
     return True
 
