@@ -1,13 +1,20 @@
 """CPU time per stage when photos go through the pipeline in batches, as ``facesearch index``'s
-workers run them (one torch thread; models loaded; ``time.process_time``).
+workers run them (one thread; models loaded; ``time.process_time``), for both engines: the numpy
+engine with the native kernels (what ``facesearch index`` runs) and PyTorch, taken in turn.
 
 ``bench/profile_pipeline.py`` measures one photo at a time beside OpenCV; this measures the
 batched path: ``detect_batch`` of 8 photos, alignment per photo, the embedder on 8 faces.
 
 Usage::
 
-    python bench/batch_stages.py [--shared DIR] [--photos 96] [--repeats 2] [--sface-layers]
+    python bench/batch_stages.py [--shared DIR] [--photos 96] [--repeats 2] [--engine numpy]
+    python bench/batch_stages.py --sface-layers        # PyTorch's SFace layer by layer
     python bench/batch_stages.py --stem [--repeats 6]
+    python bench/batch_stages.py --numpy-stem [--repeats 4]
+
+``--numpy-stem``: the numpy engine's SFace with its stem in chunks of 0 (the whole batch), 1, 2
+and 4 crops (``npengine._STEM_CHUNK``): two threads each embedding batches of 8 crops at once,
+faces/s (wall), ``--repeats`` rounds, medians.
 
 ``--sface-layers`` also times SFace layer by layer on those faces (batches of 8): the
 convolution and the PReLU of each of the 27 layers, and the PReLUs' share of the total.
@@ -26,6 +33,7 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,43 +47,60 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--sface-layers", action="store_true", help="time SFace layer by layer")
     p.add_argument("--stem", action="store_true", help="stem chunks and native PReLU, A/B")
+    p.add_argument("--numpy-stem", action="store_true", help="numpy engine's stem chunks, A/B")
+    p.add_argument("--engine", choices=["numpy", "torch", "both"], default="both")
     args = p.parse_args()
     if args.stem:
         stem_ab(args.repeats)
         return
+    if args.numpy_stem:
+        numpy_stem_ab(args.repeats)
+        return
 
-    import torch
-
-    torch.set_num_threads(1)
     from facesearch.image import load_image
+    from facesearch.models.npengine import single_threaded_blas
     from facesearch.pipeline import FacePipeline, PipelineConfig
 
     root = args.shared / "data" / "lfw" / "images"
     paths = sorted(root.glob("*/*.jpg"))[: args.photos]
     ims = [load_image(p) for p in paths]
-    pipe = FacePipeline(PipelineConfig(threads=1))
+    engines = ["numpy", "torch"] if args.engine == "both" else [args.engine]
+    if args.sface_layers and "torch" not in engines:
+        raise SystemExit("--sface-layers times PyTorch's SFace: use --engine torch or both")
+    pipes = {e: FacePipeline(PipelineConfig(threads=1, engine=e)) for e in engines}
+    if "torch" in pipes:
+        import torch
+
+        torch.set_num_threads(1)
+    with single_threaded_blas():
+        for _ in range(args.repeats):
+            for engine, pipe in pipes.items():
+                stages(engine, pipe, ims, args.sface_layers and engine == "torch")
+
+
+def stages(engine: str, pipe: Any, ims: list[np.ndarray], layers: bool) -> None:
+    """Detection, alignment and embedding of ``ims`` in batches of 8, CPU-ms per photo/face."""
     det = pipe.detector
     det.detect_batch(ims[:8])  # warm-up
-    for _ in range(args.repeats):
-        t = time.process_time()
-        for i in range(0, len(ims), 8):
-            det.detect_batch(ims[i : i + 8])
-        td = (time.process_time() - t) / len(ims) * 1e3
-        dets = det.detect_batch(ims)
-        t = time.process_time()
-        crops = [pipe.align(im, ds) for im, ds in zip(ims, dets, strict=True)]
-        ta = (time.process_time() - t) / len(ims) * 1e3
-        allc = np.concatenate(crops)
-        t = time.process_time()
-        for i in range(0, len(allc), 8):
-            pipe.embed(allc[i : i + 8])
-        te = (time.process_time() - t) / len(allc) * 1e3
-        print(
-            f"{len(ims)} LFW photos, {len(allc)} faces: detect {td:.2f} ms/photo, "
-            f"align {ta:.2f} ms/photo, embed {te:.2f} ms/face"
-        )
-        if args.sface_layers:
-            sface_layers(pipe, allc)
+    t = time.process_time()
+    for i in range(0, len(ims), 8):
+        det.detect_batch(ims[i : i + 8])
+    td = (time.process_time() - t) / len(ims) * 1e3
+    dets = det.detect_batch(ims)
+    t = time.process_time()
+    crops = [pipe.align(im, ds) for im, ds in zip(ims, dets, strict=True)]
+    ta = (time.process_time() - t) / len(ims) * 1e3
+    allc = np.concatenate(crops)
+    t = time.process_time()
+    for i in range(0, len(allc), 8):
+        pipe.embed(allc[i : i + 8])
+    te = (time.process_time() - t) / len(allc) * 1e3
+    print(
+        f"{engine:5s} {len(ims)} LFW photos, {len(allc)} faces: detect {td:.2f} ms/photo, "
+        f"align {ta:.2f} ms/photo, embed {te:.2f} ms/face"
+    )
+    if layers:
+        sface_layers(pipe, allc)
 
 
 def sface_layers(pipe: object, crops: np.ndarray) -> None:
@@ -169,3 +194,49 @@ def stem_ab(repeats: int) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def numpy_stem_ab(repeats: int) -> None:
+    """The numpy engine's SFace, two threads at once, with its stem in chunks of 0/1/2/4 crops."""
+    import os
+    import threading
+
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    from facesearch.models import npengine
+    from facesearch.models.sface_arrays import WEIGHTS_FILE
+    from facesearch.process import tune_malloc
+
+    tune_malloc()
+    if npengine._NATIVE is None:
+        raise SystemExit("facesearch._native is not built: pip install -e . first")
+    npengine.set_threads(1)
+    net = npengine.NumpySFace(npengine._load_prepared_sface(WEIGHTS_FILE))
+    rng = np.random.default_rng(0)
+    batches = [(rng.random((8, 112, 112, 3)) * 255).astype(np.float32) for _ in range(2)]
+    rounds = 10
+    before = npengine._STEM_CHUNK
+    got: dict[int, list[float]] = {}
+    try:
+        with npengine.single_threaded_blas():
+            for _ in range(repeats):
+                for chunk in (0, 1, 2, 4):
+                    npengine._STEM_CHUNK = chunk
+
+                    def work(x: np.ndarray) -> None:
+                        for _ in range(rounds):
+                            net(x)
+
+                    threads = [threading.Thread(target=work, args=(x,)) for x in batches]
+                    t = time.perf_counter()
+                    for th in threads:
+                        th.start()
+                    for th in threads:
+                        th.join()
+                    faces = len(batches) * rounds * 8
+                    got.setdefault(chunk, []).append(faces / (time.perf_counter() - t))
+    finally:
+        npengine._STEM_CHUNK = before
+    for chunk, v in got.items():
+        name = "whole batch" if chunk == 0 else f"chunks of {chunk}"
+        runs = ", ".join(f"{x:.1f}" for x in v)
+        print(f"stem {name:13s}: {float(np.median(v)):.1f} faces/s median ({runs})")
