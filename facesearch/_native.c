@@ -189,34 +189,11 @@ static void bias_act_scalar(float *x, size_t rows, size_t c, const float *b, con
     }
 }
 
-/* depthwise 3x3, padding 1: w (3, 3, C), out (B, Ho, Wo, C) */
-static void dw3x3_scalar(const float *x, long bsz, long h, long w, long c, long stride,
-                         const float *wt, const float *b, const float *a, int act, float *out) {
-    const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
-    for (long n = 0; n < bsz; n++)
-        for (long oy = 0; oy < ho; oy++)
-            for (long ox = 0; ox < wo; ox++) {
-                float *o = out + ((n * ho + oy) * wo + ox) * c;
-                for (long k = 0; k < c; k++) o[k] = b[k];
-                for (long dy = 0; dy < 3; dy++) {
-                    const long iy = oy * stride + dy - 1;
-                    if (iy < 0 || iy >= h) continue;
-                    for (long dx = 0; dx < 3; dx++) {
-                        const long ix = ox * stride + dx - 1;
-                        if (ix < 0 || ix >= w) continue;
-                        const float *p = x + ((n * h + iy) * w + ix) * c;
-                        const float *q = wt + (dy * 3 + dx) * c;
-                        for (long k = 0; k < c; k++) o[k] += p[k] * q[k];
-                    }
-                }
-                for (long k = 0; k < c; k++) o[k] = act1(o[k], act, a ? a[k] : 0.f);
-            }
-}
-
-/* dense 3x3, padding 1: w (3, 3, Cin, Cout), out (B, Ho, Wo, Cout) */
+/* 3x3 convolution, padding 1, portable: dense, w (3, 3, Cin, Cout); or depthwise (Cin == Cout),
+ * w (3, 3, C); out (B, Ho, Wo, Cout) */
 static void conv3x3_scalar(const float *x, long bsz, long h, long w, long cin, long stride,
                            const float *wt, long cout, const float *b, const float *a, int act,
-                           float *out) {
+                           int depthwise, float *out) {
     const long ho = (h - 1) / stride + 1, wo = (w - 1) / stride + 1;
     for (long n = 0; n < bsz; n++)
         for (long oy = 0; oy < ho; oy++)
@@ -230,6 +207,11 @@ static void conv3x3_scalar(const float *x, long bsz, long h, long w, long cin, l
                         const long ix = ox * stride + dx - 1;
                         if (ix < 0 || ix >= w) continue;
                         const float *p = x + ((n * h + iy) * w + ix) * cin;
+                        if (depthwise) {
+                            const float *q = wt + (dy * 3 + dx) * cin;
+                            for (long k = 0; k < cout; k++) o[k] += p[k] * q[k];
+                            continue;
+                        }
                         for (long ci = 0; ci < cin; ci++) {
                             const float *q = wt + ((dy * 3 + dx) * cin + ci) * cout;
                             for (long k = 0; k < cout; k++) o[k] += p[ci] * q[k];
@@ -537,12 +519,9 @@ __attribute__((target("avx2,fma"))) static void pw_avx2_6x16(const float *x, lon
             _mm256_storeu_ps(o + 8, act8(c51, act, s1));
         }
     }
-    if (r < rows) pw_avx2_2(x + r * k, rows - r, k, wt, cout, b, a, act, out + r * cout);
-    if (r < rows && cout > 16) {
-        for (long j = 16; j < cout; j += 16)
-            pw_avx2_2(x + r * k, rows - r, k, wt + j, cout, b + j, a ? a + j : NULL, act,
-                      out + r * cout + j);
-    }
+    for (long j = 0; r < rows && j < cout; j += 16) /* the rows left over, 16 channels at a time */
+        pw_avx2_2(x + r * k, rows - r, k, wt + j, cout, b + j, a ? a + j : NULL, act,
+                  out + r * cout + j);
 }
 
 #endif
@@ -719,7 +698,7 @@ static PyObject *conv3x3(PyObject *self, PyObject *args) {
             dw3x3_avx2(x, bsz, h, w, cin, stride, wt, b, a, act, out);
         else
 #endif
-            dw3x3_scalar(x, bsz, h, w, cin, stride, wt, b, a, act, out);
+            conv3x3_scalar(x, bsz, h, w, cin, stride, wt, cout, b, a, act, 1, out);
     } else {
 #ifdef HAVE_AVX2_PATH
         const long nb = cout / 8;
@@ -734,7 +713,7 @@ static PyObject *conv3x3(PyObject *self, PyObject *args) {
             conv3x3_avx2_8(x, bsz, h, w, cin, stride, wt, b, a, act, out);
         else
 #endif
-            conv3x3_scalar(x, bsz, h, w, cin, stride, wt, cout, b, a, act, out);
+            conv3x3_scalar(x, bsz, h, w, cin, stride, wt, cout, b, a, act, 0, out);
     }
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
