@@ -78,10 +78,9 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------ ops
 # Activations are (B, H, W, C) float32, C-contiguous. Weights keep torch's layout on input.
 #
-# With ``facesearch._native`` built, the 3x3 convolutions, the bias and activation after a 1x1
-# convolution, and the max pooling run as C kernels (one pass, bias and activation fused,
-# the GIL released); the numpy code below is the fallback and the reference they are tested
-# against. Both agree with PyTorch to float32 rounding.
+# With ``facesearch._native`` built, the convolutions (bias and activation fused) and the max
+# pooling run as C kernels that release the GIL; the numpy code below is the fallback and the
+# reference they are tested against. Both agree with PyTorch to float32 rounding.
 
 #: The native kernels (``facesearch/_native.c``), or ``None`` for numpy only; tests swap it.
 _NATIVE: ModuleType | None = NATIVE
@@ -97,17 +96,18 @@ _NATIVE_PW_WEIGHTS = 256 * 256
 ACT_NONE, ACT_RELU, ACT_PRELU = 0, 1, 2
 
 
-def _native_args(*arrays: np.ndarray) -> bool:
-    """Whether the native kernels can take these arrays: all float32 and C-contiguous."""
+_FLOAT32 = np.dtype(np.float32)
+
+
+def _native_args(*arrays: np.ndarray | None) -> bool:
+    """Whether the native kernels can take these arrays: all float32 and C-contiguous (``None``,
+    an absent optional argument such as the PReLU slopes, is fine)."""
     if _NATIVE is None:
         return False
     for a in arrays:  # noqa: SIM110 - a loop, not all(): this runs a few times per layer
-        if a.dtype != _FLOAT32 or not a.flags.c_contiguous:
+        if a is not None and (a.dtype != _FLOAT32 or not a.flags.c_contiguous):
             return False
     return True
-
-
-_FLOAT32 = np.dtype(np.float32)
 
 
 def _activate(x: np.ndarray, act: int, slope: np.ndarray | None) -> np.ndarray:
@@ -130,21 +130,11 @@ def _pointwise(
     """1x1 convolution: ``w_t`` ``(C, C')`` (transposed), ``b`` ``(C',)``; then ``act``."""
     bsz, h, wd, c = x.shape
     flat = x.reshape(-1, c)
-    native = _native_args(flat, w_t, b) and (slope is None or _native_args(slope))
+    native = _native_args(flat, w_t, b, slope)
     if native and w_t.size <= _NATIVE_PW_WEIGHTS:
         assert _NATIVE is not None
         y = np.empty((flat.shape[0], w_t.shape[1]), np.float32)
-        _NATIVE.pointwise(
-            flat,
-            flat.shape[0],
-            c,
-            w_t,
-            y.shape[1],
-            b,
-            slope,
-            act,
-            y,
-        )
+        _NATIVE.pointwise(flat, flat.shape[0], c, w_t, y.shape[1], b, slope, act, y)
         return y.reshape(bsz, h, wd, -1)
     y = flat @ w_t
     if native:
@@ -167,26 +157,12 @@ def _conv_native(
     groups: int,
 ) -> np.ndarray | None:
     """The native 3x3 convolution, or ``None`` when it cannot take these arrays."""
-    if not _native_args(x, w, b) or (slope is not None and not _native_args(slope)):
+    if not _native_args(x, w, b, slope):
         return None
     assert _NATIVE is not None
     bsz, h, wd, c = x.shape
     out = np.empty((bsz, (h - 1) // stride + 1, (wd - 1) // stride + 1, cout), np.float32)
-    _NATIVE.conv3x3(
-        x,
-        bsz,
-        h,
-        wd,
-        c,
-        stride,
-        w,
-        cout,
-        b,
-        slope,
-        act,
-        groups,
-        out,
-    )
+    _NATIVE.conv3x3(x, bsz, h, wd, c, stride, w, cout, b, slope, act, groups, out)
     return out
 
 
