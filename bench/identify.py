@@ -243,12 +243,13 @@ def lfw_embeddings(
     import torch
 
     from facesearch.lfw import embed_images
-    from facesearch.pipeline import FacePipeline
+    from facesearch.pipeline import FacePipeline, PipelineConfig
 
     torch.set_num_threads(args.threads)
-    log.info("embedding %d LFW images (%d threads)...", len(missing), args.threads)
+    engine = getattr(args, "engine", "torch")
+    log.info("embedding %d LFW images (%s, %d threads)...", len(missing), engine, args.threads)
     t0 = time.perf_counter()
-    pipe = FacePipeline()
+    pipe = FacePipeline(PipelineConfig(engine=engine, threads=args.threads))
     done = 0
 
     def progress(n: int) -> None:
