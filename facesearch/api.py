@@ -750,7 +750,8 @@ def index_paths(
     every ``batch_size`` photos, where ``should_stop`` is checked (the report then says
     ``interrupted``).
     """
-    from facesearch.indexer import COMMIT_BATCH, IndexSettings, default_workers
+    from facesearch.image import default_workers
+    from facesearch.indexer import COMMIT_BATCH, IndexSettings
     from facesearch.indexer import index_paths as run_index
 
     settings = IndexSettings(
@@ -1166,7 +1167,7 @@ def reindex(
     and landmarks. A compatible model is active at once; an incompatible one needs
     ``re_embed_all`` and becomes active when every face is done. Committed every
     ``batch_size`` photos, where ``should_stop`` is checked."""
-    from facesearch.indexer import default_workers
+    from facesearch.image import default_workers
     from facesearch.upgrade import REINDEX_BATCH, ReindexSettings, reindex_collection
 
     settings = ReindexSettings(

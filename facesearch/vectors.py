@@ -513,7 +513,7 @@ class VectorIndex:
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=max(self._nprobe, 1))
             else:
                 params = faiss.SearchParameters(sel=sel)
-        with faiss_threads(1) if nq <= FEW_QUERIES else contextlib.nullcontext():
+        with faiss_threads(1) if nq <= FEW_QUERIES else contextlib.ExitStack():
             if params is None and self.kind == "pq" and self.accelerated:
                 return self._search_accelerated(xq, k)
             ip, I = self._index.search(xq, k, params=params)  # noqa: E741 (sel alive until here)

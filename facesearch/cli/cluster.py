@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from facesearch import api
-from facesearch.cli import main
 from facesearch.cli.faces import evaluate
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     F,
     collection_args,

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from facesearch import api
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     batch_options,
     collection_args,

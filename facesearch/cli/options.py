@@ -153,11 +153,11 @@ def open_collection(
 
 def build_pipeline(config: PipelineConfig) -> FacePipeline:
     """The pipelines of the commands' :class:`Models` (tests share theirs through it)."""
-    from facesearch.cli import startup_done
     from facesearch.pipeline import FacePipeline
+    from facesearch.process import resume_gc
 
     pipe = FacePipeline(config)
-    startup_done()
+    resume_gc()
     return pipe
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import json_option
 
 #: Mirrors facesearch.train.split.DEFAULT_FREEZE_UNTIL (not imported: it pulls in torch).
