@@ -506,9 +506,9 @@ from facesearch.cli.prefetch import EarlyFaces
 early = EarlyFaces(image); mark("fork the child (decode, detect, align, embed: numpy engine)")
 import faiss; mark("import faiss")
 from facesearch.collection import Collection; mark("import collection (sqlalchemy)")
-from facesearch.search import identify_faces
+from facesearch.identify import identify_faces
 from facesearch.types import Face
-from facesearch.upgrade import query_model; mark("import search, upgrade")
+from facesearch.model_upgrade import query_model; mark("import search, upgrade")
 col = Collection.open(home); mark("open collection (SQL)")
 vi = col.vectors; mark("load vector index (mmap, checks)")
 assert query_model(col) == "sface"
@@ -717,7 +717,7 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     """One-face photo queries in one process through the public Python API.
 
     Per query, what ``facesearch query`` does: decode (``load_image``), faces (detect, align,
-    embed: ``FacePipeline.faces``) and identification (``facesearch.search.identify_faces``:
+    embed: ``FacePipeline.faces``) and identification (``facesearch.identify.identify_faces``:
     the ``k`` = 5 nearest faces grouped by person and the nearest labelled face for the
     verdict). The collection and the networks are loaded once, before the clock starts.
     """
@@ -726,9 +726,9 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     from facesearch.collection import Collection
     from facesearch.distance import DEFAULT_THRESHOLD
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
     from facesearch.pipeline import FacePipeline, PipelineConfig
-    from facesearch.search import identify_faces
 
     t = time.perf_counter()
     pipe = FacePipeline(PipelineConfig(threads=args.threads))

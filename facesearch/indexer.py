@@ -41,8 +41,7 @@ while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one th
 run the networks on tasks of a few photos: up to :data:`DETECT_BATCH` photos or
 :data:`DETECT_PIXELS` pixels per round, cut into one task per worker. Up to two tasks per
 worker are out at a time, and results are taken oldest first, so photos are stored in the order
-read while the workers never wait for one another or for a commit (measured on 2 cores: 167
-large photos 24.3 s -> 19.4 s against a barrier after every batch). Photos are decoded at full
+read while the workers never wait for one another or for a commit. Photos are decoded at full
 resolution: the detector downscales internally, and alignment samples the full-resolution
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
@@ -96,9 +95,9 @@ import numpy as np
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 from facesearch.errors import FacesearchError, ImageError
 from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
+from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
-from facesearch.upgrade import register_pipeline_model
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
@@ -112,9 +111,8 @@ DOMINANCE_RATIO: float = 2.0
 #: Photos per round of tasks (at most; fewer when ``batch_size`` is smaller), cut into one task
 #: per pipeline worker.
 DETECT_BATCH: int = 16
-#: A round is closed early when its photos hold this many pixels (bounds memory). 24 MP (12 MP
-#: per task on 2 workers) against 48 MP: 167 large photos in 16.7 s against 18.2 s (mean of 4
-#: alternating runs, each pair in favour of 24 MP): smaller tasks keep both workers busy.
+#: A round is closed early when its photos hold this many pixels: bounds memory, and smaller
+#: tasks keep both workers busy (bench/results/history.md).
 DETECT_PIXELS: int = 24_000_000
 #: Default photos per SQL transaction.
 COMMIT_BATCH: int = 64

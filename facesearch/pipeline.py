@@ -26,18 +26,18 @@ from facesearch.errors import ArgumentError, NoFaceError
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
-    from facesearch.models.detection import DetectorConfig
     from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
+    from facesearch.models.yunet_decode import DetectorConfig
 
 #: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped SFace only; no torch import);
 #: ``auto``: chosen by :meth:`PipelineConfig.resolved` for the work at hand.
 ENGINES = ("auto", "torch", "numpy")
 #: What a threshold is for: 1:1 verification or 1:K identification.
 Purpose = Literal["verify", "identify"]
-#: Without the native kernels the numpy engine is 2-4x slower per face than torch, which costs
-#: ~2.5 s of one core to load: ``auto`` still takes numpy when the estimated numpy work
+#: Without the native kernels the numpy engine is slower per face than torch, which takes
+#: seconds to load: ``auto`` still takes numpy when the estimated numpy work
 #: (NUMPY_SECONDS_PER_PHOTO per photo plus NUMPY_SECONDS_PER_MB per MB of files) is at most
 #: SMALL_RUN_SECONDS (bench/results/history.md has the measurements behind these values).
 SMALL_RUN_SECONDS: float = 2.0
@@ -50,7 +50,7 @@ ImageSource = str | os.PathLike[str] | bytes
 
 
 def _default_detector_config() -> DetectorConfig:
-    from facesearch.models.detection import DetectorConfig
+    from facesearch.models.yunet_decode import DetectorConfig
 
     return DetectorConfig()
 
@@ -62,9 +62,8 @@ class PipelineConfig:
     ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
     ``threads``: cores to use (``None``: one per core, at most 8). A batch of several photos
-    is cut into ``threads`` parts run side by side, each on one thread (measured on 2 cores
-    with torch: 2x the photos/s of one torch process with 2 intra-op threads, whose threads
-    mostly wait on each other with these small convolutions); a single photo runs on
+    is cut into ``threads`` parts run side by side, each on one thread (intra-op threads mostly
+    wait on each other with these small convolutions); a single photo runs on
     ``threads`` intra-op threads (torch) or element-wise threads (numpy engine).
     ``engine``: ``"torch"``; ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
     networks without importing torch, the shipped model only; or ``"auto"``, which
@@ -121,7 +120,7 @@ def load_embedder(
     engine: str = "torch",
 ) -> Embedder | NumpyEmbedder:
     """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
-    from facesearch.models.sface_arrays import DEFAULT_BATCH_SIZE
+    from facesearch.models.sface_weights import DEFAULT_BATCH_SIZE
 
     if engine == "numpy":
         from facesearch.models.modelfile import shipped_meta

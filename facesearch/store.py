@@ -83,6 +83,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
 from facesearch.types import Face
 
@@ -506,10 +507,10 @@ def create_schema(engine: Engine) -> None:
     """Give an empty database the newest schema, stamped :data:`SCHEMA_HEAD`, in one transaction.
 
     The same tables, indexes, constraints and rows as running every migration from nothing
-    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but
-    built from the models directly: Alembic's recipe for a new database (``create_all``, then
-    ``stamp``). Importing and running Alembic cost ~0.3 s of every ``facesearch index`` that
-    creates a collection; this takes ~20 ms. A new migration that inserts rows must add them to
+    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but built
+    from the models directly: Alembic's recipe for a new database (``create_all``, then ``stamp``),
+    much faster than importing and running Alembic. A new migration that inserts rows must add them
+    to
     ``_INITIAL_META`` as well.
     """
     with engine.begin() as conn:
@@ -842,7 +843,6 @@ def _chunks(ids: Sequence[int] | np.ndarray, n: int = _IN_CHUNK) -> Iterator[lis
 
 
 #: Embeddings must be unit vectors within this tolerance on their norm.
-UNIT_NORM_TOLERANCE: float = 1e-3
 
 
 def _embedding_bytes(e: np.ndarray, dim: int, where: str) -> bytes:

@@ -20,8 +20,7 @@ Index kinds
     position ``i`` of the flat storage). A query scans all PQ codes for
     ``k * K_FACTOR`` candidates and re-ranks them exactly with the stored float vectors, so
     the distances and ids returned are exact; only a true neighbour missing from the
-    candidates costs recall (measured on SFace-like synthetic faces, 1M vectors, 1 thread:
-    ``K_FACTOR`` 30 -> recall@10 0.984 in 5.9 ms, 50 -> 0.995 in 6.4 ms; exact search 198 ms).
+    candidates costs recall (:data:`K_FACTOR`).
     Searches with ``restrict_to`` are exact (flat). The accelerator is trained once the index
     holds :data:`PQ_MIN_TRAIN` vectors (below that exact search is used: it is below a
     millisecond anyway), on a seeded sample of at most :data:`PQ_TRAIN_SAMPLE` of them, and
@@ -45,13 +44,10 @@ HNSW is not offered: FAISS HNSW graphs cannot remove vectors, and a collection r
 
 Threads
 -------
-FAISS parallelises with OpenMP. For one query (or a few) the threads only add synchronisation,
-and OpenMP threads that spin while waiting make it many times slower on a busy machine
-(measured on 2 shared cores: PQ training on 50k vectors took 88 s with 2 spinning threads,
-2.3 s with ``OMP_WAIT_POLICY=PASSIVE``, 1.4 s with 1 thread; one query on 1M vectors through
-FAISS's own PQ fast-scan + refine index took 28 ms with 2 spinning threads, 8 ms with 2 passive
-ones). So searches of at most :data:`FEW_QUERIES` queries and the accelerator's training and
-encoding run on one FAISS thread; larger batches use FAISS's setting.
+FAISS parallelises with OpenMP. For one query (or a few) the threads only add synchronisation, and
+OpenMP threads that spin while waiting make it many times slower on a busy machine
+(bench/results/history.md). So searches of at most :data:`FEW_QUERIES` queries and the accelerator's
+training and encoding run on one FAISS thread; larger batches use FAISS's setting.
 
 File format
 -----------
@@ -92,6 +88,7 @@ from typing import Any
 
 import numpy as np
 
+from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import IndexMismatchError
 
 logger = logging.getLogger(__name__)
@@ -102,13 +99,13 @@ KINDS: tuple[str, ...] = ("flat", "pq", "ivf", "auto")
 #: vectors.
 AUTO_APPROX_ABOVE: int = 50_000
 #: A ``pq`` query re-ranks exactly ``k * K_FACTOR`` candidates found by the accelerator
-#: (1M SFace-like vectors, 1 thread: 30 -> recall@10 0.984, 5.9 ms; 50 -> 0.995, 6.4 ms).
+#: (recall@10 0.995 on 1M SFace-like vectors; bench/results/history.md).
 K_FACTOR: int = 50
 #: Dimensions per PQ sub-quantizer (``M = d / 2``: 64 sub-quantizers of 4 bits for d = 128).
 PQ_DIMS_PER_CODE: int = 2
 PQ_NBITS: int = 4
 #: The accelerator is trained once the index holds this many vectors. Below it exact search
-#: takes under a millisecond (0.44 ms at 10k, d = 128), so an accelerator gains nothing, and a
+#: takes under a millisecond, so an accelerator gains nothing, and a
 #: 16-centroid codebook per sub-space is well fed (>= 600 points per centroid).
 PQ_MIN_TRAIN: int = 10_000
 #: The accelerator's codebook is trained on a seeded sample of at most this many vectors.
@@ -130,7 +127,6 @@ NPROBE_CANDIDATES: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 
 CALIBRATION_QUERIES: int = 256
 CALIBRATION_NOISE: float = 0.7
 #: Tolerance on ``| |x| - 1 |`` for vectors added or searched.
-UNIT_NORM_TOLERANCE: float = 1e-3
 
 _MAGIC = b"FSVEC001"
 _PQ_MAGIC = b"FSPQX001"

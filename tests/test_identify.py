@@ -20,11 +20,11 @@ from collhelpers import (
 )
 from dbhelpers import DIM, make_face, unit_vectors
 
-import facesearch.search as search_mod
+import facesearch.identify as search_mod
 from facesearch import store as st
 from facesearch.collection import Collection
 from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_THRESHOLD, pairwise_distance
-from facesearch.search import group_matches, identify_vectors
+from facesearch.identify import group_matches, identify_vectors
 from facesearch.types import Face, Match
 
 # -- the library, on synthetic unit vectors --------------------------------------------------------

@@ -286,9 +286,9 @@ def test_model_add_makes_queries_use_the_new_model_on_the_old_vectors(
 def test_python_api_search_checks_the_query_model(
     col_args: dict[str, Any], models: dict[str, Any], data: Path
 ) -> None:
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import add_model, query_model
+    from facesearch.model_upgrade import add_model, query_model
 
     home, db = col_args["home"], col_args["db"]
     img = load_image(data / "photos" / "BBT_Amy" / "amy4.png")
@@ -379,9 +379,9 @@ def test_reindex_compatible_model(
 def test_reindex_interrupted_then_resumed_searchable_throughout(
     col_args: dict[str, Any], models: dict[str, Any], data: Path
 ) -> None:
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import ReindexProgress, ReindexSettings, reindex_collection
+    from facesearch.model_upgrade import ReindexProgress, ReindexSettings, reindex_collection
 
     home, db = col_args["home"], col_args["db"]
     compat = models["compat"]
@@ -427,7 +427,7 @@ def test_reindex_killed_midway_loses_nothing(
         torch.set_num_threads(1)
         from facesearch.collection import Collection
         from facesearch.pipeline import load_embedder
-        from facesearch.upgrade import ReindexSettings, reindex_collection
+        from facesearch.model_upgrade import ReindexSettings, reindex_collection
 
         emb = load_embedder({compat["path"]!r})
         col = Collection.open({str(home)!r}, db_url={db!r})
@@ -469,7 +469,7 @@ def test_reindex_incompatible_needs_the_flag_and_switches_when_all_are_done(
     home, db, args = col_args["home"], col_args["db"], col_args["args"]
     other = models["other"]
     # Interrupted half-way: the old model keeps embedding queries, on the faces not done yet.
-    from facesearch.upgrade import ReindexProgress, ReindexSettings, reindex_collection
+    from facesearch.model_upgrade import ReindexProgress, ReindexSettings, reindex_collection
 
     def stop(p: ReindexProgress) -> None:
         if p.done >= 3:

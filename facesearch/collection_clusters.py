@@ -1,16 +1,18 @@
-"""Clustering a collection's faces into people: the glue between the SQL store and
-:mod:`facesearch.cluster` (which holds the algorithms, pure functions over arrays).
+"""The collection's clusters: running the clustering over the stored faces, the report,
+naming, splitting and merging clusters. The algorithms (pure functions over arrays) are in
+:mod:`facesearch.cluster_algorithms`; every SQL statement is in :mod:`facesearch.store`.
 
 What is clustered
-    Every face of the active model's space takes part, labelled or not: the faces of one
-    labelled person start as one group (must-link), faces of different people never share a
-    group, nor do two faces of one photo (:func:`facesearch.cluster.agglomerate`). Only the
-    *unlabelled* faces of a group are stored as a cluster (``faces.cluster_id`` -> ``clusters``);
-    labelled faces keep their person and no cluster (unless the user put them in one with
+    Every face of the active model's space takes part, labelled or not: the faces of one labelled
+    person start as one group (must-link), faces of different people never share a group, nor do two
+    faces of one photo (:func:`~facesearch.cluster_algorithms.agglomerate`). Only the *unlabelled*
+    faces of a group are stored as a cluster (``faces.cluster_id`` -> ``clusters``); labelled faces
+    keep their person and no cluster (unless the user put them in one with
     ``cluster name`` / ``merge``). A cluster stored is therefore "these unlabelled faces are
-    one person"; when it is within tau (average linkage, :func:`facesearch.cluster.propose_people`)
-    of a labelled person, that person is *proposed* (computed each time, never stored), and
-    :func:`apply_proposals` labels its faces (``LabelSource.PROPAGATED``).
+    one person"; when it is within tau (average linkage,
+    :func:`~facesearch.cluster_algorithms.propose_people`) of a labelled person, that person is
+    *proposed* (computed each time, never stored), and :func:`apply_proposals` labels its faces
+    (``LabelSource.PROPAGATED``).
 
     A group keeps its unlabelled faces as a cluster when the group has at least ``min_size``
     faces, labelled ones included; so one unlabelled face next to a labelled person is a
@@ -19,12 +21,12 @@ What is clustered
 Persistence and re-runs
     Clusters live in SQL. ``meta['cluster.last_face']`` records the largest face id the last run
     saw. A re-run (:func:`cluster_collection`, ``full=False``) only places the faces added since:
-    :func:`facesearch.cluster.assign_new` puts them into existing clusters where they belong
-    (existing clusters never merge with each other) and clusters the rest among themselves and
-    with the faces that were left alone. ``full=True`` drops the automatic clusters and starts
-    over. Clusters the user named, merged or split by hand (``clusters.manual``) are kept by
-    both: their faces stay together as a group of their own (a cannot-link against every other
-    person or manual cluster), and new faces may still join them.
+    :func:`~facesearch.cluster_algorithms.assign_new` puts them into existing clusters where they
+    belong (existing clusters never merge with each other) and clusters the rest among themselves
+    and with the faces that were left alone. ``full=True`` drops the automatic clusters and starts
+    over. Clusters the user named, merged or split by hand (``clusters.manual``) are kept by both:
+    their faces stay together as a group of their own (a cannot-link against every other person or
+    manual cluster), and new faces may still join them.
 
 Corrections
     :func:`name_cluster` (cluster -> person, ``LabelSource.MANUAL``), :func:`split_cluster` (back
@@ -49,7 +51,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
-from facesearch.cluster import ClusterConfig, agglomerate, assign_new, propose_people
+from facesearch.cluster_algorithms import ClusterConfig, agglomerate, assign_new, propose_people
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
 from facesearch.distance import DEFAULT_THRESHOLD
 from facesearch.errors import CollectionError, NotFoundError
@@ -627,7 +629,7 @@ def evaluate_clusters(
     int`` (person per face): pairwise and BCubed P/R/F, clusters vs people."""
     import time
 
-    from facesearch.cluster import bcubed_prf, n_clusters, pairwise_prf
+    from facesearch.cluster_algorithms import bcubed_prf, n_clusters, pairwise_prf
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
