@@ -93,7 +93,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
-from facesearch.errors import FacesearchError, ImageError
+from facesearch.errors import FacesearchError, ImageError, require_positive
 from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
@@ -141,10 +141,7 @@ class IndexSettings:
     index_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_positive(batch_size=self.batch_size, workers=self.workers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,12 @@ import numpy as np
 
 from facesearch import store as st
 from facesearch.collection import ACTIVE_MODEL_KEY
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    ModelError,
+    require_positive,
+)
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
@@ -280,10 +285,7 @@ class ReindexSettings:
     re_embed_all: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_positive(batch_size=self.batch_size, workers=self.workers)
 
 
 @dataclass(frozen=True, slots=True)

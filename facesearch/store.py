@@ -1076,19 +1076,28 @@ def move_photo(s: Session, photo_id: int, new_path: str, *, mtime: float | None 
     s.flush()
 
 
+def _delete(
+    s: Session, table: type[Photo] | type[FaceRow], face_key: Any, ids: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Delete the rows of ``table`` with these ids and, with them, the faces whose
+    ``face_key`` is one of them; the generation is bumped when faces go. Returns the removed
+    face ids ``(n,) int64``."""
+    removed: list[int] = []
+    for part in _chunks(ids):
+        removed += s.scalars(select(FaceRow.id).where(face_key.in_(part))).all()
+        s.execute(sa.delete(table).where(table.id.in_(part)))
+    s.expire_all()
+    if removed:
+        bump_generation(s, -len(removed))
+    return np.array(sorted(removed), dtype=np.int64)
+
+
 def delete_photos(s: Session, photo_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete photos with their faces, assignments and embeddings.
 
     Returns the removed face ids ``(n,) int64``; bumps the generation when there are any.
     """
-    removed: list[int] = []
-    for part in _chunks(photo_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.photo_id.in_(part))).all()
-        s.execute(sa.delete(Photo).where(Photo.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, Photo, FaceRow.photo_id, photo_ids)
 
 
 # -- faces ------------------------------------------------------------------------------------
@@ -1208,14 +1217,7 @@ def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
 
 def delete_faces(s: Session, face_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete faces (not their photos). Returns the ids removed ``(n,) int64``."""
-    removed: list[int] = []
-    for part in _chunks(face_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.id.in_(part))).all()
-        s.execute(sa.delete(FaceRow).where(FaceRow.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, FaceRow, FaceRow.id, face_ids)
 
 
 def update_embeddings(

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from collhelpers import (
     BACKENDS,
-    collection_args,
     composite,
-    make_library,
+    index_library,
     pg_module_url,  # noqa: F401
     run_cli,
     use_shared_pipeline,
@@ -183,14 +182,7 @@ def library(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: Path
 ) -> Iterator[dict[str, Any]]:
     """The test library indexed with --labels folders (SQLite or PostgreSQL)."""
-    db_url = None if request.param == "sqlite" else request.getfixturevalue("pg_module_url")
-    root = tmp_path_factory.mktemp("query")
-    lib = make_library(data, root)
-    home = root / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        use_shared_pipeline(mp)
-        run_cli(["index", lib, "--labels", "folders", *collection_args(home, db_url)])
-    yield {"root": root, "lib": lib, "home": home, "args": collection_args(home, db_url)}
+    yield index_library(request, tmp_path_factory, data)
 
 
 def _table(entries: list[dict[str, Any]], tau: float) -> str:
