@@ -87,6 +87,7 @@ from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
     KINDS,
     VectorIndex,
+    VectorStore,
     resolve_kind,
     sidecar_path,
 )
@@ -638,7 +639,7 @@ class Collection:
 
     def _apply(
         self,
-        vi: VectorIndex,
+        vi: VectorStore,
         generation: int,
         *,
         removed: np.ndarray | None = None,
@@ -864,7 +865,7 @@ class Collection:
         longer has (a stale index while a writer runs) are dropped, so a list can be shorter
         than ``k``.
         """
-        vi = self.vectors
+        vi: VectorStore = self.vectors
         restrict = None
         if labelled_only:
             with self.store.session() as s:

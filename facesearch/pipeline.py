@@ -89,6 +89,11 @@ class PipelineConfig:
         if self.threads is not None and self.threads < 1:
             raise ArgumentError(f"threads must be >= 1, got {self.threads}")
 
+    def with_model(self, model: str) -> PipelineConfig:
+        """These settings for another model; a model file cannot keep engine ``numpy``."""
+        engine = self.engine if model == "sface" or self.engine == "torch" else "auto"
+        return replace(self, model=model, engine=engine)
+
     def resolved(self, *, photos: int | None = None, megabytes: float = 0.0) -> PipelineConfig:
         """This configuration with a concrete engine: the one place the engine is chosen.
 
@@ -181,11 +186,8 @@ class Models:
         with self._lock:
             other = self._others.get(model)
             if other is None:
-                engine = self.config.engine if model == "sface" else "auto"
-                if engine == "numpy" and model != "sface":
-                    engine = "auto"
                 other = self._others[model] = Models(
-                    replace(self.config, model=model, engine=engine), factory=self._factory
+                    self.config.with_model(model), factory=self._factory
                 )
         return other
 

@@ -84,7 +84,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -278,6 +278,35 @@ def recall_at_k(i_approx: np.ndarray, i_exact: np.ndarray) -> float:
         hits += len(np.intersect1d(a[a >= 0], e))
         total += len(e)
     return hits / total if total else 1.0
+
+
+class VectorStore(Protocol):
+    """What a collection asks of the vectors of its faces, whatever holds them.
+
+    :class:`VectorIndex` (FAISS, a file in the collection folder) implements it; another backend
+    (a vector database) implements the same five operations. ``model``, ``dim`` and
+    ``generation`` let the collection tell whether the store is current with SQL; rebuilding
+    from SQL and the consistency check are the collection's
+    (:meth:`~facesearch.collection.Collection.rebuild_index`,
+    :meth:`~facesearch.collection.Collection.check`).
+    """
+
+    model: str
+    dim: int
+    generation: int
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, ids: np.ndarray, xb: np.ndarray) -> None: ...
+
+    def remove(self, ids: np.ndarray | Sequence[int]) -> int: ...
+
+    def search(
+        self, xq: np.ndarray, k: int, *, restrict_to: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ids(self) -> np.ndarray: ...
 
 
 class VectorIndex:
