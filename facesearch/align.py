@@ -48,6 +48,37 @@ _TEMPLATE_SIZE = 112
 _FLT_MIN = float(np.finfo(np.float32).tiny)
 
 
+#: Aspect ratios (width / height) :func:`template_landmarks` takes, within this relative
+#: tolerance: 1 (the 112x112 template at any size) and 96 / 112 (the older 96x112 template,
+#: which is the 112x112 one less 8 px on each side).
+CROP_ASPECT_TOLERANCE: float = 0.02
+_NARROW_MARGIN = 8.0  # px of the 112 template that a 96x112 crop leaves out at each side
+
+
+def template_landmarks(width: int, height: int) -> np.ndarray:
+    """Where the 5 landmarks are in a face crop of ``width x height`` px made on the template.
+
+    A square crop is the 112x112 template scaled (``(160, 160)``: the template times 160/112);
+    a 96:112 crop is the 96x112 template of older models scaled. Returns ``(5, 2) float32``
+    (x, y) pixels of the crop; aligning the crop with them gives it back (resized to 112 px,
+    a 96x112 one with 8 px black at each side). ``ValueError`` for any other shape.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"a crop must have a positive size, got {width}x{height}")
+    aspect = width / height
+    if abs(aspect - 1.0) <= CROP_ASPECT_TOLERANCE:
+        k = np.array([width / _TEMPLATE_SIZE, height / _TEMPLATE_SIZE], np.float32)
+        return (ARCFACE_TEMPLATE * k).astype(np.float32)
+    narrow = (_TEMPLATE_SIZE - 2 * _NARROW_MARGIN) / _TEMPLATE_SIZE  # 96 / 112
+    if abs(aspect / narrow - 1.0) <= CROP_ASPECT_TOLERANCE:
+        k = np.array([width / (narrow * _TEMPLATE_SIZE), height / _TEMPLATE_SIZE], np.float32)
+        return ((ARCFACE_TEMPLATE - [_NARROW_MARGIN, 0.0]) * k).astype(np.float32)
+    raise ValueError(
+        f"{width}x{height} is not a face crop on the alignment template: aligned crops are "
+        "square (112x112, or any size, resized) or 96x112"
+    )
+
+
 def _check_landmarks(landmarks: np.ndarray) -> np.ndarray:
     """``(5, 2)`` finite landmarks as float32 (OpenCV reads them as float), else ValueError."""
     pts = np.asarray(landmarks)
@@ -249,4 +280,12 @@ def align_faces(
     return out
 
 
-__all__ = ["ARCFACE_TEMPLATE", "align_faces", "estimate_norm", "norm_crop", "warp_affine"]
+__all__ = [
+    "ARCFACE_TEMPLATE",
+    "CROP_ASPECT_TOLERANCE",
+    "align_faces",
+    "estimate_norm",
+    "norm_crop",
+    "template_landmarks",
+    "warp_affine",
+]

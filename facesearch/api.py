@@ -45,7 +45,7 @@ from facesearch.errors import (
     NotFoundError,
 )
 from facesearch.identify import Identification
-from facesearch.pipeline import Models, PipelineConfig
+from facesearch.pipeline import FacePipeline, Models, PipelineConfig
 from facesearch.types import Detection, Face, Match
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ def _box(box: Sequence[float]) -> list[float]:
 @dataclass(frozen=True, slots=True)
 class FaceInfo:
     """A stored face: box ``[x1, y1, x2, y2]`` and 5 landmarks in photo pixels, detector
-    score, the model that embedded it, its photo, person and cluster (``None``: none)."""
+    score, the model that embedded it, its photo, person and cluster (``None``: none), and how
+    it was found (``detector_pass``: ``default``, ``upscaled`` or ``aligned``)."""
 
     id: int
     box: tuple[float, float, float, float]
@@ -126,13 +127,14 @@ class FaceInfo:
     person: str | None
     label_source: str | None
     cluster_id: int | None
+    detector_pass: str = "default"
 
     @classmethod
     def of(cls, r: FaceRecord) -> FaceInfo:
         pts = tuple((r.landmarks[i], r.landmarks[i + 1]) for i in range(0, len(r.landmarks), 2))
         return cls(
             r.face_id, r.box, pts, r.score, r.model, r.photo_id, r.photo, r.person_id, r.person,
-            None if r.source is None else r.source.value, r.cluster_id,
+            None if r.source is None else r.source.value, r.cluster_id, r.detector_pass,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +150,7 @@ class FaceInfo:
             else {"id": self.person_id, "name": self.person},
             "label_source": self.label_source,
             "cluster": self.cluster_id,
+            "detector_pass": self.detector_pass,
         }
 
 
@@ -559,10 +562,34 @@ def detect_photos(
     return tuple(out)
 
 
-def photo_faces(image: ImageInput, *, models: Models | None = None) -> tuple[Face, ...]:
-    """Every face of one photo with its embedding (``(D,) float32``, unit norm)."""
+def photo_faces(
+    image: ImageInput, *, models: Models | None = None, aligned: bool = False
+) -> tuple[Face, ...]:
+    """Every face of one photo with its embedding (``(D,) float32``, unit norm).
+
+    ``aligned``: the photo is a face crop on the alignment template (square, or 96x112),
+    embedded as it is without detection (:class:`ImageError` for another shape).
+    """
     pipe = _models(models).pipeline(photos=1, megabytes=_megabytes(image))
-    return tuple(pipe.faces(load(image)))
+    return tuple(_faces(pipe, image, aligned))
+
+
+def _faces(pipe: FacePipeline, image: ImageInput, aligned: bool) -> list[Face]:
+    """The faces of a photo: detected, or its one face as an aligned crop."""
+    img = load(image)
+    try:
+        return pipe.photo_faces(img, aligned=aligned)
+    except ValueError as exc:  # not a crop on the template
+        if not aligned:
+            raise
+        raise ImageError(_source(image), str(exc)) from exc
+
+
+def _largest(pipe: FacePipeline, image: ImageInput, aligned: bool) -> Face:
+    found = _faces(pipe, image, aligned)
+    if not found:
+        raise NoFaceError(_source(image))
+    return max(found, key=lambda f: f.detection.area)
 
 
 def verify(
@@ -572,10 +599,12 @@ def verify(
     models: Models | None = None,
     threshold: float | None = None,
     all_pairs: bool = False,
+    aligned: bool = False,
 ) -> Verification:
     """Are the faces of two photos the same person? The largest face of each, or every pair.
 
-    ``threshold``: tau on d (default: the model's calibrated verification tau).
+    ``threshold``: tau on d (default: the model's calibrated verification tau). ``aligned``:
+    both photos are face crops on the template (:func:`photo_faces`).
     :class:`NoFaceError` when a photo has no face.
     """
     from facesearch.distance import distance
@@ -583,9 +612,8 @@ def verify(
     m = _models(models)
     pipe = m.pipeline(photos=2, megabytes=_megabytes(image_a) + _megabytes(image_b))
     tau = m.threshold("verify") if threshold is None else float(threshold)
-    img_a, img_b = load(image_a), load(image_b)
     if all_pairs:
-        fa, fb = pipe.faces(img_a), pipe.faces(img_b)
+        fa, fb = _faces(pipe, image_a, aligned), _faces(pipe, image_b, aligned)
         for src, found in ((image_a, fa), (image_b, fb)):
             if not found:
                 raise NoFaceError(_source(src))
@@ -595,8 +623,7 @@ def verify(
                 d = float(distance(a.embedding, b.embedding))
                 pairs.append(FacePair(i, a.detection.box, j, b.detection.box, d, d < tau))
     else:
-        a = pipe.largest_face(img_a, _source(image_a))
-        b = pipe.largest_face(img_b, _source(image_b))
+        a, b = _largest(pipe, image_a, aligned), _largest(pipe, image_b, aligned)
         d = float(distance(a.embedding, b.embedding))
         pairs = [FacePair(0, a.detection.box, 0, b.detection.box, d, d < tau)]
     best = min(pairs, key=lambda p: p.distance)
@@ -620,6 +647,7 @@ def identify(
     models: Models | None = None,
     k: int = 5,
     threshold: float | None = None,
+    aligned: bool = False,
 ) -> IdentifyResult:
     """Who is in the photo? 1:K identification of every face against the collection.
 
@@ -627,6 +655,7 @@ def identify(
     verdict: the person of the nearest labelled face when its d is below ``threshold``
     (default: the active model's identification tau), else ``None``. Queries are embedded with
     the collection's active model. :class:`NoFaceError` when the photo has no face.
+    ``aligned``: the photo is a face crop on the template (:func:`photo_faces`).
 
     Given a :class:`CollectionRef` and a file path, the photo's faces are computed in a forked
     child process (numpy engine) while this one opens the collection
@@ -639,7 +668,8 @@ def identify(
     m = _models(models)
     early = None
     if (
-        isinstance(collection, CollectionRef)
+        not aligned
+        and isinstance(collection, CollectionRef)
         and isinstance(image, (str, os.PathLike))
         and m.config.model == "sface"
         and m.engine(photos=1, megabytes=_megabytes(image)) == "numpy"
@@ -648,8 +678,8 @@ def identify(
     try:
         if isinstance(collection, CollectionRef):
             with collection.open() as col:
-                return _identify(col, image, m, early, k, threshold)
-        return _identify(collection, image, m, early, k, threshold)
+                return _identify(col, image, m, early, k, threshold, aligned)
+        return _identify(collection, image, m, early, k, threshold, aligned)
     finally:
         if early is not None:
             early.cancel()
@@ -662,6 +692,7 @@ def _identify(
     early: Any,
     k: int,
     threshold: float | None,
+    aligned: bool = False,
 ) -> IdentifyResult:
     from facesearch.identify import identify_faces
     from facesearch.model_upgrade import check_query_embedder, query_model
@@ -675,11 +706,10 @@ def _identify(
         if m.config.model != "sface":
             check_query_embedder(col, pipe.embedder)  # the registered model file, unchanged
         found = [early.faces()] if early is not None else None  # same detector
-        img = load(image)
         if found is not None:
-            faces = pipe.faces_batch([img], [[f.detection for f in found[0]]])[0]
+            faces = pipe.faces_batch([load(image)], [[f.detection for f in found[0]]])[0]
         else:
-            faces = pipe.faces(img)
+            faces = _faces(pipe, image, aligned)
     if not faces:
         raise NoFaceError(_source(image))
     tau = m.threshold("identify") if threshold is None else float(threshold)
@@ -741,6 +771,7 @@ def index_paths(
     workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: StopSignal | None = None,
+    aligned: bool = False,
 ) -> IndexReport:
     """Index the photos under ``paths`` (folders recursively, or files) into the collection.
 
@@ -751,7 +782,8 @@ def index_paths(
     collection). A photo that cannot be
     read is recorded and reported, never fatal. Holds the writer lock for the run; committed
     every ``batch_size`` photos, where ``should_stop`` is checked (the report then says
-    ``interrupted``).
+    ``interrupted``). ``aligned``: every photo read is a face crop on the template, stored
+    with that one face, not detected (:func:`photo_faces`).
     """
     from facesearch.image import default_workers
     from facesearch.indexer import COMMIT_BATCH, IndexSettings
@@ -763,6 +795,7 @@ def index_paths(
         batch_size=batch_size or COMMIT_BATCH,
         workers=workers or default_workers(),
         index_type=index_type,
+        aligned=aligned,
     )
     with collection.lock():  # before loading the networks: a second writer is refused at once
         base = _models(models)
@@ -802,19 +835,22 @@ def enroll(
     *,
     models: Models | None = None,
     model: str | None = None,
+    aligned: bool = False,
 ) -> EnrollReport:
     """Give the largest face of each photo to person ``name`` (created if needed).
 
     Each photo is recorded with all its faces (an indexed photo keeps its faces). A photo that
     cannot be read or has no face is reported in ``failures``; the others are enrolled.
-    ``model``: as :func:`index_paths`.
+    ``model``: as :func:`index_paths`. ``aligned``: each photo is a face crop on the template,
+    its one face embedded without detection (:func:`photo_faces`).
     """
     from facesearch.indexer import enroll_photos
 
     with collection.lock():
         base = _models(models)
         m = base.for_model(model or _collection_model(collection, base))
-        done, errors = enroll_photos(collection, m.pipeline(photos=len(images)), name, images)
+        pipe = m.pipeline(photos=len(images))
+        done, errors = enroll_photos(collection, pipe, name, images, aligned=aligned)
     return EnrollReport(name, done, tuple(errors))
 
 
@@ -857,6 +893,29 @@ def unassign_face(collection: Collection, face_id: int) -> FaceInfo:
     _ = get_face(collection, face_id)
     collection.unassign([int(face_id)])
     return get_face(collection, face_id)
+
+
+def list_faces(
+    collection: Collection,
+    *,
+    detector_pass: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Page[FaceInfo]:
+    """Stored faces by face id; ``detector_pass`` keeps those found that way (``default``,
+    ``upscaled``: the fallback's second pass, ``aligned``: given as crops)."""
+    from facesearch import store as st
+    from facesearch.types import DETECTOR_PASSES
+
+    _check_page(limit, offset)
+    if detector_pass is not None and detector_pass not in DETECTOR_PASSES:
+        raise ArgumentError(
+            f"detector_pass must be one of {', '.join(DETECTOR_PASSES)}, got {detector_pass!r}"
+        )
+    with collection.session() as s:
+        ids = st.face_page(s, detector_pass=detector_pass, limit=limit, offset=offset)
+        total = st.face_pass_count(s, detector_pass)
+    return _face_page(collection, ids, total, limit, offset)
 
 
 def delete_face(collection: Collection, face_id: int) -> None:
@@ -1327,6 +1386,7 @@ __all__ = [
     "export_clusters",
     "get_cluster",
     "get_face",
+    "list_faces",
     "get_person",
     "get_photo",
     "identify",

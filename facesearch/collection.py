@@ -987,6 +987,7 @@ class Collection:
             "faces": counts.faces,
             "people": counts.people,
             "labelled_faces": counts.labelled_faces,
+            "faces_by_pass": counts.faces_by_pass,
             "failed_photos": counts.failed_photos,
             "no_face_photos": counts.no_face_photos,
             "clusters": counts.clusters,

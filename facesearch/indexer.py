@@ -131,7 +131,9 @@ class IndexSettings:
     ``labels``: ``None`` (unlabelled), ``"folders"`` or the path of a ``path,person`` CSV.
     ``prune``: delete stored photos under the PATHs whose file is gone. ``batch_size``: photos
     per SQL commit. ``workers``: decode threads. ``index_type``: ``auto`` | ``flat`` | ``ivf``
-    to change the collection's setting, ``None`` to keep it.
+    to change the collection's setting, ``None`` to keep it. ``aligned``: every photo read is a
+    face crop on the alignment template, stored with that one face, not detected
+    (:meth:`FacePipeline.aligned_faces`; a photo of another shape is recorded as failed).
     """
 
     labels: str | None = None
@@ -139,6 +141,7 @@ class IndexSettings:
     batch_size: int = COMMIT_BATCH
     workers: int = field(default_factory=default_workers)
     index_type: str | None = None
+    aligned: bool = False
 
     def __post_init__(self) -> None:
         require_positive(batch_size=self.batch_size, workers=self.workers)
@@ -165,6 +168,7 @@ class IndexReport:
     failed: int = 0
     no_face: int = 0
     faces_added: int = 0
+    faces_upscaled: int = 0  # of faces_added: found by the fallback's upscaled pass
     labels_given: int = 0
     labels_skipped: int = 0
     labels_not_found: int = 0
@@ -191,6 +195,7 @@ class IndexReport:
             "failed": self.failed,
             "no_face": self.no_face,
             "faces_added": self.faces_added,
+            "faces_upscaled": self.faces_upscaled,
             "labels_given": self.labels_given,
             "labels_skipped": self.labels_skipped,
             "labels_not_found": self.labels_not_found,
@@ -361,8 +366,9 @@ def _sha256(path: str) -> tuple[bytes, str]:
     return b"".join(chunks), h.hexdigest()
 
 
-def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
-    """Worker: read, hash and (unless unchanged or moved) decode one file."""
+def _read(job: _Job, moved_hashes: frozenset[str] | set[str], aligned: bool = False) -> _Read:
+    """Worker: read, hash and (unless unchanged or moved) decode one file; ``aligned``: check
+    that it is a face crop on the template."""
     out = _Read(job)
     try:
         data, out.content_hash = _sha256(job.path)
@@ -377,6 +383,12 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
         return out
     try:
         out.image = load_image(data) if data else load_image(job.path)
+        if aligned:
+            from facesearch.align import template_landmarks
+
+            template_landmarks(out.image.shape[1], out.image.shape[0])  # ValueError: not a crop
+    except ValueError as exc:
+        out.image, out.error = None, str(exc)
     except ImageError as exc:
         out.error = exc.reason
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
@@ -485,7 +497,14 @@ class _Run:
             return
         assert self.submit is not None and self.pipe is not None, "sent inside _index's workers"
         images = [r.image for r in batch]
-        self.inflight.append((batch, self.submit(self.pipe.faces_batch, images)))
+        self.inflight.append((batch, self.submit(self.faces_batch, images)))
+
+    def faces_batch(self, images: list[np.ndarray]) -> list[list[Face]]:
+        """The faces of decoded photos: detected, or (``aligned``) each photo's one face."""
+        assert self.pipe is not None
+        if self.settings.aligned:
+            return [[f] for f in self.pipe.aligned_faces(images)]
+        return self.pipe.faces_batch(images)
 
     def collect(self, *, wait: bool) -> None:
         """Results of finished tasks, oldest first (photos are queued in the order read).
@@ -515,7 +534,7 @@ class _Run:
             assert self.pipe is not None
             for r in batch:
                 try:
-                    results.append(self.pipe.faces_batch([r.image])[0])  # type: ignore[list-item]
+                    results.append(self.faces_batch([r.image])[0])  # type: ignore[list-item]
                 except Exception as one:  # noqa: BLE001
                     results.append(f"processing failed ({type(one).__name__}: {one})")
         for r, res in zip(batch, results, strict=True):
@@ -586,6 +605,7 @@ class _Run:
             if not failed and not photo.faces:
                 rep.no_face += 1
             rep.faces_added += len(photo.faces)
+            rep.faces_upscaled += sum(f.detection.detector_pass == "upscaled" for f in photo.faces)
             rep.labels_given += sum(1 for label in photo.labels if label is not None)
         self.pending, self.pending_stats = [], []
         logger.debug("committed %d photos", len(photos))
@@ -720,7 +740,9 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                     job = next(it, None)
                     if job is None:
                         return
-                    queue.append((pool.submit(_read, job, moved_hashes), job.size))
+                    queue.append(
+                        (pool.submit(_read, job, moved_hashes, settings.aligned), job.size)
+                    )
                     queued_bytes += job.size
 
             run.stack = stack
@@ -771,7 +793,7 @@ def _handle(
         source = next((p for p in gone.get(r.content_hash, []) if p.id not in claimed), None)
         if source is None:  # two new copies of one vanished photo: the second is decoded
             r.maybe_moved = False
-            r = _read(job, frozenset())
+            r = _read(job, frozenset(), run.settings.aligned)
         else:
             claimed.add(source.id)
             if job.old is not None:  # the file at this path was replaced by a moved photo
@@ -817,6 +839,8 @@ def enroll_photos(
     pipeline: FacePipeline,
     name: str,
     images: Sequence[str | os.PathLike[str]],
+    *,
+    aligned: bool = False,
 ) -> tuple[int, list[tuple[str, str]]]:
     """``facesearch enroll``: give the largest face of each photo to person ``name``.
 
@@ -824,7 +848,8 @@ def enroll_photos(
     the same content keeps its faces and is not decoded again; a changed one is replaced); its
     largest face (box area) is assigned to ``name`` with source ``enroll``, replacing any
     earlier person of that face. Returns ``(photos enrolled, [(path, error message)])``: a photo
-    that cannot be read or has no face is skipped and reported.
+    that cannot be read or has no face is skipped and reported. ``aligned``: each photo is a
+    face crop on the template, its one face embedded without detection.
     """
     from facesearch import store as st
     from facesearch.errors import NoFaceError
@@ -862,7 +887,11 @@ def enroll_photos(
             except ImageError as exc:
                 errors.append((path, str(ImageError(path, exc.reason))))
                 continue
-            faces = pipeline.faces(image)
+            try:
+                faces = pipeline.photo_faces(image, aligned=aligned)
+            except ValueError as exc:  # aligned, and not a crop on the template
+                errors.append((path, str(ImageError(path, str(exc)))))
+                continue
             if not faces:
                 errors.append((path, str(NoFaceError(path))))
                 continue

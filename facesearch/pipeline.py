@@ -43,6 +43,13 @@ Purpose = Literal["verify", "identify"]
 SMALL_RUN_SECONDS: float = 2.0
 NUMPY_SECONDS_PER_PHOTO: float = 0.15
 NUMPY_SECONDS_PER_MB: float = 0.7
+#: The fallback (``PipelineConfig.fallback``): a photo in which the detector finds no face is
+#: searched again on a copy upscaled this many times (bilinear), at the same score threshold,
+#: when that copy still fits the detector's ``max_side`` (a photo of at most 800 px by
+#: default). Faces that fill the frame, as in face crops and thumbnails, are often found only
+#: at the larger scale. A lower score threshold is not used: at 0.5 it finds faces in photos
+#: that have none (bench/results/detection.md).
+FALLBACK_UPSCALE: int = 2
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +76,8 @@ class PipelineConfig:
     networks without importing torch, the shipped model only; or ``"auto"``, which
     :meth:`resolved` turns into one of the two (a :class:`FacePipeline` resolves its
     configuration when built).
+    ``fallback``: search a photo in which no face is found again, upscaled
+    (:data:`FALLBACK_UPSCALE`); its faces say ``detector_pass="upscaled"``.
     """
 
     detector: DetectorConfig = field(default_factory=_default_detector_config)
@@ -77,6 +86,7 @@ class PipelineConfig:
     batch_size: int | None = None  # crops per forward pass; None: the embedder's default
     threads: int | None = None
     engine: str = "torch"
+    fallback: bool = True
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -273,8 +283,31 @@ class FacePipeline:
 
     # -- stages -------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
-        """Faces in ``image`` ``(H, W, 3) uint8 RGB``, best score first."""
-        return self.detector.detect(image)
+        """Faces in ``image`` ``(H, W, 3) uint8 RGB``, best score first (with the fallback)."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Faces in several photos, one list per photo, best score first.
+
+        With ``config.fallback``, the photos in which the detector finds nothing and whose
+        upscaled copy fits the detector's ``max_side`` are searched again on that copy; what it
+        finds is mapped back to the photo's pixels with ``detector_pass="upscaled"``.
+        """
+        found = self.detector.detect_batch(list(images))
+        if not self.config.fallback:
+            return found
+        k = FALLBACK_UPSCALE
+        max_side = getattr(self.detector, "config", self.config.detector).max_side
+        again = [
+            i for i, (im, d) in enumerate(zip(images, found, strict=True))
+            if not d and k * max(im.shape[:2]) <= max_side
+        ]  # fmt: skip
+        if not again:
+            return found
+        redone = self.detector.detect_batch([upscale(images[i], k) for i in again])
+        for i, dets in zip(again, redone, strict=True):
+            found[i] = [scale_detection(d, 1.0 / k, "upscaled") for d in dets]
+        return found
 
     def align(self, image: np.ndarray, detections: Sequence[Detection]) -> np.ndarray:
         """Aligned crops ``(N, 112, 112, 3) uint8`` sampled from the full-resolution image."""
@@ -421,7 +454,7 @@ class FacePipeline:
         self, images: Sequence[np.ndarray], detections: Sequence[Sequence[Detection]] | None
     ) -> list[list[Face]]:
         if detections is None:
-            detections = self.detector.detect_batch(list(images))
+            detections = self.detect_batch(images)
         crops = [self.align(img, dets) for img, dets in zip(images, detections, strict=True)]
         counts = [len(c) for c in crops]
         allcrops = np.concatenate(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
@@ -432,6 +465,21 @@ class FacePipeline:
             out.append([Face(det, xb[i + j], self.model_name) for j, det in enumerate(dets)])
             i += n
         return out
+
+    def aligned_faces(self, images: Sequence[np.ndarray]) -> list[Face]:
+        """The face of each photo given as an aligned crop (``--aligned``), not detected.
+
+        Each photo is taken as a crop on the alignment template
+        (:func:`~facesearch.align.template_landmarks`: square, or 96x112), resized to 112 px by
+        the alignment warp and embedded; its face covers the photo, with score 1 and
+        ``detector_pass="aligned"``. ``ValueError`` when a photo has another shape.
+        """
+        dets = [[aligned_detection(im)] for im in images]
+        return [faces[0] for faces in self.faces_batch(images, dets)]
+
+    def photo_faces(self, image: np.ndarray, *, aligned: bool = False) -> list[Face]:
+        """:meth:`faces` of a photo, or its one face as an aligned crop (:meth:`aligned_faces`)."""
+        return self.aligned_faces([image]) if aligned else self.faces(image)
 
     def largest_face(self, image: np.ndarray, source: str | Path = "<image>") -> Face:
         """The face with the largest box; :class:`NoFaceError` when there is none."""
@@ -460,3 +508,33 @@ class FacePipeline:
         cx, cy = w / 2.0, h / 2.0
         det = min(dets, key=lambda d: (d.center[0] - cx) ** 2 + (d.center[1] - cy) ** 2)
         return self.faces_batch([image], [[det]])[0][0], used
+
+
+def aligned_detection(image: np.ndarray) -> Detection:
+    """The face of ``image`` ``(H, W, 3)`` taken as an aligned crop: the whole photo, the
+    template's landmarks at its size, score 1, ``detector_pass="aligned"``; ``ValueError`` for
+    a shape that is not a crop on the template."""
+    from facesearch.align import template_landmarks
+
+    h, w = image.shape[:2]
+    pts = template_landmarks(int(w), int(h)).astype(np.float64)
+    landmarks = tuple((float(x), float(y)) for x, y in pts)
+    return Detection((0.0, 0.0, float(w), float(h)), landmarks, 1.0, "aligned")  # type: ignore[arg-type]
+
+
+def upscale(image: np.ndarray, factor: int) -> np.ndarray:
+    """``(H, W, 3) uint8`` -> ``(factor H, factor W, 3) uint8``, bilinear (Pillow): pixel edges
+    scale exactly, so a point ``(x, y)`` of the copy is ``(x, y) / factor`` in ``image``."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    return np.asarray(
+        Image.fromarray(image).resize((factor * w, factor * h), Image.Resampling.BILINEAR)
+    )
+
+
+def scale_detection(det: Detection, factor: float, detector_pass: str) -> Detection:
+    """``det`` with its box and landmarks times ``factor``, found by ``detector_pass``."""
+    box = tuple(v * factor for v in det.box)
+    pts = tuple((x * factor, y * factor) for x, y in det.landmarks)
+    return replace(det, box=box, landmarks=pts, detector_pass=detector_pass)  # type: ignore[arg-type]

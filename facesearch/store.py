@@ -85,14 +85,14 @@ from sqlalchemy.orm import (
 
 from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
-from facesearch.types import Face
+from facesearch.types import DETECTOR_PASSES, Face
 
 logger = logging.getLogger(__name__)
 
 #: The Alembic revision this code reads and writes, and every revision it knows (oldest first).
 #: ``tests/test_migrations.py`` checks them against the scripts in ``migrations/versions``.
-SCHEMA_HEAD: str = "0002"
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002")
+SCHEMA_HEAD: str = "0004"
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0004")
 #: Where the Alembic scripts live: ``facesearch/_migrations`` in an installed wheel, else the
 #: repository's top-level ``migrations/`` folder (source tree, editable install).
 _PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "_migrations"
@@ -229,6 +229,10 @@ class FaceRow(Base):
     cluster_id: Mapped[int | None] = mapped_column(
         ForeignKey("clusters.id", ondelete="SET NULL"), index=True
     )
+    # how the face was found, one of facesearch.types.DETECTOR_PASSES (migration 0004)
+    detector_pass: Mapped[str] = mapped_column(
+        String(16), default="default", server_default="default"
+    )
 
     photo: Mapped[Photo] = relationship(back_populates="faces")
     assignment: Mapped[Assignment | None] = relationship(
@@ -333,6 +337,7 @@ class FaceRecord:
     source: LabelSource | None
     cluster_id: int | None
     person_id: int | None = None
+    detector_pass: str = "default"
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,6 +405,7 @@ class Counts:
     failed_photos: int
     no_face_photos: int
     clusters: int
+    faces_by_pass: dict[str, int]  # detector pass -> faces (passes with faces only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -903,6 +909,11 @@ def add_photos(
                     f"{photo.path}: model {face.model!r} is not registered in this collection"
                 )
             det = face.detection
+            if det.detector_pass not in DETECTOR_PASSES:
+                raise ValueError(
+                    f"{photo.path}: detector_pass must be one of {', '.join(DETECTOR_PASSES)}, "
+                    f"got {det.detector_pass!r}"
+                )
             face_rows.append(
                 {
                     "x1": float(det.box[0]),
@@ -913,6 +924,7 @@ def add_photos(
                     "score": float(det.score),
                     "embedding": _embedding_bytes(face.embedding, dims[face.model], photo.path),
                     "model": face.model,
+                    "detector_pass": det.detector_pass,
                 }
             )
     # photos already stored under these paths
@@ -1120,6 +1132,7 @@ def _face_query() -> Any:
             Assignment.source,
             FaceRow.cluster_id,
             Person.id,
+            FaceRow.detector_pass,
         )
         .join(Photo, Photo.id == FaceRow.photo_id)
         .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
@@ -1140,6 +1153,7 @@ def _face_record(r: Any) -> FaceRecord:
         source=None if r[11] is None else LabelSource(r[11]),
         cluster_id=r[12],
         person_id=None if r[13] is None else int(r[13]),
+        detector_pass=r[14],
     )
 
 
@@ -1555,6 +1569,24 @@ def person_face_page(s: Session, person_id: int, *, limit: int, offset: int) -> 
     return [int(i) for i in s.scalars(stmt)]
 
 
+def face_page(
+    s: Session, *, detector_pass: str | None = None, limit: int, offset: int = 0
+) -> list[int]:
+    """Face ids (found by ``detector_pass``, or all), ascending, one page."""
+    stmt = select(FaceRow.id)
+    if detector_pass is not None:
+        stmt = stmt.where(FaceRow.detector_pass == detector_pass)
+    return [int(i) for i in s.scalars(stmt.order_by(FaceRow.id).offset(offset).limit(limit))]
+
+
+def face_pass_count(s: Session, detector_pass: str | None = None) -> int:
+    """Number of faces found by ``detector_pass`` (``None``: all)."""
+    stmt = select(func.count(FaceRow.id))
+    if detector_pass is not None:
+        stmt = stmt.where(FaceRow.detector_pass == detector_pass)
+    return int(s.scalar(stmt) or 0)
+
+
 def person_face_count(s: Session, person_id: int) -> int:
     stmt = select(func.count(Assignment.face_id)).where(Assignment.person_id == person_id)
     return int(s.scalar(stmt) or 0)
@@ -1785,4 +1817,10 @@ def counts(s: Session) -> Counts:
         failed_photos=int(by_status.get(PhotoStatus.FAILED, 0)),
         no_face_photos=int(by_status.get(PhotoStatus.NO_FACE, 0)),
         clusters=int(s.scalar(select(func.count(Cluster.id))) or 0),
+        faces_by_pass={
+            str(r[0]): int(r[1])
+            for r in s.execute(
+                select(FaceRow.detector_pass, func.count()).group_by(FaceRow.detector_pass)
+            )
+        },
     )

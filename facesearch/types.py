@@ -14,14 +14,22 @@ import numpy as np
 Box = tuple[float, float, float, float]
 Point = tuple[float, float]
 
+#: How a face was found (``Detection.detector_pass``, stored per face): ``default``, the
+#: detector at its settings; ``upscaled``, the second pass on the photo upscaled, run only when
+#: the first found nothing (:data:`facesearch.pipeline.FALLBACK_UPSCALE`); ``aligned``, not
+#: detected: the photo was given as a face crop on the alignment template (``--aligned``).
+DETECTOR_PASSES: tuple[str, ...] = ("default", "upscaled", "aligned")
+
 
 @dataclass(frozen=True, slots=True)
 class Detection:
-    """One detected face: box, 5 landmarks, detector score in [0, 1]."""
+    """One detected face: box, 5 landmarks, detector score in [0, 1], and the pass that found it
+    (one of :data:`DETECTOR_PASSES`)."""
 
     box: Box
     landmarks: tuple[Point, Point, Point, Point, Point]
     score: float
+    detector_pass: str = "default"
 
     @property
     def width(self) -> float:
@@ -48,6 +56,7 @@ class Detection:
             "box": [round(float(v), 2) for v in self.box],
             "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
             "score": round(float(self.score), 4),
+            "detector_pass": self.detector_pass,
         }
 
 

@@ -146,11 +146,11 @@ def test_check_schema_messages(db_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE stranger")
         st.upgrade_database(engine)
-        # A newer facesearch would know revision "0003": this database is then older.
-        monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
-        monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
+        # A newer facesearch would know a revision "9000": this database is then older.
+        monkeypatch.setattr(st, "SCHEMA_HEAD", "9000")
+        monkeypatch.setattr(st, "SCHEMA_REVISIONS", (*st.SCHEMA_REVISIONS, "9000"))
         with pytest.raises(
-            CollectionError, match="revision 0002.*needs 0003.*facesearch db upgrade"
+            CollectionError, match=f"revision {st.SCHEMA_REVISIONS[-2]}.*needs 9000.*db upgrade"
         ):
             st.check_schema(engine, "collection 'x'")
         monkeypatch.undo()
@@ -166,10 +166,11 @@ def test_older_collection_asks_for_db_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Collection.open(tmp_path, "old", create=True).close()
-    monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
-    monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
+    head = st.SCHEMA_HEAD
+    monkeypatch.setattr(st, "SCHEMA_HEAD", "9000")
+    monkeypatch.setattr(st, "SCHEMA_REVISIONS", (*st.SCHEMA_REVISIONS, "9000"))
     with pytest.raises(
-        CollectionError, match="collection 'old' has schema revision 0002.*db upgrade"
+        CollectionError, match=f"collection 'old' has schema revision {head}.*db upgrade"
     ):
         Collection.open(tmp_path, "old")
     monkeypatch.undo()
@@ -225,7 +226,7 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert _insert_face(conn, 1) == 3
             # clustering had seen faces up to id 5 (4 and 5 deleted since)
             conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('cluster.last_face', '5')"))
-        assert st.upgrade_database(engine) == st.SCHEMA_HEAD == "0002"
+        assert st.upgrade_database(engine, "0002") == "0002"
         with engine.begin() as conn:
             sql = conn.execute(
                 sa.text("SELECT sql FROM sqlite_master WHERE name = 'faces'")
@@ -238,7 +239,7 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert _insert_face(conn, 1) == 6  # above cluster.last_face
             conn.execute(sa.text("DELETE FROM faces WHERE id = 6"))
             assert _insert_face(conn, 1) == 7  # a deleted id is not handed out again
-        st.check_schema(engine)
+        assert st.schema_revision(engine) == "0002"
         assert st.downgrade_database(engine, "0001") == "0001"
         with engine.begin() as conn:
             sql = conn.execute(
@@ -247,5 +248,42 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert "AUTOINCREMENT" not in str(sql)
             assert conn.execute(sa.text("SELECT COUNT(*) FROM faces")).scalar() == 4
             assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [2]
+    finally:
+        engine.dispose()
+
+
+def test_0004_faces_stored_before_were_found_by_the_default_pass(tmp_path: Path) -> None:
+    """0004 adds ``faces.detector_pass`` in place: the faces and assignments stay, and the faces
+    stored before it say ``default``; a new face can say another pass."""
+    engine = st.make_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    try:
+        assert st.upgrade_database(engine, "0002") == "0002"
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO models (name, dim, created_at) VALUES ('m', 1, 0)"))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO photos (id, path, content_hash, size, mtime, status, indexed_at) "
+                    "VALUES (1, 'a.jpg', 'h', 1, 0, 'ok', 0)"
+                )
+            )
+            conn.execute(sa.text("INSERT INTO people (id, name, created_at) VALUES (1, 'Amy', 0)"))
+            _insert_face(conn, 1)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO assignments (face_id, person_id, source, assigned_at) "
+                    "VALUES (1, 1, 'manual', 0)"
+                )
+            )
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD == "0004"
+        with engine.begin() as conn:
+            assert conn.execute(sa.text("SELECT detector_pass FROM faces")).scalars().all() == [
+                "default"
+            ]
+            assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [1]
+        assert st.downgrade_database(engine, "0002") == "0002"
+        with engine.begin() as conn:
+            cols = [r[1] for r in conn.execute(sa.text("PRAGMA table_info(faces)"))]
+            assert "detector_pass" not in cols
+            assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [1]
     finally:
         engine.dispose()

@@ -21,6 +21,7 @@ from facesearch.cli.options import (
     collection_args,
     collection_options,
     collection_ref,
+    detection_options,
     echo_failures,
     engine_option,
     human_bytes,
@@ -81,6 +82,7 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
     "candidates re-ranked exactly); approximate 'ivf'; or 'auto' (flat up to 50,000 faces, pq "
     "above). Kept by the collection.  [default: keep the setting, 'auto' for a new collection]",
 )
+@detection_options
 @batch_options
 @collection_options
 @json_option
@@ -90,6 +92,8 @@ def index(
     prune: bool,
     model: str | None,
     index_type: str | None,
+    aligned: bool,
+    fallback: bool,
     batch_size: int,
     workers: int | None,
     home: str,
@@ -110,8 +114,9 @@ def index(
         progress_bar("photo") as bar,
     ):
         report = api.index_paths(
-            col, paths, models=make_models(), model=model, labels=labels, prune=prune,
-            index_type=index_type, batch_size=batch_size, workers=workers,
+            col, paths, models=make_models(fallback=fallback), model=model, labels=labels,
+            prune=prune, index_type=index_type, batch_size=batch_size, workers=workers,
+            aligned=aligned,
             progress=lambda p: bar(p.total, p.done, f"{p.faces} faces"),
         )  # fmt: skip
     if as_json:
@@ -132,7 +137,8 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
         f"photos: {r.files} found: {r.new} new, {r.updated} updated, {r.unchanged} unchanged, "
         f"{r.moved} moved, {r.failed} failed"
     )
-    click.echo(f"faces:  {r.faces_added} added; {r.no_face} photos without a face")
+    upscaled = f" ({r.faces_upscaled} by the upscaled second pass)" if r.faces_upscaled else ""
+    click.echo(f"faces:  {r.faces_added} added{upscaled}; {r.no_face} photos without a face")
     if r.labels_given or r.labels_skipped or r.labels_not_found:
         line = (
             f"labels: {r.labels_given} given, {r.labels_skipped} skipped "
@@ -169,6 +175,7 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
 @threshold_option
 @collection_options
 @engine_option
+@detection_options
 @json_option
 def query(
     image: str,
@@ -178,6 +185,8 @@ def query(
     collection: str,
     db_url: str | None,
     engine: str,
+    aligned: bool,
+    fallback: bool,
     as_json: bool,
 ) -> None:
     """Who is in IMAGE? 1:K identification of every face against the collection.
@@ -189,8 +198,9 @@ def query(
     else "unknown". Exit status 1 when the photo cannot be read or has no face.
     """
     res = api.identify(
-        collection_ref(home, collection, db_url), image, models=make_models(engine=engine),
-        k=k, threshold=threshold,
+        collection_ref(home, collection, db_url), image,
+        models=make_models(engine=engine, fallback=fallback), k=k, threshold=threshold,
+        aligned=aligned,
     )  # fmt: skip
     results, tau = res.faces, res.threshold
     if as_json:
@@ -304,11 +314,14 @@ def people_delete(
     default=None,
     help="Embedding model for a new collection (default: the collection's, or 'sface').",
 )
+@detection_options
 @collection_options
 def enroll(
     name: str,
     images: tuple[str, ...],
     model: str | None,
+    aligned: bool,
+    fallback: bool,
     home: str,
     collection: str,
     db_url: str | None,
@@ -320,7 +333,9 @@ def enroll(
     has no face (the others are enrolled).
     """
     with open_collection(home, collection, db_url, create=True) as col:
-        report = api.enroll(col, name, images, models=make_models(), model=model)
+        report = api.enroll(
+            col, name, images, models=make_models(fallback=fallback), model=model, aligned=aligned
+        )
     done, errors = report.enrolled, report.failures
     for _path, msg in errors:
         click.echo(f"error: {msg}", err=True)
@@ -346,6 +361,13 @@ def info(home: str, collection: str, db_url: str | None, as_json: bool) -> None:
         _print_info(data)
 
 
+#: How ``info`` words the faces not found by the detector's first pass.
+_FOUND_BY = {
+    "upscaled": "found by the upscaled second pass",
+    "aligned": "given as aligned crops",
+}
+
+
 def _print_info(data: dict[str, Any]) -> None:
     c = data["consistency"]
     idx = data["index"]
@@ -355,7 +377,9 @@ def _print_info(data: dict[str, Any]) -> None:
         f"photos        {data['photos']} ({data['failed_photos']} failed, "
         f"{data['no_face_photos']} without a face)"
     )
-    click.echo(f"faces         {data['faces']} ({data['labelled_faces']} labelled)")
+    by_pass = data["faces_by_pass"]
+    passes = "".join(f", {by_pass[k]} {how}" for k, how in _FOUND_BY.items() if by_pass.get(k))
+    click.echo(f"faces         {data['faces']} ({data['labelled_faces']} labelled{passes})")
     click.echo(f"people        {data['people']}")
     models = data["models"] or []
     if not models:

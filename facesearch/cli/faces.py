@@ -10,7 +10,9 @@ import click
 from facesearch import api
 from facesearch.cli.group import main
 from facesearch.cli.options import (
+    detection_options,
     engine_option,
+    fallback_option,
     json_option,
     make_models,
     model_option,
@@ -21,10 +23,11 @@ from facesearch.cli.options import (
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@fallback_option
 @json_option
-def detect(images: tuple[str, ...], as_json: bool) -> None:
+def detect(images: tuple[str, ...], fallback: bool, as_json: bool) -> None:
     """Find faces in IMAGES: box [x1, y1, x2, y2], 5 landmarks, score."""
-    found = api.detect_photos(images, models=make_models())
+    found = api.detect_photos(images, models=make_models(fallback=fallback))
     for item in found:
         if item.error is not None:
             click.echo(f"error: {api.ImageError(item.source, item.error)}", err=True)
@@ -39,8 +42,9 @@ def detect(images: tuple[str, ...], as_json: bool) -> None:
             click.echo(f"{row['image']}: {len(row['faces'])} face(s)")
             for f in row["faces"]:
                 x1, y1, x2, y2 = f["box"]
+                how = "" if f["detector_pass"] == "default" else f"  ({f['detector_pass']} pass)"
                 click.echo(
-                    f"  box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]  score {f['score']:.3f}"
+                    f"  box [{x1:.0f}, {y1:.0f}, {x2:.0f}, {y2:.0f}]  score {f['score']:.3f}{how}"
                 )
     if failed:
         sys.exit(1)
@@ -56,6 +60,7 @@ def detect(images: tuple[str, ...], as_json: bool) -> None:
 @model_option
 @click.option("--flip/--no-flip", default=None, help="Flip augmentation (default: the model's).")
 @engine_option
+@detection_options
 @json_option
 def verify(
     image_a: str,
@@ -65,6 +70,8 @@ def verify(
     model: str,
     flip: bool | None,
     engine: str,
+    aligned: bool,
+    fallback: bool,
     as_json: bool,
 ) -> None:
     """1:1 verification: are the faces in IMAGE_A and IMAGE_B the same person?
@@ -73,8 +80,8 @@ def verify(
     distance d = |f(a) - f(b)|^2 is below the threshold tau. Exit status 0 either way;
     1 when a photo cannot be read or has no face.
     """
-    res = api.verify(image_a, image_b, models=make_models(model, flip, engine),
-                     threshold=threshold, all_pairs=all_pairs)  # fmt: skip
+    res = api.verify(image_a, image_b, models=make_models(model, flip, engine, fallback=fallback),
+                     threshold=threshold, all_pairs=all_pairs, aligned=aligned)  # fmt: skip
     if as_json:
         click.echo(json.dumps(res.to_dict()))
     elif all_pairs:

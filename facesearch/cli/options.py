@@ -59,6 +59,31 @@ def threshold_option(f: F) -> F:
     )(f)
 
 
+def fallback_option(f: F) -> F:
+    return click.option(
+        "--fallback/--no-fallback",
+        "fallback",
+        default=True,
+        show_default=True,
+        help="Search a photo in which no face is found again, upscaled 2x (photos up to 800 px: "
+        "crops, thumbnails); such faces are recorded as found by the 'upscaled' pass.",
+    )(f)
+
+
+def aligned_option(f: F) -> F:
+    return click.option(
+        "--aligned",
+        is_flag=True,
+        help="The photos are face crops on the alignment template (square, such as 112x112 "
+        "ArcFace crops, or 96x112): each is one face, embedded as it is, without detection.",
+    )(f)
+
+
+def detection_options(f: F) -> F:
+    """``--aligned`` and ``--fallback/--no-fallback`` of the commands that embed photos."""
+    return aligned_option(fallback_option(f))
+
+
 def batch_options(f: F) -> F:
     """``--batch-size`` and ``--workers`` of the commands that read photos in bulk."""
     f = click.option(
@@ -163,11 +188,13 @@ def build_pipeline(config: PipelineConfig) -> FacePipeline:
     return pipe
 
 
-def make_models(model: str = "sface", flip: bool | None = None, engine: str = "auto") -> Models:
-    """The :class:`Models` of ``--model``, ``--flip`` and ``--engine``."""
+def make_models(
+    model: str = "sface", flip: bool | None = None, engine: str = "auto", *, fallback: bool = True
+) -> Models:
+    """The :class:`Models` of ``--model``, ``--flip``, ``--engine`` and ``--no-fallback``."""
     from facesearch.pipeline import Models, PipelineConfig
 
-    config = PipelineConfig(model=model, engine=engine)
+    config = PipelineConfig(model=model, engine=engine, fallback=fallback)
     if flip is not None:  # None: the config's default
         config = dataclasses.replace(config, flip=flip)
     return Models(config, factory=lambda c: build_pipeline(c))
