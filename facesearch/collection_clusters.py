@@ -54,7 +54,7 @@ from facesearch import store as st
 from facesearch.cluster_algorithms import ClusterConfig, agglomerate, assign_new, propose_people
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
 from facesearch.distance import DEFAULT_THRESHOLD
-from facesearch.errors import CollectionError, NotFoundError
+from facesearch.errors import ArgumentError, CollectionError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -659,8 +659,6 @@ def load_labelled_npz(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """``(xb (N, D) float32, labels (N,) int64, photo ids (N,) int64 or None)`` from an
     ``.npz`` holding ``xb``, ``labels`` and optionally ``photo_ids``."""
-    from facesearch.errors import ArgumentError
-
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -678,7 +676,7 @@ def labelled_by_folder(col: Collection, root: Path) -> tuple[np.ndarray, np.ndar
     """The largest face of every photo of a collection indexed from ``root`` (labelled by
     subfolder), with its person: ``(xb (N, D) float32, true (N,) int64, photo_ids (N,) int64)``.
     Other faces of a photo (bystanders) are left out of the evaluation."""
-    root = Path(root).resolve()
+    top = os.path.abspath(root)  # photos are stored by path, not resolved (indexer doc)
     with col.session(snapshot=True) as s:
         f = _load(s)
         records = st.faces_by_ids(s, f.face_ids.tolist())
@@ -693,7 +691,10 @@ def labelled_by_folder(col: Collection, root: Path) -> tuple[np.ndarray, np.ndar
     people: dict[str, int] = {}
     true = np.empty(len(pos), dtype=np.int64)
     for j, i in enumerate(pos.tolist()):
-        rel = Path(records[int(f.face_ids[i])].photo).resolve().relative_to(root)
+        photo = records[int(f.face_ids[i])].photo
+        rel = Path(os.path.relpath(photo, top))
+        if rel.parts[:1] == ("..",):
+            raise ArgumentError(f"photo {photo} of the collection is not under {top}")
         person = rel.parts[0] if len(rel.parts) > 1 else ""
         true[j] = people.setdefault(person, len(people))
     return f.xb[pos], true, f.photo_ids[pos]

@@ -60,6 +60,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import stat
 import threading
 import warnings
@@ -82,7 +83,8 @@ Source = str | os.PathLike[str] | bytes | bytearray | memoryview
 #: 100-megapixel camera frame fits; decoding one at the limit needs about 1.3 GB.
 MAX_PIXELS: int = 178_956_970
 
-#: Lower-case file suffixes :func:`load_image` reads; the folder walker indexes these.
+#: Lower-case file suffixes :func:`load_image` reads; the folder walker takes these as images
+#: without looking inside (a file of another suffix is taken by its content, :func:`sniff_format`).
 SUPPORTED_SUFFIXES: frozenset[str] = frozenset(
     {
         ".jpg", ".jpeg", ".jpe", ".jfif",
@@ -114,15 +116,14 @@ _HEIF_BRANDS = frozenset(
     {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 )
 
-#: File signatures, only to word the error for a file Pillow cannot identify.
-_SIGNATURES: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
-)
+#: ISO-BMFF major brands of AVIF images and sequences.
+_AVIF_BRANDS = frozenset({b"avif", b"avis"})
+#: Sizes of the DIB header that follows a BMP's 14-byte file header (core, v2..v5, OS/2).
+_BMP_HEADER_SIZES = frozenset({12, 16, 40, 52, 56, 64, 108, 124})
+#: Netpbm (PBM/PGM/PPM): ``P1``..``P6``, white space and comments, then the width.
+_NETPBM = re.compile(rb"P[1-6](?:\s|#[^\n]*\n)+(?:#[^\n]*\n\s*)*\d")
+#: Bytes :func:`sniff_format` reads.
+SNIFF_BYTES = 32
 
 _WARNINGS_LOCK = threading.Lock()
 _HEIF_LOCK = threading.Lock()
@@ -130,6 +131,49 @@ _heif_registered = False
 
 
 # --------------------------------------------------------------------------- public API
+
+
+def format_of(head: bytes) -> str | None:
+    """The supported format whose signature starts ``head`` (the first :data:`SNIFF_BYTES`
+    bytes of a file): ``JPEG``, ``PNG``, ``GIF``, ``TIFF``, ``WEBP``, ``BMP``, ``PNM``, ``HEIF``,
+    ``AVIF``; ``None`` when it is none of them."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "TIFF"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES:
+        return "BMP"
+    if head[4:8] == b"ftyp" and head[8:12] in _AVIF_BRANDS:
+        return "AVIF"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "HEIF"
+    if _NETPBM.match(head):
+        return "PNM"
+    return None
+
+
+def sniff_format(path: str | os.PathLike[str]) -> str | None:
+    """The image format of the file ``path`` by its first bytes (:func:`format_of`), for files
+    whose name does not say it. ``None`` when it is not an image, not a regular file (a FIFO
+    or a device is never opened) or cannot be read."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            head = os.read(fd, SNIFF_BYTES)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.debug("cannot sniff %s: %s", os.fspath(path), exc)
+        return None
+    return format_of(head)
 
 
 def default_workers() -> int:
@@ -334,14 +378,14 @@ def _classify(name: str, e: Exception, fp: IO[bytes]) -> ImageError:
     if isinstance(e, UnidentifiedImageError):
         try:
             fp.seek(0)
-            head = fp.read(16)
+            head = fp.read(SNIFF_BYTES)
         except (OSError, ValueError):
             head = b""
-        for signature, fmt in _SIGNATURES:
-            if head.startswith(signature):
-                return ImageError(
-                    name, f"corrupt or truncated {fmt} header (Pillow cannot identify it)"
-                )
+        fmt = format_of(head)
+        if fmt is not None and fmt not in ("HEIF", "AVIF"):
+            return ImageError(
+                name, f"corrupt or truncated {fmt} header (Pillow cannot identify it)"
+            )
         if head[4:8] == b"ftyp":
             return ImageError(name, f"unsupported ISO-BMFF image (brand {head[8:12]!r})")
         return ImageError(name, "not an image (no supported format recognised)")

@@ -6,12 +6,25 @@ logs through :mod:`logging`, reports progress through a callback and returns an
 
 Walking
 -------
-Each PATH is a folder (walked recursively, sorted, symbolic links to folders not followed) or a
-file. Hidden files and folders (name starting with ``.``) are skipped, and so are files whose
-suffix is not in :data:`facesearch.image.SUPPORTED_SUFFIXES` (counted in the report, listed at
-``-vv``). A file named explicitly is indexed even if hidden, but needs a supported suffix.
-Photos are stored under their absolute path (``os.path.abspath``: symbolic links are kept as
-the user sees them).
+Each PATH is a folder (walked recursively, sorted) or a file. Symbolic links are followed, to
+files and to folders (a link to a folder already walked from this PATH, such as a link cycle,
+is skipped); a link whose target is gone is skipped and counted (``broken_links``). Hidden
+files and folders (name starting with ``.``) are skipped. What is an image is decided by the
+file, not its name: a suffix of :data:`facesearch.image.SUPPORTED_SUFFIXES` is taken as one,
+any other file is taken when its first bytes are those of a supported format
+(:func:`facesearch.image.sniff_format`; counted in ``by_content``), and the rest is skipped
+and counted (``skipped_other``, listed at ``-vv``). A file named explicitly is indexed even if
+hidden. ``nothing_indexed`` lists the PATHs that hold files none of which could be indexed.
+
+Paths
+-----
+One rule everywhere (indexing, ``--labels folders`` and label CSVs, ``--prune``, moved files,
+``enroll``, ``evaluate cluster``): a photo is stored under the path it was found by, made
+absolute (``os.path.abspath``: ``..`` and ``.`` collapsed) but **not resolved**: a photo found
+through a symbolic link keeps the link's path, and ``--labels folders`` names it after the
+folder the link is in. The same file reached by two paths is two photos (like a copy). A
+stored photo whose path no longer leads to a file (deleted, renamed, or a link now broken)
+is gone: moved when its content turns up at a new path, pruned by ``--prune``.
 
 Incremental runs
 ----------------
@@ -94,7 +107,7 @@ import numpy as np
 
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 from facesearch.errors import FacesearchError, ImageError, require_positive
-from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
+from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image, sniff_format
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
@@ -176,6 +189,10 @@ class IndexReport:
     missing: int = 0
     skipped_hidden: int = 0
     skipped_other: int = 0
+    by_content: int = 0  # of files: no image suffix, taken by their content
+    broken_links: int = 0
+    #: PATHs given that hold files of which none could be indexed (not images, or failed)
+    nothing_indexed: list[str] = field(default_factory=list)
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
@@ -203,6 +220,9 @@ class IndexReport:
             "missing": self.missing,
             "skipped_hidden": self.skipped_hidden,
             "skipped_other": self.skipped_other,
+            "by_content": self.by_content,
+            "broken_links": self.broken_links,
+            "nothing_indexed": list(self.nothing_indexed),
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
@@ -214,48 +234,105 @@ class IndexReport:
 
 @dataclass(frozen=True, slots=True)
 class WalkResult:
-    """Files found by :func:`walk`: absolute paths, sorted per folder, no duplicates."""
+    """Files found by :func:`walk`: absolute paths, sorted per folder, no duplicates.
+
+    ``by_content``: how many of ``files`` have no image suffix and were taken by their content.
+    ``skipped_other``: files that are not images (by content); ``broken_links``: symbolic links
+    whose target is gone. ``root_files[i]``: every file found under ``roots[i]`` (images,
+    hidden, other, broken links).
+    """
 
     files: tuple[str, ...]
     skipped_hidden: int
     skipped_other: int
     roots: tuple[str, ...]
+    by_content: int = 0
+    broken_links: int = 0
+    root_files: tuple[int, ...] = ()
 
 
 def _supported(name: str) -> bool:
     return Path(name).suffix.lower() in SUPPORTED_SUFFIXES
 
 
+class _Walk:
+    """What :func:`walk` has found so far."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, None] = {}
+        self.hidden: set[str] = set()
+        self.other: set[str] = set()
+        self.broken: set[str] = set()
+        self.by_content: set[str] = set()
+        self.seen = 0  # files met under the current root
+
+    def file(self, path: str, *, hidden: bool = False) -> None:
+        self.seen += 1
+        if hidden:
+            self.hidden.add(path)
+        elif not os.path.exists(path):  # a symbolic link whose target is gone
+            self.broken.add(path)
+            logger.debug("skipping %s: a symbolic link to nothing", path)
+        elif _supported(path):
+            self.files.setdefault(path)
+        elif sniff_format(path) is not None:
+            self.files.setdefault(path)
+            self.by_content.add(path)
+            logger.debug("%s: an image without an image suffix, taken by its content", path)
+        else:
+            self.other.add(path)
+            logger.debug("skipping %s: not an image (by its content)", path)
+
+
 def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
     """Image files under ``paths`` (folders recursively, or files), see the module doc."""
-    files: dict[str, None] = {}
-    hidden: set[str] = set()
-    other: set[str] = set()
+    found = _Walk()
     roots: list[str] = []
+    counts: list[int] = []
     for given in paths:
         root = os.path.abspath(os.fspath(given))
         roots.append(root)
+        found.seen = 0
         if not os.path.isdir(root):
-            if _supported(root):
-                files.setdefault(root)
-            else:
-                other.add(root)
-                logger.debug("skipping %s: not a supported image suffix", root)
+            found.file(root)
+            counts.append(found.seen)
             continue
-        for folder, dirnames, filenames in os.walk(root):
-            kept = sorted(d for d in dirnames if not d.startswith("."))
-            hidden.update(os.path.join(folder, d) for d in dirnames if d.startswith("."))
+        walked = {_folder_id(root)}  # real folders, against link cycles and double walks
+        for folder, dirnames, filenames in os.walk(root, followlinks=True):
+            kept = []
+            for d in sorted(dirnames):
+                sub = os.path.join(folder, d)
+                if d.startswith("."):
+                    found.hidden.add(sub)
+                    continue
+                key = _folder_id(sub)
+                if key is None or key in walked:
+                    logger.debug("skipping %s: a link to a folder walked already", sub)
+                    continue
+                walked.add(key)
+                kept.append(d)
             dirnames[:] = kept
             for name in sorted(filenames):
-                path = os.path.join(folder, name)
-                if name.startswith("."):
-                    hidden.add(path)
-                elif _supported(name):
-                    files.setdefault(path)
-                else:
-                    other.add(path)
-                    logger.debug("skipping %s: not a supported image suffix", path)
-    return WalkResult(tuple(files), len(hidden), len(other), tuple(roots))
+                found.file(os.path.join(folder, name), hidden=name.startswith("."))
+        counts.append(found.seen)
+    return WalkResult(
+        tuple(found.files),
+        len(found.hidden),
+        len(found.other),
+        tuple(roots),
+        by_content=len(found.by_content),
+        broken_links=len(found.broken),
+        root_files=tuple(counts),
+    )
+
+
+def _folder_id(path: str) -> tuple[int, int] | None:
+    """``(device, inode)`` of the folder ``path`` (links followed); ``None`` if unreadable."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -273,7 +350,7 @@ def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, str]:
     line for a malformed row, an empty name, or a path given twice with different people.
     """
     csv_path = Path(path)
-    base = csv_path.resolve().parent
+    base = Path(os.path.abspath(csv_path)).parent  # not resolved: the path rule of the module doc
     out: dict[str, str] = {}
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -438,6 +515,7 @@ class _Run:
         self.done = 0
         self.faces = 0
         self.last_checkpoint = time.monotonic()
+        self.indexed: set[str] = set()  # paths stored as photos read (ok or without a face)
         if self.loader is None:
             self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
@@ -595,6 +673,8 @@ class _Run:
         self.col.add_photos(photos, replace=True)
         rep = self.report
         for photo, (updated, failed) in zip(photos, stats, strict=True):
+            if not failed:
+                self.indexed.add(photo.path)
             if failed:
                 rep.failed += 1
                 rep.failures.append((photo.path, photo.error or ""))
@@ -645,11 +725,14 @@ def index_paths(
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
-    if found.skipped_hidden or found.skipped_other:
+    rep.by_content, rep.broken_links = found.by_content, found.broken_links
+    if found.skipped_hidden or found.skipped_other or found.broken_links:
         logger.info(
-            "skipped %d hidden files or folders and %d files that are not images",
+            "skipped %d hidden files or folders, %d files that are not images and %d links to "
+            "nothing",
             found.skipped_hidden,
             found.skipped_other,
+            found.broken_links,
         )
     if labeler.table is not None:
         rep.labels_not_found = len(set(labeler.table) - set(found.files))
@@ -669,8 +752,22 @@ def index_paths(
         except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the photos committed so far are kept")
+    if not rep.interrupted:
+        rep.nothing_indexed = _nothing_indexed(found, run.indexed)
+        for root in rep.nothing_indexed:
+            logger.warning("nothing could be indexed from %s", root)
     rep.seconds = time.monotonic() - started
     return rep
+
+
+def _nothing_indexed(found: WalkResult, indexed: set[str]) -> list[str]:
+    """The roots that hold files none of which is stored as a photo read (see IndexReport)."""
+    out = []
+    for root, n in zip(found.roots, found.root_files, strict=True):
+        under = root.rstrip(os.sep) + os.sep
+        if n and not any(p == root or p.startswith(under) for p in indexed):
+            out.append(root)
+    return out
 
 
 def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
@@ -693,6 +790,8 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
         old = stored.get(path)
         if old is not None and old.size == info.st_size and old.mtime == info.st_mtime:
             rep.unchanged += 1
+            if old.status is not st.PhotoStatus.FAILED:
+                run.indexed.add(path)
             if label is not None and old.status is st.PhotoStatus.OK:
                 relabel[old.id] = label
             continue
@@ -702,7 +801,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     gone_under_roots: list[PhotoStat] = []
     roots = [r.rstrip(os.sep) + os.sep for r in found.roots]
     for path, stat in stored.items():
-        if path in walked or os.path.lexists(path):
+        if path in walked or os.path.exists(path):  # a link to nothing is gone too
             continue
         gone.setdefault(stat.content_hash, []).append(stat)
         if any(path.startswith(r) or path == r[:-1] for r in roots):
@@ -780,11 +879,15 @@ def _handle(
     claimed: set[int],
     relabel: dict[int, str],
 ) -> None:
+    from facesearch import store as st
+
     col, rep = run.col, run.report
     job = r.job
     if r.same_as_old and job.old is not None:
         col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
         rep.unchanged += 1
+        if job.old.status is not st.PhotoStatus.FAILED:
+            run.indexed.add(job.path)
         if job.label is not None and job.old.status.value == "ok":
             relabel[job.old.id] = job.label
         run._tick(1)
@@ -800,6 +903,8 @@ def _handle(
                 col.remove_photos([job.old.id])
             col.move_photo(source.id, job.path, mtime=job.mtime)
             rep.moved += 1
+            if source.status is not st.PhotoStatus.FAILED:
+                run.indexed.add(job.path)
             logger.info("%s was moved to %s: faces and labels kept", source.path, job.path)
             if job.label is not None and source.status.value == "ok":
                 relabel[source.id] = job.label

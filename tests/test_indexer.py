@@ -121,13 +121,14 @@ def indexed(
 def test_index_reports_and_stores_everything(indexed: dict[str, Any]) -> None:
     lib, home, db = indexed["lib"], indexed["home"], indexed["db"]
     out = indexed["result"].stdout.splitlines()
-    assert out[:3] == [
+    assert out[:4] == [
         "photos: 12 found: 9 new, 0 updated, 0 unchanged, 0 moved, 3 failed",
         "faces:  8 added; 1 photos without a face",
         "labels: 8 given, 0 skipped (several faces, none clearly the largest)",
+        "skipped: 1 not images (by their content), 2 hidden",
     ]
-    assert out[3].startswith("time:   ") and "photos/s" in out[3] and "faces/s" in out[3]
-    assert len(out) == 4
+    assert out[4].startswith("time:   ") and "photos/s" in out[4] and "faces/s" in out[4]
+    assert len(out) == 5
     err = indexed["result"].stderr
     assert f"  {lib / 'misc' / 'empty.jpg'}: empty file (0 bytes)" in err
     assert f"  {lib / 'misc' / 'not_an_image.jpg'}: not an image" in err

@@ -104,8 +104,11 @@ def index(
     """Index the photos under PATHs (folders, recursively, or files) into a collection.
 
     Creates the collection if needed. Incremental: unchanged photos are skipped, moved or
-    renamed photos keep their faces and labels. Hidden files are skipped. A photo that cannot
-    be read is recorded with its error and reported; the run goes on. Ctrl-C keeps what was
+    renamed photos keep their faces and labels. Hidden files are skipped; symbolic links are
+    followed and photos keep the path they were found by. A file without an image suffix is
+    indexed when its content is an image. A photo that cannot be read is recorded with its
+    error and reported; the run goes on. Exit status 1 when a PATH holds files of which none
+    could be indexed. Ctrl-C keeps what was
     committed: run the command again to continue. One writer at a time: a second one waits
     FACESEARCH_LOCK_TIMEOUT seconds (default 10), then stops with an error.
     """
@@ -130,6 +133,14 @@ def index(
             err=True,
         )
         sys.exit(130)
+    for path in report.nothing_indexed:
+        click.echo(
+            f"error: nothing could be indexed from {path}: it holds files, but none of them is "
+            "an image that could be read (see the summary)",
+            err=True,
+        )
+    if report.nothing_indexed:
+        sys.exit(1)
 
 
 def _print_index_report(r: IndexReport, prune: bool) -> None:
@@ -147,6 +158,19 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
         if r.labels_not_found:
             line += f", {r.labels_not_found} listed photos not found"
         click.echo(line)
+    skipped = [
+        f"{n} {why}"
+        for n, why in (
+            (r.skipped_other, "not images (by their content)"),
+            (r.skipped_hidden, "hidden"),
+            (r.broken_links, "links to nothing"),
+        )
+        if n
+    ]
+    if skipped:
+        click.echo(f"skipped: {', '.join(skipped)}")
+    if r.by_content:
+        click.echo(f"by content: {r.by_content} photos without an image suffix")
     if r.pruned:
         click.echo(f"pruned: {r.pruned} photos whose files are gone")
     if r.missing:
