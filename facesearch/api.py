@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -287,6 +287,39 @@ class Verification:
         else:
             out.update(box_a=_box(self.best.box_a), box_b=_box(self.best.box_b))
         out["model"] = self.model
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoIdentification:
+    """One photo of :func:`identify_photos`: its result, or why there is none (``error``: it
+    cannot be read, or has no face)."""
+
+    source: str
+    result: IdentifyResult | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.result is None:
+            return {"image": self.source, "error": self.error}
+        return {"image": self.source, **self.result.to_dict()}
+
+
+@dataclass(frozen=True, slots=True)
+class PairVerification:
+    """One pair of :func:`verify_pairs`: its verification, or why there is none."""
+
+    image_a: str
+    image_b: str
+    verification: Verification | None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"a": self.image_a, "b": self.image_b}
+        if self.verification is None:
+            out["error"] = self.error
+        else:
+            out.update(self.verification.to_dict())
         return out
 
 
@@ -607,23 +640,33 @@ def verify(
     both photos are face crops on the template (:func:`photo_faces`).
     :class:`NoFaceError` when a photo has no face.
     """
-    from facesearch.distance import distance
 
     m = _models(models)
     pipe = m.pipeline(photos=2, megabytes=_megabytes(image_a) + _megabytes(image_b))
     tau = m.threshold("verify") if threshold is None else float(threshold)
+    fa, fb = _faces(pipe, image_a, aligned), _faces(pipe, image_b, aligned)
+    for src, found in ((image_a, fa), (image_b, fb)):
+        if not found:
+            raise NoFaceError(_source(src))
+    return _verification(fa, fb, tau, pipe.model_name, all_pairs)
+
+
+def _verification(
+    fa: Sequence[Face], fb: Sequence[Face], tau: float, model: str, all_pairs: bool
+) -> Verification:
+    """Compare the faces of two photos (each with at least one): every pair, or the largest
+    face of each."""
+    from facesearch.distance import distance
+
     if all_pairs:
-        fa, fb = _faces(pipe, image_a, aligned), _faces(pipe, image_b, aligned)
-        for src, found in ((image_a, fa), (image_b, fb)):
-            if not found:
-                raise NoFaceError(_source(src))
         pairs = []
         for i, a in enumerate(fa):
             for j, b in enumerate(fb):
                 d = float(distance(a.embedding, b.embedding))
                 pairs.append(FacePair(i, a.detection.box, j, b.detection.box, d, d < tau))
     else:
-        a, b = _largest(pipe, image_a, aligned), _largest(pipe, image_b, aligned)
+        a = max(fa, key=lambda f: f.detection.area)
+        b = max(fb, key=lambda f: f.detection.area)
         d = float(distance(a.embedding, b.embedding))
         pairs = [FacePair(0, a.detection.box, 0, b.detection.box, d, d < tau)]
     best = min(pairs, key=lambda p: p.distance)
@@ -631,10 +674,84 @@ def verify(
         same=any(p.same for p in pairs),
         distance=best.distance,
         threshold=tau,
-        model=pipe.model_name,
+        model=model,
         pairs=tuple(pairs),
         all_pairs=all_pairs,
     )
+
+
+#: Photos whose faces :func:`verify_pairs` keeps for the pairs still to come.
+PAIR_CACHE_PHOTOS: int = 4096
+#: Pairs :func:`verify_pairs` reads ahead; their photos are embedded together.
+PAIR_WINDOW: int = 64
+
+
+def verify_pairs(
+    pairs: Iterable[tuple[ImageInput, ImageInput]],
+    *,
+    models: Models | None = None,
+    threshold: float | None = None,
+    all_pairs: bool = False,
+    aligned: bool = False,
+) -> Iterator[PairVerification]:
+    """:func:`verify` for many pairs in one go, in input order, as they are ready.
+
+    The networks load once; each photo is embedded once while its pairs are near (the last
+    :data:`PAIR_CACHE_PHOTOS` photos are kept), the photos of :data:`PAIR_WINDOW` pairs at a
+    time on every core. A pair with a photo that cannot be read or has no face gets its
+    ``error``; the others go on.
+    """
+    from collections import OrderedDict
+    from itertools import islice
+
+    from facesearch.batch import stream_faces
+
+    m = _models(models)
+    pipe = m.pipeline()
+    tau = m.threshold("verify") if threshold is None else float(threshold)
+    cache: OrderedDict[Any, tuple[tuple[Face, ...], str | None]] = OrderedDict()
+    it = iter(pairs)
+    while window := list(islice(it, PAIR_WINDOW)):
+        photos = {_key(x): x for pair in window for x in pair if _key(x) not in cache}
+        found = stream_faces(pipe, list(photos.values()), load=load, source=_source,
+                             aligned=aligned)  # fmt: skip
+        for key, got in zip(photos, found, strict=True):
+            cache[key] = (got.faces, got.error)
+        for a, b in window:
+            (fa, ea), (fb, eb) = cache[_key(a)], cache[_key(b)]
+            for x in (a, b):
+                cache.move_to_end(_key(x))
+            error = ea or eb
+            if error is None and not fa:
+                error = str(NoFaceError(_source(a)))
+            if error is None and not fb:
+                error = str(NoFaceError(_source(b)))
+            if error is not None:
+                yield PairVerification(_source(a), _source(b), None, error)
+            else:
+                v = _verification(fa, fb, tau, pipe.model_name, all_pairs)
+                yield PairVerification(_source(a), _source(b), v)
+        while len(cache) > PAIR_CACHE_PHOTOS:
+            cache.popitem(last=False)
+
+
+def read_pairs_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
+    """The pairs of photos of a CSV of rows ``a,b`` for :func:`verify_pairs` (relative paths
+    from the CSV's folder; :class:`ArgumentError` naming the line of a malformed row)."""
+    from facesearch.batch import read_pairs_csv as read
+
+    return read(path)
+
+
+def _key(image: ImageInput) -> Any:
+    """What identifies a photo of :func:`verify_pairs` for its cache (an array by identity)."""
+    if isinstance(image, np.ndarray):
+        return ("array", id(image))
+    if isinstance(image, bytes):
+        import hashlib
+
+        return ("bytes", hashlib.sha256(image).digest())
+    return ("path", os.path.abspath(os.fspath(image)))
 
 
 # -- identification and vector search --------------------------------------------------------------
@@ -716,6 +833,59 @@ def _identify(
     faces.sort(key=lambda f: (f.detection.box[0], f.detection.box[1]))
     results = identify_faces(col, faces, k=k, threshold=tau)
     return IdentifyResult(tuple(results), tau, faces[0].model)
+
+
+def identify_photos(
+    collection: Collection,
+    images: Iterable[ImageInput],
+    *,
+    models: Models | None = None,
+    k: int = 5,
+    threshold: float | None = None,
+    aligned: bool = False,
+) -> Iterator[PhotoIdentification]:
+    """:func:`identify` for many photos in one go, in input order, as they are ready.
+
+    A folder among ``images`` stands for its photos, walked as :func:`index_paths` walks
+    (recursively, by content, links followed). The networks load once and the photos go
+    through them on every core (:func:`facesearch.batch.stream_faces`); each batch of photos
+    is searched at once. A photo that cannot be read or has no face gets its ``error``; the
+    others go on.
+    """
+    if k < 1 or k > MAX_LIMIT:
+        raise ArgumentError(f"k must be in 1..{MAX_LIMIT}, got {k}")
+    from facesearch.batch import stream_faces
+    from facesearch.identify import identify_faces
+    from facesearch.model_upgrade import check_query_embedder, query_model
+
+    _ = collection.vectors  # fails early: no faces yet
+    m = _models(models).for_model(query_model(collection))
+    pipe = m.pipeline()
+    if m.config.model != "sface":
+        check_query_embedder(collection, pipe.embedder)
+    tau = m.threshold("identify") if threshold is None else float(threshold)
+    found = stream_faces(pipe, _photos(images), load=load, source=_source, aligned=aligned)
+    for photo in found:
+        if photo.error is not None:
+            yield PhotoIdentification(photo.source, None, photo.error)
+            continue
+        if not photo.faces:
+            yield PhotoIdentification(photo.source, None, str(NoFaceError(photo.source)))
+            continue
+        faces = sorted(photo.faces, key=lambda f: (f.detection.box[0], f.detection.box[1]))
+        results = identify_faces(collection, faces, k=k, threshold=tau)
+        yield PhotoIdentification(photo.source, IdentifyResult(tuple(results), tau, faces[0].model))
+
+
+def _photos(images: Iterable[ImageInput]) -> Iterator[ImageInput]:
+    """``images`` with every folder path replaced by the photos under it."""
+    from facesearch.batch import expand_photos
+
+    for image in images:
+        if isinstance(image, (str, os.PathLike)) and os.path.isdir(image):
+            yield from expand_photos([image])
+        else:
+            yield image
 
 
 def search_faces(
@@ -1360,8 +1530,10 @@ __all__ = [
     "Page",
     "PersonDeleted",
     "PersonInfo",
+    "PairVerification",
     "PersonRef",
     "PhotoDetections",
+    "PhotoIdentification",
     "PhotoInfo",
     "PipelineConfig",
     "SchemaUpgrade",
@@ -1386,13 +1558,14 @@ __all__ = [
     "export_clusters",
     "get_cluster",
     "get_face",
-    "list_faces",
     "get_person",
     "get_photo",
     "identify",
+    "identify_photos",
     "index_paths",
     "iterate",
     "list_clusters",
+    "list_faces",
     "list_models",
     "list_people",
     "load",
@@ -1403,6 +1576,7 @@ __all__ = [
     "person_faces",
     "photo_faces",
     "photo_of_face",
+    "read_pairs_csv",
     "reindex",
     "rename_person",
     "search_faces",
@@ -1412,4 +1586,6 @@ __all__ = [
     "unassign_face",
     "upgrade_schema",
     "use_model",
+    "verify",
+    "verify_pairs",
 ]

@@ -187,7 +187,7 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
 
 
 @main.command()
-@click.argument("image", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option(
     "-k",
     "k",
@@ -202,7 +202,7 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
 @detection_options
 @json_option
 def query(
-    image: str,
+    images: tuple[str, ...],
     k: int,
     threshold: float | None,
     home: str,
@@ -213,24 +213,46 @@ def query(
     fallback: bool,
     as_json: bool,
 ) -> None:
-    """Who is in IMAGE? 1:K identification of every face against the collection.
+    """Who is in IMAGES? 1:K identification of every face against the collection.
 
-    The query is embedded with the collection's active model (see 'facesearch model').
+    IMAGES are photos and folders (walked as 'index' walks them). One process answers them
+    all, the networks loaded once; with several photos the answers are streamed in order,
+    each headed by its photo, and --json prints one JSON object per photo and line. The query
+    is embedded with the collection's active model (see 'facesearch model').
 
     For each face: the K nearest stored faces grouped by person (best distance, count), and
     a verdict: the person of the nearest labelled face when its distance d is below tau,
-    else "unknown". Exit status 1 when the photo cannot be read or has no face.
+    else "unknown". Exit status 1 when a photo cannot be read or has no face (the others are
+    answered).
     """
-    res = api.identify(
-        collection_ref(home, collection, db_url), image,
-        models=make_models(engine=engine, fallback=fallback), k=k, threshold=threshold,
-        aligned=aligned,
-    )  # fmt: skip
-    results, tau = res.faces, res.threshold
-    if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=1))
+    models = make_models(engine=engine, fallback=fallback)
+    if len(images) == 1 and not os.path.isdir(images[0]):
+        res = api.identify(collection_ref(home, collection, db_url), images[0], models=models,
+                           k=k, threshold=threshold, aligned=aligned)  # fmt: skip
+        if as_json:
+            click.echo(json.dumps([r.to_dict() for r in res.faces], indent=1))
+        else:
+            _print_identification(res)
         return
-    for i, r in enumerate(results, start=1):
+    failed = 0
+    with open_collection(home, collection, db_url) as col:
+        for item in api.identify_photos(col, images, models=models, k=k, threshold=threshold,
+                                        aligned=aligned):  # fmt: skip
+            failed += item.result is None
+            if as_json:
+                click.echo(json.dumps(item.to_dict()))
+            elif item.result is None:
+                click.echo(f"error: {item.error}", err=True)
+            else:
+                click.echo(f"== {item.source}")
+                _print_identification(item.result)
+    if failed:
+        sys.exit(1)
+
+
+def _print_identification(res: api.IdentifyResult) -> None:
+    tau = res.threshold
+    for i, r in enumerate(res.faces, start=1):
         assert r.face is not None
         x1, y1, x2, y2 = (round(v) for v in r.face.detection.box)
         if r.person is not None:

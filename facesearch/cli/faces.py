@@ -51,8 +51,16 @@ def detect(images: tuple[str, ...], fallback: bool, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("image_a", type=click.Path(dir_okay=False))
-@click.argument("image_b", type=click.Path(dir_okay=False))
+@click.argument("image_a", required=False, type=click.Path(dir_okay=False))
+@click.argument("image_b", required=False, type=click.Path(dir_okay=False))
+@click.option(
+    "--pairs",
+    "pairs_csv",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A CSV of pairs 'a,b' (paths relative to its folder; optional header 'a,b') to verify "
+    "in one process instead of IMAGE_A IMAGE_B; results streamed, one line per pair.",
+)
 @click.option(
     "--all", "all_pairs", is_flag=True, help="Compare every face of A with every face of B."
 )
@@ -63,8 +71,9 @@ def detect(images: tuple[str, ...], fallback: bool, as_json: bool) -> None:
 @detection_options
 @json_option
 def verify(
-    image_a: str,
-    image_b: str,
+    image_a: str | None,
+    image_b: str | None,
+    pairs_csv: str | None,
     all_pairs: bool,
     threshold: float | None,
     model: str,
@@ -77,11 +86,19 @@ def verify(
     """1:1 verification: are the faces in IMAGE_A and IMAGE_B the same person?
 
     Uses the largest face of each photo (``--all``: every pair). Same person when the
-    distance d = |f(a) - f(b)|^2 is below the threshold tau. Exit status 0 either way;
-    1 when a photo cannot be read or has no face.
+    distance d = |f(a) - f(b)|^2 is below the threshold tau. With --pairs, every pair of the
+    CSV in one process, each photo embedded once, one line per pair (JSON lines with --json).
+    Exit status 0 either way; 1 when a photo cannot be read or has no face.
     """
-    res = api.verify(image_a, image_b, models=make_models(model, flip, engine, fallback=fallback),
-                     threshold=threshold, all_pairs=all_pairs, aligned=aligned)  # fmt: skip
+    if (pairs_csv is None) == (image_a is None) or (image_a is None) != (image_b is None):
+        raise click.UsageError("give IMAGE_A and IMAGE_B, or --pairs FILE.csv")
+    models = make_models(model, flip, engine, fallback=fallback)
+    if pairs_csv is not None:
+        _verify_pairs(api.read_pairs_csv(pairs_csv), models, threshold, all_pairs, aligned, as_json)
+        return
+    assert image_a is not None and image_b is not None
+    res = api.verify(image_a, image_b, models=models, threshold=threshold, all_pairs=all_pairs,
+                     aligned=aligned)  # fmt: skip
     if as_json:
         click.echo(json.dumps(res.to_dict()))
     elif all_pairs:
@@ -95,6 +112,30 @@ def verify(
         click.echo(f"distance  {res.distance:.3f}")
         click.echo(f"threshold {res.threshold:.3f}")
         click.echo("same person" if res.same else "different people")
+
+
+def _verify_pairs(
+    pairs: list[tuple[str, str]],
+    models: api.Models,
+    threshold: float | None,
+    all_pairs: bool,
+    aligned: bool,
+    as_json: bool,
+) -> None:
+    failed = 0
+    for item in api.verify_pairs(pairs, models=models, threshold=threshold, all_pairs=all_pairs,
+                                 aligned=aligned):  # fmt: skip
+        v = item.verification
+        failed += v is None
+        if as_json:
+            click.echo(json.dumps(item.to_dict()))
+        elif v is None:
+            click.echo(f"error: {item.error}", err=True)
+        else:
+            verdict = "same person" if v.same else "different people"
+            click.echo(f"{item.image_a}\t{item.image_b}\td {v.distance:.3f}\t{verdict}")
+    if failed:
+        sys.exit(1)
 
 
 @main.group()
