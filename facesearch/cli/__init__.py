@@ -51,7 +51,7 @@ def _register() -> None:
     # Command modules register themselves on ``main``; import order is the help order.
     import importlib
 
-    for name in ("faces", "collection", "model", "cluster", "train"):
+    for name in ("faces", "collection", "model", "cluster", "train", "serve"):
         try:
             importlib.import_module(f"facesearch.cli.{name}")
         except ModuleNotFoundError as exc:  # a command module not written yet
