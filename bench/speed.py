@@ -677,9 +677,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(ALL_SYSTEMS)}")  # fmt: skip
     p.add_argument("--sets", default="lfw,photos", help="comma-separated: lfw, photos")
     p.add_argument("--lfw-count", type=int, default=2000)
-    p.add_argument(
-        "--batch", type=int, default=16, help="photos per faces_batch call (facesearch)"
-    )
+    p.add_argument("--batch", type=int, default=16, help="photos per faces_batch call (facesearch)")
     p.add_argument("--index-args", default="", help="extra arguments for `facesearch index`")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment setting for every system (repeatable), e.g. "

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -54,7 +55,7 @@ from facesearch import store as st
 from facesearch.cluster import ClusterConfig, agglomerate, assign_new, propose_people
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
 from facesearch.distance import DEFAULT_THRESHOLD
-from facesearch.errors import CollectionError
+from facesearch.errors import CollectionError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -194,8 +195,10 @@ def _load(s: Session) -> _Faces:
 def _require_cluster(s: Session, cluster_id: int) -> st.Cluster:
     c = s.get(st.Cluster, int(cluster_id))
     if c is None:
-        raise CollectionError(
-            f"no cluster with id {cluster_id} (`facesearch cluster` lists the cluster ids)"
+        raise NotFoundError(
+            "cluster",
+            cluster_id,
+            f"no cluster with id {cluster_id} (`facesearch cluster` lists the cluster ids)",
         )
     return c
 
@@ -499,6 +502,27 @@ def split_cluster(
     return made
 
 
+def remove_from_cluster(col: Collection, cluster_id: int, face_ids: Sequence[int]) -> list[int]:
+    """Take faces out of a cluster (they are alone afterwards; their labels stay). The cluster
+    becomes manual (kept by re-runs) or, emptied, is deleted. Returns ``[cluster_id]`` while
+    it still has faces, else ``[]``. Faces not in the cluster raise :class:`NotFoundError`."""
+    ids = sorted({int(i) for i in face_ids})
+    with col.lock(), col.session() as s:
+        c = _require_cluster(s, cluster_id)
+        members = set(st.cluster_face_page(s, c.id, limit=None))
+        stray = [i for i in ids if i not in members]
+        if stray:
+            raise NotFoundError(
+                "face", stray[0], f"faces {stray[:10]} are not in cluster {cluster_id}"
+            )
+        st.set_cluster(s, ids, None)
+        if len(members) > len(ids):
+            c.manual = True
+            return [int(c.id)]
+        s.delete(c)
+    return []
+
+
 def merge_clusters(col: Collection, cluster_ids: Sequence[int]) -> int:
     """Merge clusters into the first of ``cluster_ids``, which becomes manual. Refused when two
     of them have faces in one photo or belong to different people. When the result has a
@@ -689,6 +713,26 @@ def evaluate_clusters(
         seconds=secs,
         pair_threshold=config.thresholds(xb)[1],
     )
+
+
+def load_labelled_npz(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(xb (N, D) float32, labels (N,) int64, photo ids (N,) int64 or None)`` from an
+    ``.npz`` holding ``xb``, ``labels`` and optionally ``photo_ids``."""
+    from facesearch.errors import ArgumentError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArgumentError(f"cannot read {os.fspath(path)}: {exc}") from exc
+    with z:
+        if "xb" not in z or "labels" not in z:
+            raise ArgumentError(f"{os.fspath(path)} must hold arrays 'xb' (N, D) and 'labels' (N,)")
+        xb = np.ascontiguousarray(z["xb"], dtype=np.float32)
+        _, true = np.unique(z["labels"], return_inverse=True)
+        photos = z["photo_ids"].astype(np.int64) if "photo_ids" in z else None
+    return xb, true.astype(np.int64), photos
 
 
 def labelled_by_folder(col: Collection, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -76,7 +76,13 @@ from sqlalchemy.orm import Session
 
 from facesearch import store as st
 from facesearch import vectors as vectors_module
-from facesearch.errors import CollectionError, IncompatibleModelError, IndexMismatchError
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    IndexMismatchError,
+    LockedError,
+    NotFoundError,
+)
 from facesearch.types import Match
 from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
@@ -190,7 +196,7 @@ class WriterLock:
             if time.monotonic() >= deadline:
                 pid = self.holder()
                 who = f"pid {pid}" if pid is not None else "another process"
-                raise CollectionError(
+                raise LockedError(
                     f"{self.what} is being written by {who} (lock {self.path}); "
                     "wait for it to finish and try again"
                 )
@@ -246,7 +252,7 @@ class Collection:
     @classmethod
     def open(
         cls,
-        home: str | Path,
+        home: str | os.PathLike[str],
         name: str = "default",
         db_url: str | None = None,
         create: bool = False,
@@ -268,9 +274,11 @@ class Collection:
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
             if not create:
-                raise CollectionError(
+                raise NotFoundError(
+                    "collection",
+                    name,
                     f"no {what} in {home}: create it by indexing photos into it "
-                    f"(`facesearch index PATH --collection {name}`)"
+                    f"(`facesearch index PATH --collection {name}`)",
                 )
             folder.mkdir(parents=True, exist_ok=True)
             creating = WriterLock(folder / LOCK_NAME, what)
@@ -869,6 +877,11 @@ class Collection:
             out.append(row)
         return out
 
+    def embedding(self, face_id: int) -> tuple[np.ndarray, str]:
+        """``(embedding (D,) float32, model)`` of a stored face (:class:`NotFoundError`)."""
+        with self.store.session() as s:
+            return st.face_embedding(s, face_id)
+
     def check_query_models(self, models: Sequence[str]) -> None:
         """Raise :class:`IncompatibleModelError` unless queries embedded by ``models`` can be
         compared with the indexed vectors (each model registered in the active model's space).
@@ -1026,7 +1039,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def upgrade_collection(
-    home: str | Path, name: str = "default", db_url: str | None = None
+    home: str | os.PathLike[str], name: str = "default", db_url: str | None = None
 ) -> tuple[str | None, str | None]:
     """``facesearch db upgrade``: bring a collection's database to the newest schema.
 

@@ -26,6 +26,11 @@ DEFAULT_VERIFY_THRESHOLD: float = 1.325
 DEFAULT_IDENTIFY_THRESHOLD: float = 1.147
 
 
+def shipped_threshold(purpose: str = "verify") -> float:
+    """The shipped SFace's LFW-calibrated tau for ``verify`` (1:1) or ``identify`` (1:K)."""
+    return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
+
+
 def distance(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
     """Squared Euclidean distance between unit embeddings.
 

@@ -47,16 +47,9 @@ resolution: the detector downscales internally, and alignment samples the full-r
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
 
-Given a function that builds the pipeline (the command line does this), the networks load only
-once a photo needs them, and the read threads read ahead meanwhile. With ``loader_config`` (the
-shipped model) and the native kernels built (:mod:`facesearch.native`), the numpy engine runs
-instead of the function's torch pipeline: as fast per face, and it loads in ~0.3 s instead of
-~2.5 s (500 LFW photos 12.2-12.9 s -> 8.8-9.2 s, 167 large photos 17.9 s -> 12.1 s, whole
-commands). Without the native kernels, a run with only a few photos to read
-(:data:`SMALL_RUN_SECONDS`) runs them with the numpy engine and never loads torch, and a larger
-one loads torch while a forked child runs the numpy engine on the smallest of the next photos
-(:mod:`facesearch.headstart`): 500 LFW photos 14.0 s -> 13.6 s, 167 large photos 19.3 s ->
-18.6 s (means of 4 and 3 alternating runs).
+Given :class:`~facesearch.pipeline.Models` (or a function that builds the pipeline), the
+networks load only once a photo needs them, and the read threads read ahead meanwhile; the
+engine is chosen then for the photos left (:meth:`PipelineConfig.resolved`).
 
 Commits and interruptions
 -------------------------
@@ -90,26 +83,24 @@ import csv
 import hashlib
 import logging
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch import headstart
 from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
 from facesearch.image import SUPPORTED_SUFFIXES, load_image
-from facesearch.native import native_available
+from facesearch.pipeline import Models
 from facesearch.types import Face
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.pipeline import FacePipeline
     from facesearch.store import NewPhoto, PhotoStat
 
 logger = logging.getLogger(__name__)
@@ -127,16 +118,6 @@ DETECT_PIXELS: int = 24_000_000
 COMMIT_BATCH: int = 64
 #: The vector index file is saved at least this often during a run (seconds).
 CHECKPOINT_SECONDS: float = 60.0
-#: Without the native kernels: a run with a loader and the shipped model (``loader_config``) whose
-#: photos left to read (when the first one needs the networks) would take the numpy engine at most
-#: this many seconds runs them with it instead of loading torch (~2.5 s of one core); torch is then
-#: 2-4x faster per face, so larger runs load it. The estimate is NUMPY_SECONDS_PER_PHOTO per photo
-#: plus NUMPY_SECONDS_PER_MB per MB of file, measured on 2 cores: 8 LFW photos 2.3 s with the numpy
-#: engine against 3.2 s with torch, 1 photo 1.6 s against 3.3 s; 8 photos of 1-14 MP (8.9 MB) 7.4 s
-#: against 5.1 s (means of 3; whole commands).
-SMALL_RUN_SECONDS: float = 2.0
-NUMPY_SECONDS_PER_PHOTO: float = 0.15
-NUMPY_SECONDS_PER_MB: float = 0.7
 #: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
 #: whose files hold this many bytes, are read and decoded ahead.
 READ_AHEAD_PHOTOS: int = 256
@@ -454,31 +435,27 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
     return out
 
 
+class StopRequested(Exception):
+    """A long write's ``should_stop`` said so after a commit: the run ends there."""
+
+
 class _Run:
     """State of one :func:`index_paths` call (main thread only)."""
 
     def __init__(
         self,
         collection: Collection,
-        pipeline: FacePipeline | Callable[[], FacePipeline],
+        pipeline: FacePipeline | Models | Callable[[], FacePipeline],
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
-        loader_config: PipelineConfig | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.col = collection
-        # a function that builds the pipeline is called by load_pipeline, when first needed
-        self.loader = pipeline if callable(pipeline) else None
+        # models or a function that builds the pipeline: load_pipeline, when first needed
+        self.loader = pipeline if isinstance(pipeline, Models) or callable(pipeline) else None
         self.pipe: FacePipeline | None = None
-        # the loader's pipeline configuration, when the numpy engine can stand in for it
-        self.shipped = (
-            loader_config
-            if self.loader is not None
-            and loader_config is not None
-            and loader_config.model == "sface"
-            else None
-        )
+        self.should_stop = should_stop
         self.jobs: list[_Job] = []  # every file to read, in order
-        self.early: dict[str, tuple[str, list[Face]]] = {}  # path -> (sha256, faces)
         self.settings = settings
         self.progress = progress
         self.report = IndexReport()
@@ -498,47 +475,19 @@ class _Run:
             self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
     def load_pipeline(self, first: _Job) -> None:
-        """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
-        interval is shortened so that they get the GIL between the import's bytecodes), register
-        its model and open its workers on ``stack``.
-
-        With the shipped model (``loader_config``): the numpy engine instead when the native
-        kernels are built, or for a small run (:data:`SMALL_RUN_SECONDS`); otherwise a head
-        start, a forked child computing the faces of the photos from ``first`` on while the
-        loader runs (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
+        """Build the pipeline (for the photos from ``first`` on), register its model and open
+        its workers on ``stack``."""
         assert self.loader is not None
-        left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
-        left, left_bytes = len(left_jobs), sum(j.size for j in left_jobs)
-        numpy_seconds = left * NUMPY_SECONDS_PER_PHOTO + left_bytes / 1e6 * NUMPY_SECONDS_PER_MB
-        if self.shipped is not None and (native_available() or numpy_seconds <= SMALL_RUN_SECONDS):
-            from facesearch.pipeline import FacePipeline
-
-            logger.info("%d photos to read: the numpy engine runs them (torch not loaded)", left)
-            pipeline = FacePipeline(replace(self.shipped, engine="numpy"))
+        if isinstance(self.loader, Models):
+            left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
+            megabytes = sum(j.size for j in left_jobs) / 1e6
+            pipeline = self.loader.pipeline(photos=len(left_jobs), megabytes=megabytes)
         else:
-            pipeline = self._load_with_head_start(left_jobs)
+            pipeline = self.loader()
         register_pipeline_model(self.col, pipeline)
         self.set_pipeline(pipeline)
         assert self.stack is not None, "the pipeline is loaded inside _index"
         self.submit = self.stack.enter_context(pipeline.workers())
-
-    def _load_with_head_start(self, jobs: list[_Job]) -> FacePipeline:
-        """Call the loader; with the shipped model, a head start on ``jobs``."""
-        assert self.loader is not None
-        shipped = self.shipped
-        head = None
-        if shipped is not None and headstart.enabled():
-            head = headstart.HeadStart([j.path for j in jobs], shipped, [j.size for j in jobs])
-        before = sys.getswitchinterval()
-        sys.setswitchinterval(min(before, 0.0005))
-        try:
-            pipeline = self.loader()
-        finally:
-            sys.setswitchinterval(before)
-            early = head.stop() if head is not None else {}
-        if shipped is not None and early and headstart.same_work(pipeline.config, shipped):
-            self.early = early
-        return pipeline
 
     def set_pipeline(self, pipeline: FacePipeline) -> None:
         """Photos go to the pipeline's workers in tasks of a few photos; up to
@@ -564,15 +513,6 @@ class _Run:
         results, behind the photos before it)."""
         if r.image is not None and self.pipe is None:
             self.load_pipeline(r.job)
-        if r.image is not None and self.early:
-            done = self.early.pop(r.job.path, None)
-            if done is not None and done[0] == r.content_hash:  # computed by the head start
-                self.send_task()  # keeps the order: the open task goes first
-                fut: Future[Any] = Future()
-                fut.set_result([done[1]])
-                self.inflight.append(([r], fut))
-                self.collect(wait=False)
-                return
         if r.image is None:
             self.send_task()
             self.inflight.append(([r], None))
@@ -697,40 +637,36 @@ class _Run:
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.col.save_index()
             self.last_checkpoint = time.monotonic()
+        if self.should_stop is not None and self.should_stop():
+            raise StopRequested
 
 
 def index_paths(
     collection: Collection,
-    pipeline: FacePipeline | Callable[[], FacePipeline],
+    pipeline: FacePipeline | Models | Callable[[], FacePipeline],
     paths: Sequence[str | os.PathLike[str]],
     settings: IndexSettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
-    loader_config: PipelineConfig | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> IndexReport:
     """Index the photos under ``paths`` into ``collection`` (see the module doc).
 
-    ``pipeline``: the pipeline, or a function that builds it. A function is called only when
-    the first photo that needs the networks has been read, while the next photos are read and
-    decoded in the background (loading torch and the models takes seconds); a run where every
-    photo is unchanged never calls it.
-
-    ``loader_config``: the configuration of the pipeline the function builds. With the
-    shipped model it lets the numpy engine (same networks, no torch) stand in: a run with at
-    most :data:`SMALL_RUN_SECONDS` of numpy work left runs them all on it and never calls the
-    function; in a larger run a forked child computes the faces of the first photos with it
-    while the function runs, stored as they are (:mod:`facesearch.headstart`; only if the
-    pipeline built has the same detector, model and flip settings).
+    ``pipeline``: the pipeline, the :class:`Models` to build it from, or a function that
+    builds it. Models or a function are used only when the first photo that needs the
+    networks has been read, while the next photos are read and decoded in the background; a
+    run where every photo is unchanged never loads them.
 
     Holds the collection's writer lock for the whole run. ``progress`` is called after every
-    photo or batch of photos processed. Returns the report; on Ctrl-C the report says
-    ``interrupted`` and holds what was committed.
+    photo or batch of photos processed; ``should_stop`` after every commit (``True``: stop
+    there). Returns the report; on Ctrl-C or a stop the report says ``interrupted`` and holds
+    what was committed.
     """
     settings = settings or IndexSettings()
     started = time.monotonic()
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    run = _Run(collection, pipeline, settings, progress, loader_config)
+    run = _Run(collection, pipeline, settings, progress, should_stop)
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
@@ -755,7 +691,7 @@ def index_paths(
             register_pipeline_model(collection, run.pipe)
         try:
             _index(run, found, labeler)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the photos committed so far are kept")
     rep.seconds = time.monotonic() - started
@@ -1021,6 +957,7 @@ def enroll_photos(
 
 
 __all__ = [
+    "StopRequested",
     "enroll_photos",
     "CHECKPOINT_SECONDS",
     "COMMIT_BATCH",

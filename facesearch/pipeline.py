@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from facesearch.errors import NoFaceError
+from facesearch.errors import ArgumentError, NoFaceError
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
@@ -31,8 +31,18 @@ if TYPE_CHECKING:
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
 
-#: ``PipelineConfig.engine`` values: PyTorch, or plain numpy (shipped SFace only; no torch import).
-ENGINES = ("torch", "numpy")
+#: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped SFace only; no torch import);
+#: ``auto``: chosen by :meth:`PipelineConfig.resolved` for the work at hand.
+ENGINES = ("auto", "torch", "numpy")
+#: What a threshold is for: 1:1 verification or 1:K identification.
+Purpose = Literal["verify", "identify"]
+#: Without the native kernels the numpy engine is 2-4x slower per face than torch, which costs
+#: ~2.5 s of one core to load: ``auto`` still takes numpy when the estimated numpy work
+#: (NUMPY_SECONDS_PER_PHOTO per photo plus NUMPY_SECONDS_PER_MB per MB of files) is at most
+#: SMALL_RUN_SECONDS (bench/results/history.md has the measurements behind these values).
+SMALL_RUN_SECONDS: float = 2.0
+NUMPY_SECONDS_PER_PHOTO: float = 0.15
+NUMPY_SECONDS_PER_MB: float = 0.7
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +66,10 @@ class PipelineConfig:
     with torch: 2x the photos/s of one torch process with 2 intra-op threads, whose threads
     mostly wait on each other with these small convolutions); a single photo runs on
     ``threads`` intra-op threads (torch) or element-wise threads (numpy engine).
-    ``engine``: ``"torch"``, or ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
-    networks without importing torch, which saves ~2 s of start-up. With the native kernels
-    built (:mod:`facesearch.native`) it is as fast per face as torch (SFace 19-21 ms per face
-    on one thread, YuNet 3.3-3.7 ms per LFW photo), and ``facesearch index`` runs it; without
-    them torch is 2-4x faster per face. The numpy engine runs the shipped model only.
+    ``engine``: ``"torch"``; ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
+    networks without importing torch, the shipped model only; or ``"auto"``, which
+    :meth:`resolved` turns into one of the two (a :class:`FacePipeline` resolves its
+    configuration when built).
     """
 
     detector: DetectorConfig = field(default_factory=_default_detector_config)
@@ -72,12 +81,36 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+            raise ArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "numpy" and self.model != "sface":
-            raise ValueError(
+            raise ArgumentError(
                 f"the numpy engine runs the shipped model 'sface' only, not {self.model!r}: "
-                "use engine 'torch' for a model file"
+                "use engine 'torch' (or 'auto') for a model file"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ArgumentError(f"threads must be >= 1, got {self.threads}")
+
+    def resolved(self, *, photos: int | None = None, megabytes: float = 0.0) -> PipelineConfig:
+        """This configuration with a concrete engine: the one place the engine is chosen.
+
+        ``auto`` is numpy for the shipped model when the native kernels are built (as fast
+        per face as torch, and no torch import), or when the work is known to be small
+        (``photos`` photos holding ``megabytes`` MB of files, see :data:`SMALL_RUN_SECONDS`);
+        torch otherwise. ``torch`` and ``numpy`` stay as they are.
+        """
+        if self.engine != "auto":
+            return self
+        engine = "torch"
+        if self.model == "sface":
+            from facesearch.native import native_available
+
+            small = photos is not None and (
+                photos * NUMPY_SECONDS_PER_PHOTO + megabytes * NUMPY_SECONDS_PER_MB
+                <= SMALL_RUN_SECONDS
+            )
+            if native_available() or small:
+                engine = "numpy"
+        return replace(self, engine=engine)
 
 
 def load_embedder(
@@ -103,6 +136,69 @@ def load_embedder(
     return load_file(model, flip=flip, batch_size=batch_size or DEFAULT_BATCH_SIZE)
 
 
+class Models:
+    """The networks of one pipeline configuration, loaded on first use and kept.
+
+    ``config.engine`` ``"auto"`` (the default here) lets :meth:`PipelineConfig.resolved` choose
+    the engine for the work at hand; pipelines are cached per resolved configuration, so a
+    long-running caller loads each network once. :meth:`for_model` gives the :class:`Models` of
+    another embedding model with the same settings (a collection whose active model is a file).
+    Safe to share between threads for loading; each pipeline is built once under a lock.
+    ``factory`` builds a pipeline from a resolved configuration (default :class:`FacePipeline`).
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        *,
+        factory: Callable[[PipelineConfig], FacePipeline] | None = None,
+    ) -> None:
+        self.config = config or PipelineConfig(engine="auto")
+        self._factory = factory or FacePipeline
+        self._pipelines: dict[PipelineConfig, FacePipeline] = {}
+        self._others: dict[str, Models] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Models({self.config!r})"
+
+    def engine(self, *, photos: int | None = None, megabytes: float = 0.0) -> str:
+        """The engine a pipeline for this work would run (``torch`` or ``numpy``)."""
+        return self.config.resolved(photos=photos, megabytes=megabytes).engine
+
+    def pipeline(self, *, photos: int | None = None, megabytes: float = 0.0) -> FacePipeline:
+        """The pipeline for ``photos`` photos of ``megabytes`` MB (``None``: many), built once."""
+        config = self.config.resolved(photos=photos, megabytes=megabytes)
+        with self._lock:
+            pipe = self._pipelines.get(config)
+            if pipe is None:
+                pipe = self._pipelines[config] = self._factory(config)
+        return pipe
+
+    def for_model(self, model: str) -> Models:
+        """The models of ``model`` (``sface`` or a model file) with these settings."""
+        if model == self.config.model:
+            return self
+        with self._lock:
+            other = self._others.get(model)
+            if other is None:
+                engine = self.config.engine if model == "sface" else "auto"
+                if engine == "numpy" and model != "sface":
+                    engine = "auto"
+                other = self._others[model] = Models(
+                    replace(self.config, model=model, engine=engine), factory=self._factory
+                )
+        return other
+
+    def threshold(self, purpose: Purpose = "verify") -> float:
+        """The model's calibrated tau for ``purpose`` (loads a model file's embedder)."""
+        if self.config.model == "sface":
+            from facesearch.distance import shipped_threshold
+
+            return shipped_threshold(purpose)
+        return self.pipeline().threshold(purpose)
+
+
 class FacePipeline:
     """Detect, align and embed faces.
 
@@ -117,10 +213,7 @@ class FacePipeline:
         detector: Detector | NumpyDetector | None = None,
         embedder: Embedder | NumpyEmbedder | None = None,
     ) -> None:
-        from facesearch.process import tune_malloc
-
-        tune_malloc()  # activation buffers stay in the heap (see facesearch.process)
-        self.config = config or PipelineConfig()
+        self.config = (config or PipelineConfig()).resolved()
         numpy_engine = self.config.engine == "numpy"
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
@@ -154,6 +247,23 @@ class FacePipeline:
     @property
     def model_name(self) -> str:
         return str(self.embedder.name)
+
+    def threshold(self, purpose: Purpose = "verify") -> float:
+        """The calibrated tau of this pipeline's model for ``purpose``.
+
+        The shipped SFace uses the LFW calibration of :mod:`facesearch.distance`; a model file
+        carries its own verification tau (and an identification one when it recorded it; else
+        the verification tau serves both).
+        """
+        from facesearch.distance import DEFAULT_THRESHOLD, shipped_threshold
+
+        meta = getattr(self.embedder, "meta", None) or {}
+        if purpose == "identify" and meta.get("identify_threshold") is not None:
+            return float(meta["identify_threshold"])
+        if self.model_name == "sface":
+            return shipped_threshold(purpose)
+        t = getattr(self.embedder, "threshold", None)
+        return float(t) if t is not None else DEFAULT_THRESHOLD
 
     # -- stages -------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:

@@ -83,7 +83,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError
+from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
 from facesearch.types import Face
 
 logger = logging.getLogger(__name__)
@@ -331,6 +331,34 @@ class FaceRecord:
     person: str | None
     source: LabelSource | None
     cluster_id: int | None
+    person_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoRecord:
+    """A stored photo: path, size in pixels (``None`` when it could not be decoded), status."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+    status: PhotoStatus
+    error: str | None
+    faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSummary:
+    """A stored cluster: size, person (when named), the first face ids as samples."""
+
+    id: int
+    size: int
+    person_id: int | None
+    person: str | None
+    name: str | None
+    manual: bool
+    sample_face_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -998,7 +1026,7 @@ def touch_photo(s: Session, photo_id: int, *, size: int, mtime: float) -> None:
     """Record a new size/mtime for an unchanged file (same content hash)."""
     p = s.get(Photo, photo_id)
     if p is None:
-        raise CollectionError(f"no photo with id {photo_id}")
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
     p.size, p.mtime = size, mtime
     s.flush()
 
@@ -1007,7 +1035,7 @@ def move_photo(s: Session, photo_id: int, new_path: str, *, mtime: float | None 
     """Give a stored photo a new path (moved or renamed file); faces and labels are kept."""
     p = s.get(Photo, photo_id)
     if p is None:
-        raise CollectionError(f"no photo with id {photo_id}")
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
     taken = s.scalar(select(Photo.id).where(Photo.path == new_path, Photo.id != photo_id))
     if taken is not None:
         raise CollectionError(f"cannot move {p.path} to {new_path}: that path is already stored")
@@ -1051,6 +1079,7 @@ def _face_query() -> Any:
             Person.name,
             Assignment.source,
             FaceRow.cluster_id,
+            Person.id,
         )
         .join(Photo, Photo.id == FaceRow.photo_id)
         .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
@@ -1070,6 +1099,7 @@ def _face_record(r: Any) -> FaceRecord:
         person=r[10],
         source=None if r[11] is None else LabelSource(r[11]),
         cluster_id=r[12],
+        person_id=None if r[13] is None else int(r[13]),
     )
 
 
@@ -1080,6 +1110,31 @@ def faces_by_ids(s: Session, face_ids: Sequence[int] | np.ndarray) -> dict[int, 
         for r in s.execute(_face_query().where(FaceRow.id.in_(part))):
             out[int(r[0])] = _face_record(r)
     return out
+
+
+def face_record(s: Session, face_id: int) -> FaceRecord:
+    """The face ``face_id``; :class:`NotFoundError` when there is none."""
+    r = s.execute(_face_query().where(FaceRow.id == int(face_id))).first()
+    if r is None:
+        raise NotFoundError("face", face_id, f"no face with id {face_id}")
+    return _face_record(r)
+
+
+def face_embedding(s: Session, face_id: int) -> tuple[np.ndarray, str]:
+    """``(embedding (D,) float32, model)`` of a stored face; :class:`NotFoundError` if none."""
+    f = s.get(FaceRow, int(face_id))
+    if f is None:
+        raise NotFoundError("face", face_id, f"no face with id {face_id}")
+    return f.vector(), f.model
+
+
+def photo_record(s: Session, photo_id: int) -> PhotoRecord:
+    """The photo ``photo_id``; :class:`NotFoundError` when there is none."""
+    p = s.get(Photo, int(photo_id))
+    if p is None:
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
+    n = s.scalar(select(func.count(FaceRow.id)).where(FaceRow.photo_id == p.id)) or 0
+    return PhotoRecord(p.id, p.path, p.width, p.height, p.size, p.status, p.error, int(n))
 
 
 def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
@@ -1259,10 +1314,20 @@ def get_person(s: Session, name: str) -> Person | None:
     return s.scalar(select(Person).where(Person.name == name))
 
 
+def find_person(s: Session, person: int | str) -> Person:
+    """A person by id (``int``) or name (``str``); :class:`NotFoundError` when unknown."""
+    if isinstance(person, str):
+        return _require_person(s, person)
+    p = s.get(Person, int(person))
+    if p is None:
+        raise NotFoundError("person", person, f"no person with id {person}")
+    return p
+
+
 def _require_person(s: Session, name: str) -> Person:
     p = get_person(s, name)
     if p is None:
-        raise CollectionError(f"no person named {name!r} (see `facesearch people`)")
+        raise NotFoundError("person", name, f"no person named {name!r} (see `facesearch people`)")
     return p
 
 
@@ -1297,7 +1362,7 @@ def assign(
         found = set(s.scalars(select(FaceRow.id).where(FaceRow.id.in_(part))).all())
         if len(found) != len(part):
             missing = sorted(set(part) - found)
-            raise CollectionError(f"no faces with ids {missing[:10]}")
+            raise NotFoundError("face", missing[0], f"no faces with ids {missing[:10]}")
         taken = set(s.scalars(select(Assignment.face_id).where(Assignment.face_id.in_(part))).all())
         if replace and taken:
             s.execute(sa.delete(Assignment).where(Assignment.face_id.in_(sorted(taken))))
@@ -1384,9 +1449,12 @@ def delete_person(s: Session, name: str, *, faces: bool = False) -> np.ndarray:
     return removed
 
 
-def people(s: Session) -> list[PersonSummary]:
-    """Every person with face and photo counts, by name."""
-    rows = s.execute(
+def people(
+    s: Session, *, limit: int | None = None, offset: int = 0, ids: Sequence[int] | None = None
+) -> list[PersonSummary]:
+    """People with face and photo counts, by name (``ids``: only those; ``limit`` /
+    ``offset``: one page)."""
+    stmt = (
         select(
             Person.id,
             Person.name,
@@ -1396,9 +1464,34 @@ def people(s: Session) -> list[PersonSummary]:
         .outerjoin(Assignment, Assignment.person_id == Person.id)
         .outerjoin(FaceRow, FaceRow.id == Assignment.face_id)
         .group_by(Person.id, Person.name)
-        .order_by(Person.name)
-    ).all()
-    return [PersonSummary(int(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
+        .order_by(Person.name, Person.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    if ids is not None:
+        stmt = stmt.where(Person.id.in_([int(i) for i in ids]))
+    return [PersonSummary(int(r[0]), r[1], int(r[2]), int(r[3])) for r in s.execute(stmt)]
+
+
+def people_count(s: Session) -> int:
+    return int(s.scalar(select(func.count(Person.id))) or 0)
+
+
+def person_face_page(s: Session, person_id: int, *, limit: int, offset: int) -> list[int]:
+    """Face ids of a person, ascending, one page."""
+    stmt = (
+        select(Assignment.face_id)
+        .where(Assignment.person_id == person_id)
+        .order_by(Assignment.face_id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [int(i) for i in s.scalars(stmt)]
+
+
+def person_face_count(s: Session, person_id: int) -> int:
+    stmt = select(func.count(Assignment.face_id)).where(Assignment.person_id == person_id)
+    return int(s.scalar(stmt) or 0)
 
 
 # -- clusters ---------------------------------------------------------------------------------
@@ -1422,6 +1515,76 @@ def set_cluster(s: Session, face_ids: Sequence[int] | np.ndarray, cluster_id: in
         )
     s.expire_all()
     return n
+
+
+def cluster_summaries(
+    s: Session,
+    *,
+    unnamed: bool | None = None,
+    ids: Sequence[int] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    samples: int = 0,
+) -> list[ClusterSummary]:
+    """Stored clusters, largest first (then by id), with up to ``samples`` face ids each.
+
+    ``unnamed``: ``True`` only clusters without a person, ``False`` only named ones, ``None``
+    all. ``ids``: only these clusters.
+    """
+    size = func.count(FaceRow.id)
+    stmt = (
+        select(Cluster.id, size, Cluster.person_id, Person.name, Cluster.name, Cluster.manual)
+        .join(FaceRow, FaceRow.cluster_id == Cluster.id)
+        .outerjoin(Person, Person.id == Cluster.person_id)
+        .group_by(Cluster.id, Cluster.person_id, Person.name, Cluster.name, Cluster.manual)
+        .order_by(size.desc(), Cluster.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    if unnamed is not None:
+        stmt = stmt.where(
+            Cluster.person_id.is_(None) if unnamed else Cluster.person_id.is_not(None)
+        )
+    if ids is not None:
+        stmt = stmt.where(Cluster.id.in_([int(i) for i in ids]))
+    rows = s.execute(stmt).all()
+    picked: dict[int, list[int]] = {int(r[0]): [] for r in rows}
+    if samples > 0 and picked:
+        for part in _chunks(sorted(picked)):
+            q = select(FaceRow.cluster_id, FaceRow.id).where(FaceRow.cluster_id.in_(part))
+            for cid, fid in s.execute(q.order_by(FaceRow.cluster_id, FaceRow.id)):
+                if cid is not None and len(picked[int(cid)]) < samples:
+                    picked[int(cid)].append(int(fid))
+    return [
+        ClusterSummary(int(r[0]), int(r[1]), r[2], r[3], r[4], bool(r[5]), tuple(picked[int(r[0])]))
+        for r in rows
+    ]
+
+
+def cluster_count(s: Session, *, unnamed: bool | None = None) -> int:
+    """Clusters with at least one face (``unnamed`` as :func:`cluster_summaries`)."""
+    stmt = select(func.count(sa.distinct(FaceRow.cluster_id))).join(
+        Cluster, Cluster.id == FaceRow.cluster_id
+    )
+    if unnamed is not None:
+        stmt = stmt.where(
+            Cluster.person_id.is_(None) if unnamed else Cluster.person_id.is_not(None)
+        )
+    return int(s.scalar(stmt) or 0)
+
+
+def cluster_face_page(
+    s: Session, cluster_id: int, *, limit: int | None, offset: int = 0
+) -> list[int]:
+    """Face ids of a cluster, ascending, one page."""
+    stmt = (
+        select(FaceRow.id)
+        .where(FaceRow.cluster_id == cluster_id)
+        .order_by(FaceRow.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [int(i) for i in s.scalars(stmt)]
 
 
 # -- counts -----------------------------------------------------------------------------------

@@ -55,6 +55,7 @@ from facesearch.errors import CollectionError, IncompatibleModelError, ModelErro
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
+    from facesearch.models.npengine import NumpyEmbedder
     from facesearch.models.sface import Embedder
 
 logger = logging.getLogger(__name__)
@@ -216,7 +217,7 @@ def query_model(collection: Collection) -> str:
     return str(active.path)
 
 
-def check_query_embedder(collection: Collection, embedder: Embedder) -> None:
+def check_query_embedder(collection: Collection, embedder: Embedder | NumpyEmbedder) -> None:
     """Refuse an embedder whose vectors cannot be compared with the collection's index.
 
     The embedder's model must be registered in the active space, and a model file must still
@@ -379,20 +380,22 @@ def _remaining(collection: Collection, model: str) -> int:
 
 def reindex_collection(
     collection: Collection,
-    embedder: Embedder,
+    embedder: Embedder | NumpyEmbedder,
     settings: ReindexSettings | None = None,
     *,
     source: str | None = None,
     progress: Callable[[ReindexProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ReindexReport:
     """Re-embed the collection's faces with ``embedder``'s model (see the module doc).
 
     ``source``: the model file the embedder was loaded from (``None`` for ``sface``), recorded
-    in the collection. Holds the writer lock for the whole run. Returns the report; on Ctrl-C
-    the report says ``interrupted`` and everything committed is kept.
+    in the collection. Holds the writer lock for the whole run. ``should_stop`` is asked after
+    every commit (``True``: stop there). Returns the report; on Ctrl-C or a stop the report
+    says ``interrupted`` and everything committed is kept.
     """
     from facesearch.align import align_faces
-    from facesearch.indexer import CHECKPOINT_SECONDS
+    from facesearch.indexer import CHECKPOINT_SECONDS, StopRequested
 
     settings = settings or ReindexSettings()
     started = time.monotonic()
@@ -448,6 +451,8 @@ def reindex_collection(
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 collection.save_index()
                 last_checkpoint = time.monotonic()
+            if should_stop is not None and should_stop():
+                raise StopRequested
 
         window = 2 * settings.workers + 2
         pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reindex-read")
@@ -479,7 +484,7 @@ def reindex_collection(
                 if progress is not None:
                     progress(ReindexProgress(rep.todo, done))
             commit()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the faces committed so far keep their new vectors")
         finally:

@@ -51,17 +51,17 @@ def shared_pipeline() -> Any:
 
 def use_shared_pipeline(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Make ``facesearch`` commands use :func:`shared_pipeline` (``sface`` only)."""
-    import facesearch.cli.collection as cli_collection
+    import facesearch.cli.options as cli_options
 
     pipe = shared_pipeline()
 
-    def make(model: str, engine: str = "torch") -> Any:
+    def make(config: Any) -> Any:
         # `query` embeds with the numpy engine in a child process by default; this pipeline
         # serves the other paths (its faces equal the numpy engine's: tests/test_npengine.py)
-        assert model == "sface", f"tests only share the sface pipeline, asked for {model!r}"
+        assert config.model == "sface", f"tests only share the sface pipeline, not {config.model!r}"
         return pipe
 
-    monkeypatch.setattr(cli_collection, "_make_pipeline", make)
+    monkeypatch.setattr(cli_options, "build_pipeline", make)
     return pipe
 
 

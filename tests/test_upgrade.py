@@ -118,17 +118,15 @@ def _pipeline(model: str) -> Any:
 
 def use_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the CLI share pipelines per model; returns the models the commands asked for."""
-    import facesearch.cli.collection as cli_collection
-    import facesearch.cli.model as cli_model
+    import facesearch.cli.options as cli_options
 
     asked: list[str] = []
 
-    def make(model: str, *_args: Any, **_kwargs: Any) -> Any:  # (model, engine)
-        asked.append(model)
-        return _pipeline(model)
+    def make(config: Any) -> Any:
+        asked.append(config.model)
+        return _pipeline(config.model)
 
-    monkeypatch.setattr(cli_collection, "_make_pipeline", make)
-    monkeypatch.setattr(cli_model, "_load_embedder", lambda _load, model: make(model).embedder)
+    monkeypatch.setattr(cli_options, "build_pipeline", make)
     return asked
 
 

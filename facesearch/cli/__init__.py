@@ -44,7 +44,9 @@ class _Group(click.Group):
 def main(verbose: int) -> None:
     """Face search: index photos, identify (1:K), verify (1:1), cluster, train."""
     level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _register() -> None:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -651,6 +652,8 @@ class NumpyEmbedder:
         self.batch_size = batch_size
         self.flip = flip
         self.dim: int = self.net.embedding_dim
+        self.meta: dict[str, Any] = {}  # the model file meta, as a torch Embedder has it
+        self.threshold: float | None = None
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """``(N, 112, 112, 3) uint8`` aligned RGB crops -> ``(N, D) float32`` unit vectors."""

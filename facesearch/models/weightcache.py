@@ -58,7 +58,7 @@ def cached_arrays(
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".npz", dir=cached.parent)
         try:
             with os.fdopen(fd, "wb") as fp:
-                np.savez(fp, **prepared)
+                np.savez(fp, allow_pickle=False, **prepared)
             os.replace(tmp, cached)
         finally:
             if os.path.exists(tmp):
