@@ -30,17 +30,20 @@ STATES = ("queued", "running", "done", "failed", "cancelled")
 
 @dataclass(slots=True)
 class Progress:
-    """Photos done of the photos to process, faces stored and photos failed so far."""
+    """``done`` of ``total`` (photos for an index job, faces for a reindex job: ``unit``),
+    faces stored and photos failed so far."""
 
-    photos_done: int = 0
-    photos_total: int | None = None
+    unit: str = "photos"
+    done: int = 0
+    total: int | None = None
     faces: int = 0
     failures: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "photos_done": self.photos_done,
-            "photos_total": self.photos_total,
+            "unit": self.unit,
+            "done": self.done,
+            "total": self.total,
             "faces": self.faces,
             "failures": self.failures,
         }
@@ -49,7 +52,7 @@ class Progress:
 class Job:
     """One background job; read it through :meth:`to_dict` (a consistent snapshot)."""
 
-    def __init__(self, job_id: int, kind: str, params: dict[str, Any]) -> None:
+    def __init__(self, job_id: int, kind: str, params: dict[str, Any], unit: str) -> None:
         self.id = job_id
         self.kind = kind
         self.params = params
@@ -57,7 +60,7 @@ class Job:
         self.created = time.time()
         self.started: float | None = None
         self.finished: float | None = None
-        self.progress = Progress()
+        self.progress = Progress(unit=unit)
         self.result: dict[str, Any] | None = None
         self.error: dict[str, str] | None = None
         self.stop = threading.Event()
@@ -76,9 +79,9 @@ class Job:
         with self._lock:
             p = self.progress
             if done is not None:
-                p.photos_done = done
+                p.done = done
             if total is not None:
-                p.photos_total = total
+                p.total = total
             if faces is not None:
                 p.faces = faces
             if failures is not None:
@@ -130,8 +133,9 @@ class JobManager:
         self._keep = keep
         self._lock = threading.Lock()
 
-    def submit(self, kind: str, params: dict[str, Any], work: Work) -> Job:
-        """Start ``work`` in a new thread; 409 while another job is queued or running."""
+    def submit(self, kind: str, params: dict[str, Any], work: Work, *, unit: str = "photos") -> Job:
+        """Start ``work`` in a new thread; 409 while another job is queued or running.
+        ``unit``: what its progress counts."""
         with self._lock:
             running = next((j for j in self._jobs.values() if j.active), None)
             if running is not None:
@@ -142,7 +146,7 @@ class JobManager:
                     f"time; wait for it (GET /api/v1/jobs/{running.id}) or cancel it "
                     f"(DELETE /api/v1/jobs/{running.id})",
                 )
-            job = Job(self._next, kind, params)
+            job = Job(self._next, kind, params, unit)
             self._next += 1
             self._jobs[job.id] = job
             self._trim()

@@ -14,8 +14,10 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
+from starlette.datastructures import UploadFile as StarletteUpload
 
 from facesearch import api
+from facesearch.indexer import Progress
 from facesearch.server import schemas as sc
 from facesearch.server import views
 from facesearch.server.app import Server
@@ -30,6 +32,7 @@ from facesearch.thumbnails import (
     MIN_SIZE,
     PhotoFile,
 )
+from facesearch.upgrade import ReindexProgress
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": sc.ErrorBody} for s in (400, 401, 403, 404, 409, 413, 422)
@@ -52,7 +55,7 @@ Limit = Annotated[int, Query(ge=1, le=api.MAX_LIMIT, description="items per page
 Offset = Annotated[int, Query(ge=0, description="items to skip")]
 
 
-async def _upload(field: str, upload: UploadFile) -> bytes:
+async def _upload(field: str, upload: StarletteUpload) -> bytes:
     data = await upload.read()
     if not data:
         raise ApiError(422, "bad_image", f"the uploaded {field} is empty")
@@ -159,7 +162,7 @@ async def search_faces(request: Request, server: ServerDep) -> dict[str, Any]:
     if kind == "multipart/form-data":
         form = await request.form(max_files=1, max_fields=4)
         upload = form.get("image")
-        if not isinstance(upload, UploadFile):
+        if not isinstance(upload, StarletteUpload):
             raise ApiError(422, "invalid_request", "image: a file field named 'image' is needed")
         k = _form_int(form.get("k"), "k", default=10, lo=1, hi=api.MAX_LIMIT)
         data = await _upload("image", upload)
@@ -460,7 +463,7 @@ def run_clustering(server: ServerDep, body: sc.ClusterRun | None = None) -> dict
 
 def _index_work(server: Server, paths: list[str], labels: str | None, prune: bool) -> Any:
     def work(job: Job) -> tuple[dict[str, Any], bool]:
-        def progress(p: Any) -> None:
+        def progress(p: Progress) -> None:
             job.report(done=p.done, total=p.total, faces=p.faces, failures=p.failed)
 
         with server.open(lock_timeout=server.settings.job_lock_timeout) as col:
@@ -492,11 +495,11 @@ def start_index(body: sc.IndexJob, server: ServerDep) -> dict[str, Any]:
 @router.post("/jobs/reindex", response_model=sc.JobOut, status_code=202, tags=["jobs"])
 def start_reindex(server: ServerDep, body: sc.ReindexJob | None = None) -> dict[str, Any]:
     """Re-embed the stored faces with a model in the background (resumable; one job at a time)."""
-    body = body or sc.ReindexJob()
+    body = body or sc.ReindexJob(model="sface", re_embed_all=False)
 
     def work(job: Job) -> tuple[dict[str, Any], bool]:
-        def progress(p: Any) -> None:
-            job.report(done=p.done, total=p.total, faces=p.faces, failures=p.failed)
+        def progress(p: ReindexProgress) -> None:  # counts faces, not photos
+            job.report(done=p.done, total=p.total)
 
         with server.open(lock_timeout=server.settings.job_lock_timeout) as col:
             report = api.reindex(
@@ -510,7 +513,7 @@ def start_reindex(server: ServerDep, body: sc.ReindexJob | None = None) -> dict[
         return report.to_dict(), report.interrupted
 
     params = {"model": body.model, "re_embed_all": body.re_embed_all}
-    return server.jobs.submit("reindex", params, work).to_dict()
+    return server.jobs.submit("reindex", params, work, unit="faces").to_dict()
 
 
 @router.get("/jobs", response_model=list[sc.JobOut], tags=["jobs"])

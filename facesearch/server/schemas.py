@@ -282,10 +282,11 @@ class Suggestion(BaseModel):
 
 
 class JobProgress(BaseModel):
-    photos_done: int
-    photos_total: int | None
-    faces: int
-    failures: int
+    unit: Literal["photos", "faces"] = Field(description="what done and total count")
+    done: int
+    total: int | None = Field(description="null until the files are counted")
+    faces: int = Field(description="faces stored so far")
+    failures: int = Field(description="photos that could not be read so far")
 
 
 class JobOut(BaseModel):

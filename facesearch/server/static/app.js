@@ -515,15 +515,15 @@
 
   function describe(job) {
     const p = job.progress;
-    const of = p.photos_total === null ? "" : " of " + p.photos_total;
-    let text = p.photos_done + of + " photos · " + p.faces + " faces · " + p.failures + " failed";
+    const of = p.total === null ? "" : " of " + p.total;
+    let text = p.done + of + " " + p.unit + " · " + p.faces + " faces · " + p.failures + " failed";
     if (job.state === "failed" && job.error) text = "failed: " + job.error.message;
     if (job.state === "done" && job.result) {
       const r = job.result;
       text = "done: " + r.new + " new photos, " + r.updated + " updated, " + r.unchanged
         + " unchanged, " + r.failed + " failed; " + r.faces_added + " faces added";
     }
-    if (job.state === "cancelled") text = "cancelled after " + p.photos_done + " photos (kept)";
+    if (job.state === "cancelled") text = "cancelled after " + p.done + " " + p.unit + " (kept)";
     return text;
   }
 
@@ -534,10 +534,10 @@
     section.dataset.state = job.state;
     document.getElementById("job-title").textContent = "Job " + job.id + ": " + job.kind;
     const bar = document.getElementById("job-progress");
-    const total = job.progress.photos_total;
+    const total = job.progress.total;
     if (total) {
       bar.max = total;
-      bar.value = job.progress.photos_done;
+      bar.value = job.progress.done;
     } else if (job.state === "done") {
       bar.max = 1;
       bar.value = 1;
