@@ -28,8 +28,8 @@ HERE = Path(__file__).resolve().parent
 #: Clusters per page of the front page, and faces shown of each.
 CLUSTERS_PER_PAGE = 20
 CLUSTER_SAMPLES = 24
-#: Faces per page of a person or cluster page, and people per page.
-FACES_PER_PAGE = 200
+#: Faces per page of a person or cluster page (``?limit=`` up to the most), people per page.
+FACES_PER_PAGE, MAX_FACES_PER_PAGE = 200, 500
 PEOPLE_PER_PAGE = 100
 #: Names offered for completion.
 MAX_NAMES = 5000
@@ -106,16 +106,17 @@ def cluster_page(
     cluster_id: int,
     server: ServerDep,
     offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_FACES_PER_PAGE)] = FACES_PER_PAGE,
 ) -> HTMLResponse:
     """One cluster with all its faces (paginated)."""
-    data = routes.get_cluster(cluster_id, server, limit=FACES_PER_PAGE, offset=offset)
+    data = routes.get_cluster(cluster_id, server, limit=limit, offset=offset)
     return _render(
         request,
         "cluster.html",
         title=f"Cluster {cluster_id}",
         cluster=data["cluster"],
         faces=data["faces"]["items"],
-        pages=_pages(data["faces"]["total"], FACES_PER_PAGE, offset),
+        pages=_pages(data["faces"]["total"], limit, offset),
         names=_names(server),
     )
 
@@ -141,9 +142,10 @@ def person_page(
     person_id: int,
     server: ServerDep,
     offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_FACES_PER_PAGE)] = FACES_PER_PAGE,
 ) -> HTMLResponse:
     """Flow 5: one person's faces (paginated): remove wrong faces, rename, merge."""
-    data = routes.get_person(person_id, server, limit=FACES_PER_PAGE, offset=offset)
+    data = routes.get_person(person_id, server, limit=limit, offset=offset)
     person = data["person"]
     return _render(
         request,
@@ -151,7 +153,7 @@ def person_page(
         title=person["name"],
         person=person,
         faces=data["faces"]["items"],
-        pages=_pages(data["faces"]["total"], FACES_PER_PAGE, offset),
+        pages=_pages(data["faces"]["total"], limit, offset),
         names=[n for n in _names(server) if n != person["name"]],
     )
 
