@@ -347,7 +347,10 @@ def test_people_listing_is_paginated(client: TestClient) -> None:
         offset = page["next_offset"]
     assert names == sorted(PEOPLE)
     p = client.get(f"{V1}/people").json()["items"][0]
-    assert p["faces"] == len(PEOPLE[p["name"]]) and p["sample_face_id"] is not None
+    assert p["faces"] == len(PEOPLE[p["name"]])
+    r = client.get(p["thumbnail"], params={"size": 48})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
+    _error(client.get(f"{V1}/people/999999/thumbnail"), 404, "not_found")
     _error(client.get(f"{V1}/people", params={"limit": 0}), 422, "invalid_request", "limit")
     _error(client.get(f"{V1}/people", params={"limit": 1001}), 422, "invalid_request")
     _error(client.get(f"{V1}/people", params={"offset": -1}), 422, "invalid_request")

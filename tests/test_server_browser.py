@@ -8,7 +8,6 @@ data; each test works on a copy of its own behind a real uvicorn server on a loo
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,6 +116,7 @@ def test_name_a_group_with_enter_and_move_on(site: Site) -> None:
     site.open("/")
     first, second = site.all("section.cluster")[:2]
     cid = int(first.get_attribute("data-cluster-id"))
+    site.wait(lambda d: site.find("#people-names").get_attribute("data-loaded") == "1")
     options = [o.get_attribute("value") for o in site.all("#people-names option")]
     assert options == sorted(options) and "BBT_Amy" in options
     with site.col() as col:
@@ -267,8 +267,7 @@ def test_index_a_folder_and_watch_the_progress(site: Site, data: Path, tmp_path:
         info = api.collection_info(col)
         assert info.faces == before + 3 and info.consistent
     site.find("#run-clustering").click()
-    assert "new groups" in site.toast()
-    time.sleep(0.2)
+    site.wait(lambda d: "new groups" in site.find("#toast").text)
     with site.col() as col:
         sizes = [c.size for c in api.list_clusters(col, limit=100).items]
         assert len(sizes) == len(UNLABELLED) + 1

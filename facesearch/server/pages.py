@@ -31,8 +31,6 @@ CLUSTER_SAMPLES = 24
 #: Faces per page of a person or cluster page (``?limit=`` up to the most), people per page.
 FACES_PER_PAGE, MAX_FACES_PER_PAGE = 200, 500
 PEOPLE_PER_PAGE = 100
-#: Names offered for completion.
-MAX_NAMES = 5000
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(HERE / "templates"),
@@ -54,20 +52,6 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
         **context,
     )
     return HTMLResponse(html, status_code=status)
-
-
-def _names(server: Any) -> list[str]:
-    with server.collection() as col:
-        people = api.list_people(col, limit=api.MAX_LIMIT, offset=0)
-        names = [p.name for p in people.items]
-        offset = len(names)
-        while offset < min(people.total, MAX_NAMES):
-            more = api.list_people(col, limit=api.MAX_LIMIT, offset=offset).items
-            if not more:
-                break
-            names += [p.name for p in more]
-            offset += len(more)
-    return names
 
 
 def _pages(total: int, limit: int, offset: int) -> dict[str, int | None]:
@@ -96,7 +80,6 @@ def clusters_page(
         clusters=data["items"],
         pages=_pages(data["total"], CLUSTERS_PER_PAGE, offset),
         summary=summary,
-        names=_names(server),
     )
 
 
@@ -117,7 +100,6 @@ def cluster_page(
         cluster=data["cluster"],
         faces=data["faces"]["items"],
         pages=_pages(data["faces"]["total"], limit, offset),
-        names=_names(server),
     )
 
 
@@ -154,7 +136,6 @@ def person_page(
         person=person,
         faces=data["faces"]["items"],
         pages=_pages(data["faces"]["total"], limit, offset),
-        names=[n for n in _names(server) if n != person["name"]],
     )
 
 

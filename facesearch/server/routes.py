@@ -306,25 +306,18 @@ def delete_face(face_id: int, server: ServerDep) -> Response:
 # -- people -------------------------------------------------------------------------------------
 
 
-def _person(col: Any, p: api.PersonInfo) -> dict[str, Any]:
-    first = api.person_faces(col, p.id, limit=1, offset=0).items
-    return views.person(p, first[0].id if first else None)
-
-
 @router.get("/people", response_model=sc.Page[sc.PersonOut], tags=["people"])
 def list_people(server: ServerDep, limit: Limit = 100, offset: Offset = 0) -> dict[str, Any]:
     """People by name, with their face and photo counts."""
     with server.collection() as col:
-        return views.page(
-            api.list_people(col, limit=limit, offset=offset), lambda p: _person(col, p)
-        )
+        return views.page(api.list_people(col, limit=limit, offset=offset), views.person)
 
 
 @router.post("/people", response_model=sc.PersonOut, status_code=201, tags=["people"])
 def create_person(body: sc.NewPerson, server: ServerDep) -> dict[str, Any]:
     """A new person, optionally given faces (manual labels)."""
     with server.collection() as col:
-        return _person(col, api.create_person(col, body.name, face_ids=body.face_ids))
+        return views.person(api.create_person(col, body.name, face_ids=body.face_ids))
 
 
 @router.get("/people/{person_id}", response_model=sc.PersonDetail, tags=["people"])
@@ -335,14 +328,33 @@ def get_person(
     with server.collection() as col:
         p = api.get_person(col, person_id)
         faces = api.person_faces(col, person_id, limit=limit, offset=offset)
-        return {"person": _person(col, p), "faces": views.page(faces, views.face)}
+        return {"person": views.person(p), "faces": views.page(faces, views.face)}
+
+
+@router.get(
+    "/people/{person_id}/thumbnail",
+    response_class=Response,
+    tags=["people"],
+    responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG crop"}},
+)
+def person_thumbnail(
+    person_id: int,
+    server: ServerDep,
+    size: Annotated[int, Query(ge=MIN_SIZE, le=MAX_SIZE)] = DEFAULT_SIZE,
+) -> Response:
+    """A crop of the person's first face (404 when they have none)."""
+    with server.collection() as col:
+        faces = api.person_faces(col, person_id, limit=1).items
+    if not faces:
+        raise ApiError(404, "not_found", f"person {person_id} has no faces")
+    return face_thumbnail(faces[0].id, server, size)
 
 
 @router.patch("/people/{person_id}", response_model=sc.PersonOut, tags=["people"])
 def rename_person(person_id: int, body: sc.Rename, server: ServerDep) -> dict[str, Any]:
     """Rename a person (to merge two people use ``/people/{id}/merge``)."""
     with server.collection() as col:
-        return _person(col, api.rename_person(col, person_id, body.name))
+        return views.person(api.rename_person(col, person_id, body.name))
 
 
 @router.post("/people/{person_id}/merge", response_model=sc.MergedPeople, tags=["people"])
@@ -350,7 +362,7 @@ def merge_people(person_id: int, body: sc.MergePeople, server: ServerDep) -> dic
     """Move every face of this person to ``into`` and delete this person."""
     with server.collection() as col:
         moved = api.merge_people(col, person_id, body.into)
-        return {"into": _person(col, api.get_person(col, body.into)), "faces_moved": moved}
+        return {"into": views.person(api.get_person(col, body.into)), "faces_moved": moved}
 
 
 @router.delete("/people/{person_id}", response_model=sc.PersonDeletedOut, tags=["people"])
@@ -413,7 +425,7 @@ def name_cluster(cluster_id: int, body: sc.NameCluster, server: ServerDep) -> di
     """The cluster becomes that person (new, or an existing person gets its faces)."""
     with server.collection() as col:
         n = api.name_cluster(col, cluster_id, body.name)
-        return {"person": _person(col, api.get_person(col, body.name)), "faces_labelled": n}
+        return {"person": views.person(api.get_person(col, body.name)), "faces_labelled": n}
 
 
 @router.post("/clusters/merge", response_model=sc.MergedClusters, tags=["clusters"])

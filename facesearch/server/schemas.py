@@ -180,7 +180,7 @@ class PersonOut(BaseModel):
     name: str
     faces: int
     photos: int
-    sample_face_id: int | None
+    thumbnail: str | None = Field(description="URL of a crop of one of their faces")
 
 
 class PersonDetail(BaseModel):

@@ -59,13 +59,13 @@ def face(f: api.FaceInfo) -> dict[str, Any]:
     }
 
 
-def person(p: api.PersonInfo, sample_face_id: int | None) -> dict[str, Any]:
+def person(p: api.PersonInfo) -> dict[str, Any]:
     return {
         "id": p.id,
         "name": p.name,
         "faces": p.faces,
         "photos": p.photos,
-        "sample_face_id": sample_face_id,
+        "thumbnail": f"{API}/people/{p.id}/thumbnail" if p.faces else None,
     }
 
 

@@ -545,6 +545,7 @@
       bar.removeAttribute("value");  // indeterminate until the files are counted
     }
     document.getElementById("job-status").textContent = describe(job);
+    showJobRow(job);
     document.getElementById("cancel-job").hidden = !["queued", "running"].includes(job.state);
     clearTimeout(jobState.timer);
     if (["queued", "running"].includes(job.state)) {
@@ -555,6 +556,27 @@
     } else {
       toast("job " + job.id + " " + job.state, job.state === "failed" ? "error" : "info");
     }
+  }
+
+  function showJobRow(job) {
+    const body = $("#jobs-table tbody");
+    if (!body) return;
+    let row = $("tr[data-job-id='" + job.id + "']", body);
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.jobId = String(job.id);
+      body.prepend(row);
+    }
+    row.dataset.state = job.state;
+    const p = job.progress;
+    const what = (job.params.paths || [job.params.model]).join(", ");
+    const cells = [job.id, job.kind, job.state,
+      p.done + (p.total === null ? "" : " / " + p.total), p.faces, p.failures, what];
+    row.replaceChildren(...cells.map((v) => {
+      const td = document.createElement("td");
+      td.textContent = String(v);
+      return td;
+    }));
   }
 
   function cancelJob() {
@@ -570,6 +592,31 @@
     if (row) attempt(async () => watchJob(await call("GET", "/jobs/" + row.dataset.jobId)));
   }
 
+  // -- name completion: every person's name, loaded after the page is shown ----------------
+
+  const MAX_NAMES = 5000;
+
+  async function loadNames() {
+    const list = document.getElementById("people-names");
+    if (!list) return;
+    const page = $(".person-page");
+    const self = page ? page.dataset.name : null;
+    const names = [];
+    let offset = 0;
+    while (offset !== null && names.length < MAX_NAMES) {
+      const data = await call("GET", "/people?limit=1000&offset=" + offset);
+      data.items.forEach((p) => { if (p.name !== self) names.push(p.name); });
+      offset = data.next_offset;
+    }
+    list.replaceChildren(...names.map((n) => {
+      const opt = document.createElement("option");
+      opt.value = n;
+      return opt;
+    }));
+    list.dataset.loaded = "1";
+  }
+
+  attempt(loadNames);
   setUpSuggestions();
   setUpIdentify();
   setUpJobs();
