@@ -17,7 +17,6 @@ import jinja2
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from facesearch import api
 from facesearch.server import routes
 from facesearch.server.routes import ServerDep
 from facesearch.server.security import COOKIE_NAME, CSRF_HEADER, cookie_value
