@@ -286,7 +286,23 @@ def percentiles(ms: Sequence[float]) -> dict[str, float | int]:
 # -- bars ---------------------------------------------------------------------------------------
 
 
+@contextmanager
+def copy_of(home: Path) -> Iterator[Path]:
+    """A throwaway copy of the collection (no thumbnails cached, nothing left behind)."""
+    work = Path(tempfile.mkdtemp(prefix="facesearch-bench-"))
+    try:
+        shutil.copytree(home, work / "home", ignore=shutil.ignore_patterns("thumbnails"))
+        yield work / "home"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def bars(home: Path, split: dict[str, Any], quick: bool) -> dict[str, Any]:
+    with copy_of(home) as copy:
+        return _bars(copy, split, quick)
+
+
+def _bars(home: Path, split: dict[str, Any], quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     with serve(home) as (host, port, pid):
         c = Client(host, port)
@@ -342,7 +358,7 @@ def pages(host: str, port: int, big: dict[str, Any], runs: int) -> dict[str, Any
     for label, path in targets.items():
         fcp, loaded, clicks = [], [], []
         for _ in range(runs):
-            with chromium() as d:
+            with chromium(page_load="eager") as d:
                 d.get(base + path)
                 for _ in range(50):  # the paint entry can come after the load event
                     if d.execute_script(
@@ -382,12 +398,8 @@ def pages(host: str, port: int, big: dict[str, Any], runs: int) -> dict[str, Any
 
 
 def load(home: Path, split: dict[str, Any], seconds: float, clients: int) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="facesearch-load-"))
-    try:
-        shutil.copytree(home, work / "home")
-        return _load(work / "home", split, seconds, clients)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with copy_of(home) as copy:
+        return _load(copy, split, seconds, clients)
 
 
 def _load(home: Path, split: dict[str, Any], seconds: float, clients: int) -> dict[str, Any]:

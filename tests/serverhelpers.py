@@ -107,8 +107,9 @@ def live_server(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def chromium() -> Iterator[Any]:
-    """A headless Chromium driven by Selenium, with a fresh profile."""
+def chromium(page_load: str = "normal") -> Iterator[Any]:
+    """A headless Chromium driven by Selenium, with a fresh profile. ``page_load``: Selenium's
+    page load strategy (``eager``: ``get`` returns at DOMContentLoaded, not after images)."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
     from selenium.webdriver.chrome.service import Service
 
@@ -120,12 +121,13 @@ def chromium() -> Iterator[Any]:
             )
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.page_load_strategy = page_load
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     profile = tempfile.mkdtemp(prefix="facesearch-chromium-")
     options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(120)
     try:
         yield driver
     finally:

@@ -12,8 +12,9 @@ notices when the vector index file changed on disk (a job, another handle or the
 and reloads it; while a writer is busy, reads search the index as it was (the library's rule),
 so reads never wait for a writer. Changes take the collection's writer lock for the call; one
 that cannot get it within ``lock_timeout`` seconds is answered 409. The networks run one
-request at a time (``Server.inference``): on a few cores that is as fast overall as running
-them side by side, and it keeps an index job's workers and the requests from fighting.
+request at a time (``Server.inference``, taken before a collection handle, so requests waiting
+for the networks hold no handle that a thumbnail needs): on a few cores that is as fast
+overall as running them side by side; an index job has networks of its own.
 """
 
 from __future__ import annotations

@@ -39,6 +39,14 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 
+JPEG_CROP: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"image/jpeg": {}}, "description": "a JPEG crop"}
+}
+#: "Not this person" (``POST /faces/{id}/reject``) and ``GET /suggestions`` need the library's
+#: rejections (``api.reject_face``, ``api.suggestions``), which it does not have yet: until
+#: then those endpoints are absent and the page hides what uses them (``static/app.js`` has
+#: the flows: reject buttons, the suggestions page).
+REJECTIONS = False
 #: Nearest people shown per identified face.
 DEFAULT_K = 5
 #: Faces of a cluster shown as samples in a listing.
@@ -94,7 +102,7 @@ async def identify(
     import anyio
 
     def run() -> api.IdentifyResult:
-        with server.collection() as col, server.inference:
+        with server.inference, server.collection() as col:
             return api.identify(col, data, models=server.models, k=k, threshold=threshold)
 
     return views.identified(await anyio.to_thread.run_sync(run))
@@ -168,7 +176,7 @@ async def search_faces(request: Request, server: ServerDep) -> dict[str, Any]:
         data = await _upload("image", upload)
 
         def by_image() -> tuple[api.SimilarFaces, ...]:
-            with server.collection() as col, server.inference:
+            with server.inference, server.collection() as col:
                 return api.search_faces(col, image=data, k=k, models=server.models)
 
         return views.similar(await anyio.to_thread.run_sync(by_image))
@@ -215,7 +223,7 @@ def get_face(face_id: int, server: ServerDep) -> dict[str, Any]:
     "/faces/{face_id}/thumbnail",
     response_class=Response,
     tags=["faces"],
-    responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG crop"}},
+    responses=JPEG_CROP,
 )
 def face_thumbnail(
     face_id: int,
@@ -335,7 +343,7 @@ def get_person(
     "/people/{person_id}/thumbnail",
     response_class=Response,
     tags=["people"],
-    responses={200: {"content": {"image/jpeg": {}}, "description": "a JPEG crop"}},
+    responses=JPEG_CROP,
 )
 def person_thumbnail(
     person_id: int,
