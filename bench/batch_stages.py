@@ -203,7 +203,7 @@ def numpy_stem_ab(repeats: int) -> None:
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from facesearch.models import npengine
-    from facesearch.models.sface_arrays import WEIGHTS_FILE
+    from facesearch.models.sface_weights import WEIGHTS_FILE
     from facesearch.process import tune_malloc
 
     tune_malloc()

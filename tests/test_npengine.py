@@ -20,7 +20,6 @@ import pytest
 from PIL import Image
 
 from facesearch.models import npengine
-from facesearch.models.detection import DetectorConfig
 from facesearch.models.npengine import (
     ACT_NONE,
     ACT_PRELU,
@@ -37,7 +36,8 @@ from facesearch.models.npengine import (
     set_threads,
     single_threaded_blas,
 )
-from facesearch.models.sface_arrays import WEIGHTS_FILE, read_weights, state_arrays
+from facesearch.models.sface_weights import WEIGHTS_FILE, read_weights, state_arrays
+from facesearch.models.yunet_decode import DetectorConfig
 from facesearch.native import NATIVE
 
 OPENCV = DetectorConfig(max_side=1 << 20, coarse_side=0)  # OpenCV's FaceDetectorYN exactly
@@ -212,7 +212,7 @@ def test_the_engine_does_not_import_torch(tmp_path: Path) -> None:
         "pipe = FacePipeline(PipelineConfig(engine='numpy'))\n"
         "img = np.zeros((200, 300, 3), np.uint8)\n"
         "assert pipe.faces(img) == []\n"
-        "import facesearch.cli, facesearch.cli.collection, facesearch.search\n"
+        "import facesearch.cli, facesearch.cli.collection, facesearch.identify\n"
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

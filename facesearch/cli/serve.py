@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import collection_options
 
 SERVER_EXTRA = "pip install 'facesearch[server]'"

@@ -1,12 +1,10 @@
 """YuNet and SFace in numpy and C: the same networks and weights without importing torch.
 
-Why: ``import torch`` alone costs about 2 CPU-seconds on a 2-core machine, more than a whole
-``facesearch query`` or ``facesearch verify`` needs for one photo, and ~5 % of indexing 2,000
-LFW photos. With the native kernels built (:mod:`facesearch.native`) this engine is as fast per
-face as the PyTorch one, so ``query``, ``verify``, ``index``, ``enroll`` and ``evaluate`` run it
-for the shipped model; PyTorch stays for training and for model files. Without the native
-kernels it is numpy alone, 2-4x slower per face than PyTorch: then only ``query`` and
-``verify`` (and small index runs) use it.
+Why: importing torch costs more than a one-photo command needs. With the native kernels built
+(:mod:`facesearch.native`) this engine is as fast per face as the PyTorch one, so engine
+``auto`` (:meth:`facesearch.pipeline.PipelineConfig.resolved`) runs it for the shipped model;
+PyTorch stays for training and model files. Without the kernels it is numpy alone, slower per
+face than PyTorch, and ``auto`` uses it for small work only.
 
 The engine computes in channels-last float32 ``(B, H, W, C)``, batch norms folded into the
 weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`):
@@ -18,12 +16,10 @@ weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`):
   8 accumulators (dense) at a time, bias and activation fused;
 - max pooling in C.
 
-One LFW photo through YuNet went 20-21 -> 3.3-3.6 ms and one face through SFace 45-47 -> 19-21 ms
-(one thread, models loaded; PyTorch: 3.7-5.6 and 20-26 ms). Without the native kernels the same
-operations run in numpy (matrix products, depthwise convolutions as nine shifted multiply-adds);
-they are the reference the kernels are tested against. Outputs agree with the PyTorch modules to
-float32 rounding: the parity tests (``tests/test_npengine.py``) hold both variants to the same
-reference boxes, landmarks and features.
+Without the native kernels the same operations run in numpy (matrix products, depthwise convolutions
+as nine shifted multiply-adds); they are the reference the kernels are tested against. Outputs agree
+with the PyTorch modules to float32 rounding: the parity tests (``tests/test_npengine.py``) hold
+both variants to the same reference boxes, landmarks and features.
 
 :class:`NumpyDetector` and :class:`NumpyEmbedder` have the interface of
 :class:`facesearch.models.yunet.Detector` and :class:`facesearch.models.sface.Embedder`
@@ -47,19 +43,7 @@ from typing import Any
 import numpy as np
 
 from facesearch.errors import ModelError
-from facesearch.models.detection import (
-    DEFAULT_BATCH_SIZE,
-    STRIDES,
-    DetectorConfig,
-    add_large,
-    check_image,
-    decode,
-    default_weights_path,
-    read_weight_arrays,
-    round_up,
-    to_detections,
-)
-from facesearch.models.sface_arrays import (
+from facesearch.models.sface_weights import (
     INPUT_MEAN,
     INPUT_SCALE,
     LAYERS,
@@ -71,6 +55,18 @@ from facesearch.models.sface_arrays import (
     state_arrays,
 )
 from facesearch.models.weightcache import cache_dir, cached_arrays
+from facesearch.models.yunet_decode import (
+    DEFAULT_BATCH_SIZE,
+    STRIDES,
+    DetectorConfig,
+    add_large,
+    check_image,
+    decode,
+    default_weights_path,
+    read_weight_arrays,
+    round_up,
+    to_detections,
+)
 from facesearch.native import NATIVE
 from facesearch.types import Detection
 
@@ -87,10 +83,8 @@ log = logging.getLogger(__name__)
 _NATIVE: ModuleType | None = NATIVE
 
 #: A 1x1 convolution whose weights hold at most this many values (256 KB, L2-resident) runs as
-#: the native kernel, bias and activation fused (measured against numpy's BLAS without them:
-#: YuNet's 16 -> 16 0.19 against 0.26 ms, SFace's 64 -> 128 6.6 against 8.2 ms, 256 -> 256 on
-#: par); larger ones go to numpy's BLAS (blocked for the cache: 512 -> 512 10.2 against
-#: 17.1 ms), and only the bias and activation are native.
+#: the native kernel, bias and activation fused; larger ones go to numpy's BLAS (blocked for
+#: the cache, faster there), and only the bias and activation are native (bench/results/history.md).
 _NATIVE_PW_WEIGHTS = 256 * 256
 
 #: Activations after a convolution (the codes of the native kernels).
@@ -296,8 +290,7 @@ def single_threaded_blas() -> Iterator[None]:
     """OpenBLAS on one thread while any caller is inside (threads may nest and overlap: the
     first one in sets it, the last one out restores it). The engine's matrix products are
     small, and OpenBLAS threads that spin-wait make them several times slower when the cores
-    are busy (measured: 0.74 s instead of 0.05 s for one SFace pass beside two busy
-    processes)."""
+    are busy."""
     global _blas_users, _blas_before
     fns = _openblas_threads()
     if fns is None:
@@ -545,7 +538,7 @@ class NumpyDetector:
 
 
 def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """An SFace state (:func:`~facesearch.models.sface_arrays.state_arrays` names) as the
+    """An SFace state (:func:`~facesearch.models.sface_weights.state_arrays` names) as the
     arrays :class:`NumpySFace` runs: batch norms folded, weights in the layouts of the ops
     (``"{i}.w"``, ``"{i}.b"``, ``"{i}.s"`` = PReLU slope per conv; ``"head_t"``, ``"head_b"``).
     """
@@ -571,9 +564,7 @@ def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 #: SFace's high-resolution stem (the first ``STEM_LAYERS`` convolutions, 112x112 down to 14x14)
 #: runs this many crops at a time (0: the whole batch), the rest on the whole batch: its
-#: activations (3.2 MB per crop at the widest) then stay in cache. Two threads each embedding
-#: batches of 8: 101-103 faces/s against 93-99 for whole batches (medians of 4, three runs;
-#: chunks of 2 and 4 in between).
+#: activations (3.2 MB per crop at the widest) then stay in cache (bench/results/history.md).
 _STEM_CHUNK = 1
 
 
@@ -624,8 +615,8 @@ _CACHE_FORMAT = "sface-np-2"
 
 def _load_prepared_sface(path: Path) -> dict[str, np.ndarray]:
     """:func:`prepare_sface` of the weight file ``path``, through the on-disk cache of
-    :mod:`facesearch.models.weightcache` (dequantizing and folding cost ~0.4 s, a third of a
-    ``facesearch query``; the ~38 MB of float32 read back in ~30 ms)."""
+    :mod:`facesearch.models.weightcache` (dequantizing and folding cost more than reading the
+    prepared float32 back)."""
 
     def prepare() -> dict[str, np.ndarray]:
         _, arrays = read_weights(path)
