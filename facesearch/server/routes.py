@@ -18,6 +18,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from facesearch import api
 from facesearch.indexer import Progress
+from facesearch.model_upgrade import ReindexProgress
 from facesearch.server import schemas as sc
 from facesearch.server import views
 from facesearch.server.app import Server
@@ -32,7 +33,6 @@ from facesearch.thumbnails import (
     MIN_SIZE,
     PhotoFile,
 )
-from facesearch.upgrade import ReindexProgress
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": sc.ErrorBody} for s in (400, 401, 403, 404, 409, 413, 422)
