@@ -1,6 +1,6 @@
 """``facesearch serve`` under load, and the server's bars, against a real server process.
 
-Parts (``--parts``, default both):
+Parts (``--parts``, default both; ``build`` only builds the cached collection):
 
 ``bars``
     On a warm server over a collection of ``--faces`` LFW faces (default 10,000; built once,
@@ -572,6 +572,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.faces, args.seconds, args.job_photos = 2000, 10.0, 300
     parts = set(args.parts.split(","))
     home, split = collection(args.shared / "data", args.faces, args.job_photos)
+    if not parts & {"bars", "load"}:  # --parts build: only make the cached collection
+        print(f"{home}: {split['built']}")
+        return
     payload: dict[str, Any] = {
         "command": "python bench/server.py " + shlex.join(sys.argv[1:] if argv is None else argv),
         "collection": split["built"],

@@ -25,6 +25,7 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,11 @@ def _file_identity(path: Path) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
+def job_threads() -> int:
+    """Cores a background job's networks use: all but one (at least one)."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class Server:
     """What one app holds. Build it with :func:`create_app`."""
 
@@ -72,8 +78,9 @@ class Server:
         config = api.PipelineConfig(engine=settings.engine)
         self.models = models if models is not None else api.Models(config)
         #: the networks of background jobs: their own, so a job's workers and the requests
-        #: never share one pipeline
-        self.job_models = api.Models(self.models.config)
+        #: never share one pipeline, on one core fewer than the machine has, so requests
+        #: still find a core while a job runs
+        self.job_models = api.Models(replace(self.models.config, threads=job_threads()))
         self.jobs = JobManager()
         self.inference = threading.Lock()
         self._free: queue.LifoQueue[_Handle] = queue.LifoQueue()
