@@ -7,6 +7,7 @@ data; each test works on a copy of its own behind a real uvicorn server on a loo
 
 from __future__ import annotations
 
+import base64
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,6 +247,17 @@ def test_drop_a_photo_to_see_every_face_named(site: Site, data: Path) -> None:
     upload.send_keys(str(data / "odd" / "truncated.jpg"))
     site.wait(lambda d: site.find("#result").get_attribute("data-state") == "error")
     assert "truncated" in site.toast()
+    # dropped rather than chosen: a drop event carrying the file
+    b64 = base64.b64encode((data / "photos" / "BBT_Raj" / "raj4.png").read_bytes()).decode()
+    site.driver.execute_script(
+        "const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));"
+        "const dt = new DataTransfer();"
+        "dt.items.add(new File([bytes], 'raj4.png', {type: 'image/png'}));"
+        "document.getElementById('drop').dispatchEvent("
+        "  new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));",
+        b64,
+    )
+    site.wait(lambda d: "BBT_Raj" in site.find("#stage .box").text)
 
 
 def test_index_a_folder_and_watch_the_progress(site: Site, data: Path, tmp_path: Path) -> None:
@@ -271,3 +283,35 @@ def test_index_a_folder_and_watch_the_progress(site: Site, data: Path, tmp_path:
     with site.col() as col:
         sizes = [c.size for c in api.list_clusters(col, limit=100).items]
         assert len(sizes) == len(UNLABELLED) + 1
+
+
+def test_token_is_asked_once_and_changes_carry_it(
+    built: dict[str, Any], browser: Any, tmp_path: Path
+) -> None:
+    """A server with a token: the page asks for it once (login form), then every page and
+    change works through the cookie (with the page's CSRF header)."""
+    home = tmp_path / "home"
+    shutil.copytree(built["home"], home)
+    token = "browser-test-token-0123456789"
+    app = create_app(ServerSettings(home=home, token=token), models=server_models())
+    with live_server(app) as url:
+        browser.delete_all_cookies()
+        site = Site(url, home, browser)
+        site.open("/people")
+        assert "/login" in browser.current_url
+        site.find("input[name=token]").send_keys("not the token", Keys.ENTER)
+        site.wait(lambda d: site.all("p.error"))
+        site.find("input[name=token]").send_keys(token, Keys.ENTER)
+        site.wait(lambda d: d.current_url == url + "/people")
+        card = site.all("article.person")[0]
+        site.wait(lambda d: d.execute_script(
+            "return document.querySelector('article.person img').naturalWidth"
+        ))  # fmt: skip
+        pid = int(card.get_attribute("data-person-id"))
+        site.open(f"/people/{pid}")
+        name = site.find("#person-name")
+        name.clear()
+        name.send_keys("Renamed With A Token", Keys.ENTER)
+        site.wait(lambda d: d.title.startswith("Renamed With A Token"))
+        with site.col() as col:
+            assert api.get_person(col, pid).name == "Renamed With A Token"
