@@ -35,7 +35,7 @@ from facesearch.thumbnails import (
 )
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": sc.ErrorBody} for s in (400, 401, 403, 404, 409, 413, 422)
+    s: {"model": sc.ErrorBody} for s in (400, 401, 403, 404, 409, 413, 415, 422, 500)
 }
 router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 
