@@ -352,7 +352,7 @@ def pages(host: str, port: int, big: dict[str, Any], runs: int) -> dict[str, Any
     targets = {
         "unnamed groups (/)": "/",
         "people (/people)": "/people",
-        f"person page, 500 of {big['faces']} faces": f"/people/{big['id']}?limit=500",
+        f"person page ({min(500, big['faces'])} faces shown)": f"/people/{big['id']}?limit=500",
     }
     result: dict[str, Any] = {}
     for label, path in targets.items():
