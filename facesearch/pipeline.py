@@ -26,7 +26,7 @@ from facesearch.errors import ArgumentError, NoFaceError
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
-    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
+    from facesearch.models.npengine import EngineThreads, NumpyDetector, NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
     from facesearch.models.yunet_decode import DetectorConfig
@@ -123,6 +123,7 @@ def load_embedder(
     flip: bool = False,
     batch_size: int | None = None,
     engine: str = "torch",
+    threads: EngineThreads | None = None,
 ) -> Embedder | NumpyEmbedder:
     """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
     from facesearch.models.sface_weights import DEFAULT_BATCH_SIZE
@@ -131,7 +132,7 @@ def load_embedder(
         from facesearch.models.modelfile import shipped_meta
         from facesearch.models.npengine import NumpyEmbedder
 
-        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip)
+        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip, threads=threads)
         emb.meta = shipped_meta()
         emb.threshold = emb.meta["threshold"]
         return emb
@@ -219,11 +220,14 @@ class FacePipeline:
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .serial: this thread is one of the parallel workers
+        #: the numpy engine's element-wise threads, shared by its detector and embedder
+        self.engine_threads: EngineThreads | None = None
         if numpy_engine:
-            if self.config.threads:
-                from facesearch.models.npengine import set_threads
+            from facesearch.models.npengine import EngineThreads
 
-                set_threads(self.config.threads)
+            self.engine_threads = EngineThreads(
+                self.config.threads or max(1, min(4, os.cpu_count() or 1))
+            )
         else:
             import torch
 
@@ -232,7 +236,7 @@ class FacePipeline:
             if numpy_engine:
                 from facesearch.models.npengine import NumpyDetector
 
-                detector = NumpyDetector(self.config.detector)
+                detector = NumpyDetector(self.config.detector, threads=self.engine_threads)
             else:
                 from facesearch.models.yunet import Detector
 
@@ -243,6 +247,7 @@ class FacePipeline:
             flip=self.config.flip,
             batch_size=self.config.batch_size,
             engine=self.config.engine,
+            threads=self.engine_threads,
         )
 
     @property
@@ -326,15 +331,22 @@ class FacePipeline:
             finally:
                 torch.set_num_threads(self.threads)
             return
-        from facesearch.models import npengine
+        from facesearch.models.npengine import single_threaded_blas
 
-        before = npengine.get_threads()
-        npengine.set_threads(1)
-        try:
-            with npengine.single_threaded_blas():
+        engine_threads = {
+            id(t): t
+            for t in (
+                self.engine_threads,
+                getattr(getattr(self.detector, "net", None), "threads", None),
+                getattr(getattr(self.embedder, "net", None), "threads", None),
+            )
+            if t is not None
+        }
+        with contextlib.ExitStack() as stack:
+            for t in engine_threads.values():
+                stack.enter_context(t.limited(1))
+            with single_threaded_blas():
                 yield
-        finally:
-            npengine.set_threads(before)
 
     @contextlib.contextmanager
     def workers(self) -> Iterator[Callable[..., Future[object]]]:
