@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import anyio
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
@@ -173,13 +174,11 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if warm_up:
-            import anyio
-
             await anyio.to_thread.run_sync(server.warm_up)
         try:
             yield
         finally:
-            await anyio_close(server)
+            await anyio.to_thread.run_sync(server.close)
 
     app = FastAPI(
         title="facesearch",
@@ -202,12 +201,6 @@ def create_app(
         max_body=settings.max_upload_bytes,
     )
     return app
-
-
-async def anyio_close(server: Server) -> None:
-    import anyio
-
-    await anyio.to_thread.run_sync(server.close)
 
 
 def _version() -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
+import anyio
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile as StarletteUpload
@@ -99,7 +100,6 @@ async def identify(
 ) -> dict[str, Any]:
     """Who is in the photo: every face, left to right, with its verdict and nearest people."""
     data = await _upload("image", image)
-    import anyio
 
     def run() -> api.IdentifyResult:
         with server.inference, server.collection() as col:
@@ -118,7 +118,6 @@ async def verify(
     """Are the largest faces of two photos the same person (``d < threshold``)?"""
     a = await _upload("image_a", image_a)
     b = await _upload("image_b", image_b)
-    import anyio
 
     def run() -> api.Verification:
         with server.inference:
@@ -153,8 +152,6 @@ async def verify(
 async def search_faces(request: Request, server: ServerDep) -> dict[str, Any]:
     """The nearest stored faces of a stored face (JSON ``face_id``, ``k``) or of every face of
     an uploaded photo (multipart ``image``, ``k``). Vector search only: no verdict."""
-    import anyio
-
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind == "application/json":
         try:
@@ -254,17 +251,7 @@ def get_photo(photo_id: int, server: ServerDep) -> dict[str, Any]:
     """A stored photo: path, pixel size, file size, status."""
     with server.collection() as col:
         p = api.get_photo(col, photo_id)
-    return {
-        "id": p.id,
-        "path": p.path,
-        "width": p.width,
-        "height": p.height,
-        "bytes": p.bytes,
-        "status": p.status,
-        "error": p.error,
-        "faces": p.faces,
-        "image": f"{views.API}/photos/{p.id}/image",
-    }
+    return {**p.to_dict(), "image": f"{views.API}/photos/{p.id}/image"}
 
 
 @router.get(
