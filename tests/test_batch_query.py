@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 from collhelpers import (
     PEOPLE,
     STRANGERS,
@@ -163,3 +164,29 @@ def test_verify_pairs_csv(library: dict[str, Any], data: Path, tmp_path: Path,
     assert res.exit_code != 0 and "line 2" in res.stderr
     res = run_cli(["verify", pairs[0][0]], ok=False)
     assert res.exit_code == 2 and "give IMAGE_A and IMAGE_B, or --pairs" in res.stderr
+
+
+def test_identify_photos_and_verify_pairs_of_aligned_crops(
+    library: dict[str, Any], data: Path, tmp_path: Path
+) -> None:
+    """``aligned``: each crop is embedded as it is, as the one-photo calls do; a photo of
+    another shape gets its error, the others are answered."""
+    from photosets import make_crops
+
+    sources = [data / "photos" / p / f"{p[4:].lower()}4.png" for p in list(PEOPLE)[:2]]
+    crops = make_crops(shared_pipeline(), sources, tmp_path, ("arcface112",))["arcface112"]
+    wide = tmp_path / "wide.png"  # 2:1, not on the template
+    Image.new("RGB", (224, 112), "white").save(wide)
+    with api.open_collection(library["home"]) as col:
+        got = list(api.identify_photos(col, [*crops, wide], models=models(), aligned=True))
+        assert [g.source for g in got] == [str(p) for p in (*crops, wide)]
+        for item, crop in zip(got[:2], crops, strict=True):
+            one = api.identify(col, crop, models=models(), aligned=True)
+            assert item.result is not None and len(item.result.faces) == 1
+            assert item.result.faces[0].person == one.faces[0].person is not None
+            assert item.result.faces[0].distance == pytest.approx(one.faces[0].distance, abs=1e-4)
+        assert got[2].result is None and "template" in (got[2].error or "")
+    pair = list(api.verify_pairs([(crops[0], sources[0])], models=models(), aligned=False))
+    assert pair[0].verification is not None  # a crop also works through detection
+    same = list(api.verify_pairs([(crops[0], crops[0])], models=models(), aligned=True))
+    assert same[0].verification is not None and same[0].verification.distance < 1e-4
