@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = [json.loads(line) for line in out.splitlines()]
     assert len(rows) == len(queries), (len(rows), len(queries))
     errors = sum("error" in row for row in rows)
-    singles = [run(["facesearch", "query", "--json", *home_args, str(p)])[0] for p in queries[: args.singles]]
+    singles = [
+        run(["facesearch", "query", "--json", *home_args, str(p)])[0]
+        for p in queries[: args.singles]
+    ]
     csv = CACHE / "pairsDevTest.csv"
     n_pairs = pairs_csv(data, csv)
     v_seconds, v_out = run(["facesearch", "verify", "--pairs", str(csv), "--json"])
@@ -180,8 +183,12 @@ def main(argv: list[str] | None = None) -> None:
         "load_average": load,
         "python": platform.python_version(),
         "collection": json.loads(stamp.read_text()),
-        "query": {"photos": len(queries), "seconds": seconds, "answered": len(rows) - errors,
-                  "errors": errors},  # fmt: skip
+        "query": {
+            "photos": len(queries),
+            "seconds": seconds,
+            "answered": len(rows) - errors,
+            "errors": errors,
+        },  # fmt: skip
         "singles": {"photos": len(singles), "median_seconds": per_single, "seconds": singles},
         "verify": {"pairs": n_pairs, "seconds": v_seconds},
         "speedup": per_single * len(queries) / seconds,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from PIL import Image
 from collhelpers import (
     PEOPLE,
     STRANGERS,
@@ -23,6 +22,7 @@ from collhelpers import (
     shared_pipeline,
     use_shared_pipeline,
 )
+from PIL import Image
 
 from facesearch import api
 from facesearch.errors import ArgumentError
