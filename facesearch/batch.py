@@ -14,19 +14,17 @@ walked as ``facesearch index`` walks them. :func:`read_pairs_csv` reads the pair
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch.errors import ArgumentError, FacesearchError, ImageError
+from facesearch.errors import ArgumentError, ImageError
 from facesearch.image import default_workers
 from facesearch.types import Face
 
@@ -183,27 +181,13 @@ def read_pairs_csv(path: str | os.PathLike[str]) -> list[tuple[str, str]]:
     """``[(photo a, photo b)]`` from a CSV of rows ``a,b`` (an optional header ``a,b``; more
     columns are ignored). Relative paths are taken from the CSV's folder, made absolute but not
     resolved. :class:`ArgumentError` naming the line for a row without two paths."""
-    csv_path = Path(path)
-    base = Path(os.path.abspath(csv_path)).parent
+    from facesearch.indexer import csv_photo, csv_rows
+
     out: list[tuple[str, str]] = []
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            for lineno, row in enumerate(csv.reader(f), start=1):
-                cells = [c.strip() for c in row]
-                if not any(cells):
-                    continue
-                if lineno == 1 and [c.lower() for c in cells[:2]] == ["a", "b"]:
-                    continue
-                if len(cells) < 2 or not cells[0] or not cells[1]:
-                    raise ArgumentError(f"{csv_path} line {lineno}: expected 'a,b', got {row!r}")
-                a, b = (
-                    os.path.abspath(os.path.join(base, os.path.expanduser(c))) for c in cells[:2]
-                )
-                out.append((a, b))
-    except OSError as exc:
-        raise FacesearchError(f"cannot read the pairs file {csv_path}: {exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise ArgumentError(f"{csv_path} is not a UTF-8 CSV file: {exc}") from exc
+    for lineno, cells in csv_rows(path, ("a", "b"), "pairs file"):
+        if len(cells) < 2 or not cells[0] or not cells[1]:
+            raise ArgumentError(f"{path} line {lineno}: expected 'a,b', got {cells!r}")
+        out.append((csv_photo(path, cells[0]), csv_photo(path, cells[1])))
     return out
 
 

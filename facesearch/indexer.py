@@ -345,38 +345,50 @@ def folder_label(path: str) -> str:
     return os.path.basename(os.path.dirname(path))
 
 
+def csv_rows(
+    path: str | os.PathLike[str], header: Sequence[str], what: str
+) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, cells stripped)`` of the non-empty rows of the UTF-8 CSV file ``path``,
+    a first row equal to ``header`` (any case) left out. :class:`FacesearchError` naming the
+    file (``what`` it is) when it cannot be read or is not a UTF-8 CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for lineno, row in enumerate(csv.reader(f), start=1):
+                cells = [c.strip() for c in row]
+                if not any(cells):
+                    continue
+                if lineno == 1 and [c.lower() for c in cells[: len(header)]] == list(header):
+                    continue
+                yield lineno, cells
+    except OSError as exc:
+        raise FacesearchError(f"cannot read the {what} {path}: {exc}") from exc
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise FacesearchError(f"{path} is not a UTF-8 CSV file: {exc}") from exc
+
+
+def csv_photo(csv_path: str | os.PathLike[str], cell: str) -> str:
+    """The photo path of a CSV cell: relative paths from the CSV's folder, made absolute but
+    not resolved (the path rule of the module doc)."""
+    base = os.path.dirname(os.path.abspath(csv_path))
+    return os.path.abspath(os.path.join(base, os.path.expanduser(cell)))
+
+
 def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, str]:
     """``absolute photo path -> person`` from a ``path,person`` CSV (optional header row).
 
     Relative paths are taken from the CSV's folder. Raises :class:`FacesearchError` naming the
     line for a malformed row, an empty name, or a path given twice with different people.
     """
-    csv_path = Path(path)
-    base = Path(os.path.abspath(csv_path)).parent  # not resolved: the path rule of the module doc
     out: dict[str, str] = {}
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            for lineno, row in enumerate(csv.reader(f), start=1):
-                cells = [c.strip() for c in row]
-                if not any(cells):
-                    continue
-                if lineno == 1 and [c.lower() for c in cells[:2]] == ["path", "person"]:
-                    continue
-                if len(cells) != 2 or not cells[0] or not cells[1]:
-                    raise FacesearchError(
-                        f"{csv_path} line {lineno}: expected 'path,person', got {row!r}"
-                    )
-                photo = os.path.abspath(os.path.join(base, os.path.expanduser(cells[0])))
-                if out.get(photo, cells[1]) != cells[1]:
-                    raise FacesearchError(
-                        f"{csv_path} line {lineno}: {cells[0]} is given to {out[photo]!r} "
-                        f"and to {cells[1]!r}"
-                    )
-                out[photo] = cells[1]
-    except OSError as exc:
-        raise FacesearchError(f"cannot read the labels file {csv_path}: {exc}") from exc
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise FacesearchError(f"{csv_path} is not a UTF-8 CSV file: {exc}") from exc
+    for lineno, cells in csv_rows(path, ("path", "person"), "labels file"):
+        if len(cells) != 2 or not cells[0] or not cells[1]:
+            raise FacesearchError(f"{path} line {lineno}: expected 'path,person', got {cells!r}")
+        photo = csv_photo(path, cells[0])
+        if out.get(photo, cells[1]) != cells[1]:
+            raise FacesearchError(
+                f"{path} line {lineno}: {cells[0]} is given to {out[photo]!r} and to {cells[1]!r}"
+            )
+        out[photo] = cells[1]
     return out
 
 
