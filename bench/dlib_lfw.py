@@ -1,0 +1,260 @@
+"""LFW accuracy of dlib's ResNet port and of the fused SFace + dlib distance, alignment study.
+
+Every image named by LFW View 1 (``pairsDevTrain.txt``) and View 2 (``pairs.txt``) is embedded
+once, each of its central face (YuNet through facesearch, the face nearest the image centre,
+the low-threshold fallback of :meth:`FacePipeline.face_with_fallback` when none is found):
+
+* ``sface``: facesearch's SFace on the numpy engine (what ``facesearch index`` runs);
+* ``dlib_template``: dlib's ResNet (facesearch's port) on the chip that
+  :func:`facesearch.align.dlib_chips` makes from YuNet's five landmarks;
+* ``dlib_sp5``: the same network on ``dlib.get_face_chip(rgb, shape, 150, 0.25)``, ``shape``
+  from dlib's own 5-point shape predictor (dlib-bin, an oracle here) run on YuNet's box mapped
+  onto a dlib-style box (the map printed by ``scripts/fit_dlib_template.py``, fitted on
+  ``photos/`` and ``groups/``).
+
+Then, on the distances: each model alone, and the fused vector
+``[f_sface, sqrt(w) * f_dlib]`` (raw or unit dlib vectors; the concatenation divided by its
+norm, so that it is a unit vector like every embedding of facesearch). ``w`` and the variant
+are chosen on View 1 (best-threshold accuracy, then AUC); View 2 is only measured.
+
+Usage (needs the bench extra)::
+
+    python bench/dlib_lfw.py --cache /tmp/dlib_lfw.npz     # embeds ~9k images, ~10 min
+
+Results: ``bench/results/dlib_lfw.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from facesearch.evaluate import lfw_image_path, read_pairs, verification_report  # noqa: E402
+
+#: YuNet box -> dlib HOG-style box (centre shift and size ratios; scripts/fit_dlib_template.py)
+BOX_MAP = {"dx_over_w": -0.0008, "dy_over_h": 0.0487, "w_ratio": 1.0819, "h_ratio": 0.8235}
+WEIGHTS = np.array([0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0])
+
+_state: dict[str, object] = {}
+
+
+def _init() -> None:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import dlib
+    import face_recognition_models
+
+    from facesearch.models.dlib_npengine import NumpyDlibEmbedder
+    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder, set_threads
+
+    set_threads(1)
+    models = Path(face_recognition_models.__file__).parent / "models"
+    _state.update(
+        detector=NumpyDetector(),
+        sface=NumpyEmbedder(),
+        dlib=NumpyDlibEmbedder(),
+        sp5=dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
+    )
+
+
+def _central(detector: object, image: np.ndarray) -> object | None:
+    from dataclasses import replace
+
+    dets = detector.detect(image)  # type: ignore[attr-defined]
+    if not dets:
+        low = detector.with_config(replace(detector.config, score_threshold=0.5))  # type: ignore[attr-defined]
+        dets = low.detect(image)
+    if not dets:
+        return None
+    h, w = image.shape[:2]
+    return min(dets, key=lambda d: (d.center[0] - w / 2) ** 2 + (d.center[1] - h / 2) ** 2)
+
+
+def _embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import dlib
+
+    from facesearch.align import align_faces, dlib_chips
+    from facesearch.image import load_image
+
+    n = len(paths)
+    sf, dt, dp = (np.zeros((n, 128), np.float32) for _ in range(3))
+    found = np.zeros(n, bool)
+    crops, chips_t, chips_p, rows = [], [], [], []
+    for i, p in enumerate(paths):
+        rgb = load_image(p)
+        det = _central(_state["detector"], rgb)
+        if det is None:
+            continue
+        lm = det.landmarks_array()  # type: ignore[attr-defined]
+        crops.append(align_faces(rgb, [lm])[0])
+        chips_t.append(dlib_chips(rgb, [lm])[0])
+        x1, y1, x2, y2 = det.box  # type: ignore[attr-defined]
+        w, h = x2 - x1, y2 - y1
+        cx = (x1 + x2) / 2 + BOX_MAP["dx_over_w"] * w
+        cy = (y1 + y2) / 2 + BOX_MAP["dy_over_h"] * h
+        bw, bh = BOX_MAP["w_ratio"] * w, BOX_MAP["h_ratio"] * h
+        left, top = round(cx - bw / 2), round(cy - bh / 2)
+        rect = dlib.rectangle(left, top, left + round(bw) - 1, top + round(bh) - 1)
+        shape = _state["sp5"](rgb, rect)  # type: ignore[operator]
+        chips_p.append(np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25)))
+        rows.append(i)
+        found[i] = True
+    if rows:
+        sf[rows] = _state["sface"].embed(np.stack(crops))  # type: ignore[attr-defined]
+        dt[rows] = _state["dlib"].raw(np.stack(chips_t))  # type: ignore[attr-defined]
+        dp[rows] = _state["dlib"].raw(np.stack(chips_p))  # type: ignore[attr-defined]
+    return sf, dt, dp, found
+
+
+def embed_all(paths: list[str], workers: int) -> dict[str, np.ndarray]:
+    chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
+    parts = []
+    t0 = time.time()
+    with ProcessPoolExecutor(workers, initializer=_init) as pool:
+        for k, part in enumerate(pool.map(_embed, chunks)):
+            parts.append(part)
+            if k % 20 == 0:
+                print(
+                    f"{(k + 1) * 32}/{len(paths)} images, {time.time() - t0:.0f} s", file=sys.stderr
+                )
+    return {
+        "sface": np.concatenate([p[0] for p in parts]),
+        "dlib_template": np.concatenate([p[1] for p in parts]),
+        "dlib_sp5": np.concatenate([p[2] for p in parts]),
+        "found": np.concatenate([p[3] for p in parts]),
+    }
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def fused(sface: np.ndarray, dl: np.ndarray, w: float, raw: bool) -> np.ndarray:
+    """``[f_sface, sqrt(w) f_dlib] / norm``: ``(N, 256)`` unit vectors."""
+    return unit(np.concatenate([sface, np.sqrt(w) * (dl if raw else unit(dl))], axis=1))
+
+
+def score(
+    vecs: np.ndarray,
+    ia: np.ndarray,
+    ib: np.ndarray,
+    same: np.ndarray,
+    folds: np.ndarray,
+    found: np.ndarray,
+) -> dict[str, object]:
+    d = np.sum((vecs[ia] - vecs[ib]) ** 2, axis=1)
+    d[~(found[ia] & found[ib])] = 4.0  # no face: "different"
+    return verification_report(d, same, folds, default_threshold=float(np.median(d)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    parser.add_argument("--cache", type=Path, default=None, help="embeddings (.npz) to reuse")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    lfw = args.shared / "data" / "lfw"
+    view1 = read_pairs(lfw / "pairsDevTrain.txt")
+    view2 = read_pairs(lfw / "pairs.txt")
+    keys = sorted({k for p in view1 + view2 for k in (p.a, p.b)})
+    paths = [str(lfw_image_path(lfw / "images", n, i)) for n, i in keys]
+    if args.cache is not None and args.cache.is_file():
+        with np.load(args.cache) as z:
+            emb = {k: z[k] for k in z.files}
+    else:
+        emb = embed_all(paths, args.workers)
+        if args.cache is not None:
+            np.savez(args.cache, **emb)
+    row = {k: i for i, k in enumerate(keys)}
+    found = emb["found"]
+
+    def pairs_arrays(pairs: list) -> tuple[np.ndarray, ...]:
+        ia = np.array([row[p.a] for p in pairs])
+        ib = np.array([row[p.b] for p in pairs])
+        return ia, ib, np.array([p.same for p in pairs]), np.array([p.fold for p in pairs])
+
+    v1, v2 = pairs_arrays(view1), pairs_arrays(view2)
+    keep = (
+        "accuracy",
+        "accuracy_std",
+        "val_at_far_1e-3",
+        "val_std",
+        "auc",
+        "fitted_accuracy",
+        "threshold",
+    )
+
+    def brief(r: dict[str, object]) -> dict[str, object]:
+        return {k: r[k] for k in keep if k in r}
+
+    results: dict[str, object] = {
+        "command": "python "
+        + " ".join(
+            shlex.quote(a)
+            for a in [Path(__file__).relative_to(REPO).as_posix(), *(argv or sys.argv[1:])]
+        ),
+        "images": len(paths),
+        "no_face_images": int((~found).sum()),
+        "view2_pairs": len(view2),
+        "view1_pairs": len(view1),
+    }
+    alone = {}
+    for name in ("sface", "dlib_template", "dlib_sp5"):
+        vecs = unit(emb[name])
+        alone[name] = {
+            "view1": brief(score(vecs, *v1, found)),
+            "view2": brief(score(vecs, *v2, found)),
+        }
+    results["alone"] = alone
+    sweep = []
+    for align in ("dlib_template", "dlib_sp5"):
+        for raw in (True, False):
+            for w in WEIGHTS:
+                vecs = fused(emb["sface"], emb[align], float(w), raw)
+                r1 = score(vecs, *v1, found)
+                sweep.append(
+                    {
+                        "align": align,
+                        "dlib": "raw" if raw else "unit",
+                        "w": float(w),
+                        "view1_fitted_accuracy": r1["fitted_accuracy"],
+                        "view1_auc": r1["auc"],
+                        "view1_val": r1["val_at_far_1e-3"],
+                    }
+                )
+    results["view1_sweep"] = sweep
+    chosen = {}
+    for align in ("dlib_template", "dlib_sp5"):
+        rows = [s for s in sweep if s["align"] == align]
+        best = max(rows, key=lambda s: (s["view1_fitted_accuracy"], s["view1_auc"]))
+        vecs = fused(emb["sface"], emb[align], best["w"], best["dlib"] == "raw")
+        chosen[align] = {
+            "w": best["w"],
+            "dlib": best["dlib"],
+            "view1": best,
+            "view2": brief(score(vecs, *v2, found)),
+        }
+        # the View 2 figure of every (variant, w), for the record (not used to choose)
+        for s in rows:
+            vv = fused(emb["sface"], emb[align], s["w"], s["dlib"] == "raw")
+            r2 = score(vv, *v2, found)
+            s["view2_accuracy"], s["view2_val"] = r2["accuracy"], r2["val_at_far_1e-3"]
+    results["fused"] = chosen
+    out = REPO / "bench" / "results" / "dlib_lfw.json"
+    out.write_text(json.dumps(results, indent=1, default=float) + "\n")
+    print(json.dumps({"alone": alone, "fused": chosen}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
