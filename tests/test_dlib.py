@@ -135,8 +135,7 @@ def test_against_dlib_itself_on_more_chips(data: Path, embedder: NumpyDlibEmbedd
     models = Path(frm.__file__).parent / "models"
     net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
     rng = np.random.default_rng(7)
-    people = sorted((data / "lfw" / "images").iterdir())
-    picks = [sorted(people[i].glob("*.jpg"))[0] for i in rng.choice(len(people), 12, False)]
+    picks = [sorted(p.glob("*.jpg"))[0] for p in sorted((data / "lfw" / "images").glob("Ma*"))[:6]]
     chips = [np.asarray(Image.open(p).convert("RGB").resize((150, 150))) for p in picks]
     chips.append(rng.integers(0, 256, (150, 150, 3), dtype=np.uint8))
     want = np.array([np.array(net.compute_face_descriptor(c)) for c in chips], np.float32)
