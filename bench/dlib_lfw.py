@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                         "align": align,
                         "dlib": "raw" if raw else "unit",
                         "w": float(w),
-                        "view1_fitted_accuracy": r1["fitted_accuracy"],
+                        "view1_accuracy": r1["accuracy"],
                         "view1_auc": r1["auc"],
                         "view1_val": r1["val_at_far_1e-3"],
                     }
@@ -247,11 +247,18 @@ def main(argv: list[str] | None = None) -> int:
         rows = [s for s in sweep if s["align"] == align]
         best = max(rows, key=lambda s: (s["view1_accuracy"], s["view1_auc"]))
         vecs = fused(emb["sface"], emb[align], best["w"], best["dlib"] == "raw")
+        ia, ib = v2[0], v2[1]
+        s_unit = unit(emb["sface"])
+        plain = np.sum((s_unit[ia] - s_unit[ib]) ** 2, axis=1)
+        plain += best["w"] * np.sum((emb[align][ia] - emb[align][ib]) ** 2, axis=1)
         chosen[align] = {
             "w": best["w"],
             "dlib": best["dlib"],
             "view1": best,
             "view2": brief(score(vecs, *v2, found)),
+            "view2_plain_sum_raw": brief(
+                verification_report(plain, v2[2], v2[3], default_threshold=float(np.median(plain)))
+            ),
         }
         # the View 2 figure of every (variant, w), for the record (not used to choose)
         for s in rows:

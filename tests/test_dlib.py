@@ -20,6 +20,7 @@ from PIL import Image
 from facesearch.align import (
     DLIB_CHIP_SIZE,
     DLIB_CHIP_TEMPLATE,
+    align_faces,
     dlib_chip,
     dlib_chip_transform,
     dlib_chips,
@@ -291,3 +292,28 @@ def test_large_faces_are_reduced_before_the_warp(data: Path) -> None:
     big = dlib_chip(big_img, dlib_chip_transform(lm * 4 + 1.5))
     diff = np.abs(big.astype(int) - small.astype(int))
     assert np.median(diff) <= 2 and diff.mean() < 3
+
+
+# --------------------------------------------------------------------------- fused vectors
+
+
+def test_fused_vectors_are_the_weighted_concatenation(data: Path) -> None:
+    from facesearch.image import load_image
+    from facesearch.models.fused import FusedEmbedder, fuse
+    from facesearch.models.npengine import NumpyDetector
+
+    image = load_image(data / "lfw" / "images" / "AJ_Cook" / "AJ_Cook_0001.jpg")
+    lm = [d.landmarks_array() for d in NumpyDetector().detect(image)]
+    emb = FusedEmbedder(weight=2.0)
+    v = emb.embed_faces(image, lm)
+    assert v.shape == (len(lm), 256) and emb.dim == 256 and emb.name == "sface+dlib"
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-6)
+    s = emb.sface.embed(align_faces(image, lm))
+    f = emb.dlib.raw(dlib_chips(image, lm))
+    want = np.concatenate([s, np.sqrt(2.0) * f], axis=1)
+    np.testing.assert_allclose(v, want / np.linalg.norm(want, axis=1, keepdims=True), atol=1e-6)
+    assert emb.embed_faces(image, []).shape == (0, 256)
+    with pytest.raises(ValueError, match="weight"):
+        fuse(s, f, 0.0)
+    with pytest.raises(ValueError, match=r"\(N, 128\)"):
+        fuse(s, f[:, :64])
