@@ -266,6 +266,24 @@ def main(argv: list[str] | None = None) -> int:
             r2 = score(vv, *v2, found)
             s["view2_accuracy"], s["view2_val"] = r2["accuracy"], r2["val_at_far_1e-3"]
     results["fused"] = chosen
+
+    # paired View 2 errors, each pair scored at the threshold fitted on the other nine folds
+    def errors(vecs: np.ndarray) -> np.ndarray:
+        d = np.sum((vecs[v2[0]] - vecs[v2[1]]) ** 2, axis=1)
+        r = verification_report(d, v2[2], v2[3], default_threshold=float(np.median(d)))
+        thr = np.asarray(r["thresholds"])[v2[3]]
+        return (d < thr) != v2[2]
+
+    err = {"sface": errors(unit(emb["sface"])), "dlib_template": errors(unit(emb["dlib_template"]))}
+    for align, c in chosen.items():
+        err[f"fused_{align}"] = errors(fused(emb["sface"], emb[align], c["w"], c["dlib"] == "raw"))
+    names = list(err)
+    results["view2_errors"] = {n: int(e.sum()) for n, e in err.items()}
+    results["view2_errors_only_first_of"] = {
+        f"{a} vs {b}": [int((err[a] & ~err[b]).sum()), int((err[b] & ~err[a]).sum())]
+        for i, a in enumerate(names)
+        for b in names[i + 1 :]
+    }
     out = REPO / "bench" / "results" / "dlib_lfw.json"
     out.write_text(json.dumps(results, indent=1, default=float) + "\n")
     print(json.dumps({"alone": alone, "fused": chosen}, indent=1, default=float))
