@@ -22,7 +22,7 @@ cross-validated accuracy, then AUC); View 2 is only measured. The un-normalised 
 
 Usage (needs the bench extra)::
 
-    python bench/dlib_lfw.py --cache /tmp/dlib_lfw.npz     # embeds ~9k images, ~10 min
+    python bench/dlib_lfw.py --cache dlib_lfw_embeddings.npz     # embeds ~9k images, ~10 min
 
 Results: ``bench/results/dlib_lfw.json`` and ``.md``.
 """
