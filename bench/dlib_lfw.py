@@ -58,9 +58,8 @@ def _init() -> None:
     import face_recognition_models
 
     from facesearch.models.dlib_npengine import NumpyDlibEmbedder
-    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder, set_threads
+    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
 
-    set_threads(1)
     models = Path(face_recognition_models.__file__).parent / "models"
     _state.update(
         detector=NumpyDetector(),

@@ -42,7 +42,7 @@ from facesearch.align import align_faces, dlib_chips  # noqa: E402
 from facesearch.image import load_image  # noqa: E402
 from facesearch.models import dlib_npengine  # noqa: E402
 from facesearch.models.dlib_npengine import NumpyDlibEmbedder  # noqa: E402
-from facesearch.models.npengine import NumpyDetector, NumpyEmbedder, set_threads  # noqa: E402
+from facesearch.models.npengine import NumpyDetector, NumpyEmbedder  # noqa: E402
 from facesearch.native import NATIVE  # noqa: E402
 
 
@@ -74,7 +74,6 @@ def part_face(shared: Path, faces: int, repeats: int) -> dict[str, object]:
         if len(chips) == faces:
             break
     c, s = np.stack(chips), np.stack(crops)
-    set_threads(1)
     out: dict[str, object] = {"faces": len(c)}
     sface = NumpyEmbedder()
     out["sface_ms_per_face_batch8"] = cpu_ms_per_item(lambda: sface.embed(s), len(s), repeats)
@@ -104,7 +103,6 @@ def part_face(shared: Path, faces: int, repeats: int) -> dict[str, object]:
 def part_stages(shared: Path, photos: int, runs: int) -> dict[str, object]:
     paths = lfw_photos(shared, photos)
     det, sface, dl = NumpyDetector(), NumpyEmbedder(), NumpyDlibEmbedder()
-    set_threads(1)
 
     def work(part: list[Path], fused: bool) -> None:
         for start in range(0, len(part), 8):

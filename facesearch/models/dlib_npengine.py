@@ -29,7 +29,7 @@ from facesearch.models.dlib_arrays import (
     read_weights,
 )
 from facesearch.models.npengine import ACT_NONE, ACT_RELU, single_threaded_blas
-from facesearch.models.sface_arrays import l2_normalize
+from facesearch.models.sface_weights import l2_normalize
 from facesearch.models.weightcache import cached_arrays
 from facesearch.native import NATIVE
 

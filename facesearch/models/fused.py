@@ -22,7 +22,7 @@ import numpy as np
 from facesearch.align import align_faces, dlib_chips
 from facesearch.models.dlib_npengine import NumpyDlibEmbedder
 from facesearch.models.npengine import NumpyEmbedder
-from facesearch.models.sface_arrays import l2_normalize
+from facesearch.models.sface_weights import l2_normalize
 
 #: ``w`` of the fused distance, chosen on LFW View 1 (``bench/dlib_lfw.py``).
 DLIB_WEIGHT: float = 2.0
