@@ -11,7 +11,10 @@ the low-threshold fallback of :meth:`FacePipeline.face_with_fallback` when none 
 * ``dlib_sp5``: the same network on ``dlib.get_face_chip(rgb, shape, 150, 0.25)``, ``shape``
   from dlib's own 5-point shape predictor (dlib-bin, an oracle here) run on YuNet's box mapped
   onto a dlib-style box (the map printed by ``scripts/fit_dlib_template.py``, fitted on
-  ``photos/`` and ``groups/``).
+  ``photos/`` and ``groups/``);
+* ``dlib_hog_sp5``: dlib's own pipeline end to end (an oracle: what the published dlib
+  figures use): dlib's HOG detector (upsampled once; the box nearest the image centre), its
+  5-point predictor and ``get_face_chip``; where HOG finds no face, the ``dlib_sp5`` chip.
 
 Then, on the distances: each model alone, and the fused vector
 ``[f_sface, sqrt(w) * f_dlib]`` (raw or unit dlib vectors; the concatenation divided by its
@@ -66,6 +69,7 @@ def _init() -> None:
         sface=NumpyEmbedder(),
         dlib=NumpyDlibEmbedder(),
         sp5=dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat")),
+        hog=dlib.get_frontal_face_detector(),
     )
 
 
@@ -89,9 +93,9 @@ def _embed(paths: list[str]) -> tuple[np.ndarray, ...]:
     from facesearch.image import load_image
 
     n = len(paths)
-    sf, dt, dflip, dp = (np.zeros((n, 128), np.float32) for _ in range(4))
+    sf, dt, dflip, dp, dh = (np.zeros((n, 128), np.float32) for _ in range(5))
     found = np.zeros(n, bool)
-    crops, chips_t, chips_p, rows = [], [], [], []
+    crops, chips_t, chips_p, chips_h, rows = [], [], [], [], []
     for i, p in enumerate(paths):
         rgb = load_image(p)
         det = _central(_state["detector"], rgb)
@@ -109,6 +113,20 @@ def _embed(paths: list[str]) -> tuple[np.ndarray, ...]:
         rect = dlib.rectangle(left, top, left + round(bw) - 1, top + round(bh) - 1)
         shape = _state["sp5"](rgb, rect)  # type: ignore[operator]
         chips_p.append(np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25)))
+        hog = _state["hog"](rgb, 1)  # type: ignore[operator]
+        if len(hog):
+            ih, iw = rgb.shape[:2]
+            r = min(
+                hog,
+                key=lambda r: (
+                    ((r.left() + r.right()) / 2 - iw / 2) ** 2
+                    + ((r.top() + r.bottom()) / 2 - ih / 2) ** 2
+                ),
+            )
+            shape = _state["sp5"](rgb, r)  # type: ignore[operator]
+            chips_h.append(np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25)))
+        else:
+            chips_h.append(chips_p[-1])
         rows.append(i)
         found[i] = True
     if rows:
@@ -118,7 +136,8 @@ def _embed(paths: list[str]) -> tuple[np.ndarray, ...]:
         mirrored = _state["dlib"].raw(np.ascontiguousarray(ct[:, :, ::-1]))  # type: ignore[attr-defined]
         dflip[rows] = (dt[rows] + mirrored) / 2
         dp[rows] = _state["dlib"].raw(np.stack(chips_p))  # type: ignore[attr-defined]
-    return sf, dt, dflip, dp, found
+        dh[rows] = _state["dlib"].raw(np.stack(chips_h))  # type: ignore[attr-defined]
+    return sf, dt, dflip, dp, dh, found
 
 
 def embed_all(paths: list[str], workers: int) -> dict[str, np.ndarray]:
@@ -137,7 +156,8 @@ def embed_all(paths: list[str], workers: int) -> dict[str, np.ndarray]:
         "dlib_template": np.concatenate([p[1] for p in parts]),
         "dlib_template_flip": np.concatenate([p[2] for p in parts]),
         "dlib_sp5": np.concatenate([p[3] for p in parts]),
-        "found": np.concatenate([p[4] for p in parts]),
+        "dlib_hog_sp5": np.concatenate([p[4] for p in parts]),
+        "found": np.concatenate([p[5] for p in parts]),
     }
 
 
@@ -216,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "view1_pairs": len(view1),
     }
     alone = {}
-    aligns = ("dlib_template", "dlib_template_flip", "dlib_sp5")
+    aligns = ("dlib_template", "dlib_template_flip", "dlib_sp5", "dlib_hog_sp5")
     for name in ("sface", *aligns):
         vecs = unit(emb[name])
         alone[name] = {
