@@ -5,7 +5,10 @@ of same-person pairs accepted there. The 1:1 tau is View 2's 10-fold mean
 (``bench/dlib_lfw.py``).
 
 Each image's central face (YuNet; the low-threshold fallback when none is found) is embedded
-with :class:`facesearch.models.fused.FusedEmbedder`, two worker processes.
+by both networks of :class:`facesearch.models.fused.FusedEmbedder` (two worker processes); the
+cache keeps SFace's unit vectors and dlib's raw descriptors apart, and the fused vectors are
+made from them with :data:`facesearch.models.fused.DLIB_WEIGHT` (:func:`fuse`), so a new
+weight is calibrated from the cache without embedding again.
 
 Usage::
 
@@ -42,20 +45,25 @@ def _init() -> None:
     _state.update(detector=NumpyDetector(), fused=FusedEmbedder())
 
 
-def _embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _embed(paths: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from dlib_lfw import _central
 
+    from facesearch.align import align_faces, dlib_chips
     from facesearch.image import load_image
 
-    out = np.zeros((len(paths), 256), np.float32)
+    sface = np.zeros((len(paths), 128), np.float32)
+    dlib = np.zeros((len(paths), 128), np.float32)
     found = np.zeros(len(paths), bool)
+    fused = _state["fused"]
     for i, p in enumerate(paths):
         rgb = load_image(p)
         det = _central(_state["detector"], rgb)
         if det is not None:
-            out[i] = _state["fused"].embed_faces(rgb, [det.landmarks_array()])[0]  # type: ignore[attr-defined]
+            lm = [det.landmarks_array()]  # type: ignore[attr-defined]
+            sface[i] = fused.sface.embed(align_faces(rgb, lm))[0]  # type: ignore[attr-defined]
+            dlib[i] = fused.dlib.raw(dlib_chips(rgb, lm))[0]  # type: ignore[attr-defined]
             found[i] = True
-    return out, found
+    return sface, dlib, found
 
 
 def far_thresholds(xb: np.ndarray, people: np.ndarray, fars: tuple[float, ...]) -> dict:
@@ -91,25 +99,28 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.shared / "data" / "lfw" / "images"
     paths = sorted(str(p) for p in root.glob("*/*.jpg"))
+    from facesearch.models.fused import DLIB_WEIGHT, fuse
+
     if args.cache is not None and args.cache.is_file():
         with np.load(args.cache) as z:
-            xb, found = z["xb"], z["found"]
+            sface, dlib, found = z["sface"], z["dlib"], z["found"]
     else:
         chunks = [paths[i : i + 32] for i in range(0, len(paths), 32)]
         t0 = time.time()
         with ProcessPoolExecutor(args.workers, initializer=_init) as pool:
             parts = list(pool.map(_embed, chunks))
         print(f"embedded {len(paths)} images in {time.time() - t0:.0f} s", file=sys.stderr)
-        xb = np.concatenate([p[0] for p in parts])
-        found = np.concatenate([p[1] for p in parts])
+        sface, dlib, found = (np.concatenate([p[k] for p in parts]) for k in range(3))
         if args.cache is not None:
-            np.savez(args.cache, xb=xb, found=found)
+            np.savez(args.cache, sface=sface, dlib=dlib, found=found)
+    xb = fuse(sface[found], dlib[found], DLIB_WEIGHT)
     people = np.array([Path(p).parent.name for p in paths])
     result = {
         "command": "python bench/dlib_calibrate.py " + " ".join(argv or sys.argv[1:]),
         "images": len(paths),
         "no_face_images": int((~found).sum()),
-        **far_thresholds(xb[found], people[found], (1e-3, 1e-4)),
+        "dlib_weight": DLIB_WEIGHT,
+        **far_thresholds(xb, people[found], (1e-3, 1e-4)),
     }
     out = REPO / "bench" / "results" / "dlib_calibration.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
