@@ -33,14 +33,14 @@ UNIT_NORM_TOLERANCE: float = 1e-3
 #: The operating points of the shipped fused model ``sface+dlib`` (:mod:`facesearch.models.fused`),
 #: calibrated on LFW as SFace's are (``bench/results/dlib.md``). Base tau (clustering, a
 #: model's recorded ``threshold``): FAR = 1e-3 over all 87.3 million impostor pairs of LFW's
-#: 13,233 images (``bench/dlib_calibrate.py``), where 99.47% of its same-person pairs match.
-FUSED_THRESHOLD: float = 0.393
+#: 13,233 images (``bench/dlib_calibrate.py``), where 99.53% of its same-person pairs match.
+FUSED_THRESHOLD: float = 0.618
 #: 1:1 ``facesearch verify``: the mean of the ten per-fold thresholds fitted for accuracy by the
 #: LFW View 2 protocol (``facesearch evaluate lfw --model sface+dlib``).
-FUSED_VERIFY_THRESHOLD: float = 0.418
-#: 1:K ``facesearch query``: FAR = 1e-4 over the same impostor pairs (98.91% of the same-person
+FUSED_VERIFY_THRESHOLD: float = 0.635
+#: 1:K ``facesearch query``: FAR = 1e-4 over the same impostor pairs (99.18% of the same-person
 #: pairs still match).
-FUSED_IDENTIFY_THRESHOLD: float = 0.349
+FUSED_IDENTIFY_THRESHOLD: float = 0.552
 
 
 def shipped_threshold(purpose: str = "verify", model: str = "sface") -> float:

@@ -28,7 +28,7 @@ from facesearch.models.npengine import NumpyEmbedder
 from facesearch.models.sface_weights import l2_normalize
 
 #: ``w`` of the fused distance, chosen on LFW View 1 (``bench/dlib_lfw.py``).
-DLIB_WEIGHT: float = 2.0
+DLIB_WEIGHT: float = 0.75
 
 
 def fuse(sface: np.ndarray, dlib_raw: np.ndarray, weight: float = DLIB_WEIGHT) -> np.ndarray:
