@@ -29,13 +29,12 @@ biases and affine parameters as float32.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from facesearch.errors import ModelError
+from facesearch.models.weightfile import read_weight_file
 
 #: The converted weights shipped with the package (CC0, see ``weights/LICENSE-dlib.txt``).
 WEIGHTS_FILE: Path = Path(__file__).resolve().parent / "weights" / "dlib_resnet_v1.npz"
@@ -88,29 +87,19 @@ def block_size(n: int, spec: BlockSpec) -> int:
 
 def read_weights(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     """Read a converted weight file: ``(meta, arrays)``, arrays as float32 under their names."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ModelError(f"cannot read dlib ResNet weights {path}: {e}") from e
-    raw = arrays.pop("__meta__", None)
-    if raw is None:
-        raise ModelError(f"{path} is not a converted dlib ResNet weight file (no __meta__ entry)")
-    meta = json.loads(raw.tobytes().decode("utf-8"))
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise ModelError(
-            f"{path}: weight format {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}; "
-            "re-create it with scripts/convert_dlib.py"
-        )
     expected: dict[str, object] = {
         "input_size": INPUT_SIZE,
         "input_mean": list(INPUT_MEAN),
         "input_scale": INPUT_SCALE,
         "embedding_dim": EMBEDDING_DIM,
     }
-    for key, value in expected.items():
-        if meta.get(key) != value:
-            raise ModelError(f"{path}: {key} is {meta.get(key)!r}, this code expects {value!r}")
+    meta, arrays = read_weight_file(
+        path,
+        network="dlib ResNet",
+        fmt=WEIGHTS_FORMAT,
+        script="scripts/convert_dlib.py",
+        expected=expected,
+    )
     return meta, {k: v.astype(np.float32) for k, v in arrays.items()}
 
 
