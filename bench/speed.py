@@ -11,6 +11,8 @@ Systems (``--systems``):
 * ``facesearch-index``: the ``facesearch index DIR`` command into a fresh collection
   (``--home`` a temporary folder), timed as a whole process: start-up, model loading, decode,
   detect, align, embed, store;
+* ``facesearch-index-fused``: the same command with ``--model sface+dlib`` (SFace and dlib's
+  ResNet fused, :mod:`facesearch.models.fused`);
 * ``facesearch``: the Python API in one process, the bulk way: ``load_image`` then
   ``FacePipeline(PipelineConfig(threads=T)).faces_batch(images)`` over ``--batch`` (16) photos at
   a time (as ``facesearch index`` batches them; decoding is not overlapped here);
@@ -31,6 +33,9 @@ Input sets (``--sets``), copied into one temporary folder that every system read
 * ``photos``: every image file under ``photos/`` and ``groups/`` (including ``groups/dlib/``),
   sorted: 167 photos, up to 13 MP.
 
+``--section NAME`` records the run under its own name in ``speed.json`` (default
+``throughput``), so that a run of a few systems does not replace the full comparison.
+
 ``--memory`` instead measures the peak memory of ``facesearch index`` on 1,000 and 10,000 LFW
 photos (issue 6: it must stay flat).
 
@@ -39,6 +44,8 @@ Usage::
     python bench/speed.py --quick                 # smoke run, ~2 minutes
     python bench/speed.py --runs 3                # the full comparison
     python bench/speed.py --memory                # peak memory at 1k / 10k photos
+    python bench/speed.py --runs 3 --section throughput_fused \
+        --systems facesearch-index,facesearch-index-fused,opencv   # sface+dlib vs sface
 
 Results are merged into ``bench/results/speed.json`` (one section per measurement) and
 ``bench/results/speed.md`` is re-rendered from it.
@@ -77,7 +84,12 @@ IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".pgm", ".ppm",
     ".heic", ".heif",
 }  # fmt: skip
-ALL_SYSTEMS = ("facesearch-index", "facesearch", "facesearch-single", "opencv", "dlib")
+ALL_SYSTEMS = (
+    "facesearch-index", "facesearch-index-fused", "facesearch", "facesearch-single", "opencv",
+    "dlib",
+)  # fmt: skip
+#: ``--model`` of the ``facesearch index`` systems.
+INDEX_MODELS = {"facesearch-index": "sface", "facesearch-index-fused": "sface+dlib"}
 DEFAULT_SYSTEMS = ("facesearch-index", "facesearch", "opencv", "dlib")
 
 
@@ -334,11 +346,11 @@ def measure_once(
     logp = work / "logs" / f"{system}-{inputs}.log"
     logp.parent.mkdir(exist_ok=True)
     loadavg = os.getloadavg()[0]
-    if system == "facesearch-index":
+    if system in INDEX_MODELS:
         home = work / "home"
         shutil.rmtree(home, ignore_errors=True)
         cmd = [*_facesearch_cmd(), "index", str(root), "--home", str(home), "--json",
-               *args.index_args]  # fmt: skip
+               "--model", INDEX_MODELS[system], *args.index_args]  # fmt: skip
         outp = work / f"{system}-{inputs}.out"
         wall, peak, status, cpu = run_measured(cmd, env, logp, stdout_path=outp)
         if status != 0:
@@ -418,12 +430,14 @@ def summarise(runs: list[Run]) -> dict[str, Any]:
                 "photos_per_s_all": [round(r.photos_per_s, 3) for r in rs],
             }
         ratios: dict[str, float] = {}
-        for fs in ("facesearch-index", "facesearch", "facesearch-single"):
-            for alt in ("opencv", "dlib"):
-                if fs in sect and alt in sect:
+        for fs in ("facesearch-index-fused", "facesearch-index", "facesearch", "facesearch-single"):
+            for alt in ("facesearch-index", "opencv", "dlib"):
+                if fs in sect and alt in sect and fs != alt:
                     # CLI vs whole alternative process (both pay start-up and model loading);
                     # in-process API vs the alternative's processing time.
-                    key = "photos_per_s_wall" if fs == "facesearch-index" else "photos_per_s"
+                    key = "photos_per_s_wall" if fs in INDEX_MODELS else "photos_per_s"
+                    if alt == "facesearch-index" and fs != "facesearch-index-fused":
+                        continue
                     ratios[f"{fs}/{alt}"] = sect[fs][key] / sect[alt][key]
         sect["ratios"] = ratios
         out[inputs] = sect
@@ -470,6 +484,89 @@ def _f(x: float | None, nd: int = 1) -> str:
     return "–" if x is None else f"{x:,.{nd}f}"
 
 
+#: Headings of the throughput sections of ``speed.json`` (another name: the name itself).
+SECTION_TITLES = {
+    "throughput": "Indexing throughput",
+    "throughput_fused": "Indexing throughput of the fused model sface+dlib",
+}
+
+
+VERSION_ORDER = ("python", "torch", "cv2", "dlib", "faiss", "numpy")
+
+
+def _rank(key: str, order: Sequence[str]) -> int:
+    return order.index(key) if key in order else len(order)
+
+
+def _ordered(d: dict[str, Any], order: Sequence[str]) -> list[tuple[str, Any]]:
+    """``d``'s items in ``order`` (then the others): ``speed.json`` stores keys sorted."""
+    return sorted(d.items(), key=lambda kv: _rank(kv[0], order))
+
+
+def _render_throughput(section: str, th: dict[str, Any]) -> list[str]:
+    """The markdown of one throughput section of ``speed.json``."""
+    lines: list[str] = []
+    m = th["machine"]
+    lines += [
+        f"## {SECTION_TITLES.get(section, section)}",
+        "",
+        f"Command: `{th['command']}`  ",
+        f"Date: {th['date']}; {m['cpu']}, {m['cores']} cores; threads {th['threads']}; "
+        f"median of {th['runs']} runs; total bench time {th['bench_minutes']:.1f} min; "
+        f"load average at start of runs {th['loadavg_min']:.2f}..{th['loadavg_max']:.2f}.  ",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in _ordered(m["versions"], VERSION_ORDER)),
+        "",
+        "photos/s and faces/s: photos (faces) / processing time (decode, detect, align, embed;",
+        "models already loaded); for `facesearch-index` the whole command's wall time",
+        "(start-up, model loading and storing included). *wall photos/s*: photos / whole",
+        "process time for every system. Peak RSS: high-water mark of the system's own process.",
+        "CPU ms/photo: CPU time (all threads) of the same span as photos/s, per photo: the",
+        "figure least disturbed by other load on the machine.",
+        "",
+    ]
+    for inputs, sect in th["results"].items():
+        desc = th["inputs"][inputs]
+        lines += [f"### {inputs}: {desc}", ""]
+        lines += [
+            "| system | photos/s | faces/s | faces found | failed | wall photos/s | "
+            "wall s | model load s | peak RSS MB | CPU ms/photo |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for system, s in _ordered(sect, ALL_SYSTEMS):
+            if system == "ratios":
+                continue
+            lines.append(
+                f"| {system} | {_f(s['photos_per_s'])} | {_f(s['faces_per_s'])} | "
+                f"{s['faces']:.0f} | {s['failed']} | {_f(s['photos_per_s_wall'])} | "
+                f"{_f(s['wall_s'])} | {_f(s['load_s'], 2)} | {_f(s['peak_rss_mb'], 0)} | "
+                f"{_f(s['cpu_ms_per_photo'], 0)} |"
+            )
+        lines.append("")
+        if sect["ratios"]:
+            lines.append(
+                "Ratios (photos/s; `facesearch-index` vs the alternative's whole process, "
+                "the API vs processing time): "
+                + ", ".join(
+                    f"{k} **{v:.2f}**"
+                    for k, v in sorted(
+                        sect["ratios"].items(),
+                        key=lambda kv: tuple(_rank(x, ALL_SYSTEMS) for x in kv[0].split("/")),
+                    )
+                )
+            )
+            lines.append("")
+        agr = th.get("agreement", {}).get(inputs)
+        if agr:
+            lines.append(
+                f"Same work: facesearch vs OpenCV embeddings on the {agr['photos_compared']} "
+                f"photos where both find one face: cosine median {agr['cos_median']:.5f}, "
+                f"1st percentile {agr['cos_p1']:.4f}, min {agr['cos_min']:.4f}; "
+                f"{agr['photos_with_other_face_count']} photos with another face count."
+            )
+            lines.append("")
+    return lines
+
+
 def render_markdown(allres: dict[str, Any]) -> str:
     """``speed.md`` from the merged results (sections rendered when present)."""
     lines = ["# Speed: facesearch vs OpenCV vs dlib", ""]
@@ -478,60 +575,8 @@ def render_markdown(allres: dict[str, Any]) -> str:
         "by hand. Each section names the command that produced it.",
         "",
     ]
-    th = allres.get("throughput")
-    if th:
-        m = th["machine"]
-        lines += [
-            "## Indexing throughput",
-            "",
-            f"Command: `{th['command']}`  ",
-            f"Date: {th['date']}; {m['cpu']}, {m['cores']} cores; threads {th['threads']}; "
-            f"median of {th['runs']} runs; total bench time {th['bench_minutes']:.1f} min; "
-            f"load average at start of runs {th['loadavg_min']:.2f}..{th['loadavg_max']:.2f}.  ",
-            "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-            "",
-            "photos/s and faces/s: photos (faces) / processing time (decode, detect, align, embed;",
-            "models already loaded); for `facesearch-index` the whole command's wall time",
-            "(start-up, model loading and storing included). *wall photos/s*: photos / whole",
-            "process time for every system. Peak RSS: high-water mark of the system's own process.",
-            "CPU ms/photo: CPU time (all threads) of the same span as photos/s, per photo: the",
-            "figure least disturbed by other load on the machine.",
-            "",
-        ]
-        for inputs, sect in th["results"].items():
-            desc = th["inputs"][inputs]
-            lines += [f"### {inputs}: {desc}", ""]
-            lines += [
-                "| system | photos/s | faces/s | faces found | failed | wall photos/s | "
-                "wall s | model load s | peak RSS MB | CPU ms/photo |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for system, s in sect.items():
-                if system == "ratios":
-                    continue
-                lines.append(
-                    f"| {system} | {_f(s['photos_per_s'])} | {_f(s['faces_per_s'])} | "
-                    f"{s['faces']:.0f} | {s['failed']} | {_f(s['photos_per_s_wall'])} | "
-                    f"{_f(s['wall_s'])} | {_f(s['load_s'], 2)} | {_f(s['peak_rss_mb'], 0)} | "
-                    f"{_f(s['cpu_ms_per_photo'], 0)} |"
-                )
-            lines.append("")
-            if sect["ratios"]:
-                lines.append(
-                    "Ratios (photos/s; `facesearch-index` vs the alternative's whole process, "
-                    "the API vs processing time): "
-                    + ", ".join(f"{k} **{v:.2f}**" for k, v in sect["ratios"].items())
-                )
-                lines.append("")
-            agr = th.get("agreement", {}).get(inputs)
-            if agr:
-                lines.append(
-                    f"Same work: facesearch vs OpenCV embeddings on the {agr['photos_compared']} "
-                    f"photos where both find one face: cosine median {agr['cos_median']:.5f}, "
-                    f"1st percentile {agr['cos_p1']:.4f}, min {agr['cos_min']:.4f}; "
-                    f"{agr['photos_with_other_face_count']} photos with another face count."
-                )
-                lines.append("")
+    for section in sorted(k for k in allres if k.startswith("throughput")):
+        lines += _render_throughput(section, allres[section])
     mem = allres.get("memory")
     if mem:
         lines += [
@@ -629,8 +674,8 @@ def run_throughput(args: argparse.Namespace, argv: Sequence[str]) -> None:
         "loadavg_max": max(loads),
     }
     if not args.quick:  # a smoke run is printed, never recorded
-        update_results("throughput", payload)
-    print(render_markdown({"throughput": payload}))
+        update_results(args.section, payload)
+    print(render_markdown({args.section: payload}))
 
 
 def run_memory(args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -682,6 +727,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--lfw-count", type=int, default=2000)
     p.add_argument("--batch", type=int, default=16, help="photos per faces_batch call (facesearch)")
     p.add_argument("--index-args", default="", help="extra arguments for `facesearch index`")
+    p.add_argument("--section", default="throughput",
+                   help="name of the speed.json section the run is recorded under")  # fmt: skip
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment setting for every system (repeatable), e.g. "
                    "OMP_WAIT_POLICY=PASSIVE")  # fmt: skip

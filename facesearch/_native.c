@@ -15,11 +15,11 @@
  * plus a float64 add, rounded to float32, as the numpy code does), round half to even. Built
  * with -ffp-contract=off so that the compiler adds no fused multiply-add of its own.
  *
- * conv3x3, pointwise, bias_act, max_pool2: the convolutions of the numpy engine (see the section
- * "Convolution kernels" below).
+ * conv3x3, conv2d, pointwise, bias_act, max_pool2: the convolutions of the numpy engine (see the
+ * section "Convolution kernels" below).
  *
- * set_simd(on): the AVX2 paths (chosen at run time, when the CPU has AVX2 and FMA) or the
- * portable C ones only, for tests.
+ * set_simd(level): the widest vector paths to use, chosen at run time among those the CPU has:
+ * 2 AVX-512 (conv2d only; AVX-512F), 1 AVX2 (with FMA), 0 the portable C ones only; for tests.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -28,8 +28,9 @@
 #include <math.h>
 #include <string.h>
 
-/* 0: the portable C paths only (tests compare the two; set_simd) */
-static int simd_enabled = 1;
+/* widest vector paths allowed: 0 portable C only, 1 AVX2, 2 AVX-512 (tests compare them; set_simd) */
+static int simd_enabled = 2;
+static int simd_level(void);
 
 static void prelu_scalar(float *x, size_t rows, size_t c, const float *a) {
     for (size_t r = 0; r < rows; r++) {
@@ -82,7 +83,7 @@ static PyObject *prelu_rows(PyObject *self, PyObject *args) {
     const float *a = (const float *)(uintptr_t)aa;
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH
-    if (simd_enabled && __builtin_cpu_supports("avx2"))
+    if (simd_level() >= 1)
         prelu_avx2(x, (size_t)rows, (size_t)channels, a);
     else
 #endif
@@ -527,24 +528,146 @@ __attribute__((target("avx2,fma"))) static void pw_avx2_6x16(const float *x, lon
 #endif
 
 
-#ifdef HAVE_AVX2_PATH
-static int use_avx2_fma(void) {
-    return simd_enabled && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+
+/* ------------------------------------------------------------------------------------------
+ * conv2d: a "valid" convolution (no padding: the caller pads) of any kernel size and stride,
+ * channels last, bias and activation fused. x (B, H, W, Cin), w (KH, KW, Cin, Cout), out
+ * (B, Ho, Wo, Cout) with Ho = (H - KH) / stride + 1. The sums run from the bias over the taps
+ * in (dy, dx, c) order, as conv3x3's; a padded input makes the padded taps add exact zeros, so
+ * on a 3x3 with padding 1 both kernels give the same values.
+ *
+ * The vector paths take the output pixels of all images as one list, P at a time (each with
+ * its own input address), times NB vectors of output channels: per input value of a tap NB
+ * weight loads and P broadcasts feed P * NB fused multiply-adds into independent
+ * accumulators. Blocking is independent of the row width, so the 2x2 and 4x4 maps of a deep
+ * network keep the accumulators busy too. AVX-512 (32 registers): 6 pixels x 64 channels or
+ * 12 x 32; AVX2 (16 registers): 6 x 16.
+ */
+static void conv2d_scalar(const float *x, long bsz, long h, long w, long cin, long kh, long kw,
+                          long stride, const float *wt, long cout, const float *b,
+                          const float *a, int act, float *out) {
+    const long ho = (h - kh) / stride + 1, wo = (w - kw) / stride + 1;
+    for (long n = 0; n < bsz; n++)
+        for (long oy = 0; oy < ho; oy++)
+            for (long ox = 0; ox < wo; ox++) {
+                float *o = out + ((n * ho + oy) * wo + ox) * cout;
+                for (long k = 0; k < cout; k++) o[k] = b[k];
+                for (long dy = 0; dy < kh; dy++)
+                    for (long dx = 0; dx < kw; dx++) {
+                        const float *p = x + ((n * h + oy * stride + dy) * w + ox * stride + dx) * cin;
+                        for (long ci = 0; ci < cin; ci++) {
+                            const float *q = wt + ((dy * kw + dx) * cin + ci) * cout;
+                            for (long k = 0; k < cout; k++) o[k] += p[ci] * q[k];
+                        }
+                    }
+                for (long k = 0; k < cout; k++) o[k] = act1(o[k], act, a ? a[k] : 0.f);
+            }
 }
+
+/* the input address of output pixel i of the flattened (n, oy, ox) list */
+static inline const float *conv2d_src(const float *x, long i, long ho, long wo, long h, long w,
+                                      long cin, long stride) {
+    const long n = i / (ho * wo), r = i % (ho * wo);
+    return x + ((n * h + (r / wo) * stride) * w + (r % wo) * stride) * cin;
+}
+
+#define CONV2D_KERNEL(NAME, TARGET, VT, V, NB, P, LOAD, STORE, SET1, FMA, ACT)                     \
+    __attribute__((target(TARGET))) static void NAME(                                              \
+        const float *x, long bsz, long h, long w, long cin, long kh, long kw, long stride,          \
+        const float *wt, long cout, const float *b, const float *a, int act, float *out) {          \
+        const long ho = (h - kh) / stride + 1, wo = (w - kw) / stride + 1;                          \
+        const long npix = bsz * ho * wo;                                                            \
+        for (long j0 = 0; j0 < cout; j0 += NB * V) {                                                \
+            VT bias[NB], s[NB];                                                                     \
+            for (int j = 0; j < NB; j++) {                                                          \
+                bias[j] = LOAD(b + j0 + j * V);                                                     \
+                s[j] = a ? LOAD(a + j0 + j * V) : SET1(0.f);                                        \
+            }                                                                                       \
+            for (long g = 0; g < npix; g += P) {                                                    \
+                const long cnt = npix - g < P ? npix - g : P;                                       \
+                const float *src[P];                                                                \
+                for (int i = 0; i < P; i++)                                                         \
+                    src[i] = conv2d_src(x, g + (i < cnt ? i : 0), ho, wo, h, w, cin, stride);       \
+                VT acc[P][NB];                                                                      \
+                for (int i = 0; i < P; i++)                                                         \
+                    for (int j = 0; j < NB; j++) acc[i][j] = bias[j];                               \
+                for (long dy = 0; dy < kh; dy++)                                                    \
+                    for (long dx = 0; dx < kw; dx++) {                                              \
+                        const long off = (dy * w + dx) * cin;                                       \
+                        const float *q = wt + (dy * kw + dx) * cin * cout + j0;                     \
+                        for (long ci = 0; ci < cin; ci++, q += cout) {                              \
+                            VT wv[NB];                                                              \
+                            for (int j = 0; j < NB; j++) wv[j] = LOAD(q + j * V);                   \
+                            for (int i = 0; i < P; i++) {                                           \
+                                const VT v = SET1(src[i][off + ci]);                                \
+                                for (int j = 0; j < NB; j++) acc[i][j] = FMA(v, wv[j], acc[i][j]);  \
+                            }                                                                       \
+                        }                                                                           \
+                    }                                                                               \
+                for (int i = 0; i < cnt; i++)                                                       \
+                    for (int j = 0; j < NB; j++)                                                    \
+                        STORE(out + (g + i) * cout + j0 + j * V, ACT(acc[i][j], act, s[j]));       \
+            }                                                                                       \
+        }                                                                                           \
+    }
+
+#ifdef HAVE_AVX2_PATH
+CONV2D_KERNEL(conv2d_avx2_6x16, "avx2,fma", __m256, 8, 2, 6, _mm256_loadu_ps, _mm256_storeu_ps,
+              _mm256_set1_ps, _mm256_fmadd_ps, act8)
+CONV2D_KERNEL(conv2d_avx2_12x8, "avx2,fma", __m256, 8, 1, 12, _mm256_loadu_ps, _mm256_storeu_ps,
+              _mm256_set1_ps, _mm256_fmadd_ps, act8)
+
+__attribute__((target("avx512f"))) static inline __m512 act16(__m512 y, int act, __m512 slope) {
+    const __m512 zero = _mm512_setzero_ps();
+    if (act == ACT_RELU) return _mm512_max_ps(y, zero);
+    if (act == ACT_PRELU)
+        return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ),
+                                    _mm512_mul_ps(slope, y), y);
+    return y;
+}
+
+CONV2D_KERNEL(conv2d_avx512_6x64, "avx512f", __m512, 16, 4, 6, _mm512_loadu_ps, _mm512_storeu_ps,
+              _mm512_set1_ps, _mm512_fmadd_ps, act16)
+CONV2D_KERNEL(conv2d_avx512_12x32, "avx512f", __m512, 16, 2, 12, _mm512_loadu_ps,
+              _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, act16)
+CONV2D_KERNEL(conv2d_avx512_24x16, "avx512f", __m512, 16, 1, 24, _mm512_loadu_ps,
+              _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, act16)
+#endif
+
+/* the vector level in use: the one allowed (set_simd) capped by what the CPU has */
+static int simd_level(void) {
+#ifdef HAVE_AVX2_PATH
+    int level = 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+        level = 1;
+        if (__builtin_cpu_supports("avx512f")) level = 2;
+    }
+    return level < simd_enabled ? level : simd_enabled;
+#else
+    return 0;
+#endif
+}
+
+#ifdef HAVE_AVX2_PATH
+static int use_avx2_fma(void) { return simd_level() >= 1; }
 #endif
 
 static PyObject *set_simd(PyObject *self, PyObject *arg) {
     (void)self;
-    const int on = PyObject_IsTrue(arg);
-    if (on < 0) return NULL;
-#ifdef HAVE_AVX2_PATH
-    const int before = simd_enabled && __builtin_cpu_supports("avx2") &&
-                       __builtin_cpu_supports("fma");
-#else
-    const int before = 0;
-#endif
-    simd_enabled = on;
-    return PyBool_FromLong(before);
+    long level;
+    if (PyBool_Check(arg)) {
+        level = arg == Py_True ? 2 : 0; /* True: every path the CPU has */
+    } else {
+        level = PyLong_AsLong(arg);
+        if (level == -1 && PyErr_Occurred()) return NULL;
+    }
+    if (level < 0 || level > 2) {
+        PyErr_Format(PyExc_ValueError, "set_simd: level must be 0, 1 or 2, got %ld", level);
+        return NULL;
+    }
+    const int before = simd_level();
+    simd_enabled = (int)level;
+    return PyLong_FromLong(before);
 }
 
 /* max over 2x2 windows, stride 2 (odd last row/column dropped): (B, H, W, C) -> (B, H/2, W/2, C) */
@@ -777,6 +900,55 @@ static PyObject *pointwise(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *conv2d(PyObject *self, PyObject *args) {
+    Mem xm, wm, bm, am, om;
+    Py_ssize_t bsz, h, w, cin, kh, kw, stride, cout;
+    int act;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O&nnnnnnnO&nO&O&iO&", to_mem, &xm, &bsz, &h, &w, &cin, &kh, &kw,
+                          &stride, to_mem, &wm, &cout, to_mem, &bm, to_mem, &am, &act, to_wmem,
+                          &om))
+        return NULL;
+    if (bsz < 0 || cin <= 0 || cout <= 0 || kh <= 0 || kw <= 0 || h < kh || w < kw ||
+        stride < 1) {
+        PyErr_Format(PyExc_ValueError,
+                     "conv2d: bad shape batch=%zd h=%zd w=%zd in=%zd kernel=%zdx%zd "
+                     "stride=%zd out=%zd",
+                     bsz, h, w, cin, kh, kw, stride, cout);
+        return NULL;
+    }
+    if (bsz == 0) Py_RETURN_NONE;
+    const Py_ssize_t ho = (h - kh) / stride + 1, wo = (w - kw) / stride + 1;
+    if (!check_act(act, &am, cout, "conv2d") || !holds(&xm, bsz * h * w * cin, "conv2d", "x") ||
+        !holds(&wm, kh * kw * cin * cout, "conv2d", "the weights") ||
+        !holds(&bm, cout, "conv2d", "the bias") ||
+        !holds(&om, bsz * ho * wo * cout, "conv2d", "the output"))
+        return NULL;
+    const float *x = (const float *)(uintptr_t)xm.addr, *wt = (const float *)(uintptr_t)wm.addr;
+    const float *b = (const float *)(uintptr_t)bm.addr;
+    const float *a = act == ACT_PRELU ? (const float *)(uintptr_t)am.addr : NULL;
+    float *out = (float *)(uintptr_t)om.addr;
+    Py_BEGIN_ALLOW_THREADS
+    const int level = simd_level();
+#ifdef HAVE_AVX2_PATH
+    if (level >= 2 && cout % 64 == 0)
+        conv2d_avx512_6x64(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    else if (level >= 2 && cout % 32 == 0)
+        conv2d_avx512_12x32(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    else if (level >= 2 && cout % 16 == 0)
+        conv2d_avx512_24x16(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    else if (level >= 1 && cout % 16 == 0)
+        conv2d_avx2_6x16(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    else if (level >= 1 && cout % 8 == 0)
+        conv2d_avx2_12x8(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    else
+#endif
+        conv2d_scalar(x, bsz, h, w, cin, kh, kw, stride, wt, cout, b, a, act, out);
+    (void)level;
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyObject *max_pool2(PyObject *self, PyObject *args) {
     Mem xm, om;
     Py_ssize_t bsz, h, w, c;
@@ -809,9 +981,16 @@ static PyMethodDef methods[] = {
      "stride 1 or 2, channels-last float32, bias and activation fused (see bias_act). groups 1: "
      "weights (3, 3, in, out); groups == in == out: depthwise, weights (3, 3, C). Output "
      "(batch, (h - 1) // stride + 1, (w - 1) // stride + 1, out). Releases the GIL."},
+    {"conv2d", conv2d, METH_VARARGS,
+     "conv2d(x, batch, h, w, in_channels, kh, kw, stride, weights, out_channels, bias, slopes, "
+     "act, out): valid convolution (no padding: pad x first) of any kernel size and stride, "
+     "channels-last float32, weights (kh, kw, in, out), bias and activation fused (see "
+     "bias_act). Output (batch, (h - kh) // stride + 1, (w - kw) // stride + 1, out). "
+     "AVX-512 for out % 16 == 0 when the CPU has it. Releases the GIL."},
     {"set_simd", set_simd, METH_O,
-     "set_simd(on) -> bool: use the AVX2 paths when the CPU has them (on, the default) or the "
-     "portable C ones only; returns whether AVX2 paths were in use. For tests."},
+     "set_simd(level) -> int: the widest vector paths to use when the CPU has them: 2 AVX-512 "
+     "(the default; True), 1 AVX2, 0 (False) the portable C ones only. Returns the level that "
+     "was in use (capped by the CPU). For tests and measurements."},
     {"pointwise", pointwise, METH_VARARGS,
      "pointwise(x, rows, in_channels, weights, out_channels, bias, slopes, act, out): 1x1 "
      "convolution as the product of a C-contiguous "

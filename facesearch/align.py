@@ -280,12 +280,134 @@ def align_faces(
     return out
 
 
+# --------------------------------------------------------------------------- dlib face chips
+# dlib's face ResNet reads 150x150 "face chips" (dlib.get_face_chip, padding 0.25): the face
+# mapped by a similarity transform onto dlib's mean face. Here the transform comes from YuNet's
+# five landmarks and :data:`DLIB_CHIP_TEMPLATE`, where those landmarks fall on dlib's chips.
+
+DLIB_CHIP_SIZE = 150
+#: dlib's 5-point chip template (``get_face_chip_details``, unit face) in dlib's order: outer
+#: and inner corner of the image-right eye, outer and inner corner of the image-left eye,
+#: bottom of the nose. Padding 0.25 maps ``p`` to ``(0.25 + p) / 1.5`` of the chip side.
+DLIB_FACE_5: np.ndarray = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+DLIB_FACE_5.setflags(write=False)
+
+#: Where YuNet's five landmarks (ArcFace order) fall on a 150x150 dlib chip, ``(5, 2)``
+#: float64 pixels: the mean over the 252 faces of ``photos/`` and ``groups/`` of the shared
+#: data (not LFW) that dlib's detector also finds, each mapped by the chip transform of dlib's
+#: own 5-point landmarks (median spread 3.6-5.3 px); made by ``scripts/fit_dlib_template.py``.
+DLIB_CHIP_TEMPLATE: np.ndarray = np.array(
+    [
+        [47.0245, 46.2658],
+        [102.6087, 46.2989],
+        [73.9184, 78.5131],
+        [51.1020, 103.0290],
+        [99.1490, 103.5572],
+    ]
+)
+DLIB_CHIP_TEMPLATE.setflags(write=False)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The least-squares similarity transform (Umeyama, no reflection) taking ``src`` points
+    onto ``dst`` points: ``(N, 2), (N, 2)`` -> ``(2, 3) float64`` ``M`` with
+    ``M @ [x, y, 1] -> dst``. ValueError when the ``src`` points all coincide."""
+    a = np.asarray(src, dtype=np.float64)
+    b = np.asarray(dst, dtype=np.float64)
+    if a.ndim != 2 or a.shape[1] != 2 or a.shape != b.shape or len(a) < 2:
+        raise ValueError(f"need two (N >= 2, 2) point sets, got {a.shape} and {b.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError(f"points must be finite, got {a.tolist()} -> {b.tolist()}")
+    ma, mb = a.mean(0), b.mean(0)
+    da, db = a - ma, b - mb
+    var = float((da**2).sum()) / len(a)
+    if not var > 0.0:
+        raise ValueError(f"points all coincide, no transform exists: {a.tolist()}")
+    cov = db.T @ da / len(a)  # (2, 2)
+    u, s, vt = np.linalg.svd(cov)
+    d = np.array([1.0, 1.0 if np.linalg.det(u) * np.linalg.det(vt) > 0 else -1.0])
+    r = u @ np.diag(d) @ vt
+    scale = float(s @ d) / var
+    t = mb - scale * (r @ ma)
+    return np.concatenate([scale * r, t[:, None]], axis=1)
+
+
+def dlib_chip_transform(landmarks: np.ndarray, size: int = DLIB_CHIP_SIZE) -> np.ndarray:
+    """Image -> chip map of the face with YuNet ``landmarks`` ``(5, 2)``: ``(2, 3) float64``."""
+    pts = _check_landmarks(landmarks)
+    return similarity_transform(pts, DLIB_CHIP_TEMPLATE * (size / DLIB_CHIP_SIZE))
+
+
+def dlib_chip(image: np.ndarray, matrix: np.ndarray, size: int = DLIB_CHIP_SIZE) -> np.ndarray:
+    """The ``(size, size, 3) uint8`` chip of ``image`` ``(H, W, 3) uint8`` by the image -> chip
+    map ``matrix`` ``(2, 3)``, bilinear, black outside the image.
+
+    A face more than twice the chip's size is first reduced by an integer factor (box filter
+    over the part of the image the chip covers), as dlib samples from an image pyramid: plain
+    bilinear sampling would skip pixels and alias.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) RGB uint8, got {img.shape} {img.dtype}")
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.shape != (2, 3):
+        raise ValueError(f"matrix must have shape (2, 3), got {m.shape}")
+    scale = float(np.sqrt(abs(np.linalg.det(m[:, :2]))))  # chip pixels per image pixel
+    k = int(1.0 / scale) if scale > 0 else 1
+    if k < 2:
+        return warp_affine(img, m, size)
+    # the chip's footprint in the image, a little wider, in whole blocks of k pixels
+    inv = _invert_affine(m)
+    corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], np.float64)
+    foot = corners @ inv.T  # (4, 2) image pixels
+    h, w = img.shape[:2]
+    x0 = max(0, int(np.floor(foot[:, 0].min())) - 2 * k) // k * k
+    y0 = max(0, int(np.floor(foot[:, 1].min())) - 2 * k) // k * k
+    x1 = min(w, int(np.ceil(foot[:, 0].max())) + 2 * k)
+    y1 = min(h, int(np.ceil(foot[:, 1].max())) + 2 * k)
+    nx, ny = (x1 - x0) // k, (y1 - y0) // k
+    if nx < 1 or ny < 1:  # the chip lies outside the image
+        return np.zeros((size, size, 3), np.uint8)
+    part = img[y0 : y0 + ny * k, x0 : x0 + nx * k].reshape(ny, k, nx, k, 3)
+    small = np.rint(part.mean(axis=(1, 3), dtype=np.float32)).astype(np.uint8)
+    # reduced pixel (i, j) is the mean of image pixels k*i .. k*i + k - 1 (plus the offset)
+    to_image = np.array([[k, 0.0, x0 + (k - 1) / 2.0], [0.0, k, y0 + (k - 1) / 2.0], [0, 0, 1]])
+    return warp_affine(small, m @ to_image, size)
+
+
+def dlib_chips(
+    image: np.ndarray, landmarks: Sequence[np.ndarray] | np.ndarray, size: int = DLIB_CHIP_SIZE
+) -> np.ndarray:
+    """dlib chips of every face in ``image`` (YuNet landmarks ``(N, 5, 2)`` in its pixels):
+    ``(N, size, size, 3) uint8`` RGB."""
+    pts = [np.asarray(p) for p in landmarks]
+    out = np.empty((len(pts), size, size, 3), dtype=np.uint8)
+    for i, p in enumerate(pts):
+        out[i] = dlib_chip(image, dlib_chip_transform(p, size), size)
+    return out
+
+
 __all__ = [
     "ARCFACE_TEMPLATE",
     "CROP_ASPECT_TOLERANCE",
+    "DLIB_CHIP_SIZE",
+    "DLIB_CHIP_TEMPLATE",
+    "DLIB_FACE_5",
     "align_faces",
+    "dlib_chip",
+    "dlib_chip_transform",
+    "dlib_chips",
     "estimate_norm",
     "norm_crop",
+    "similarity_transform",
     "template_landmarks",
     "warp_affine",
 ]

@@ -45,6 +45,7 @@ from facesearch.errors import (
     NotFoundError,
 )
 from facesearch.identify import Identification
+from facesearch.models.modelfile import SHIPPED_MODELS
 from facesearch.pipeline import FacePipeline, Models, PipelineConfig
 from facesearch.types import Detection, Face, Match
 
@@ -948,12 +949,12 @@ def index_paths(
     Incremental (unchanged photos skipped, moved ones keep their faces); ``labels``:
     ``"folders"`` or a ``path,person`` CSV; ``prune``: drop stored photos under ``paths``
     whose files are gone; ``index_type``: change the vector index type. Embeds with ``model``
-    (``sface`` or a model file; default: the collection's active model, ``models``' for a new
-    collection). A photo that cannot be
-    read is recorded and reported, never fatal. Holds the writer lock for the run; committed
-    every ``batch_size`` photos, where ``should_stop`` is checked (the report then says
-    ``interrupted``). ``aligned``: every photo read is a face crop on the template, stored
-    with that one face, not detected (:func:`photo_faces`).
+    (``sface``, ``sface+dlib`` or a model file; default: the collection's active model,
+    ``models``' for a new collection). A photo that cannot be read is recorded and reported,
+    never fatal. Holds the writer lock for the run; committed every ``batch_size`` photos,
+    where ``should_stop`` is checked (the report then says ``interrupted``). ``aligned``: every
+    photo read is a face crop on the template, stored with that one face, not detected
+    (:func:`photo_faces`).
     """
     from facesearch.image import default_workers
     from facesearch.indexer import COMMIT_BATCH, IndexSettings
@@ -980,8 +981,8 @@ def _collection_model(collection: Collection, models: Models) -> str:
     active = collection.active_model
     if active is None:
         return models.config.model
-    if active.name == "sface" and not active.path:
-        return "sface"
+    if active.name in SHIPPED_MODELS and not active.path:
+        return str(active.name)
     if not active.path or not os.path.isfile(active.path):
         raise ModelError(
             f"collection {collection.name!r} uses model {active.name!r}, whose file "
@@ -1324,10 +1325,13 @@ def evaluate_clustering(
 ) -> ClusterEvaluation:
     """Cluster a folder of photos (one subfolder per person) without its labels and score it
     against the subfolders (pairwise and BCubed precision / recall / F). The largest face of
-    each photo takes part. ``embeddings``: instead, an ``.npz`` with ``xb`` ``(N, D)``,
-    ``labels`` ``(N,)`` and optional ``photo_ids``."""
+    each photo takes part, embedded with ``models``' model. ``embeddings``: instead, an ``.npz``
+    with ``xb`` ``(N, D)``, ``labels`` ``(N,)`` and optional ``photo_ids``, made by ``models``'
+    model. The default thresholds start from that model's base tau unless ``config.tau``."""
+    import dataclasses
     import tempfile
 
+    from facesearch.cluster_algorithms import ClusterConfig
     from facesearch.collection_clusters import (
         evaluate_clusters,
         labelled_by_folder,
@@ -1336,6 +1340,10 @@ def evaluate_clustering(
 
     if (folder is None) == (embeddings is None):
         raise ArgumentError("give a folder (one subfolder per person) or an embeddings file")
+    m = _models(models)
+    config = config or ClusterConfig()
+    if config.tau is None:
+        config = dataclasses.replace(config, tau=m.threshold("base"))
     if embeddings is not None:
         xb, true, photos = load_labelled_npz(embeddings)
         return evaluate_clusters(xb, true, config, photo_ids=photos)
@@ -1344,7 +1352,7 @@ def evaluate_clustering(
         tempfile.TemporaryDirectory(prefix="facesearch-eval-") as tmp,
         open_collection(tmp, "eval", create=True) as col,
     ):
-        index_paths(col, [folder], models=models)
+        index_paths(col, [folder], models=m)
         xb, true, photos = labelled_by_folder(col, Path(folder))
     return evaluate_clusters(xb, true, config, photo_ids=photos)
 
@@ -1374,8 +1382,9 @@ def _entry(collection: Collection, name: str) -> ModelEntry:
 
 
 def add_model(collection: Collection, model: str | os.PathLike[str]) -> ModelEntry:
-    """Register ``model`` (``sface`` or a model file compatible with the active model) and
-    make it embed queries; :class:`IncompatibleModelError` otherwise, nothing changed."""
+    """Register ``model`` (``sface``, ``sface+dlib`` or a model file compatible with the
+    active model) and make it embed queries; :class:`IncompatibleModelError` otherwise,
+    nothing changed."""
     from facesearch.model_upgrade import add_model as run
 
     return _entry(collection, run(collection, model).name)
@@ -1399,9 +1408,9 @@ def reindex(
     progress: Callable[[ReindexProgress], None] | None = None,
     should_stop: StopSignal | None = None,
 ) -> ReindexReport:
-    """Re-embed the stored faces with ``model`` (``sface`` or a file), from the stored photos
-    and landmarks. A compatible model is active at once; an incompatible one needs
-    ``re_embed_all`` and becomes active when every face is done. Committed every
+    """Re-embed the stored faces with ``model`` (``sface``, ``sface+dlib`` or a file), from
+    the stored photos and landmarks. A compatible model is active at once; an incompatible
+    one needs ``re_embed_all`` and becomes active when every face is done. Committed every
     ``batch_size`` photos, where ``should_stop`` is checked."""
     from facesearch.image import default_workers
     from facesearch.model_upgrade import REINDEX_BATCH, ReindexSettings, reindex_collection
@@ -1417,7 +1426,7 @@ def reindex(
             collection,
             embedder,
             settings,
-            source=None if model == "sface" else model,
+            source=None if model in SHIPPED_MODELS else model,
             progress=progress,
             should_stop=_stopper(should_stop),
         )

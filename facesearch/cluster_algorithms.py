@@ -128,7 +128,10 @@ class ClusterConfig:
     with many hundreds of faces). ``min_size``: groups smaller than this are left as singletons
     (``-1``). ``premerge_labels``: faces with the same label start in one cluster (must-link).
     ``exact_max``: up to this many faces the neighbours come from an exact flat index, above it
-    from HNSW (approximate).
+    from HNSW (approximate). ``tau``: the embedding model's base verification threshold the
+    default rule starts from (:func:`default_thresholds`); ``None``: the shipped SFace's
+    :data:`~facesearch.distance.DEFAULT_THRESHOLD`. A collection's runs take its active
+    model's (another model's distances have another scale).
     """
 
     threshold: float | None = None
@@ -138,11 +141,12 @@ class ClusterConfig:
     premerge_labels: bool = True
     exact_max: int = 200_000
     pair_threshold: float | None = None
+    tau: float | None = None
 
     def __post_init__(self) -> None:
         if self.linkage not in LINKAGES:
             raise ValueError(f"linkage must be one of {LINKAGES}, got {self.linkage!r}")
-        for name in ("threshold", "pair_threshold"):
+        for name in ("threshold", "pair_threshold", "tau"):
             t = getattr(self, name)
             if t is not None and not 0.0 < t <= 4.0:
                 raise ValueError(f"{name} is a distance d in (0, 4], got {t}")
@@ -158,7 +162,7 @@ class ClusterConfig:
         settings: the ones given, the default rule's (:func:`default_thresholds`) for those left
         ``None``; the pair threshold is capped at the threshold."""
         if self.threshold is None:
-            t, t_pair = default_thresholds(xb)
+            t, t_pair = default_thresholds(xb, DEFAULT_THRESHOLD if self.tau is None else self.tau)
             if self.pair_threshold is not None:
                 t_pair = self.pair_threshold
         else:

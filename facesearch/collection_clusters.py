@@ -249,6 +249,8 @@ def cluster_collection(
     import time
 
     config = config or ClusterConfig()
+    if config.tau is None:  # the default rule starts from the active model's tau
+        config = dataclasses.replace(config, tau=proposal_threshold(col))
     t0 = time.perf_counter()
     with col.lock(), col.session() as s:
         f = _load(s)

@@ -30,9 +30,31 @@ DEFAULT_IDENTIFY_THRESHOLD: float = 1.147
 UNIT_NORM_TOLERANCE: float = 1e-3
 
 
-def shipped_threshold(purpose: str = "verify") -> float:
-    """The shipped SFace's LFW-calibrated tau for ``verify`` (1:1) or ``identify`` (1:K)."""
-    return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
+#: The operating points of the shipped fused model ``sface+dlib`` (:mod:`facesearch.models.fused`),
+#: calibrated on LFW as SFace's are (``bench/results/dlib.md``). Base tau (clustering, a
+#: model's recorded ``threshold``): FAR = 1e-3 over all 87.3 million impostor pairs of LFW's
+#: 13,233 images (``bench/dlib_calibrate.py``), where 99.53% of its same-person pairs match.
+FUSED_THRESHOLD: float = 0.618
+#: 1:1 ``facesearch verify``: the mean of the ten per-fold thresholds fitted for accuracy by the
+#: LFW View 2 protocol (``facesearch evaluate lfw --model sface+dlib``).
+FUSED_VERIFY_THRESHOLD: float = 0.635
+#: 1:K ``facesearch query``: FAR = 1e-4 over the same impostor pairs (99.18% of the same-person
+#: pairs still match).
+FUSED_IDENTIFY_THRESHOLD: float = 0.552
+
+
+def shipped_threshold(purpose: str = "verify", model: str = "sface") -> float:
+    """A shipped model's LFW-calibrated tau for ``verify`` (1:1), ``identify`` (1:K) or
+    ``base`` (FAR = 1e-3; clustering): ``model`` ``sface`` or ``sface+dlib``."""
+    if model == "sface+dlib":
+        points = (FUSED_THRESHOLD, FUSED_VERIFY_THRESHOLD, FUSED_IDENTIFY_THRESHOLD)
+    elif model == "sface":
+        points = (DEFAULT_THRESHOLD, DEFAULT_VERIFY_THRESHOLD, DEFAULT_IDENTIFY_THRESHOLD)
+    else:
+        raise ValueError(f"{model!r} is not a shipped model (sface, sface+dlib)")
+    if purpose not in ("base", "verify", "identify"):
+        raise ValueError(f"purpose must be base, verify or identify, got {purpose!r}")
+    return points[("base", "verify", "identify").index(purpose)]
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:

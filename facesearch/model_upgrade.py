@@ -57,16 +57,17 @@ from facesearch.errors import (
     ModelError,
     require_positive,
 )
+from facesearch.models.modelfile import SHIPPED, SHIPPED_MODELS
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
+    from facesearch.models.fused import FusedEmbedder
     from facesearch.models.npengine import NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.pipeline import FacePipeline
 
 logger = logging.getLogger(__name__)
 
-SHIPPED = "sface"
 #: Default photos per SQL transaction of a reindex run.
 REINDEX_BATCH: int = 64
 _READ_CHUNK = 1 << 20
@@ -113,7 +114,9 @@ def compatible_base(
     if active_info is not None and dim is not None and int(dim) != active_info.dim:
         raise IncompatibleModelError(
             f"{what} makes {dim}-dimensional vectors; collection {collection.name!r} holds "
-            f"{active_info.dim}-dimensional vectors of model {active!r}. Nothing was changed."
+            f"{active_info.dim}-dimensional vectors of model {active!r}. Nothing was changed. "
+            "Re-embed every face with it to move the collection: "
+            f"'facesearch reindex --model {source or name} --re-embed-all'"
         )
     if name in space:
         return name
@@ -121,7 +124,8 @@ def compatible_base(
         if candidate in space:
             return candidate
     declared = ", ".join(_lineage(meta)) or "none"
-    old = active if active == SHIPPED else (active_info.path if active_info else None) or active
+    old = active if active in SHIPPED_MODELS else (active_info.path if active_info else None)
+    old = old or active
     raise IncompatibleModelError(
         f"{what} cannot search collection {collection.name!r}: its stored vectors are of "
         f"{'model' if len(space) == 1 else 'models'} {', '.join(space)} (active: {active}), "
@@ -141,7 +145,7 @@ def _register(
     activate: bool,
 ) -> st.ModelInfo:
     name = str(meta["name"])
-    shipped = name == SHIPPED and (source is None or source == SHIPPED)
+    shipped = name in SHIPPED_MODELS and source in (None, name)
     return collection.register_model(
         name,
         int(meta["dim"]),
@@ -150,7 +154,7 @@ def _register(
         if shipped or not meta.get("weights_sha256")
         else str(meta["weights_sha256"]),
         path=None if shipped or source is None else os.path.abspath(source),
-        threshold=None if shipped else meta.get("threshold"),
+        threshold=None if shipped and name == SHIPPED else meta.get("threshold"),
         activate=activate,
     )
 
@@ -177,7 +181,7 @@ def register_pipeline_model(collection: Collection, pipeline: FacePipeline) -> s
             f"model {name!r} cannot be compared with them: index with --model {active} "
             "(or make a new collection with --collection NAME)"
         )
-    source = None if name == SHIPPED else str(pipeline.config.model)
+    source = None if name in SHIPPED_MODELS else str(pipeline.config.model)
     base = cw_name if cw_name in known else None
     return _register(collection, meta, source, compatible_with=base, activate=False)
 
@@ -233,10 +237,13 @@ def use_model(collection: Collection, name: str) -> st.ModelInfo:
 
 
 def query_model(collection: Collection) -> str:
-    """What to embed queries with: ``'sface'`` or the active model's file (checked to exist)."""
+    """What to embed queries with: a shipped model's name (``'sface'``, ``'sface+dlib'``) or the
+    active model's file (checked to exist)."""
     active = collection.active_model
-    if active is None or (active.name == SHIPPED and not active.path):
+    if active is None:
         return SHIPPED
+    if active.name in SHIPPED_MODELS and not active.path:
+        return str(active.name)
     if not active.path or not os.path.isfile(active.path):
         raise ModelError(
             f"collection {collection.name!r} uses model {active.name!r}, whose file "
@@ -246,7 +253,9 @@ def query_model(collection: Collection) -> str:
     return str(active.path)
 
 
-def check_query_embedder(collection: Collection, embedder: Embedder | NumpyEmbedder) -> None:
+def check_query_embedder(
+    collection: Collection, embedder: Embedder | NumpyEmbedder | FusedEmbedder
+) -> None:
     """Refuse an embedder whose vectors cannot be compared with the collection's index.
 
     The embedder's model must be registered in the active space, and a model file must still
@@ -395,7 +404,7 @@ def _remaining(collection: Collection, model: str) -> int:
 
 def reindex_collection(
     collection: Collection,
-    embedder: Embedder | NumpyEmbedder,
+    embedder: Embedder | NumpyEmbedder | FusedEmbedder,
     settings: ReindexSettings | None = None,
     *,
     source: str | None = None,
@@ -489,9 +498,13 @@ def reindex_collection(
                     rep.failures.append((job.path, loaded.error or "unreadable"))
                     logger.info("%s: %s; its faces keep their vectors", job.path, loaded.error)
                 else:
-                    crops = align_faces(loaded.image, job.landmarks)  # (n, 112, 112, 3)
                     pend_ids += job.face_ids
-                    pend_x.append(embedder.embed(crops))  # (n, D) float32
+                    embed_photos = getattr(embedder, "embed_photos", None)
+                    if embed_photos is not None:  # a model making its own crops (sface+dlib)
+                        pend_x.append(embed_photos([loaded.image], [job.landmarks]))
+                    else:
+                        crops = align_faces(loaded.image, job.landmarks)  # (n, 112, 112, 3)
+                        pend_x.append(embedder.embed(crops))  # (n, D) float32
                     pend_photos += 1
                     if pend_photos >= settings.batch_size:
                         commit()

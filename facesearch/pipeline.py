@@ -23,19 +23,22 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from facesearch.errors import ArgumentError, NoFaceError
+from facesearch.models.modelfile import FUSED, SHIPPED_MODELS
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
+    from facesearch.models.fused import FusedEmbedder
     from facesearch.models.npengine import EngineThreads, NumpyDetector, NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
     from facesearch.models.yunet_decode import DetectorConfig
 
-#: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped SFace only; no torch import);
+#: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped models only; no torch import);
 #: ``auto``: chosen by :meth:`PipelineConfig.resolved` for the work at hand.
 ENGINES = ("auto", "torch", "numpy")
-#: What a threshold is for: 1:1 verification or 1:K identification.
-Purpose = Literal["verify", "identify"]
+#: What a threshold is for: the base operating point (clustering), 1:1 verification or 1:K
+#: identification.
+Purpose = Literal["base", "verify", "identify"]
 #: Without the native kernels the numpy engine is slower per face than torch, which takes
 #: seconds to load: ``auto`` still takes numpy when the estimated numpy work
 #: (NUMPY_SECONDS_PER_PHOTO per photo plus NUMPY_SECONDS_PER_MB per MB of files) is at most
@@ -55,6 +58,11 @@ log = logging.getLogger(__name__)
 
 ImageSource = str | os.PathLike[str] | bytes
 
+#: The shipped fused model (:mod:`facesearch.models.fused`): SFace and dlib's ResNet, 256-d.
+#: It runs on the numpy engine whatever ``engine`` says (PyTorch holds its networks for
+#: training, not an inference path of the fused model).
+FUSED_MODEL = FUSED
+
 
 def _default_detector_config() -> DetectorConfig:
     from facesearch.models.yunet_decode import DetectorConfig
@@ -66,7 +74,9 @@ def _default_detector_config() -> DetectorConfig:
 class PipelineConfig:
     """Settings of the whole pipeline.
 
-    ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
+    ``model``: ``"sface"`` (shipped), ``"sface+dlib"`` (shipped, the more accurate fused model:
+    :mod:`facesearch.models.fused`; numpy engine) or the path of a model file made by
+    ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
     ``threads``: cores to use (``None``: one per core, at most 8). A batch of several photos
     is cut into ``threads`` parts run side by side, each on one thread (intra-op threads mostly
@@ -91,9 +101,10 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if self.engine == "numpy" and self.model != "sface":
+        if self.engine == "numpy" and self.model not in SHIPPED_MODELS:
             raise ArgumentError(
-                f"the numpy engine runs the shipped model 'sface' only, not {self.model!r}: "
+                f"the numpy engine runs the shipped models ({', '.join(SHIPPED_MODELS)}) only, "
+                f"not {self.model!r}: "
                 "use engine 'torch' (or 'auto') for a model file"
             )
         if self.threads is not None and self.threads < 1:
@@ -101,6 +112,8 @@ class PipelineConfig:
 
     def with_model(self, model: str) -> PipelineConfig:
         """These settings for another model; a model file cannot keep engine ``numpy``."""
+        if model == FUSED_MODEL:
+            return replace(self, model=model, engine="numpy")
         engine = self.engine if model == "sface" or self.engine == "torch" else "auto"
         return replace(self, model=model, engine=engine)
 
@@ -110,8 +123,11 @@ class PipelineConfig:
         ``auto`` is numpy for the shipped model when the native kernels are built (as fast
         per face as torch, and no torch import), or when the work is known to be small
         (``photos`` photos holding ``megabytes`` MB of files, see :data:`SMALL_RUN_SECONDS`);
-        torch otherwise. ``torch`` and ``numpy`` stay as they are.
+        torch otherwise. ``torch`` and ``numpy`` stay as they are, but ``sface+dlib`` always
+        runs on numpy (its only inference path).
         """
+        if self.model == FUSED_MODEL and self.engine != "numpy":
+            return replace(self, engine="numpy")
         if self.engine != "auto":
             return self
         engine = "torch"
@@ -134,9 +150,23 @@ def load_embedder(
     batch_size: int | None = None,
     engine: str = "torch",
     threads: EngineThreads | None = None,
-) -> Embedder | NumpyEmbedder:
-    """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
+) -> Embedder | NumpyEmbedder | FusedEmbedder:
+    """The embedder for ``model``: the shipped SFace, the fused ``sface+dlib`` (numpy engine
+    always), or a fine-tuned model file."""
     from facesearch.models.sface_weights import DEFAULT_BATCH_SIZE
+
+    if model == FUSED_MODEL:
+        from facesearch.models.fused import FusedEmbedder
+        from facesearch.models.modelfile import fused_meta
+        from facesearch.models.npengine import NumpyEmbedder
+
+        sface = NumpyEmbedder(
+            batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip, threads=threads
+        )
+        fused = FusedEmbedder(sface)
+        fused.meta = fused_meta()
+        fused.threshold = fused.meta["threshold"]
+        return fused
 
     if engine == "numpy":
         from facesearch.models.modelfile import shipped_meta
@@ -204,10 +234,10 @@ class Models:
 
     def threshold(self, purpose: Purpose = "verify") -> float:
         """The model's calibrated tau for ``purpose`` (loads a model file's embedder)."""
-        if self.config.model == "sface":
+        if self.config.model in SHIPPED_MODELS:
             from facesearch.distance import shipped_threshold
 
-            return shipped_threshold(purpose)
+            return shipped_threshold(purpose, self.config.model)
         return self.pipeline().threshold(purpose)
 
 
@@ -223,7 +253,7 @@ class FacePipeline:
         config: PipelineConfig | None = None,
         *,
         detector: Detector | NumpyDetector | None = None,
-        embedder: Embedder | NumpyEmbedder | None = None,
+        embedder: Embedder | NumpyEmbedder | FusedEmbedder | None = None,
     ) -> None:
         self.config = (config or PipelineConfig()).resolved()
         numpy_engine = self.config.engine == "numpy"
@@ -267,17 +297,17 @@ class FacePipeline:
     def threshold(self, purpose: Purpose = "verify") -> float:
         """The calibrated tau of this pipeline's model for ``purpose``.
 
-        The shipped SFace uses the LFW calibration of :mod:`facesearch.distance`; a model file
+        The shipped models use the LFW calibration of :mod:`facesearch.distance`; a model file
         carries its own verification tau (and an identification one when it recorded it; else
-        the verification tau serves both).
+        the verification tau serves every purpose).
         """
         from facesearch.distance import DEFAULT_THRESHOLD, shipped_threshold
 
+        if self.model_name in SHIPPED_MODELS:
+            return shipped_threshold(purpose, self.model_name)
         meta = getattr(self.embedder, "meta", None) or {}
         if purpose == "identify" and meta.get("identify_threshold") is not None:
             return float(meta["identify_threshold"])
-        if self.model_name == "sface":
-            return shipped_threshold(purpose)
         t = getattr(self.embedder, "threshold", None)
         return float(t) if t is not None else DEFAULT_THRESHOLD
 
@@ -455,10 +485,14 @@ class FacePipeline:
     ) -> list[list[Face]]:
         if detections is None:
             detections = self.detect_batch(images)
-        crops = [self.align(img, dets) for img, dets in zip(images, detections, strict=True)]
-        counts = [len(c) for c in crops]
-        allcrops = np.concatenate(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
-        xb = self.embed(allcrops)  # (sum(counts), D)
+        counts = [len(d) for d in detections]
+        embed_photos = getattr(self.embedder, "embed_photos", None)
+        if embed_photos is not None:  # a model that makes its own crops (sface+dlib)
+            xb = embed_photos(images, [[d.landmarks_array() for d in ds] for ds in detections])
+        else:
+            crops = [self.align(img, dets) for img, dets in zip(images, detections, strict=True)]
+            allcrops = np.concatenate(crops) if crops else np.zeros((0, 112, 112, 3), np.uint8)
+            xb = self.embed(allcrops)  # (sum(counts), D)
         out: list[list[Face]] = []
         i = 0
         for dets, n in zip(detections, counts, strict=True):

@@ -40,6 +40,16 @@ def test_verify_different_people_readable_output() -> None:
     assert lines[2] == "different people"
 
 
+def test_verify_with_the_fused_model() -> None:
+    from facesearch.distance import FUSED_VERIFY_THRESHOLD
+
+    for other, same in ((OBAMA / "obama2.jpg", True), (BIDEN / "biden.jpg", False)):
+        code, out = run("verify", OBAMA / "obama1.jpg", other, "--model", "sface+dlib", "--json")
+        assert code == 0, out
+        r = json.loads(out)
+        assert r["same"] is same and r["threshold"] == FUSED_VERIFY_THRESHOLD, r
+
+
 def test_verify_threshold_option_decides() -> None:
     code, out = run(
         "verify", OBAMA / "obama1.jpg", BIDEN / "biden.jpg", "--json", "--threshold", "4"
@@ -92,8 +102,11 @@ def test_detect_odd_files_never_crash(data: Path) -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_lfw_view1_format(data: Path, tmp_path: Path) -> None:
-    """A small View 1 style pairs file: scored at the default tau, fitted figure beside it."""
+@pytest.mark.parametrize("model", ["sface", "sface+dlib"])
+def test_evaluate_lfw_view1_format(data: Path, tmp_path: Path, model: str) -> None:
+    """A small View 1 style pairs file: scored at the model's tau, fitted figure beside it."""
+    from facesearch.distance import shipped_threshold
+
     lfw = data / "lfw"
     pairs = tmp_path / "pairs.txt"
     pairs.write_text(
@@ -105,9 +118,12 @@ def test_evaluate_lfw_view1_format(data: Path, tmp_path: Path) -> None:
         "Adam_Sandler\t3\tAaron_Peirsol\t3\n"
         "Abdullah_Gul\t4\tAdam_Sandler\t2\n"
     )
-    code, out = run("evaluate", "lfw", "--pairs", pairs, "--images", lfw / "images", "--json")
+    code, out = run(
+        "evaluate", "lfw", "--pairs", pairs, "--images", lfw / "images", "--model", model, "--json"
+    )
     assert code == 0, out
     r = json.loads(out)
+    assert r["default_threshold"] == shipped_threshold("verify", model)
     for key in ("accuracy", "accuracy_std", "val_at_far_1e-3", "auc", "threshold"):
         assert key in r
     assert r["n_pairs"] == 6

@@ -485,6 +485,47 @@ def test_reindex_incompatible_needs_the_flag_and_switches_when_all_are_done(
     assert asked[-1] == other["path"] and e["person"] == "BBT_Raj"
 
 
+def test_a_collection_moves_to_the_fused_model_and_back(
+    col_args: dict[str, Any], data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sface+dlib`` is a space of its own (256-d): ``model add`` refuses it and changes
+    nothing, ``reindex --re-embed-all`` moves the collection to it, and back to sface."""
+    from facesearch.distance import FUSED_IDENTIFY_THRESHOLD, FUSED_THRESHOLD
+
+    asked = use_pipelines(monkeypatch)
+    home, db, args = col_args["home"], col_args["db"], col_args["args"]
+    before = _snapshot(home, db)
+    for cmd in (["model", "add", "sface+dlib"], ["reindex", "--model", "sface+dlib"]):
+        res = run_cli([*cmd, *args], ok=False)
+        assert res.exit_code == 1 and res.stdout == ""
+        assert "makes 256-dimensional vectors" in res.stderr, res.stderr
+        assert "'facesearch reindex --model sface+dlib --re-embed-all'" in res.stderr
+        assert _snapshot(home, db) == before
+
+    out = run_cli(["reindex", "--model", "sface+dlib", "--re-embed-all", *args]).stdout
+    lines = out.splitlines()
+    assert (
+        lines[0] == "faces:   8 re-embedded with sface+dlib (8 photos), 0 already were, 0 skipped"
+    )
+    assert lines[2] == "model:   sface+dlib is active: queries are embedded with it"
+    listing = json.loads(run_cli(["model", "--json", *args]).stdout)
+    assert listing["active"] == "sface+dlib"
+    (fused,) = [r for r in listing["models"] if r["name"] == "sface+dlib"]
+    assert (fused["dim"], fused["faces"], fused["path"]) == (256, 8, None)
+    assert fused["threshold"] == FUSED_THRESHOLD
+    assert_agree(home, db)
+    _assert_index_holds(home, db, 8)
+    e = _query(data, args)
+    assert asked[-1] == "sface+dlib" and e["person"] == "BBT_Raj"
+    assert e["distance"] < FUSED_IDENTIFY_THRESHOLD
+
+    run_cli(["reindex", "--model", "sface", "--re-embed-all", *args])
+    assert json.loads(run_cli(["model", "--json", *args]).stdout)["active"] == "sface"
+    assert _face_models(home, db) == {"sface": 8}
+    assert_agree(home, db)
+    assert _query(data, args)["person"] == "BBT_Raj"
+
+
 def test_reindex_skips_photos_gone_or_changed(
     col_args: dict[str, Any], models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -510,6 +510,26 @@ def test_index_then_reindex_jobs(fresh: TestClient, data: Path, tmp_path: Path) 
     assert fresh.get(f"{V1}/collection").json()["consistency"]["consistent"]
 
 
+def test_reindex_to_the_fused_model_then_identify_and_verify_with_it(
+    fresh: TestClient, data: Path
+) -> None:
+    from facesearch.distance import FUSED_IDENTIFY_THRESHOLD, FUSED_VERIFY_THRESHOLD
+
+    r = fresh.post(f"{V1}/jobs/reindex", json={"model": "sface+dlib", "re_embed_all": True})
+    assert r.status_code == 202, r.text
+    job = _wait(fresh, r.json()["id"])
+    assert job["state"] == "done", job
+    info = fresh.get(f"{V1}/collection").json()
+    assert info["active_model"] == "sface+dlib" and info["faces"] == N_FACES, info
+    assert info["consistency"]["consistent"]
+    amy4, amy5 = _photo(data, "BBT_Amy/amy4.png"), _photo(data, "BBT_Amy/amy5.png")
+    out = fresh.post(f"{V1}/identify", files={"image": ("q.png", amy4)}).json()
+    assert out["model"] == "sface+dlib" and out["threshold"] == FUSED_IDENTIFY_THRESHOLD
+    assert out["faces"][0]["person"] == "BBT_Amy"
+    r = fresh.post(f"{V1}/verify", files={"image_a": ("a", amy4), "image_b": ("b", amy5)})
+    assert r.json()["same"] is True and r.json()["threshold"] == FUSED_VERIFY_THRESHOLD, r.text
+
+
 def test_second_writer_is_refused_and_cancel_stops_at_a_commit(
     fresh: TestClient, data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

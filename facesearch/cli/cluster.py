@@ -21,6 +21,7 @@ from facesearch.cli.options import (
     collection_options,
     json_option,
     make_models,
+    model_option,
     open_collection,
 )
 
@@ -247,6 +248,7 @@ def cluster_merge(
     "--embeddings", "embeddings", type=click.Path(exists=True, dir_okay=False), default=None,
     hidden=True, help="Dev: an .npz with xb (N, D), labels (N,) and optional photo_ids.",
 )  # fmt: skip
+@model_option
 @json_option
 def evaluate_cluster(
     folder: str | None,
@@ -254,6 +256,7 @@ def evaluate_cluster(
     pair_threshold: float | None,
     linkage: str,
     embeddings: str | None,
+    model: str,
     as_json: bool,
 ) -> None:
     """Cluster FOLDER (one subfolder per person) without its labels and score it.
@@ -268,7 +271,7 @@ def evaluate_cluster(
     config = _config(threshold, linkage, 2, pair_threshold)
     result = api.evaluate_clustering(
         None if embeddings is not None else folder, embeddings=embeddings, config=config,
-        models=make_models(),
+        models=make_models(model),
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))

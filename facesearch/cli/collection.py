@@ -71,7 +71,7 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
 @click.option(
     "--model",
     default=None,
-    help="Embedding model: 'sface' or a file made by 'facesearch train' "
+    help="Embedding model: 'sface', 'sface+dlib' or a file made by 'facesearch train' "
     "(default: the collection's model, 'sface' for a new collection).",
 )
 @click.option(

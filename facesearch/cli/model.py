@@ -69,7 +69,7 @@ def model(
 def model_add(
     ctx: click.Context, model_file: str, home: str, collection: str, db_url: str | None
 ) -> None:
-    """Register MODEL ('sface' or a model file) and make it embed the queries.
+    """Register MODEL ('sface', 'sface+dlib' or a model file) and make it embed the queries.
 
     MODEL must be compatible with the collection's active model (trained with
     'facesearch train ... --compatible-with OLD'): the stored faces keep their vectors and are
@@ -110,7 +110,7 @@ def model_use(
     "--model",
     "model_file",
     required=True,
-    help="The new model: 'sface' or a file made by 'facesearch train'.",
+    help="The new model: 'sface', 'sface+dlib' or a file made by 'facesearch train'.",
 )
 @click.option(
     "--re-embed-all",

@@ -32,7 +32,9 @@ def model_option(f: F) -> F:
         "model",
         default="sface",
         show_default=True,
-        help="Embedding model: 'sface' (shipped) or a model file made by 'facesearch train'.",
+        help="Embedding model: 'sface' (shipped), 'sface+dlib' (shipped: SFace fused with "
+        "dlib's ResNet, 256-d, slower; README 'Models') or a model file made by "
+        "'facesearch train'.",
     )(f)
 
 

@@ -57,6 +57,10 @@ FORMAT: str = "facesearch-model"
 FORMAT_VERSION: int = 1
 ARCHITECTURE: str = "sface"
 SHIPPED: str = "sface"
+#: The shipped fused model (:mod:`facesearch.models.fused`): SFace and dlib's ResNet, 256-d.
+FUSED: str = "sface+dlib"
+#: The models that need no file: the shipped SFace and the fused model.
+SHIPPED_MODELS: tuple[str, ...] = (SHIPPED, FUSED)
 #: Suffix used by ``facesearch train`` for model files (any name is accepted on load).
 SUFFIX: str = ".pt"
 
@@ -211,15 +215,54 @@ def read_model_file(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     return sd, meta
 
 
+def fused_meta() -> dict[str, Any]:
+    """Meta of the shipped fused model ``sface+dlib`` (:mod:`facesearch.models.fused`), in the
+    shape of a model file's meta: its weights (both files), ``w``, and its three LFW operating
+    points (:mod:`facesearch.distance`). Its vectors compare with no other model's."""
+    from facesearch.distance import (
+        FUSED_IDENTIFY_THRESHOLD,
+        FUSED_THRESHOLD,
+        FUSED_VERIFY_THRESHOLD,
+    )
+    from facesearch.models.dlib_arrays import EMBEDDING_DIM as DLIB_DIM
+    from facesearch.models.dlib_arrays import WEIGHTS_FILE as DLIB_WEIGHTS
+    from facesearch.models.fused import DLIB_WEIGHT
+
+    meta = shipped_meta()
+    meta.update(
+        name=FUSED,
+        architecture=FUSED,
+        dim=int(meta["dim"]) + DLIB_DIM,
+        dlib_sha256=file_sha256(DLIB_WEIGHTS) if DLIB_WEIGHTS.is_file() else None,
+        dlib_weight=DLIB_WEIGHT,
+        threshold=FUSED_THRESHOLD,
+        verify_threshold=FUSED_VERIFY_THRESHOLD,
+        identify_threshold=FUSED_IDENTIFY_THRESHOLD,
+    )
+    return meta
+
+
 def read_meta(name_or_path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Meta of ``'sface'`` or of a model file (the weights are read but not built)."""
+    """Meta of ``'sface'``, ``'sface+dlib'`` or of a model file (the weights are read but not
+    built)."""
     if str(name_or_path) == SHIPPED:
         return shipped_meta()
+    if str(name_or_path) == FUSED:
+        return fused_meta()
     return read_model_file(name_or_path)[1]
+
+
+def _not_trainable(name_or_path: str | os.PathLike[str]) -> None:
+    if str(name_or_path) == FUSED:
+        raise ModelError(
+            f"model {FUSED!r} is two networks fused at the distance, not one SFace: training "
+            "and the torch engine take 'sface' or a model file"
+        )
 
 
 def load_model(name_or_path: str | os.PathLike[str]) -> tuple[SFace, dict[str, Any]]:
     """A trainable :class:`SFace` (eval mode) and its meta: ``'sface'`` or a model file."""
+    _not_trainable(name_or_path)
     from facesearch.models.sface import SFace, load_sface
 
     if str(name_or_path) == SHIPPED:
@@ -249,6 +292,7 @@ def load_embedder(
     The embedder gets ``.name`` (the model's name), ``.dim``, ``.meta`` (see the module
     docstring) and ``.threshold`` (the model's calibrated tau, or None).
     """
+    _not_trainable(name_or_path)
     from facesearch.models.sface import Embedder
 
     if str(name_or_path) == SHIPPED:  # fused weights from the cache, module loaded on demand

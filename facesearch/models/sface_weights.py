@@ -7,7 +7,6 @@ Plain numpy, shared by the PyTorch module (:mod:`facesearch.models.sface`) and t
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from facesearch.errors import ModelError
+from facesearch.models.weightfile import read_weight_file
 
 #: The converted weights shipped with the package (Apache-2.0, see ``weights/LICENSE-sface.txt``).
 WEIGHTS_FILE: Path = Path(__file__).resolve().parent / "weights" / "sface_2021dec_int8bq.npz"
@@ -155,26 +155,15 @@ def state_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def read_weights(path: Path) -> tuple[dict[str, object], dict[str, np.ndarray]]:
     """Read a converted weight file: ``(meta, arrays)`` with arrays under their ONNX names."""
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise ModelError(f"cannot read SFace weights {path}: {e}") from e
-    raw = arrays.pop("__meta__", None)
-    if raw is None:
-        raise ModelError(f"{path} is not a converted SFace weight file (no __meta__ entry)")
-    meta = json.loads(raw.tobytes().decode("utf-8"))
-    if meta.get("format") != WEIGHTS_FORMAT:
-        raise ModelError(
-            f"{path}: weight format {meta.get('format')!r}, expected {WEIGHTS_FORMAT!r}; "
-            "re-create it with scripts/convert_sface.py"
-        )
     expected = {"input_size": INPUT_SIZE, "input_mean": INPUT_MEAN, "input_scale": INPUT_SCALE}
     expected["embedding_dim"] = EMBEDDING_DIM
-    for key, value in expected.items():
-        if meta.get(key) != value:
-            raise ModelError(f"{path}: {key} is {meta.get(key)!r}, this code expects {value!r}")
-    return meta, arrays
+    return read_weight_file(
+        path,
+        network="SFace",
+        fmt=WEIGHTS_FORMAT,
+        script="scripts/convert_sface.py",
+        expected=expected,
+    )
 
 
 def fused_arrays(

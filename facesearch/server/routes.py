@@ -19,7 +19,7 @@ from starlette.datastructures import UploadFile as StarletteUpload
 
 from facesearch import api
 from facesearch.indexer import Progress
-from facesearch.model_upgrade import ReindexProgress
+from facesearch.model_upgrade import ReindexProgress, query_model
 from facesearch.server import schemas as sc
 from facesearch.server import views
 from facesearch.server.app import Server
@@ -115,13 +115,16 @@ async def verify(
     image_b: Annotated[UploadFile, File()],
     threshold: Annotated[float | None, Form(ge=0.0, le=4.0)] = None,
 ) -> dict[str, Any]:
-    """Are the largest faces of two photos the same person (``d < threshold``)?"""
+    """Are the largest faces of two photos the same person (``d < threshold``)? With the
+    served collection's model (``sface`` while it has none), as ``/identify``."""
     a = await _upload("image_a", image_a)
     b = await _upload("image_b", image_b)
 
     def run() -> api.Verification:
         with server.inference:
-            return api.verify(a, b, models=server.models, threshold=threshold)
+            with server.collection() as col:
+                models = server.models.for_model(query_model(col))
+            return api.verify(a, b, models=models, threshold=threshold)
 
     return views.verification(await anyio.to_thread.run_sync(run))
 

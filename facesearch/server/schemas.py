@@ -314,7 +314,7 @@ class IndexJob(_Body):
 
 
 class ReindexJob(_Body):
-    model: str = Field("sface", description="'sface' or a registered model file")
+    model: str = Field("sface", description="'sface', 'sface+dlib' or a registered model file")
     re_embed_all: bool = False
 
 
