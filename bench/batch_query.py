@@ -91,7 +91,7 @@ def build(home: Path, folders: list[Path], work: Path, held_out: set[Path]) -> d
 def run(cmd: list[str]) -> tuple[float, str]:
     t0 = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode not in (0, 1):
+    if res.returncode not in (0, 1) or not res.stdout:  # 1: some photo without a face
         raise RuntimeError(f"{shlex.join(cmd)}: exit {res.returncode}\n{res.stderr[-2000:]}")
     return time.perf_counter() - t0, res.stdout
 
