@@ -121,7 +121,9 @@ def test_cli_aligned_index_query_verify_enroll(
     bad.write_bytes((data / "groups" / "couple.jpg").read_bytes())
     home = tmp_path / "home"
     args = collection_args(home, None)
-    res = run_cli(["index", folder, bad, "--aligned", "--labels", "folders", "--json", *args])
+    res = run_cli(["index", folder, bad, "--aligned", "--labels", "folders", "--json", *args],
+                  ok=False)  # fmt: skip
+    assert res.exit_code == 1 and f"nothing could be indexed from {bad}" in res.stderr
     rep = json.loads(res.stdout)
     assert rep["files"] == 6 and rep["new"] == 5 and rep["failed"] == 1
     assert rep["faces_added"] == 5 and rep["faces_upscaled"] == 0

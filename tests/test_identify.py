@@ -285,4 +285,4 @@ def test_query_errors(library: dict[str, Any], data: Path, monkeypatch: pytest.M
         "indexing photos into it (`facesearch index PATH --collection default`)\n"
     )
     r = run_cli(["query", *library["args"]], ok=False)
-    assert r.exit_code == 2 and "Missing argument 'IMAGE'" in r.stderr
+    assert r.exit_code == 2 and "Missing argument 'IMAGES...'" in r.stderr
