@@ -598,8 +598,9 @@ def main() -> None:
                 if a.pg:
                     found.append(index_kill(s, a.cycles, a.pg))
             else:
-                found = [{"cluster-kill": cluster_kill, "merge-kill": merge_kill,
-                          "disk-full": disk_full, "corrupt": corrupt}[name](s, a.cycles)]  # fmt: skip
+                run = {"cluster-kill": cluster_kill, "merge-kill": merge_kill,
+                       "disk-full": disk_full, "corrupt": corrupt}[name]  # fmt: skip
+                found = [run(s, a.cycles)]
             for t in found:
                 t.seconds = time.monotonic() - t0
                 print(json.dumps({k: v for k, v in asdict(t).items() if k != "notes"}), flush=True)

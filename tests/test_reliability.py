@@ -11,7 +11,6 @@ import contextlib
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -189,7 +188,10 @@ def test_query_with_a_corrupt_file_while_a_writer_holds_the_lock(
 
 
 def test_file_name_that_is_not_utf8(
-    tmp_path: Path, data: Path, collection_db: str | None, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    data: Path,
+    collection_db: str | None,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     use_shared_pipeline(monkeypatch)
     lib = tmp_path / "lib" / "BBT_Raj"
@@ -678,7 +680,10 @@ def test_query_answers_when_the_index_cannot_be_saved(
 
 @pytest.mark.postgres
 def test_postgresql_connection_lost_mid_run_is_one_line(
-    tmp_path: Path, data: Path, pg_schema_url: str, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    data: Path,
+    pg_schema_url: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The server ends the connection in the middle of ``index`` (as a restart does)."""
     import sqlalchemy as sa
@@ -753,9 +758,11 @@ def test_nan_threshold_is_a_usage_error(library: dict[str, Any], data: Path) -> 
     for cmd in (["query", raj, "--threshold", "nan"], ["cluster", "--threshold", "nan"]):
         res = run_cli([*cmd, *library["args"]], ok=False)
         assert res.exit_code == 2 and "finite" in res.stderr, res.output
-    with api.open_collection(library["home"], db_url=library["db"]) as col:
-        with pytest.raises(api.ArgumentError, match="finite"):
-            api.identify(col, raj, threshold=math.nan)
+    with (
+        api.open_collection(library["home"], db_url=library["db"]) as col,
+        pytest.raises(api.ArgumentError, match="finite"),
+    ):
+        api.identify(col, raj, threshold=math.nan)
 
 
 def test_lock_timeout_must_be_a_finite_number(
