@@ -412,7 +412,7 @@ def tmpfs(where: Path, size_kb: int) -> Iterator[Path | None]:
 
 def _fill(folder: Path) -> Path:
     filler = folder / f"filler-{uuid.uuid4().hex[:6]}"
-    with open(filler, "wb") as f:
+    with contextlib.suppress(OSError), open(filler, "wb") as f:
         for size in (1 << 16, 1 << 12, 1 << 8, 1):
             with contextlib.suppress(OSError):
                 while True:
@@ -445,7 +445,7 @@ def disk_full(s: Setup, cycles: int) -> Tally:
                 index_file.unlink()  # the reader must rebuild it, and cannot save it
             filler = _fill(disk)
             s.queries.check_cli(t, home, db_url(home, None), None, 2)
-            filler.unlink()
+            filler.unlink(missing_ok=True)
             subprocess.run(["mount", "-o", f"remount,size={4 * ref_bytes // 1024 + 4096}k",
                             str(disk)], check=True)  # fmt: skip
             res = cli(_index_args(s, home, None))
@@ -600,7 +600,10 @@ def main() -> None:
             else:
                 run = {"cluster-kill": cluster_kill, "merge-kill": merge_kill,
                        "disk-full": disk_full, "corrupt": corrupt}[name]  # fmt: skip
-                found = [run(s, a.cycles)]
+                try:
+                    found = [run(s, a.cycles)]
+                except Exception as exc:  # noqa: BLE001 - recorded, the other campaigns go on
+                    found = [Tally(name, notes=[f"the campaign itself failed: {exc!r}"])]
             for t in found:
                 t.seconds = time.monotonic() - t0
                 print(json.dumps({k: v for k, v in asdict(t).items() if k != "notes"}), flush=True)
