@@ -144,6 +144,9 @@ def _thread_env(threads: int, extra: Sequence[str] = ()) -> dict[str, str]:
 def _make_system(name: str, threads: int, weights: Path, batch: int) -> Any:
     """The system under test, models loaded: an object with ``process_all(paths)``."""
     if name in ("facesearch", "facesearch-single"):
+        from facesearch import process
+
+        process.tune()  # as a service embedding photos does (before torch is imported)
         import torch
 
         from facesearch.image import load_image

@@ -44,17 +44,20 @@ from facesearch.errors import (
     NoFaceError,
     NotFoundError,
 )
+from facesearch.identify import Identification
 from facesearch.pipeline import Models, PipelineConfig
-from facesearch.search import Identification
 from facesearch.types import Detection, Face, Match
 
 if TYPE_CHECKING:
-    from facesearch.cluster import ClusterConfig
-    from facesearch.clustering import ClusterEvaluation, ClusterReport, RunStats
+    from facesearch.cluster_algorithms import ClusterConfig
     from facesearch.collection import Collection
+    from facesearch.collection_clusters import ClusterEvaluation, ClusterReport, RunStats
     from facesearch.indexer import IndexReport, Progress
+    from facesearch.model_upgrade import ReindexProgress, ReindexReport
     from facesearch.store import ClusterSummary, FaceRecord
-    from facesearch.upgrade import ReindexProgress, ReindexReport
+    from facesearch.train.data import CropMode
+    from facesearch.train.loop import TrainSettings
+    from facesearch.train.run import TrainRun
 
 logger = logging.getLogger(__name__)
 
@@ -660,8 +663,8 @@ def _identify(
     k: int,
     threshold: float | None,
 ) -> IdentifyResult:
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import check_query_embedder, query_model
+    from facesearch.identify import identify_faces
+    from facesearch.model_upgrade import check_query_embedder, query_model
 
     _ = col.vectors  # fails early: no faces yet
     m = models.for_model(query_model(col))
@@ -706,7 +709,7 @@ def search_faces(
         rows = collection.search(xq[None, :], k + 1)
         matches = tuple(mt for mt in rows[0] if mt.face_id != face_id)[:k]
         return (SimilarFaces(matches, face_id=int(face_id)),)
-    from facesearch.upgrade import query_model
+    from facesearch.model_upgrade import query_model
 
     assert image is not None
     m = _models(models).for_model(query_model(collection))
@@ -750,7 +753,8 @@ def index_paths(
     every ``batch_size`` photos, where ``should_stop`` is checked (the report then says
     ``interrupted``).
     """
-    from facesearch.indexer import COMMIT_BATCH, IndexSettings, default_workers
+    from facesearch.image import default_workers
+    from facesearch.indexer import COMMIT_BATCH, IndexSettings
     from facesearch.indexer import index_paths as run_index
 
     settings = IndexSettings(
@@ -972,7 +976,7 @@ def cluster(
     (every face once) with the run's ``stats`` and ``assigned``."""
     import dataclasses
 
-    from facesearch import clustering
+    from facesearch import collection_clusters as clustering
 
     with collection.lock():
         stats: RunStats = clustering.cluster_collection(collection, config, full=full)
@@ -987,7 +991,7 @@ def cluster(
 def cluster_report(collection: Collection) -> ClusterReport:
     """Every face of the collection once: clusters (largest first, with their person or the
     proposed one), labelled faces in no cluster by person, then faces alone."""
-    from facesearch import clustering
+    from facesearch import collection_clusters as clustering
 
     return clustering.report(collection)
 
@@ -995,7 +999,7 @@ def cluster_report(collection: Collection) -> ClusterReport:
 def export_clusters(report: ClusterReport, folder: str | os.PathLike[str]) -> dict[str, int]:
     """Write JPEG face crops of a report, a folder per cluster and per person (``folder`` new
     or empty). Returns ``{folder name: crops written}``."""
-    from facesearch import clustering
+    from facesearch import collection_clusters as clustering
 
     return clustering.export(report, Path(folder))
 
@@ -1048,7 +1052,7 @@ def cluster_faces(
 def name_cluster(collection: Collection, cluster_id: int, person: PersonRef) -> int:
     """Turn a cluster into a person (new, or an existing one gets its faces); returns the
     faces labelled. The cluster is kept by later runs."""
-    from facesearch.clustering import name_cluster as run
+    from facesearch.collection_clusters import name_cluster as run
 
     name = person if isinstance(person, str) else get_person(collection, person).name
     return run(collection, cluster_id, name)
@@ -1056,7 +1060,7 @@ def name_cluster(collection: Collection, cluster_id: int, person: PersonRef) -> 
 
 def merge_clusters(collection: Collection, cluster_ids: Sequence[int]) -> int:
     """Merge clusters into the first id (kept by later runs); returns the merged size."""
-    from facesearch.clustering import merge_clusters as run
+    from facesearch.collection_clusters import merge_clusters as run
 
     return run(collection, cluster_ids)
 
@@ -1072,8 +1076,8 @@ def split_cluster(
     """Split a cluster. ``face_ids``: those faces leave it (alone); else without
     ``threshold`` every face goes back to being alone, with it they are re-clustered at that
     stricter threshold into new clusters. Returns the ids of the clusters made or kept."""
-    from facesearch.clustering import remove_from_cluster
-    from facesearch.clustering import split_cluster as run
+    from facesearch.collection_clusters import remove_from_cluster
+    from facesearch.collection_clusters import split_cluster as run
 
     if face_ids is not None:
         if threshold is not None:
@@ -1095,7 +1099,11 @@ def evaluate_clustering(
     ``labels`` ``(N,)`` and optional ``photo_ids``."""
     import tempfile
 
-    from facesearch.clustering import evaluate_clusters, labelled_by_folder, load_labelled_npz
+    from facesearch.collection_clusters import (
+        evaluate_clusters,
+        labelled_by_folder,
+        load_labelled_npz,
+    )
 
     if (folder is None) == (embeddings is None):
         raise ArgumentError("give a folder (one subfolder per person) or an embeddings file")
@@ -1139,14 +1147,14 @@ def _entry(collection: Collection, name: str) -> ModelEntry:
 def add_model(collection: Collection, model: str | os.PathLike[str]) -> ModelEntry:
     """Register ``model`` (``sface`` or a model file compatible with the active model) and
     make it embed queries; :class:`IncompatibleModelError` otherwise, nothing changed."""
-    from facesearch.upgrade import add_model as run
+    from facesearch.model_upgrade import add_model as run
 
     return _entry(collection, run(collection, model).name)
 
 
 def use_model(collection: Collection, name: str) -> ModelEntry:
     """Make the registered model ``name`` (compatible with the active one) embed queries."""
-    from facesearch.upgrade import use_model as run
+    from facesearch.model_upgrade import use_model as run
 
     return _entry(collection, run(collection, name).name)
 
@@ -1166,8 +1174,8 @@ def reindex(
     and landmarks. A compatible model is active at once; an incompatible one needs
     ``re_embed_all`` and becomes active when every face is done. Committed every
     ``batch_size`` photos, where ``should_stop`` is checked."""
-    from facesearch.indexer import default_workers
-    from facesearch.upgrade import REINDEX_BATCH, ReindexSettings, reindex_collection
+    from facesearch.image import default_workers
+    from facesearch.model_upgrade import REINDEX_BATCH, ReindexSettings, reindex_collection
 
     settings = ReindexSettings(
         batch_size=batch_size or REINDEX_BATCH,
@@ -1223,6 +1231,50 @@ def evaluate_lfw(
     )
 
 
+# -- training --------------------------------------------------------------------------------------
+
+
+def train_layers() -> tuple[str, ...]:
+    """The embedder's layer names, first to last (``freeze_until`` takes one of them)."""
+    from facesearch.train.split import STAGES
+
+    return tuple(STAGES)
+
+
+def check_train_layer(name: str) -> None:
+    """:class:`ArgumentError` unless ``name`` is a layer ``freeze_until`` accepts."""
+    from facesearch.train.split import stage_index
+
+    try:
+        stage_index(name)
+    except ValueError as exc:
+        raise ArgumentError(str(exc)) from exc
+
+
+def train(
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    settings: TrainSettings,
+    *,
+    crop_mode: CropMode = "detect",
+    cache: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+    progress: bool = False,
+) -> TrainRun:
+    """Fine-tune the embedder on ``data`` (one subfolder of photos per person) and write the
+    model file ``out`` (its parent, data, settings and calibrated threshold recorded).
+    ``threads``: torch's intra-op threads for the run."""
+    import torch
+
+    from facesearch.train.run import train_folder
+
+    if threads:
+        torch.set_num_threads(threads)
+    return train_folder(
+        data, out, settings, crop_mode=crop_mode, cache=cache, progress=progress
+    )  # fmt: skip
+
+
 __all__ = [
     "MAX_LIMIT",
     "ArgumentError",
@@ -1259,6 +1311,7 @@ __all__ = [
     "Verification",
     "add_model",
     "assign_face",
+    "check_train_layer",
     "cluster",
     "cluster_faces",
     "cluster_report",
@@ -1294,6 +1347,8 @@ __all__ = [
     "rename_person",
     "search_faces",
     "split_cluster",
+    "train",
+    "train_layers",
     "unassign_face",
     "upgrade_schema",
     "use_model",

@@ -46,6 +46,13 @@ class ArgumentError(FacesearchError, ValueError):
     """An argument of a library call is out of range or malformed (a server answers 422)."""
 
 
+def require_positive(**values: int) -> None:
+    """:class:`ArgumentError` naming the first of ``values`` (name=value) that is below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ArgumentError(f"{name} must be >= 1, got {value}")
+
+
 class ModelError(FacesearchError):
     """A model file is missing, corrupt, or does not fit what it is used for."""
 

@@ -41,8 +41,7 @@ while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one th
 run the networks on tasks of a few photos: up to :data:`DETECT_BATCH` photos or
 :data:`DETECT_PIXELS` pixels per round, cut into one task per worker. Up to two tasks per
 worker are out at a time, and results are taken oldest first, so photos are stored in the order
-read while the workers never wait for one another or for a commit (measured on 2 cores: 167
-large photos 24.3 s -> 19.4 s against a barrier after every batch). Photos are decoded at full
+read while the workers never wait for one another or for a commit. Photos are decoded at full
 resolution: the detector downscales internally, and alignment samples the full-resolution
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
@@ -93,8 +92,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
-from facesearch.image import SUPPORTED_SUFFIXES, load_image
+from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
+from facesearch.errors import FacesearchError, ImageError, require_positive
+from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
+from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
 
@@ -110,25 +111,17 @@ DOMINANCE_RATIO: float = 2.0
 #: Photos per round of tasks (at most; fewer when ``batch_size`` is smaller), cut into one task
 #: per pipeline worker.
 DETECT_BATCH: int = 16
-#: A round is closed early when its photos hold this many pixels (bounds memory). 24 MP (12 MP
-#: per task on 2 workers) against 48 MP: 167 large photos in 16.7 s against 18.2 s (mean of 4
-#: alternating runs, each pair in favour of 24 MP): smaller tasks keep both workers busy.
+#: A round is closed early when its photos hold this many pixels: bounds memory, and smaller
+#: tasks keep both workers busy (bench/results/history.md).
 DETECT_PIXELS: int = 24_000_000
 #: Default photos per SQL transaction.
 COMMIT_BATCH: int = 64
-#: The vector index file is saved at least this often during a run (seconds).
-CHECKPOINT_SECONDS: float = 60.0
 #: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
 #: whose files hold this many bytes, are read and decoded ahead.
 READ_AHEAD_PHOTOS: int = 256
 READ_AHEAD_BYTES: int = 16 << 20
 #: Bytes read at a time when hashing.
 _READ_CHUNK = 1 << 20
-
-
-def default_workers() -> int:
-    """Decode threads: one per core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,10 +141,7 @@ class IndexSettings:
     index_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_positive(batch_size=self.batch_size, workers=self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,7 +218,7 @@ class WalkResult:
 
 
 def _supported(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in SUPPORTED_SUFFIXES
+    return Path(name).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
@@ -335,47 +325,6 @@ class _Labeler:
         return self.table.get(path)
 
 
-# -- models ---------------------------------------------------------------------------------------
-
-
-def register_pipeline_model(collection: Collection, pipeline: FacePipeline) -> None:
-    """Register the pipeline's embedding model in the collection (first one becomes active).
-
-    Raises :class:`IncompatibleModelError` when the collection already holds faces of a model
-    whose vectors cannot be compared with this one's.
-    """
-    from facesearch import store as st
-
-    emb: Any = pipeline.embedder
-    name = pipeline.model_name
-    meta = getattr(emb, "meta", None) or {}
-    cw = meta.get("compatible_with") if isinstance(meta, dict) else None
-    cw_name = str(cw["name"]) if isinstance(cw, dict) and cw.get("name") else None
-    with collection.session() as s:
-        active = st.get_meta(s, "active_model")
-        known = {m.name for m in st.list_models(s)}
-        space = set(st.model_space(s, active)[1]) if active is not None else set()
-    if active is not None and name not in space and (cw_name is None or cw_name not in space):
-        raise IncompatibleModelError(
-            f"collection {collection.name!r} holds faces of model {active!r}; the vectors of "
-            f"model {name!r} cannot be compared with them: index with --model {active} "
-            "(or make a new collection with --collection NAME)"
-        )
-    path = None
-    file_hash = None
-    if name != "sface":
-        path = os.path.abspath(str(pipeline.config.model))
-        file_hash = str(meta.get("weights_sha256")) if meta.get("weights_sha256") else None
-    collection.register_model(
-        name,
-        int(emb.dim),
-        compatible_with=cw_name if cw_name in known else None,
-        file_hash=file_hash,
-        path=path,
-        threshold=getattr(emb, "threshold", None) if name != "sface" else None,
-    )
-
-
 # -- the engine ---------------------------------------------------------------------------------
 
 
@@ -435,8 +384,14 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
     return out
 
 
-class StopRequested(Exception):
-    """A long write's ``should_stop`` said so after a commit: the run ends there."""
+def _open_workers(
+    stack: contextlib.ExitStack, pipeline: FacePipeline
+) -> Callable[..., Future[object]]:
+    """The pipeline's workers, open until ``stack`` closes."""
+    workers = pipeline.workers()
+    submit = workers.__enter__()
+    stack.push(workers.__exit__)
+    return submit
 
 
 class _Run:
@@ -487,7 +442,7 @@ class _Run:
         register_pipeline_model(self.col, pipeline)
         self.set_pipeline(pipeline)
         assert self.stack is not None, "the pipeline is loaded inside _index"
-        self.submit = self.stack.enter_context(pipeline.workers())
+        self.submit = _open_workers(self.stack, pipeline)
 
     def set_pipeline(self, pipeline: FacePipeline) -> None:
         """Photos go to the pipeline's workers in tasks of a few photos; up to
@@ -770,7 +725,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
 
             run.stack = stack
             if run.pipe is not None:
-                run.submit = stack.enter_context(run.pipe.workers())
+                run.submit = _open_workers(stack, run.pipe)
             fill()
             while queue:
                 fut, size = queue.popleft()
@@ -833,37 +788,13 @@ def _handle(
 
 def _label_stored(run: _Run, relabel: dict[int, str]) -> None:
     """Give labels to stored photos none of whose faces has a person (dominant-face rule)."""
-    from sqlalchemy import select
-
     from facesearch import store as st
 
     col, rep = run.col, run.report
     csv_labels = run.settings.labels not in (None, "folders")
     source = st.LabelSource.CSV if csv_labels else st.LabelSource.FOLDER
-    ids = sorted(relabel)
-    faces: dict[int, list[tuple[int, float]]] = {}
-    taken: set[int] = set()
     with col.session() as s:
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            rows = s.execute(
-                select(
-                    st.FaceRow.id,
-                    st.FaceRow.photo_id,
-                    st.FaceRow.x1,
-                    st.FaceRow.y1,
-                    st.FaceRow.x2,
-                    st.FaceRow.y2,
-                    st.Assignment.face_id,
-                )
-                .outerjoin(st.Assignment, st.Assignment.face_id == st.FaceRow.id)
-                .where(st.FaceRow.photo_id.in_(part))
-                .order_by(st.FaceRow.id)
-            )
-            for fid, pid, x1, y1, x2, y2, assigned in rows:
-                faces.setdefault(pid, []).append((fid, max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
-                if assigned is not None:
-                    taken.add(pid)
+        faces, taken = st.photo_face_areas(s, sorted(relabel))
     by_person: dict[str, list[int]] = {}
     for pid, person in relabel.items():
         if pid in taken or pid not in faces:
@@ -973,6 +904,5 @@ __all__ = [
     "folder_label",
     "index_paths",
     "read_labels_csv",
-    "register_pipeline_model",
     "walk",
 ]

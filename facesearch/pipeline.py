@@ -26,18 +26,18 @@ from facesearch.errors import ArgumentError, NoFaceError
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
-    from facesearch.models.detection import DetectorConfig
-    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
+    from facesearch.models.npengine import EngineThreads, NumpyDetector, NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
+    from facesearch.models.yunet_decode import DetectorConfig
 
 #: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped SFace only; no torch import);
 #: ``auto``: chosen by :meth:`PipelineConfig.resolved` for the work at hand.
 ENGINES = ("auto", "torch", "numpy")
 #: What a threshold is for: 1:1 verification or 1:K identification.
 Purpose = Literal["verify", "identify"]
-#: Without the native kernels the numpy engine is 2-4x slower per face than torch, which costs
-#: ~2.5 s of one core to load: ``auto`` still takes numpy when the estimated numpy work
+#: Without the native kernels the numpy engine is slower per face than torch, which takes
+#: seconds to load: ``auto`` still takes numpy when the estimated numpy work
 #: (NUMPY_SECONDS_PER_PHOTO per photo plus NUMPY_SECONDS_PER_MB per MB of files) is at most
 #: SMALL_RUN_SECONDS (bench/results/history.md has the measurements behind these values).
 SMALL_RUN_SECONDS: float = 2.0
@@ -50,7 +50,7 @@ ImageSource = str | os.PathLike[str] | bytes
 
 
 def _default_detector_config() -> DetectorConfig:
-    from facesearch.models.detection import DetectorConfig
+    from facesearch.models.yunet_decode import DetectorConfig
 
     return DetectorConfig()
 
@@ -62,9 +62,8 @@ class PipelineConfig:
     ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
     ``threads``: cores to use (``None``: one per core, at most 8). A batch of several photos
-    is cut into ``threads`` parts run side by side, each on one thread (measured on 2 cores
-    with torch: 2x the photos/s of one torch process with 2 intra-op threads, whose threads
-    mostly wait on each other with these small convolutions); a single photo runs on
+    is cut into ``threads`` parts run side by side, each on one thread (intra-op threads mostly
+    wait on each other with these small convolutions); a single photo runs on
     ``threads`` intra-op threads (torch) or element-wise threads (numpy engine).
     ``engine``: ``"torch"``; ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
     networks without importing torch, the shipped model only; or ``"auto"``, which
@@ -89,6 +88,11 @@ class PipelineConfig:
             )
         if self.threads is not None and self.threads < 1:
             raise ArgumentError(f"threads must be >= 1, got {self.threads}")
+
+    def with_model(self, model: str) -> PipelineConfig:
+        """These settings for another model; a model file cannot keep engine ``numpy``."""
+        engine = self.engine if model == "sface" or self.engine == "torch" else "auto"
+        return replace(self, model=model, engine=engine)
 
     def resolved(self, *, photos: int | None = None, megabytes: float = 0.0) -> PipelineConfig:
         """This configuration with a concrete engine: the one place the engine is chosen.
@@ -119,15 +123,16 @@ def load_embedder(
     flip: bool = False,
     batch_size: int | None = None,
     engine: str = "torch",
+    threads: EngineThreads | None = None,
 ) -> Embedder | NumpyEmbedder:
     """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
-    from facesearch.models.sface_arrays import DEFAULT_BATCH_SIZE
+    from facesearch.models.sface_weights import DEFAULT_BATCH_SIZE
 
     if engine == "numpy":
         from facesearch.models.modelfile import shipped_meta
         from facesearch.models.npengine import NumpyEmbedder
 
-        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip)
+        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip, threads=threads)
         emb.meta = shipped_meta()
         emb.threshold = emb.meta["threshold"]
         return emb
@@ -182,11 +187,8 @@ class Models:
         with self._lock:
             other = self._others.get(model)
             if other is None:
-                engine = self.config.engine if model == "sface" else "auto"
-                if engine == "numpy" and model != "sface":
-                    engine = "auto"
                 other = self._others[model] = Models(
-                    replace(self.config, model=model, engine=engine), factory=self._factory
+                    self.config.with_model(model), factory=self._factory
                 )
         return other
 
@@ -218,11 +220,14 @@ class FacePipeline:
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .serial: this thread is one of the parallel workers
+        #: the numpy engine's element-wise threads, shared by its detector and embedder
+        self.engine_threads: EngineThreads | None = None
         if numpy_engine:
-            if self.config.threads:
-                from facesearch.models.npengine import set_threads
+            from facesearch.models.npengine import EngineThreads
 
-                set_threads(self.config.threads)
+            self.engine_threads = EngineThreads(
+                self.config.threads or max(1, min(4, os.cpu_count() or 1))
+            )
         else:
             import torch
 
@@ -231,7 +236,7 @@ class FacePipeline:
             if numpy_engine:
                 from facesearch.models.npengine import NumpyDetector
 
-                detector = NumpyDetector(self.config.detector)
+                detector = NumpyDetector(self.config.detector, threads=self.engine_threads)
             else:
                 from facesearch.models.yunet import Detector
 
@@ -242,6 +247,7 @@ class FacePipeline:
             flip=self.config.flip,
             batch_size=self.config.batch_size,
             engine=self.config.engine,
+            threads=self.engine_threads,
         )
 
     @property
@@ -325,15 +331,22 @@ class FacePipeline:
             finally:
                 torch.set_num_threads(self.threads)
             return
-        from facesearch.models import npengine
+        from facesearch.models.npengine import single_threaded_blas
 
-        before = npengine.get_threads()
-        npengine.set_threads(1)
-        try:
-            with npengine.single_threaded_blas():
+        engine_threads = {
+            id(t): t
+            for t in (
+                self.engine_threads,
+                getattr(getattr(self.detector, "net", None), "threads", None),
+                getattr(getattr(self.embedder, "net", None), "threads", None),
+            )
+            if t is not None
+        }
+        with contextlib.ExitStack() as stack:
+            for t in engine_threads.values():
+                stack.enter_context(t.limited(1))
+            with single_threaded_blas():
                 yield
-        finally:
-            npengine.set_threads(before)
 
     @contextlib.contextmanager
     def workers(self) -> Iterator[Callable[..., Future[object]]]:

@@ -83,6 +83,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
 from facesearch.types import Face
 
@@ -349,6 +350,16 @@ class PhotoRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """A stored cluster's own columns."""
+
+    id: int
+    person_id: int | None
+    name: str | None
+    manual: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSummary:
     """A stored cluster: size, person (when named), the first face ids as samples."""
 
@@ -496,10 +507,10 @@ def create_schema(engine: Engine) -> None:
     """Give an empty database the newest schema, stamped :data:`SCHEMA_HEAD`, in one transaction.
 
     The same tables, indexes, constraints and rows as running every migration from nothing
-    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but
-    built from the models directly: Alembic's recipe for a new database (``create_all``, then
-    ``stamp``). Importing and running Alembic cost ~0.3 s of every ``facesearch index`` that
-    creates a collection; this takes ~20 ms. A new migration that inserts rows must add them to
+    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but built
+    from the models directly: Alembic's recipe for a new database (``create_all``, then ``stamp``),
+    much faster than importing and running Alembic. A new migration that inserts rows must add them
+    to
     ``_INITIAL_META`` as well.
     """
     with engine.begin() as conn:
@@ -751,6 +762,27 @@ def register_model(
     return _model_info(row)
 
 
+def model_names(s: Session) -> set[str]:
+    """Names of the registered models."""
+    return set(s.scalars(select(ModelRecord.name)).all())
+
+
+def database_bytes(s: Session) -> int | None:
+    """Size of the store's tables on a server database (``None`` for SQLite: in the folder)."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    tables = [t.name for t in Base.metadata.sorted_tables] + ["alembic_version"]
+    total = s.execute(
+        sa.text(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relname = ANY(:names)"
+        ),
+        {"names": tables},
+    ).scalar()
+    return int(total or 0)
+
+
 def get_model(s: Session, name: str) -> ModelInfo | None:
     row = s.get(ModelRecord, name)
     return None if row is None else _model_info(row)
@@ -811,7 +843,6 @@ def _chunks(ids: Sequence[int] | np.ndarray, n: int = _IN_CHUNK) -> Iterator[lis
 
 
 #: Embeddings must be unit vectors within this tolerance on their norm.
-UNIT_NORM_TOLERANCE: float = 1e-3
 
 
 def _embedding_bytes(e: np.ndarray, dim: int, where: str) -> bytes:
@@ -1045,19 +1076,28 @@ def move_photo(s: Session, photo_id: int, new_path: str, *, mtime: float | None 
     s.flush()
 
 
+def _delete(
+    s: Session, table: type[Photo] | type[FaceRow], face_key: Any, ids: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Delete the rows of ``table`` with these ids and, with them, the faces whose
+    ``face_key`` is one of them; the generation is bumped when faces go. Returns the removed
+    face ids ``(n,) int64``."""
+    removed: list[int] = []
+    for part in _chunks(ids):
+        removed += s.scalars(select(FaceRow.id).where(face_key.in_(part))).all()
+        s.execute(sa.delete(table).where(table.id.in_(part)))
+    s.expire_all()
+    if removed:
+        bump_generation(s, -len(removed))
+    return np.array(sorted(removed), dtype=np.int64)
+
+
 def delete_photos(s: Session, photo_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete photos with their faces, assignments and embeddings.
 
     Returns the removed face ids ``(n,) int64``; bumps the generation when there are any.
     """
-    removed: list[int] = []
-    for part in _chunks(photo_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.photo_id.in_(part))).all()
-        s.execute(sa.delete(Photo).where(Photo.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, Photo, FaceRow.photo_id, photo_ids)
 
 
 # -- faces ------------------------------------------------------------------------------------
@@ -1137,6 +1177,39 @@ def photo_record(s: Session, photo_id: int) -> PhotoRecord:
     return PhotoRecord(p.id, p.path, p.width, p.height, p.size, p.status, p.error, int(n))
 
 
+def photo_face_areas(
+    s: Session, photo_ids: Sequence[int]
+) -> tuple[dict[int, list[tuple[int, float]]], set[int]]:
+    """``({photo id: [(face id, box area)] by face id}, {photo ids with a labelled face})``."""
+    faces: dict[int, list[tuple[int, float]]] = {}
+    taken: set[int] = set()
+    for part in _chunks(photo_ids):
+        rows = s.execute(
+            select(FaceRow.id, FaceRow.photo_id, FaceRow.x1, FaceRow.y1, FaceRow.x2, FaceRow.y2,
+                   Assignment.face_id)
+            .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
+            .where(FaceRow.photo_id.in_(part))
+            .order_by(FaceRow.id)
+        )  # fmt: skip
+        for fid, pid, x1, y1, x2, y2, assigned in rows:
+            faces.setdefault(int(pid), []).append((int(fid), max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
+            if assigned is not None:
+                taken.add(int(pid))
+    return faces, taken
+
+
+def faces_not_of_model(s: Session, model: str) -> list[tuple[int, int, list[float], str, str]]:
+    """``(face id, photo id, landmarks, photo path, photo content hash)`` of the faces not
+    embedded by ``model``, by photo then face id."""
+    rows = s.execute(
+        select(FaceRow.id, FaceRow.photo_id, FaceRow.landmarks, Photo.path, Photo.content_hash)
+        .join(Photo, Photo.id == FaceRow.photo_id)
+        .where(FaceRow.model != model)
+        .order_by(FaceRow.photo_id, FaceRow.id)
+    )
+    return [(int(f), int(p), list(lm), path, h) for f, p, lm, path, h in rows]
+
+
 def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
     rows = s.execute(_face_query().where(FaceRow.photo_id == photo_id).order_by(FaceRow.id))
     return [_face_record(r) for r in rows]
@@ -1144,14 +1217,7 @@ def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
 
 def delete_faces(s: Session, face_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete faces (not their photos). Returns the ids removed ``(n,) int64``."""
-    removed: list[int] = []
-    for part in _chunks(face_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.id.in_(part))).all()
-        s.execute(sa.delete(FaceRow).where(FaceRow.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, FaceRow, FaceRow.id, face_ids)
 
 
 def update_embeddings(
@@ -1559,6 +1625,123 @@ def cluster_summaries(
         ClusterSummary(int(r[0]), int(r[1]), r[2], r[3], r[4], bool(r[5]), tuple(picked[int(r[0])]))
         for r in rows
     ]
+
+
+def cluster_records(s: Session) -> dict[int, ClusterRecord]:
+    """Every stored cluster by id."""
+    rows = s.execute(select(Cluster.id, Cluster.person_id, Cluster.name, Cluster.manual))
+    return {int(r[0]): ClusterRecord(int(r[0]), r[1], r[2], bool(r[3])) for r in rows}
+
+
+def person_names(s: Session) -> dict[int, str]:
+    """``person id -> name`` of every person."""
+    return {int(i): n for i, n in s.execute(select(Person.id, Person.name))}
+
+
+def manual_cluster_ids(s: Session) -> frozenset[int]:
+    """Ids of the clusters named, merged or split by hand (kept by re-clustering)."""
+    return frozenset(int(c) for c in s.scalars(select(Cluster.id).where(Cluster.manual)))
+
+
+def require_cluster(s: Session, cluster_id: int) -> ClusterRecord:
+    """A cluster by id; :class:`NotFoundError` when there is none."""
+    c = s.get(Cluster, int(cluster_id))
+    if c is None:
+        raise NotFoundError(
+            "cluster",
+            cluster_id,
+            f"no cluster with id {cluster_id} (`facesearch cluster` lists the cluster ids)",
+        )
+    return ClusterRecord(int(c.id), c.person_id, c.name, bool(c.manual))
+
+
+def update_cluster(
+    s: Session,
+    cluster_id: int,
+    *,
+    person_id: int | None = None,
+    name: str | None = None,
+    manual: bool | None = None,
+) -> None:
+    """Set a cluster's person, name or manual flag (``None``: unchanged)."""
+    values: dict[str, Any] = {}
+    if person_id is not None:
+        values["person_id"] = person_id
+    if name is not None:
+        values["name"] = name
+    if manual is not None:
+        values["manual"] = manual
+    if values:
+        s.execute(sa.update(Cluster).where(Cluster.id == int(cluster_id)).values(**values))
+        s.expire_all()
+
+
+def delete_clusters(
+    s: Session, cluster_ids: Sequence[int] | None = None, *, automatic: bool = False
+) -> None:
+    """Delete clusters (their faces are in none afterwards): the ``cluster_ids``, or with
+    ``automatic`` every cluster not made by hand."""
+    if automatic:
+        auto = select(Cluster.id).where(Cluster.manual.is_(False))
+        s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(auto)).values(cluster_id=None))
+        s.execute(sa.delete(Cluster).where(Cluster.manual.is_(False)))
+    for part in _chunks(cluster_ids if cluster_ids is not None else []):
+        s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(part)).values(cluster_id=None))
+        s.execute(sa.delete(Cluster).where(Cluster.id.in_(part)))
+    s.expire_all()
+
+
+def delete_empty_clusters(s: Session) -> None:
+    used = select(FaceRow.cluster_id).where(FaceRow.cluster_id.is_not(None)).distinct()
+    s.execute(sa.delete(Cluster).where(Cluster.id.not_in(used)))
+
+
+def new_clusters(s: Session, n: int) -> list[int]:
+    """Insert ``n`` automatic clusters in one statement; their ids, in insertion order."""
+    if n == 0:
+        return []
+    now = _utcnow()
+    rows = [{"manual": False, "created_at": now, "updated_at": now} for _ in range(n)]
+    stmt = sa.insert(Cluster).returning(Cluster.id, sort_by_parameter_order=True)
+    return [int(r[0]) for r in s.execute(stmt, rows)]
+
+
+def set_clusters(s: Session, face_ids: np.ndarray, cluster_ids: np.ndarray) -> None:
+    """``faces.cluster_id = cluster_ids[i]`` for ``face_ids[i]`` (both ``(n,) int64``), one
+    executemany."""
+    if not len(face_ids):
+        return
+    table = FaceRow.__table__
+    stmt = (
+        sa.update(table)  # type: ignore[arg-type]
+        .where(table.c.id == sa.bindparam("fid"))
+        .values(cluster_id=sa.bindparam("cid"))
+    )
+    params = [{"fid": int(i), "cid": int(c)} for i, c in zip(face_ids, cluster_ids, strict=True)]
+    s.connection().execute(stmt, params)
+    s.expire_all()
+
+
+def cluster_labels(s: Session, cluster_id: int) -> list[tuple[int, str | None, int | None]]:
+    """``(face id, label source value or None, person id or None)`` of a cluster's faces."""
+    rows = s.execute(
+        select(FaceRow.id, Assignment.source, Assignment.person_id)
+        .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
+        .where(FaceRow.cluster_id == int(cluster_id))
+    )
+    return [
+        (int(fid), None if src is None else LabelSource(src).value, pid) for fid, src, pid in rows
+    ]
+
+
+def cluster_photos(s: Session, cluster_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(face id, photo id, cluster id)`` of the faces of the clusters."""
+    rows = s.execute(
+        select(FaceRow.id, FaceRow.photo_id, FaceRow.cluster_id).where(
+            FaceRow.cluster_id.in_([int(c) for c in cluster_ids])
+        )
+    )
+    return [(int(f), int(p), int(c)) for f, p, c in rows if c is not None]
 
 
 def cluster_count(s: Session, *, unnamed: bool | None = None) -> int:

@@ -1,7 +1,8 @@
 """``facesearch cluster`` (with ``name``, ``split``, ``merge``) and ``facesearch evaluate cluster``.
 
-The library side is :mod:`facesearch.clustering` (SQL glue) over :mod:`facesearch.cluster`
-(the algorithms). Results go to stdout (a table, or JSON with ``--json``); logs to stderr.
+Each calls :mod:`facesearch.api` (over :mod:`facesearch.collection_clusters` and
+:mod:`facesearch.cluster_algorithms`). Results go to stdout (a table, or JSON with ``--json``); logs
+to stderr.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from facesearch import api
-from facesearch.cli import main
 from facesearch.cli.faces import evaluate
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     F,
     collection_args,
@@ -24,8 +25,8 @@ from facesearch.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from facesearch.cluster import ClusterConfig
-    from facesearch.clustering import ClusterReport
+    from facesearch.cluster_algorithms import ClusterConfig
+    from facesearch.collection_clusters import ClusterReport
 
 LINKAGES = ("average", "single", "complete")
 #: Clusters listed by the summary table before "... and N more".
@@ -57,7 +58,7 @@ def _pair_threshold_option(f: F) -> F:
 def _config(
     threshold: float | None, linkage: str, min_size: int, pair_threshold: float | None = None
 ) -> ClusterConfig:
-    from facesearch.cluster import ClusterConfig
+    from facesearch.cluster_algorithms import ClusterConfig
 
     kwargs: dict[str, Any] = {"linkage": linkage, "min_size": min_size}
     if threshold is not None:

@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from facesearch import api
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     batch_options,
     collection_args,
@@ -342,7 +342,11 @@ def info(home: str, collection: str, db_url: str | None, as_json: bool) -> None:
         data = api.collection_info(col).to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=1, default=str))
-        return
+    else:
+        _print_info(data)
+
+
+def _print_info(data: dict[str, Any]) -> None:
     c = data["consistency"]
     idx = data["index"]
     click.echo(f"collection    {data['name']} ({data['folder']})")

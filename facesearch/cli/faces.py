@@ -8,7 +8,7 @@ import sys
 import click
 
 from facesearch import api
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     engine_option,
     json_option,

@@ -1,6 +1,6 @@
 """Model commands of a collection: ``model list|add|use`` and ``reindex``.
 
-See :mod:`facesearch.upgrade` for what registering and re-embedding do.
+See :mod:`facesearch.model_upgrade` for what registering and re-embedding do.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import click
 
 from facesearch import api
-from facesearch.cli import main
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     batch_options,
     collection_args,
@@ -25,7 +25,7 @@ from facesearch.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from facesearch.upgrade import ReindexReport
+    from facesearch.model_upgrade import ReindexReport
 
 
 @main.group("model", invoke_without_command=True)

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from facesearch.pipeline import ENGINES
+
 if TYPE_CHECKING:
     from facesearch.api import CollectionRef
     from facesearch.collection import Collection
@@ -38,12 +40,12 @@ def engine_option(f: F) -> F:
     return click.option(
         "--engine",
         "engine",
-        type=click.Choice(["auto", "numpy", "torch"]),
+        type=click.Choice(ENGINES),
         default="auto",
         show_default=True,
-        help="Network engine: 'numpy' starts ~2 s sooner (no torch import) and, with the native "
-        "kernels built, is as fast per face as 'torch'; 'auto': numpy for the shipped model, "
-        "torch for a model file.",
+        help="Network engine: 'numpy' starts sooner (no torch import) and, with the native "
+        "kernels built, is as fast per face as 'torch'; 'auto': numpy for the shipped model "
+        "(with the native kernels, or for a small job), torch otherwise.",
     )(f)
 
 
@@ -153,11 +155,11 @@ def open_collection(
 
 def build_pipeline(config: PipelineConfig) -> FacePipeline:
     """The pipelines of the commands' :class:`Models` (tests share theirs through it)."""
-    from facesearch.cli import startup_done
     from facesearch.pipeline import FacePipeline
+    from facesearch.process import resume_gc
 
     pipe = FacePipeline(config)
-    startup_done()
+    resume_gc()
     return pipe
 
 
