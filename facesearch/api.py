@@ -24,6 +24,7 @@ that a one-shot command starts fast.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -99,6 +100,16 @@ class Page(Generic[T]):
             "limit": self.limit,
             "offset": self.offset,
         }
+
+
+def _threshold(threshold: float | None) -> float | None:
+    """A distance threshold given by a caller: ``None`` or a finite number in [0, 4]."""
+    if threshold is None:
+        return None
+    t = float(threshold)
+    if not math.isfinite(t) or not 0.0 <= t <= 4.0:
+        raise ArgumentError(f"threshold must be a finite number in [0, 4], got {threshold!r}")
+    return t
 
 
 def _as_dict(item: object) -> object:
@@ -582,7 +593,8 @@ def verify(
 
     m = _models(models)
     pipe = m.pipeline(photos=2, megabytes=_megabytes(image_a) + _megabytes(image_b))
-    tau = m.threshold("verify") if threshold is None else float(threshold)
+    threshold = _threshold(threshold)
+    tau = m.threshold("verify") if threshold is None else threshold
     img_a, img_b = load(image_a), load(image_b)
     if all_pairs:
         fa, fb = pipe.faces(img_a), pipe.faces(img_b)
@@ -634,6 +646,7 @@ def identify(
     """
     if k < 1 or k > MAX_LIMIT:
         raise ArgumentError(f"k must be in 1..{MAX_LIMIT}, got {k}")
+    threshold = _threshold(threshold)
     from facesearch.prefetch import EarlyFaces
 
     m = _models(models)
@@ -1079,6 +1092,7 @@ def split_cluster(
     from facesearch.collection_clusters import remove_from_cluster
     from facesearch.collection_clusters import split_cluster as run
 
+    threshold = _threshold(threshold)
     if face_ids is not None:
         if threshold is not None:
             raise ArgumentError("give face_ids or threshold, not both")
