@@ -209,23 +209,57 @@ def _open_source(source: Source, name: str) -> Iterator[IO[bytes]]:
             raise ImageError(name, "empty file (0 bytes)")
         yield io.BytesIO(source)
         return
-    try:
-        st = os.stat(source)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError(name, "is a directory, not an image file")
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    with open_file(source) as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
             raise ImageError(name, "empty file (0 bytes)")
-        fp = open(source, "rb")  # noqa: SIM115 - closed below
+        yield fp
+
+
+_NOT_REGULAR: tuple[tuple[object, str], ...] = (
+    (stat.S_ISDIR, "is a directory, not an image file"),
+    (stat.S_ISFIFO, "not a regular file (a FIFO): only regular files are read"),
+    (stat.S_ISCHR, "not a regular file (a character device): only regular files are read"),
+    (stat.S_ISBLK, "not a regular file (a block device): only regular files are read"),
+    (stat.S_ISSOCK, "not a regular file (a socket): only regular files are read"),
+)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def open_file(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open ``path`` for reading, if it is a regular file; :class:`ImageError` otherwise.
+
+    Opened non-blocking and checked on the open descriptor (``fstat``): a FIFO, device or
+    socket named like a photo is refused at once instead of blocking the reader forever (a
+    FIFO's ``open`` waits for a writer, its ``read`` for data), and a file swapped for one
+    between a check and the open cannot slip through. ``O_NONBLOCK`` changes nothing for a
+    regular file.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, _OPEN_FLAGS)
     except FileNotFoundError as e:
         raise ImageError(name, "file not found") from e
-    except IsADirectoryError as e:
-        raise ImageError(name, "is a directory, not an image file") from e
     except PermissionError as e:
         raise ImageError(name, "permission denied") from e
     except OSError as e:
         raise ImageError(name, f"cannot open the file ({e.strerror or e})") from e
-    with fp:
-        yield fp
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            reason = next(
+                (why for test, why in _NOT_REGULAR if test(mode)),  # type: ignore[operator]
+                "not a regular file: only regular files are read",
+            )
+            raise ImageError(name, reason)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextmanager

@@ -94,7 +94,7 @@ import numpy as np
 
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 from facesearch.errors import FacesearchError, ImageError, require_positive
-from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
+from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image, open_file
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
@@ -352,9 +352,10 @@ class _Read:
 
 
 def _sha256(path: str) -> tuple[bytes, str]:
+    """``(bytes, sha256 hex)`` of a regular file (:class:`ImageError` for anything else)."""
     h = hashlib.sha256()
     chunks = []
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         while chunk := f.read(_READ_CHUNK):
             h.update(chunk)
             chunks.append(chunk)
@@ -366,6 +367,9 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
     out = _Read(job)
     try:
         data, out.content_hash = _sha256(job.path)
+    except ImageError as exc:
+        out.error = exc.reason
+        return out
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
         return out
@@ -842,6 +846,9 @@ def enroll_photos(
             try:
                 info = os.stat(path)
                 data, content_hash = _sha256(path)
+            except ImageError as exc:
+                errors.append((path, str(exc)))
+                continue
             except OSError as exc:
                 errors.append((path, str(ImageError(path, exc.strerror or str(exc)))))
                 continue

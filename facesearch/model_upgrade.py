@@ -348,16 +348,19 @@ class _Loaded:
 def _load(job: _PhotoJob) -> _Loaded:
     """Worker: read the photo, check its content hash, decode it."""
     from facesearch.errors import ImageError
-    from facesearch.image import load_image
+    from facesearch.image import load_image, open_file
 
     out = _Loaded(job)
     h = hashlib.sha256()
     chunks = []
     try:
-        with open(job.path, "rb") as f:
+        with open_file(job.path) as f:
             while chunk := f.read(_READ_CHUNK):
                 h.update(chunk)
                 chunks.append(chunk)
+    except ImageError as exc:
+        out.error = exc.reason
+        return out
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
         return out
