@@ -185,8 +185,11 @@ class WriterLock:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return False
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the holder's pid, for messages only: a full disk must not stop a writer here
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            logger.debug("could not record the pid in %s: %s", self.path, exc)
         self._fd = fd
         return True
 
@@ -513,7 +516,9 @@ class Collection:
             )
         return None
 
-    def _load_vectors(self) -> VectorIndex:
+    def _load_vectors(self, broken: str | None = None) -> VectorIndex:
+        """The index file, checked (see :meth:`VectorIndex.load`) and compared with SQL, or
+        the index rebuilt from SQL (``broken``: the file failed a check while searched)."""
         writer = self._lock.held
         with self.store.session() as s:
             exp = self._require_expected(s)
@@ -521,6 +526,8 @@ class Collection:
         self._stale = False
         loaded: VectorIndex | None = None
         try:
+            if broken is not None:
+                raise IndexMismatchError(broken)
             loaded = VectorIndex.load(self.index_path, mmap=not writer)
         except FileNotFoundError:
             reason = "it is missing"
@@ -595,7 +602,17 @@ class Collection:
                     st.recount_faces(s)
                     now = self._expected(s)
             if now is not None and self._mismatch(vi, now) is None:
-                vi.save(self.index_path)
+                try:
+                    vi.save(self.index_path)
+                except OSError as exc:  # a reader answers from memory (disk full, read-only)
+                    if self._lock_depth:
+                        raise
+                    logger.warning(
+                        "collection %r: could not save the rebuilt vector index (%s); "
+                        "searching it in memory",
+                        self.name,
+                        exc,
+                    )
         return vi
 
     def _build_from_sql(self) -> VectorIndex:
@@ -870,7 +887,11 @@ class Collection:
         if labelled_only:
             with self.store.session() as s:
                 restrict = st.labelled_face_ids(s)
-        D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741 - FAISS vocabulary
+        try:
+            D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741 - FAISS vocabulary
+        except IndexMismatchError as exc:  # a block of a lazily checked file is corrupt
+            self._vectors = vi = self._load_vectors(broken=str(exc))
+            D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741
         with self.store.session() as s:
             records = st.faces_by_ids(s, I[I >= 0])
         out: list[list[Match]] = []

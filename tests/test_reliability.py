@@ -184,6 +184,37 @@ def test_query_with_a_corrupt_file_while_a_writer_holds_the_lock(
             assert index_file.read_bytes() == corrupt  # a reader never writes the writer's file
 
 
+def test_a_large_file_is_checked_block_by_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A memory-mapped pq file too large to check whole at open is checked as searches read
+    it: a corrupt block is never used."""
+    from dbhelpers import unit_vectors
+
+    import facesearch.vectors as vectors
+    from facesearch.errors import IndexMismatchError
+
+    rng = np.random.default_rng(0)
+    xb = unit_vectors(rng, vectors.PQ_MIN_TRAIN, 16)
+    ids = np.arange(len(xb), dtype=np.int64) + 1
+    path = tmp_path / "v.faiss"
+    vi = vectors.VectorIndex.build(ids, xb, "pq")
+    assert vi.accelerated
+    vi.save(path)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(xb[7000].tobytes())
+    raw[at : at + 64] = xb[3].tobytes()[:64]  # row 7000 now looks like row 3
+    path.write_bytes(bytes(raw))
+    monkeypatch.setattr(vectors, "VERIFY_WHOLE_BYTES", 0)
+    lazy = vectors.VectorIndex.load(path)  # cheap: nothing read yet
+    _, ids_found = lazy.search(xb[100:101], 5)  # far from the bad block: answered
+    assert ids_found[0, 0] == 101
+    with pytest.raises(IndexMismatchError, match="fail their checksum"):
+        lazy.search(xb[7000:7001], 5)  # its candidates are in the bad block
+    with pytest.raises(IndexMismatchError, match="checksum"):
+        vectors.VectorIndex.load(path, verify=True)
+
+
 # -- 2. file names that are not UTF-8 -------------------------------------------------------------
 
 
