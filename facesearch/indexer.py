@@ -257,8 +257,19 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
 
 
 def folder_label(path: str) -> str:
-    """The person of ``path`` under ``--labels folders``: its parent folder's name."""
-    return os.path.basename(os.path.dirname(path))
+    """The person of ``path`` under ``--labels folders``: its parent folder's name.
+
+    A folder name that is not valid UTF-8 (old disks and archives often hold Latin-1 names)
+    is read as Windows-1252, then Latin-1, so ``Jos\\xe9`` names José.
+    """
+    name = os.path.basename(os.path.dirname(path))
+    raw = os.fsencode(name)
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return name  # pragma: no cover - latin-1 decodes any bytes
 
 
 def read_labels_csv(path: str | os.PathLike[str]) -> dict[str, str]:

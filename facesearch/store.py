@@ -48,6 +48,8 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -156,18 +158,64 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: Prefix of a stored path whose name is not valid UTF-8 (see :class:`FsPath`).
+RAW_PATH_PREFIX = "fs:"
+
+
+class FsPath(sa.types.TypeDecorator[str]):
+    """A file-system path in a text column, whatever bytes its name holds.
+
+    POSIX file names are bytes; Python hands a name that is not valid UTF-8 over as a ``str``
+    with lone surrogates (``os.fsdecode``: ``bad_\\udcff.jpg``), which neither SQLite nor
+    PostgreSQL can store. Such a path is stored as ``fs:`` and its bytes percent-encoded
+    (``fs:/photos/bad_%FF.jpg``) and read back as the same ``str``, so it round-trips to the
+    same file; every other path is stored as it is. Stored paths are absolute (they start with
+    ``/``), so the two forms never meet. The SQL type is unchanged (``TEXT``).
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return RAW_PATH_PREFIX + urllib.parse.quote(os.fsencode(value), safe="/")
+        return value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or not value.startswith(RAW_PATH_PREFIX):
+            return value
+        return os.fsdecode(urllib.parse.unquote_to_bytes(value[len(RAW_PATH_PREFIX) :]))
+
+
+class SafeText(sa.types.TypeDecorator[str]):
+    """Free text (an error message) that may quote a path whose name is not UTF-8: its lone
+    surrogates are stored as ``\\xNN`` escapes, so the message stays readable and storable."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Photo(Base):
     __tablename__ = "photos"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[PhotoStatus] = mapped_column(_enum(PhotoStatus), index=True)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
     faces: Mapped[list[FaceRow]] = relationship(
@@ -182,7 +230,7 @@ class ModelRecord(Base):
     dim: Mapped[int] = mapped_column(Integer)
     compatible_with: Mapped[str | None] = mapped_column(String(64))
     file_hash: Mapped[str | None] = mapped_column(String(64))
-    path: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(FsPath)
     threshold: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 

@@ -239,6 +239,12 @@ def test_file_name_that_is_not_utf8(
     assert face["person"] == "BBT_Raj"
     assert bad in {m["photo"] for m in face["matches"]}  # the same path comes back
     assert_agree(tmp_path / "home", collection_db)
+    latin = os.fsdecode(os.fsencode(tmp_path / "lib") + b"/Jos\xe9")  # a Latin-1 folder name
+    os.mkdir(latin)
+    shutil.copy(data / "photos" / "BBT_Raj" / "raj3.png", os.path.join(latin, "r.png"))
+    run_cli(["index", lib.parent, "--labels", "folders", *args])
+    people = json.loads(run_cli(["people", *args]).stdout)
+    assert {p["person"] for p in people} == {"BBT_Raj", "José"}
     # the text output of a real console carries the path too
     res = facesearch(["query", bad, *args[:-1]])
     assert res.returncode == 0, res.stderr
