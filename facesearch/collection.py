@@ -81,6 +81,8 @@ from facesearch.errors import (
     IndexMismatchError,
     LockedError,
     NotFoundError,
+    StorageError,
+    describe_os_error,
 )
 from facesearch.types import Match
 from facesearch.vectors import (
@@ -289,7 +291,12 @@ class Collection:
                     f"no {what} in {home}: create it by indexing photos into it "
                     f"(`facesearch index PATH --collection {name}`)",
                 )
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    describe_os_error(exc, f"making the folder of {what} (--home {home}):")
+                ) from exc
             creating = WriterLock(folder / LOCK_NAME, what)
             creating.acquire(lock_timeout)
             try:
@@ -712,6 +719,8 @@ class Collection:
             finally:
                 self._lock_depth -= 1
             return
+        if self.store.read_only is not None:
+            raise StorageError(f"{self.store.read_only}; collection {self.name!r} can only be read")
         self._lock.acquire(self.lock_timeout if timeout is None else timeout)
         self._lock_depth = 1
         self._vectors = None  # reload under the lock, writable and checked

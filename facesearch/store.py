@@ -46,9 +46,11 @@ to mean psycopg 3 too).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import os
+import re
 import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -86,7 +88,13 @@ from sqlalchemy.orm import (
 )
 
 from facesearch.distance import UNIT_NORM_TOLERANCE
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    ModelError,
+    NotFoundError,
+    StorageError,
+)
 from facesearch.types import Face
 
 logger = logging.getLogger(__name__)
@@ -464,11 +472,101 @@ class FaceArrays:
 
 
 def normalize_url(url: str | URL) -> URL:
-    """Parse a database URL; ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``)."""
-    u = make_url(url)
+    """Parse a database URL; ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``).
+
+    :class:`StorageError` for a malformed URL (its password masked in the message)."""
+    try:
+        u = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+        raise StorageError(
+            f"the database URL (--db) {shown!r} is malformed: give e.g. "
+            "postgresql+psycopg://USER@HOST:PORT/DATABASE or sqlite:///PATH"
+        ) from exc
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u
+
+
+#: Driver messages (lower case) that mean the connection to the server is gone or was refused.
+_CONNECTION_LOST = (
+    "terminating connection",
+    "server closed the connection",
+    "connection is closed",
+    "the connection is lost",
+    "consuming input failed",
+    "connection not open",
+    "ssl syscall error",
+    "could not receive data",
+    "could not send data",
+)
+
+
+def storage_error(exc: BaseException, url: URL) -> StorageError:
+    """One clear line for a database failure ``exc`` on ``url``: what, where, what to do."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [x.strip() for x in str(orig).strip().splitlines() if x.strip()]
+    detail = lines[0] if lines else type(orig).__name__
+    low = str(orig).lower()
+    sqlite = url.get_backend_name() == "sqlite"
+    where = url.database if sqlite and url.database else url.render_as_string(hide_password=True)
+    if (
+        "database or disk is full" in low
+        or "no space left" in low
+        or (sqlite and "disk i/o error" in low and _no_space_at(where))
+    ):
+        return StorageError(
+            f"disk full: no space left for the database {where}: free some space and run the "
+            "command again (what was committed before is kept)"
+        )
+    if sqlite and ("not a database" in low or "malformed" in low):
+        return StorageError(
+            f"the database {where} is corrupt ({detail}): restore it from a backup, or move it "
+            "away and index the photos again (facesearch never writes over it)"
+        )
+    if sqlite:
+        return StorageError(f"database error on {where}: {detail}")
+    if any(m in low for m in _CONNECTION_LOST):
+        return StorageError(
+            f"lost the connection to the database {where} ({detail}): what was committed "
+            "before is kept; run the command again when the server is back"
+        )
+    if isinstance(exc, sa.exc.OperationalError) or "connection" in low:
+        return StorageError(
+            f"cannot connect to the database {where} ({detail}): is the server running and "
+            "reachable, and the URL (--db) right?"
+        )
+    return StorageError(f"database error on {where}: {detail}")
+
+
+def _no_space_at(path: str) -> bool:
+    """True when the file system holding ``path`` has no free block left (SQLite reports
+    failing to create its WAL index there as a "disk I/O error")."""
+    try:
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
+    except OSError:
+        return False
+
+
+def _read_only_engine(url: URL) -> Engine | None:
+    """An engine that reads a SQLite file without writing anything beside it, for a reader on
+    a full disk (SQLite in WAL mode must otherwise create its ``-shm`` index first), or
+    ``None`` when that is not safe: only when the disk is full and no ``-wal`` file holds
+    commits not yet in the database file (a writer's; then the reader fails with the error)."""
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if not _no_space_at(path):
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.getsize(path + "-wal") > 0:
+            return None
+    quoted = urllib.parse.quote(os.path.abspath(path))
+    return make_engine(f"sqlite:///file:{quoted}?immutable=1&uri=true")
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    return (sa.exc.DBAPIError, sa.exc.InterfaceError)
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
@@ -630,6 +728,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Why the store can only be read (a full disk), or ``None``: see :meth:`open`.
+        self.read_only: str | None = None
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
@@ -639,12 +739,33 @@ class Store:
         ``create``: an *empty* database is given the newest schema. An existing database is
         never upgraded here.
         """
-        engine = make_engine(url)
+        try:
+            engine = make_engine(url)
+        except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as exc:
+            raise StorageError(
+                f"cannot use the database URL (--db) {normalize_url(url)!r}: {exc} (facesearch "
+                "stores in SQLite, sqlite:///PATH, or PostgreSQL, postgresql+psycopg://...)"
+            ) from exc
         try:
             if create and schema_revision(engine) is None and _is_empty(engine):
                 create_schema(engine)
                 logger.info("created a new database at schema %s", SCHEMA_HEAD)
             check_schema(engine, what)
+        except _database_errors() as exc:
+            engine.dispose()
+            err = storage_error(exc, engine.url)
+            fallback = None if create else _read_only_engine(engine.url)
+            if fallback is None:
+                raise err from exc
+            try:
+                check_schema(fallback, what)
+            except BaseException:
+                fallback.dispose()
+                raise err from exc
+            logger.warning("%s; reading %s without writing to it", err, what)
+            store = cls(fallback)
+            store.read_only = str(err)
+            return store
         except BaseException:
             engine.dispose()
             raise
@@ -663,11 +784,19 @@ class Store:
                 s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield s
             s.commit()
-        except BaseException:
-            s.rollback()
+        except BaseException as exc:
+            try:
+                s.rollback()
+            except Exception as again:  # noqa: BLE001 - the connection may be gone already
+                logger.debug("rollback failed too: %s", again)
+            if isinstance(exc, _database_errors()):
+                raise storage_error(exc, self.engine.url) from exc
             raise
         finally:
-            s.close()
+            try:
+                s.close()
+            except Exception as again:  # noqa: BLE001
+                logger.debug("closing the session failed: %s", again)
 
     @property
     def url(self) -> URL:

@@ -776,8 +776,8 @@ class VectorIndex:
         xb, ids = self._stored_vectors(), self._stored_ids()
         for b in todo.tolist():
             start = b * CHECK_ROWS
-            crc = zlib.crc32(xb[start : start + CHECK_ROWS])
-            if zlib.crc32(ids[start : start + CHECK_ROWS], crc) != int(crcs[b]):
+            crc = zlib.crc32(xb[start : start + CHECK_ROWS].data)
+            if zlib.crc32(ids[start : start + CHECK_ROWS].data, crc) != int(crcs[b]):
                 end = min(start + CHECK_ROWS, len(ids)) - 1
                 where = self._source or Path("the vector index")
                 raise _corrupt(where, f"vectors {start}..{end} fail their checksum")
@@ -1072,8 +1072,8 @@ def _block_crcs(xb: np.ndarray, ids: np.ndarray) -> np.ndarray:
     n = len(ids)
     out = np.empty((n + CHECK_ROWS - 1) // CHECK_ROWS, dtype=np.uint32)
     for b, start in enumerate(range(0, n, CHECK_ROWS)):
-        crc = zlib.crc32(xb[start : start + CHECK_ROWS])
-        out[b] = zlib.crc32(ids[start : start + CHECK_ROWS], crc)
+        crc = zlib.crc32(xb[start : start + CHECK_ROWS].data)
+        out[b] = zlib.crc32(ids[start : start + CHECK_ROWS].data, crc)
     return out
 
 
