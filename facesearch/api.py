@@ -754,12 +754,16 @@ def index_paths(
     workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: StopSignal | None = None,
+    rehash: bool = False,
 ) -> IndexReport:
     """Index the photos under ``paths`` (folders recursively, or files) into the collection.
 
     Incremental (unchanged photos skipped, moved ones keep their faces); ``labels``:
     ``"folders"`` or a ``path,person`` CSV; ``prune``: drop stored photos under ``paths``
-    whose files are gone; ``index_type``: change the vector index type. Embeds with ``model``
+    whose files are gone (never those under a folder that cannot be listed, which the report
+    counts); ``rehash``: read every file again, even when its size and mtime are those stored
+    (by default such a file is taken as unchanged unread); ``index_type``: change the vector
+    index type. Embeds with ``model``
     (``sface`` or a model file; default: the collection's active model, ``models``' for a new
     collection). A photo that cannot be
     read is recorded and reported, never fatal. Holds the writer lock for the run; committed
@@ -776,6 +780,7 @@ def index_paths(
         batch_size=batch_size or COMMIT_BATCH,
         workers=workers or default_workers(),
         index_type=index_type,
+        rehash=rehash,
     )
     with collection.lock():  # before loading the networks: a second writer is refused at once
         base = _models(models)

@@ -139,6 +139,9 @@ class IndexSettings:
     batch_size: int = COMMIT_BATCH
     workers: int = field(default_factory=default_workers)
     index_type: str | None = None
+    #: Read and hash every stored file again, even when its size and mtime are unchanged
+    #: (a file edited in place with both kept, e.g. by a tool that restores the mtime).
+    rehash: bool = False
 
     def __post_init__(self) -> None:
         require_positive(batch_size=self.batch_size, workers=self.workers)
@@ -175,6 +178,8 @@ class IndexReport:
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Folders that could not be listed, ``(path, reason)``: their stored photos are kept.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -201,6 +206,8 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "unreadable_folders": len(self.unreadable),
+            "unreadable": [{"path": p, "error": e} for p, e in self.unreadable],
         }
 
 
@@ -215,6 +222,8 @@ class WalkResult:
     skipped_hidden: int
     skipped_other: int
     roots: tuple[str, ...]
+    #: Folders that could not be listed (permission denied, I/O error): ``(path, reason)``.
+    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 def _supported(name: str) -> bool:
@@ -227,6 +236,13 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
     hidden: set[str] = set()
     other: set[str] = set()
     roots: list[str] = []
+    unreadable: list[tuple[str, str]] = []
+
+    def cannot_list(exc: OSError) -> None:
+        where = os.fspath(exc.filename) if exc.filename is not None else "?"
+        unreadable.append((where, exc.strerror or str(exc)))
+        logger.warning("cannot read the folder %s: %s (its photos are skipped)", where, exc)
+
     for given in paths:
         root = os.path.abspath(os.fspath(given))
         roots.append(root)
@@ -237,7 +253,7 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
                 other.add(root)
                 logger.debug("skipping %s: not a supported image suffix", root)
             continue
-        for folder, dirnames, filenames in os.walk(root):
+        for folder, dirnames, filenames in os.walk(root, onerror=cannot_list):
             kept = sorted(d for d in dirnames if not d.startswith("."))
             hidden.update(os.path.join(folder, d) for d in dirnames if d.startswith("."))
             dirnames[:] = kept
@@ -250,7 +266,7 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
                 else:
                     other.add(path)
                     logger.debug("skipping %s: not a supported image suffix", path)
-    return WalkResult(tuple(files), len(hidden), len(other), tuple(roots))
+    return WalkResult(tuple(files), len(hidden), len(other), tuple(roots), tuple(unreadable))
 
 
 # -- labels -------------------------------------------------------------------------------------
@@ -640,6 +656,7 @@ def index_paths(
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
+    rep.unreadable = list(found.unreadable)
     if found.skipped_hidden or found.skipped_other:
         logger.info(
             "skipped %d hidden files or folders and %d files that are not images",
@@ -686,7 +703,12 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
             logger.debug("cannot stat %s: %s", path, exc)
             continue
         old = stored.get(path)
-        if old is not None and old.size == info.st_size and old.mtime == info.st_mtime:
+        if (
+            old is not None
+            and not settings.rehash
+            and old.size == info.st_size
+            and old.mtime == info.st_mtime
+        ):
             rep.unchanged += 1
             if label is not None and old.status is st.PhotoStatus.OK:
                 relabel[old.id] = label
@@ -696,9 +718,10 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     gone: dict[str, list[PhotoStat]] = {}
     gone_under_roots: list[PhotoStat] = []
     roots = [r.rstrip(os.sep) + os.sep for r in found.roots]
+    unlisted = tuple(p.rstrip(os.sep) + os.sep for p, _ in found.unreadable)
     for path, stat in stored.items():
-        if path in walked or os.path.lexists(path):
-            continue
+        if path in walked or path.startswith(unlisted) or os.path.lexists(path):
+            continue  # (under a folder that could not be listed: not known to be gone)
         gone.setdefault(stat.content_hash, []).append(stat)
         if any(path.startswith(r) or path == r[:-1] for r in roots):
             gone_under_roots.append(stat)

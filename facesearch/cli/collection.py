@@ -68,6 +68,12 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
 )
 @click.option("--prune", is_flag=True, help="Remove photos under PATHs whose files are gone.")
 @click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file again: a file edited in place that kept its size and mtime "
+    "is otherwise taken as unchanged without being read.",
+)
+@click.option(
     "--model",
     default=None,
     help="Embedding model: 'sface' or a file made by 'facesearch train' "
@@ -88,6 +94,7 @@ def index(
     paths: tuple[str, ...],
     labels: str | None,
     prune: bool,
+    rehash: bool,
     model: str | None,
     index_type: str | None,
     batch_size: int,
@@ -99,8 +106,10 @@ def index(
 ) -> None:
     """Index the photos under PATHs (folders, recursively, or files) into a collection.
 
-    Creates the collection if needed. Incremental: unchanged photos are skipped, moved or
-    renamed photos keep their faces and labels. Hidden files are skipped. A photo that cannot
+    Creates the collection if needed. Incremental: unchanged photos (same path, size and
+    mtime) are skipped unread (--rehash reads them again), moved or renamed photos keep their
+    faces and labels. A folder that cannot be read is counted and listed; its stored photos
+    are kept, even with --prune. Hidden files are skipped. A photo that cannot
     be read is recorded with its error and reported; the run goes on. Ctrl-C keeps what was
     committed: run the command again to continue. One writer at a time: a second one waits
     FACESEARCH_LOCK_TIMEOUT seconds (default 10), then stops with an error.
@@ -111,7 +120,7 @@ def index(
     ):
         report = api.index_paths(
             col, paths, models=make_models(), model=model, labels=labels, prune=prune,
-            index_type=index_type, batch_size=batch_size, workers=workers,
+            index_type=index_type, batch_size=batch_size, workers=workers, rehash=rehash,
             progress=lambda p: bar(p.total, p.done, f"{p.faces} faces"),
         )  # fmt: skip
     if as_json:
@@ -145,6 +154,14 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
         click.echo(f"pruned: {r.pruned} photos whose files are gone")
     if r.missing:
         click.echo(f"missing: {r.missing} photos whose files are gone (--prune removes them)")
+    if r.unreadable:
+        n = len(r.unreadable)
+        click.echo(
+            f"unreadable: {n} folder{'s' if n != 1 else ''} could not be read (their stored "
+            "photos are kept): "
+            + "; ".join(f"{p}: {e}" for p, e in r.unreadable[:MAX_FAILURES_SHOWN])
+            + (f"; ... and {n - MAX_FAILURES_SHOWN} more" if n > MAX_FAILURES_SHOWN else "")
+        )
     secs = max(r.seconds, 1e-9)
     click.echo(
         f"time:   {r.seconds:.1f} s ({r.processed / secs:.1f} photos/s, "
