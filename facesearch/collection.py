@@ -61,6 +61,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -165,10 +166,15 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def holder(self) -> int | None:
-        """Pid recorded by the current (or last) holder, if readable."""
+    @property
+    def where(self) -> str:
+        """Where the lock lives, for messages."""
+        return str(self.path)
+
+    def holder(self) -> str | None:
+        """Who holds (or last held) the lock, ``pid N``, if recorded."""
         try:
-            return int(self.path.read_bytes().split()[0])
+            return f"pid {int(self.path.read_bytes().split()[0])}"
         except (OSError, ValueError, IndexError):
             return None
 
@@ -205,15 +211,14 @@ class WriterLock:
         announced = False
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                pid = self.holder()
-                who = f"pid {pid}" if pid is not None else "another process"
+                who = self.holder() or "another process"
                 raise LockedError(
-                    f"{self.what} is being written by {who} (lock {self.path}); "
+                    f"{self.what} is being written by {who} (lock {self.where}); "
                     "wait for it to finish and try again"
                 )
             if not announced:
                 logger.info(
-                    "%s is being written by pid %s: waiting up to %.0f s",
+                    "%s is being written by %s: waiting up to %.0f s",
                     self.what,
                     self.holder(),
                     timeout,
@@ -230,6 +235,83 @@ class WriterLock:
         finally:
             os.close(self._fd)
             self._fd = None
+
+
+class AdvisoryLock(WriterLock):
+    """The writer lock of a collection stored in PostgreSQL: a session-level
+    ``pg_advisory_lock`` held on a connection of its own while the lock is held.
+
+    It lives where the data lives, so writers in different homes (or machines) sharing the
+    database exclude each other. The server drops it when that connection ends, however the
+    holder ends (the kernel of a killed process closes its socket). The key is derived from the
+    database and schema names; the holder names itself in ``application_name``.
+    """
+
+    NAMESPACE = "facesearch-writer"
+
+    def __init__(self, engine: Any, what: str) -> None:
+        super().__init__(Path(), what)
+        self.engine = engine
+        self._conn: Any = None
+        self._key: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def where(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"PostgreSQL advisory lock {self._key} in {url}"
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            raise RuntimeError(f"{self.what}: writer lock already held by this object")
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            self._key = self._key or st.advisory_key(conn, self.NAMESPACE)
+            if not st.try_advisory_lock(conn, self._key):
+                conn.close()
+                return False
+            st.set_application_name(
+                conn, f"facesearch writer pid {os.getpid()} on {socket.gethostname()}"
+            )
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        self._conn = conn
+        return True
+
+    def holder(self) -> str | None:
+        if self._key is None:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                return st.advisory_lock_holder(conn, self._key)
+        except Exception:  # noqa: BLE001 - only for a message
+            return None
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:  # a pooled connection keeps session locks: never hand it back holding one
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
+def writer_lock(store: st.Store, folder: Path, what: str) -> WriterLock:
+    """The writer lock of a collection, where its data lives: an advisory lock in PostgreSQL,
+    or a lock file beside the SQLite database (``write.lock`` in the collection folder for the
+    default database there, ``<database>.write.lock`` for one given with ``--db``)."""
+    if store.dialect == "postgresql":
+        return AdvisoryLock(store.engine, what)
+    database = store.url.database
+    if not database or database == ":memory:" or Path(database).parent == folder.resolve():
+        return WriterLock(folder / LOCK_NAME, what)
+    return WriterLock(Path(database + ".write.lock"), what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +333,7 @@ class Collection:
         self.folder = folder
         self.store = store
         self.lock_timeout = lock_timeout
-        self._lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
+        self._lock = writer_lock(store, folder, f"collection {name!r}")
         self._lock_depth = 0
         self._vectors: VectorIndex | None = None
         self._space_of_vectors: tuple[str, ...] = ()  # the models whose faces _vectors holds
@@ -303,6 +385,13 @@ class Collection:
                 if not config_path.is_file():  # nobody created it while we waited
                     url = db_url or _sqlite_url(folder)
                     store = st.Store.open(url, create=True, what=what)
+                    try:
+                        _claim_store(store, name)
+                    except BaseException:
+                        store.close()
+                        creating.release()
+                        _remove_if_empty(folder)
+                        raise
                     _write_json_atomic(
                         config_path,
                         {
@@ -327,6 +416,11 @@ class Collection:
             raise CollectionError(f"{what} uses the database {stored}, not {_public_url(db_url)}")
         url = db_url or stored or _sqlite_url(folder)
         store = st.Store.open(url, create=create, what=what)
+        try:
+            _claim_store(store, name, claim=False)
+        except BaseException:
+            store.close()
+            raise
         return cls(name, folder, store, lock_timeout=lock_timeout)
 
     def close(self) -> None:
@@ -562,7 +656,7 @@ class Collection:
                 and (loaded.model, loaded.dim) == (exp.model, exp.dim)
             ):
                 logger.info(
-                    "collection %r is being written by pid %s: searching its index as of "
+                    "collection %r is being written by %s: searching its index as of "
                     "generation %d (SQL is at %d); faces added since are not searched yet",
                     self.name,
                     self._lock.holder(),
@@ -723,6 +817,12 @@ class Collection:
             raise StorageError(f"{self.store.read_only}; collection {self.name!r} can only be read")
         self._lock.acquire(self.lock_timeout if timeout is None else timeout)
         self._lock_depth = 1
+        try:
+            _claim_store(self.store, self.name)  # a store made before stores knew their owner
+        except BaseException:
+            self._lock_depth = 0
+            self._lock.release()
+            raise
         self._vectors = None  # reload under the lock, writable and checked
         self._stale = False
         self._dirty = False
@@ -1042,6 +1142,37 @@ class Collection:
         return out
 
 
+#: ``meta`` key: the name of the collection a store belongs to.
+OWNER_KEY = "collection"
+
+
+def _claim_store(store: st.Store, name: str, *, claim: bool = True) -> None:
+    """Refuse a store that belongs to another collection; ``claim``: record ``name`` as its
+    collection when none is recorded yet."""
+    with store.session() as s:
+        owner = st.get_meta(s, OWNER_KEY)
+        if owner is None and claim and store.read_only is None:
+            st.set_meta(s, OWNER_KEY, name)
+    if owner is not None and owner != name:
+        where = store.url.render_as_string(hide_password=True)
+        raise CollectionError(
+            f"the database {where} belongs to collection {owner!r}, not {name!r}: open it with "
+            f"--collection {owner} (several homes may share one collection's database on "
+            "purpose, under its name: their writers take turns through the database), or give "
+            f"collection {name!r} a database of its own (another --db)"
+        )
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a collection folder made for nothing (only its lock file in it)."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 def _sqlite_url(folder: Path) -> str:
     return f"sqlite:///{(folder / DB_NAME).resolve()}"
 
@@ -1076,17 +1207,17 @@ def upgrade_collection(
         )
     stored = _read_config(config_path).get("db_url")
     url = db_url or stored or _sqlite_url(folder)
-    lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
-    lock.acquire(DEFAULT_LOCK_TIMEOUT)
+    engine = st.make_engine(url)
     try:
-        engine = st.make_engine(url)
+        lock = writer_lock(st.Store(engine), folder, f"collection {name!r}")
+        lock.acquire(DEFAULT_LOCK_TIMEOUT)
         try:
             before = st.schema_revision(engine)
             after = st.upgrade_database(engine)
         finally:
-            engine.dispose()
+            lock.release()
     finally:
-        lock.release()
+        engine.dispose()
     return before, after
 
 

@@ -811,6 +811,43 @@ class Store:
         self.engine.dispose()
 
 
+# -- the writer lock of a PostgreSQL store --------------------------------------------------------
+
+
+def advisory_key(conn: sa.Connection, namespace: str) -> int:
+    """A positive 63-bit advisory-lock key for ``namespace`` in this database and schema."""
+    import hashlib
+
+    db, schema = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+    digest = hashlib.blake2b(f"{namespace}/{db}/{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def try_advisory_lock(conn: sa.Connection, key: int) -> bool:
+    """``pg_try_advisory_lock``: take the session-level lock ``key`` if free."""
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+
+
+def set_application_name(conn: sa.Connection, name: str) -> None:
+    conn.execute(sa.text("SELECT set_config('application_name', :n, false)"), {"n": name[:63]})
+
+
+def advisory_lock_holder(conn: sa.Connection, key: int) -> str | None:
+    """The ``application_name`` (or server process) holding the advisory lock ``key``."""
+    row = conn.execute(
+        sa.text(
+            "SELECT a.application_name, a.pid FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.objsubid = 1 AND l.classid = :hi AND l.objid = :lo"
+        ),
+        {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return None
+    name, pid = row
+    return f"{name} (server process {pid})" if name else f"server process {pid}"
+
+
 # -- meta and generation ----------------------------------------------------------------------
 
 GENERATION_KEY = "generation"

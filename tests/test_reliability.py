@@ -481,18 +481,22 @@ def test_writers_sharing_a_store_exclude_each_other(
     lib.mkdir(parents=True)
     shutil.copy(data / "photos" / "BBT_Raj" / "raj1.png", lib / "raj1.png")
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli(["index", lib.parent, *collection_args(one, shared_db)])
+    run_cli(["index", lib.parent, "--labels", "folders", *collection_args(one, shared_db)])
     run_cli(["index", lib.parent, *collection_args(two, shared_db)])  # shared on purpose
     monkeypatch.setenv("FACESEARCH_LOCK_TIMEOUT", "0.5")
     with api.open_collection(one, db_url=shared_db) as col, col.lock():
-        res = run_cli(["people", "rename", "x", "y", *collection_args(two, shared_db)], ok=False)
+        rename = ["people", "rename", "BBT_Raj", "Raj", *collection_args(two, shared_db)]
+        res = run_cli(rename, ok=False)
         assert res.exit_code == 1 and "is being written by" in one_error_line(res.stderr)
         shutil.copy(data / "photos" / "BBT_Raj" / "raj2.png", lib / "raj2.png")
         res = run_cli(["index", lib.parent, *collection_args(two, shared_db)], ok=False)
         assert res.exit_code == 1 and "is being written by" in one_error_line(res.stderr)
     run_cli(["index", lib.parent, *collection_args(two, shared_db)])
     assert_agree(two, shared_db)
-    assert_agree(one, shared_db)  # the other home's cache follows SQL
+    raj = data / "photos" / "BBT_Raj" / "raj5.png"
+    (face,) = json.loads(run_cli(["query", raj, "--json", *collection_args(one, shared_db)]).stdout)
+    assert face["person"] == "BBT_Raj"
+    assert_agree(one, shared_db)  # the other home's cache was rebuilt from SQL by that query
 
 
 # -- 6. decoded pixels are budgeted; big JPEGs are decoded reduced --------------------------------
