@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import stat
 import threading
@@ -135,6 +136,107 @@ _heif_registered = False
 def default_workers() -> int:
     """Threads reading and decoding photos: one per core, at most 4."""
     return max(1, min(4, os.cpu_count() or 1))
+
+
+#: Environment variable: megapixels of photos being decoded or decoded and waiting, at most,
+#: across the read threads of ``facesearch index`` (default :data:`DECODE_MEGAPIXELS`).
+DECODE_MEGAPIXELS_ENV = "FACESEARCH_DECODE_MEGAPIXELS"
+#: Default decode budget: 128 MP, five 24 MP photos or ten 12 MP ones in flight; a photo
+#: larger than the budget is decoded alone. Decoding takes up to ~10 bytes per pixel while
+#: Pillow works (its image, its bytes, the RGB array), 3 once decoded.
+DECODE_MEGAPIXELS: float = 128.0
+
+
+def default_decode_megapixels() -> float:
+    """:data:`DECODE_MEGAPIXELS`, or ``FACESEARCH_DECODE_MEGAPIXELS`` when set."""
+    raw = os.environ.get(DECODE_MEGAPIXELS_ENV)
+    if not raw:
+        return DECODE_MEGAPIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{DECODE_MEGAPIXELS_ENV} must be a positive number, got {raw!r}")
+    return value
+
+
+class PixelBudget:
+    """Decoded pixels in flight, shared by the read threads of one run.
+
+    A read takes its turn in submission order (``ticket`` 0, 1, 2, ...): it waits until every
+    earlier ticket has been granted or skipped and the pixels it needs fit beside those still
+    held (one photo larger than the whole budget is granted alone). The holder gives the pixels
+    back with :meth:`release` once its decoded photo is dropped. Granting in order is what
+    keeps a consumer that takes results in order from waiting on a read that waits on pixels
+    held by photos behind it; the consumer calls :meth:`blocked` to learn that the next read
+    waits for pixels it holds, and drains its queue.
+    """
+
+    def __init__(self, megapixels: float) -> None:
+        if not math.isfinite(megapixels) or megapixels <= 0:
+            raise ValueError(f"the decode budget must be positive megapixels, got {megapixels}")
+        self.total = int(megapixels * 1e6)
+        self.used = 0
+        self._next = 0
+        self._skipped: set[int] = set()
+        self._starved: int | None = None  # a ticket whose turn it is, waiting for pixels
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, ticket: int, pixels: int) -> int:
+        """Wait for ``ticket``'s turn and ``pixels`` (capped at the budget); returns the
+        pixels granted, to give back with :meth:`release`."""
+        want = max(0, min(int(pixels), self.total))
+        with self._cond:
+            while not self._closed:
+                if ticket == self._next:
+                    if not self.used or self.used + want <= self.total:
+                        break
+                    self._starved = ticket
+                self._cond.wait()
+            if self._starved == ticket:
+                self._starved = None
+            if self._closed:
+                return 0
+            self.used += want
+            self._next += 1
+            self._advance()
+            self._cond.notify_all()
+        return want
+
+    def skip(self, ticket: int) -> None:
+        """``ticket`` decodes nothing (unchanged, moved or unreadable): its turn passes."""
+        with self._cond:
+            if ticket == self._next:
+                self._next += 1
+                self._advance()
+                self._cond.notify_all()
+            elif ticket > self._next:
+                self._skipped.add(ticket)
+
+    def release(self, pixels: int) -> None:
+        if pixels <= 0:
+            return
+        with self._cond:
+            self.used = max(0, self.used - pixels)
+            self._cond.notify_all()
+
+    def blocked(self, ticket: int) -> bool:
+        """True when ``ticket``'s read waits for pixels held by photos already read."""
+        with self._cond:
+            return self._starved == ticket
+
+    def close(self) -> None:
+        """Wake every waiting read (the run ends): they go on without waiting."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _advance(self) -> None:
+        while self._next in self._skipped:
+            self._skipped.remove(self._next)
+            self._next += 1
 
 
 def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:

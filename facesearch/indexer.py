@@ -86,6 +86,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,7 +95,15 @@ import numpy as np
 
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 from facesearch.errors import FacesearchError, ImageError, require_positive
-from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image, open_file
+from facesearch.image import (
+    SUPPORTED_SUFFIXES,
+    PixelBudget,
+    default_decode_megapixels,
+    default_workers,
+    image_size,
+    load_image,
+    open_file,
+)
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
@@ -142,6 +151,9 @@ class IndexSettings:
     #: Read and hash every stored file again, even when its size and mtime are unchanged
     #: (a file edited in place with both kept, e.g. by a tool that restores the mtime).
     rehash: bool = False
+    #: Megapixels being decoded or decoded and waiting for the networks, at most, across the
+    #: read threads (a photo larger than that is decoded alone): bounds the memory of a run.
+    decode_megapixels: float = field(default_factory=default_decode_megapixels)
 
     def __post_init__(self) -> None:
         require_positive(batch_size=self.batch_size, workers=self.workers)
@@ -376,6 +388,7 @@ class _Read:
     error: str | None = None
     same_as_old: bool = False
     maybe_moved: bool = False
+    pixels: int = 0  # of the decode budget, held until the decoded photo is dropped
 
 
 def _sha256(path: str) -> tuple[bytes, str]:
@@ -389,30 +402,62 @@ def _sha256(path: str) -> tuple[bytes, str]:
     return b"".join(chunks), h.hexdigest()
 
 
-def _read(job: _Job, moved_hashes: frozenset[str] | set[str]) -> _Read:
-    """Worker: read, hash and (unless unchanged or moved) decode one file."""
+def _read(
+    job: _Job,
+    moved_hashes: frozenset[str] | set[str],
+    budget: PixelBudget | None = None,
+    ticket: int = -1,
+) -> _Read:
+    """Worker: read, hash and (unless unchanged or moved) decode one file.
+
+    With ``budget``, the decode waits for ``ticket``'s turn and its pixels (the result holds
+    them in ``pixels`` until the photo is dropped); a read that decodes nothing passes its turn.
+    """
     out = _Read(job)
+    try:
+        _decode(out, job, moved_hashes, budget, ticket)
+    finally:
+        if budget is not None and not out.pixels:
+            budget.skip(ticket)
+    return out
+
+
+def _decode(
+    out: _Read,
+    job: _Job,
+    moved_hashes: frozenset[str] | set[str],
+    budget: PixelBudget | None,
+    ticket: int,
+) -> None:
     try:
         data, out.content_hash = _sha256(job.path)
     except ImageError as exc:
         out.error = exc.reason
-        return out
+        return
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
-        return out
+        return
     if job.old is not None and job.old.content_hash == out.content_hash:
         out.same_as_old = True
-        return out
+        return
     if out.content_hash in moved_hashes:
         out.maybe_moved = True
-        return out
+        return
+    if budget is not None:
+        try:
+            width, height = image_size(data) if data else (0, 0)
+        except ImageError:
+            width = height = 0  # the decode below says what is wrong
+        out.pixels = budget.acquire(ticket, width * height)
     try:
         out.image = load_image(data) if data else load_image(job.path)
     except ImageError as exc:
         out.error = exc.reason
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
         out.error = f"{type(exc).__name__}: {exc}"
-    return out
+    if out.image is None and budget is not None and out.pixels:
+        budget.release(out.pixels)
+        out.pixels = 0
 
 
 def _open_workers(
@@ -441,6 +486,7 @@ class _Run:
         self.loader = pipeline if isinstance(pipeline, Models) or callable(pipeline) else None
         self.pipe: FacePipeline | None = None
         self.should_stop = should_stop
+        self.budget: PixelBudget | None = None  # the decode budget of the reads (_index)
         self.jobs: list[_Job] = []  # every file to read, in order
         self.settings = settings
         self.progress = progress
@@ -556,7 +602,14 @@ class _Run:
             else:
                 self._queue_photo(r, tuple(res), r.image)
             r.image = None
+            self.release(r)
         self._tick(len(batch))
+
+    def release(self, r: _Read) -> None:
+        """``r``'s decoded photo is dropped: its pixels go back to the decode budget."""
+        if r.pixels and self.budget is not None:
+            self.budget.release(r.pixels)
+        r.pixels = 0
 
     def finish(self) -> None:
         """Send the open task and take every result."""
@@ -740,11 +793,25 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     moved_hashes = frozenset(gone)
     window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
+    budget = run.budget = PixelBudget(settings.decode_megapixels)
+    tickets = iter(range(len(jobs)))
     try:
         with contextlib.ExitStack() as stack:
-            queue: deque[tuple[Future[_Read], int]] = deque()  # (read, file size)
+            queue: deque[tuple[Future[_Read], int, int]] = deque()  # (read, file size, ticket)
             it: Iterator[_Job] = iter(jobs)
             queued_bytes = 0
+
+            def take(fut: Future[_Read], ticket: int) -> _Read:
+                """The read's result. Reads are granted pixels in order and this thread takes
+                them in order, so a read can only wait for pixels held by photos taken
+                before it: then the open task is sent and every result collected, which
+                gives those pixels back."""
+                while True:
+                    try:
+                        return fut.result(timeout=0.05)
+                    except FutureTimeout:
+                        if budget.blocked(ticket):
+                            run.finish()
 
             def fill() -> None:
                 """Keep ``window`` reads out; while the pipeline is not loaded yet, read further
@@ -758,7 +825,9 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                     job = next(it, None)
                     if job is None:
                         return
-                    queue.append((pool.submit(_read, job, moved_hashes), job.size))
+                    ticket = next(tickets)
+                    read = pool.submit(_read, job, moved_hashes, budget, ticket)
+                    queue.append((read, job.size, ticket))
                     queued_bytes += job.size
 
             run.stack = stack
@@ -766,15 +835,16 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                 run.submit = _open_workers(stack, run.pipe)
             fill()
             while queue:
-                fut, size = queue.popleft()
+                fut, size, ticket = queue.popleft()
                 queued_bytes -= size
-                r = fut.result()
+                r = take(fut, ticket)
                 fill()
                 _handle(run, r, gone, claimed, relabel)  # may load the pipeline: reads go on
             run.finish()
         run.commit()
     finally:
         run.submit = run.stack = None
+        budget.close()  # reads waiting for pixels go on (and end) at once
         pool.shutdown(wait=True, cancel_futures=True)
     # photos under the roots that are gone (and were not moved)
     lost = [p for p in gone_under_roots if p.id not in claimed]

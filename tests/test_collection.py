@@ -16,7 +16,7 @@ from dbhelpers import DIM, collection_db, make_photo, pg_schema_url, unit_vector
 
 from facesearch import store as st
 from facesearch import vectors
-from facesearch.collection import INDEX_NAME, LOCK_NAME, Collection
+from facesearch.collection import INDEX_NAME, Collection
 from facesearch.errors import CollectionError
 from facesearch.vectors import VectorIndex
 
