@@ -833,10 +833,11 @@ class Collection:
         finally:
             try:
                 self._flush()
-            except Exception:
+            except Exception as exc:
                 if ok:
                     raise
-                logger.exception("collection %r: could not save the vector index", self.name)
+                # the block's own error is the one reported; the file is rebuilt when next used
+                logger.warning("collection %r: could not save the vector index: %s", self.name, exc)
             finally:
                 self._lock_depth = 0
                 self._lock.release()

@@ -359,7 +359,7 @@ def _load(job: _PhotoJob) -> _Loaded:
                 h.update(chunk)
                 chunks.append(chunk)
     except ImageError as exc:
-        out.error = exc.reason
+        out.error = f"cannot read the file ({exc.reason})"
         return out
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
