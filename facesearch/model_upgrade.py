@@ -358,8 +358,8 @@ def _load(job: _PhotoJob) -> _Loaded:
             while chunk := f.read(_READ_CHUNK):
                 h.update(chunk)
                 chunks.append(chunk)
-    except ImageError as exc:
-        out.error = f"cannot read the file ({exc.reason})"
+    except ImageError as exc:  # the reason the indexer records too: "file not found", ...
+        out.error = exc.reason
         return out
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
