@@ -85,6 +85,7 @@ from facesearch.errors import (
     StorageError,
     describe_os_error,
 )
+from facesearch.interrupts import complete, critical_section
 from facesearch.types import Match
 from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
@@ -427,7 +428,7 @@ class Collection:
         """Save pending index changes, release the lock, close the database connections."""
         if self._lock.held:
             try:
-                self._flush()
+                complete("saving the vector index", self._flush)
             finally:
                 self._lock.release()
                 self._lock_depth = 0
@@ -490,9 +491,11 @@ class Collection:
                 threshold=threshold,
             )
             current = st.get_meta(s, ACTIVE_MODEL_KEY)
-            if (activate or current is None) and current != name:
+            switch = (activate or current is None) and current != name
+            if switch:
                 st.set_meta(s, ACTIVE_MODEL_KEY, name)
-                self._vectors = None  # the space may change: reload under the lock
+        if switch:
+            self._vectors = None  # the space may change: reload under the lock
         return info
 
     @property
@@ -775,6 +778,10 @@ class Collection:
         vi = self._vectors
         if vi is None or not self._dirty:
             return
+        with critical_section("saving the vector index"):  # Ctrl-C: after the file agrees
+            self._save_vectors(vi)
+
+    def _save_vectors(self, vi: VectorIndex) -> None:
         wanted = self._wanted_kind(vi.kind, vi.count)
         retrain = (
             vi.kind == "ivf"
@@ -831,8 +838,8 @@ class Collection:
             yield self
             ok = True
         finally:
-            try:
-                self._flush()
+            try:  # also when Ctrl-C comes as the block ends: the file must follow SQL
+                complete("saving the vector index", self._flush)
             except Exception as exc:
                 if ok:
                     raise
@@ -867,25 +874,31 @@ class Collection:
         with self.lock():
             self._register_face_models(photos)
             vi = self._vectors_for_write() if self._has_model() else None
-            with self.store.session() as s:
-                results = st.add_photos(s, photos, replace=replace)
-                generation = st.get_generation(s)
-                space = set(self._space(s))
-            if vi is None:  # no model yet, so no faces: nothing to index
-                return results
-            ids: list[int] = []
-            vecs: list[np.ndarray] = []
-            for photo, res in zip(photos, results, strict=True):
-                for face, face_id in zip(photo.faces, res.face_ids, strict=True):
-                    if face.model in space:
-                        ids.append(face_id)
-                        vecs.append(np.asarray(face.embedding, dtype=np.float32).reshape(-1))
-            replaced = [i for r in results for i in r.replaced_face_ids]
-            added = (
-                np.array(ids, dtype=np.int64),
-                np.stack(vecs) if vecs else np.empty((0, vi.dim), dtype=np.float32),
-            )
-            self._apply(vi, generation, removed=np.array(replaced, dtype=np.int64), added=added)
+            with critical_section("a commit and its vector-index update"):
+                return self._add_photos(vi, photos, replace)
+
+    def _add_photos(
+        self, vi: VectorIndex | None, photos: Sequence[st.NewPhoto], replace: bool
+    ) -> list[st.AddedPhoto]:
+        with self.store.session() as s:
+            results = st.add_photos(s, photos, replace=replace)
+            generation = st.get_generation(s)
+            space = set(self._space(s))
+        if vi is None:  # no model yet, so no faces: nothing to index
+            return results
+        ids: list[int] = []
+        vecs: list[np.ndarray] = []
+        for photo, res in zip(photos, results, strict=True):
+            for face, face_id in zip(photo.faces, res.face_ids, strict=True):
+                if face.model in space:
+                    ids.append(face_id)
+                    vecs.append(np.asarray(face.embedding, dtype=np.float32).reshape(-1))
+        replaced = [i for r in results for i in r.replaced_face_ids]
+        added = (
+            np.array(ids, dtype=np.int64),
+            np.stack(vecs) if vecs else np.empty((0, vi.dim), dtype=np.float32),
+        )
+        self._apply(vi, generation, removed=np.array(replaced, dtype=np.int64), added=added)
         return results
 
     def _register_face_models(self, photos: Sequence[st.NewPhoto]) -> None:
@@ -929,11 +942,12 @@ class Collection:
     def _remove(self, change: Any) -> np.ndarray:
         with self.lock():
             vi = self._vectors_for_write() if self._has_model() else None
-            with self.store.session() as s:
-                removed = change(s)
-                generation = st.get_generation(s)
-            if vi is not None and len(removed):
-                self._apply(vi, generation, removed=removed)
+            with critical_section("a commit and its vector-index update"):
+                with self.store.session() as s:
+                    removed = change(s)
+                    generation = st.get_generation(s)
+                if vi is not None and len(removed):
+                    self._apply(vi, generation, removed=removed)
         return removed
 
     def update_embeddings(
@@ -947,12 +961,13 @@ class Collection:
         ids = np.asarray(face_ids, dtype=np.int64).reshape(-1)
         with self.lock():
             vi = self._vectors_for_write()
-            with self.store.session() as s:
-                n = st.update_embeddings(s, ids, xb, model)
-                generation = st.get_generation(s)
-                space = set(self._space(s))
-            added = (ids, np.asarray(xb, dtype=np.float32)) if model in space else None
-            self._apply(vi, generation, removed=ids, added=added)
+            with critical_section("a commit and its vector-index update"):
+                with self.store.session() as s:
+                    n = st.update_embeddings(s, ids, xb, model)
+                    generation = st.get_generation(s)
+                    space = set(self._space(s))
+                added = (ids, np.asarray(xb, dtype=np.float32)) if model in space else None
+                self._apply(vi, generation, removed=ids, added=added)
         return n
 
     def assign(

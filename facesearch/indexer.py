@@ -104,6 +104,7 @@ from facesearch.image import (
     load_image,
     open_file,
 )
+from facesearch.interrupts import critical_section
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
@@ -652,12 +653,7 @@ class _Run:
         if len(self.pending) >= self.settings.batch_size:
             self.commit()
 
-    def commit(self) -> None:
-        """One transaction for the pending photos (replacing stored rows of updated files)."""
-        if not self.pending:
-            return
-        photos, stats = self.pending, self.pending_stats
-        self.col.add_photos(photos, replace=True)
+    def _count(self, photos: list[NewPhoto], stats: list[tuple[bool, bool]]) -> None:
         rep = self.report
         for photo, (updated, failed) in zip(photos, stats, strict=True):
             if failed:
@@ -671,7 +667,16 @@ class _Run:
                 rep.no_face += 1
             rep.faces_added += len(photo.faces)
             rep.labels_given += sum(1 for label in photo.labels if label is not None)
-        self.pending, self.pending_stats = [], []
+
+    def commit(self) -> None:
+        """One transaction for the pending photos (replacing stored rows of updated files)."""
+        if not self.pending:
+            return
+        photos, stats = self.pending, self.pending_stats
+        with critical_section("a commit"):  # the report counts what SQL holds
+            self.col.add_photos(photos, replace=True)
+            self.pending, self.pending_stats = [], []
+            self._count(photos, stats)
         logger.debug("committed %d photos", len(photos))
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.col.save_index()
@@ -850,8 +855,9 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     lost = [p for p in gone_under_roots if p.id not in claimed]
     if lost:
         if settings.prune:
-            col.remove_photos([p.id for p in lost])
-            rep.pruned = len(lost)
+            with critical_section("a commit"):
+                col.remove_photos([p.id for p in lost])
+                rep.pruned = len(lost)
             logger.info("pruned %d photos whose files are gone", len(lost))
         else:
             rep.missing = len(lost)
@@ -869,8 +875,9 @@ def _handle(
     col, rep = run.col, run.report
     job = r.job
     if r.same_as_old and job.old is not None:
-        col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
-        rep.unchanged += 1
+        with critical_section("a commit"):
+            col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
+            rep.unchanged += 1
         if job.label is not None and job.old.status.value == "ok":
             relabel[job.old.id] = job.label
         run._tick(1)
@@ -882,10 +889,11 @@ def _handle(
             r = _read(job, frozenset())
         else:
             claimed.add(source.id)
-            if job.old is not None:  # the file at this path was replaced by a moved photo
-                col.remove_photos([job.old.id])
-            col.move_photo(source.id, job.path, mtime=job.mtime)
-            rep.moved += 1
+            with critical_section("a commit"):
+                if job.old is not None:  # the file at this path was replaced by a moved photo
+                    col.remove_photos([job.old.id])
+                col.move_photo(source.id, job.path, mtime=job.mtime)
+                rep.moved += 1
             logger.info("%s was moved to %s: faces and labels kept", source.path, job.path)
             if job.label is not None and source.status.value == "ok":
                 relabel[source.id] = job.label
@@ -916,7 +924,8 @@ def _label_stored(run: _Run, relabel: dict[int, str]) -> None:
         return
     with col.lock():
         for person, face_ids in sorted(by_person.items()):
-            rep.labels_given += col.assign(face_ids, person, source, replace=False)
+            with critical_section("a commit"):
+                rep.labels_given += col.assign(face_ids, person, source, replace=False)
     logger.info("labelled %d faces of photos indexed earlier", sum(map(len, by_person.values())))
 
 

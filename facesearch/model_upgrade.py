@@ -57,6 +57,7 @@ from facesearch.errors import (
     ModelError,
     require_positive,
 )
+from facesearch.interrupts import critical_section
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
@@ -460,11 +461,12 @@ def reindex_collection(
         def commit() -> None:
             nonlocal pend_ids, pend_x, pend_photos, last_checkpoint
             if pend_ids:
-                collection.update_embeddings(
-                    np.array(pend_ids, np.int64), np.concatenate(pend_x), name
-                )
-                rep.reembedded += len(pend_ids)
-                rep.photos += pend_photos
+                with critical_section("a commit"):  # the report counts what SQL holds
+                    collection.update_embeddings(
+                        np.array(pend_ids, np.int64), np.concatenate(pend_x), name
+                    )
+                    rep.reembedded += len(pend_ids)
+                    rep.photos += pend_photos
             pend_ids, pend_x, pend_photos = [], [], 0
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 collection.save_index()
@@ -509,8 +511,9 @@ def reindex_collection(
             pool.shutdown(wait=True, cancel_futures=True)
         rep.remaining = _remaining(collection, name)
         if not compatible and not rep.interrupted and rep.remaining == 0:
-            collection.register_model(name, int(meta["dim"]), activate=True)
-            collection.rebuild_index()
+            with critical_section("switching the active model and rebuilding the index"):
+                collection.register_model(name, int(meta["dim"]), activate=True)
+                collection.rebuild_index()
             logger.info(
                 "collection %r: every face re-embedded, %r is active", collection.name, name
             )

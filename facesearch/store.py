@@ -95,6 +95,7 @@ from facesearch.errors import (
     NotFoundError,
     StorageError,
 )
+from facesearch.interrupts import critical_section
 from facesearch.types import Face
 
 logger = logging.getLogger(__name__)
@@ -783,10 +784,12 @@ class Store:
             if snapshot and self.dialect == "postgresql":
                 s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield s
-            s.commit()
+            with critical_section("a database commit"):  # never half-known: Ctrl-C waits
+                s.commit()
         except BaseException as exc:
             try:
-                s.rollback()
+                with critical_section("a database rollback"):
+                    s.rollback()
             except Exception as again:  # noqa: BLE001 - the connection may be gone already
                 logger.debug("rollback failed too: %s", again)
             if isinstance(exc, _database_errors()):

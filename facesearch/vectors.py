@@ -95,6 +95,7 @@ import numpy as np
 
 from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import IndexMismatchError
+from facesearch.interrupts import critical_section
 
 logger = logging.getLogger(__name__)
 
@@ -590,10 +591,14 @@ class VectorIndex:
 
         A ``pq`` index then writes its accelerator to the sidecar ``<path>.pq`` (training it
         first if it is due and missing, e.g. after a stale sidecar); other kinds remove a
-        sidecar left there. Returns the metadata written to the trailer.
+        sidecar left there. Returns the metadata written to the trailer. Ctrl-C waits until
+        both files are written (:func:`facesearch.interrupts.critical_section`).
         """
+        with critical_section("writing the vector index"):
+            return self._save(Path(path))
+
+    def _save(self, path: Path) -> IndexMetadata:
         faiss = _faiss()
-        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         if self.kind == "pq":
             self.ensure_accelerator()

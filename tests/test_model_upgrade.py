@@ -32,9 +32,12 @@ from collhelpers import (
     BACKENDS,
     assert_agree,
     collection_args,
+    count_write_steps,
     index_library,
+    moments,
     pg_module_url,  # noqa: F401
     run_cli,
+    run_cli_interrupted,
     shared_pipeline,
 )
 from dbhelpers import private_schema
@@ -391,6 +394,61 @@ def test_reindex_interrupted_then_resumed_searchable_throughout(
     assert (rep.todo, rep.reembedded, rep.remaining, rep.interrupted) == (4, 4, 0, False)
     assert _face_models(home, db) == {compat["name"]: 8}
     assert_agree(home, db)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["compat", "other"])
+def test_ctrl_c_at_any_moment_of_reindex_or_model_add_leaves_sql_and_index_in_step(
+    kind: str, col_args: dict[str, Any], models: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at every write step of ``reindex`` (compatible: batches committed with their
+    index update; incompatible: the switch of the active model and the rebuild at the end) and
+    of ``model add``: the index file agrees with SQL, the report counts the faces SQL holds
+    re-embedded, and running the command again finishes the job."""
+    if col_args["db"] is not None:
+        pytest.skip("one collection copied per moment: SQLite (index covers PostgreSQL commits)")
+    use_pipelines(monkeypatch)
+    model = models[kind]
+    base = col_args["home"]
+    commands = [["reindex", "--model", model["path"], "--batch-size", "2", "--json"]]
+    if kind == "other":
+        commands[0].append("--re-embed-all")
+    else:
+        commands.append(["model", "add", model["path"]])
+
+    def assert_current(home: Path) -> None:  # the index holds the active space's faces
+        with Collection.open(home) as col:
+            report = col.check()
+        assert report["consistent"] and report["index_status"] == "current", (moment, report)
+
+    for command in commands:
+        clean = base.parent / "clean"
+        for warm in (True, False):  # counted once the model file's pipeline is loaded
+            shutil.copytree(base, clean)
+            counts = count_write_steps([*command, *collection_args(clean, None)])
+            if warm:
+                shutil.rmtree(clean)
+        done = _face_models(clean, None)
+        active = json.loads(run_cli(["model", "--json", *collection_args(clean, None)]).stdout)
+        shutil.rmtree(clean)
+        inside = []
+        for i, moment in enumerate(moments(counts, spread=2)):
+            home = base.parent / f"h{i}"
+            shutil.copytree(base, home)
+            args = [*command, *collection_args(home, None)]
+            res, in_section = run_cli_interrupted(args, moment)
+            inside.append(in_section)
+            assert_current(home)
+            if command[0] == "reindex" and res.stdout:
+                report = json.loads(res.stdout)
+                assert _face_models(home, None).get(model["name"], 0) == report["reembedded"]
+            run_cli(args)
+            assert _face_models(home, None) == done, moment
+            got = json.loads(run_cli(["model", "--json", *collection_args(home, None)]).stdout)
+            assert got["active"] == active["active"], moment
+            assert_current(home)
+            shutil.rmtree(home)
+        assert inside.count(None) <= 1 and inside.count(True) >= 1, (command, inside)
 
 
 def test_reindex_killed_midway_loses_nothing(

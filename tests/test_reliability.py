@@ -24,16 +24,22 @@ from typing import Any
 import click
 import numpy as np
 import pytest
+import sqlalchemy as sa
 from collhelpers import (
     BACKENDS,
     assert_agree,
+    assert_agree_or_empty,
     collection_args,
+    count_write_steps,
     make_library,
+    moments,
     pg_module_url,  # noqa: F401
     run_cli,
+    run_cli_interrupted,
+    stored_state,
     use_shared_pipeline,
 )
-from dbhelpers import collection_db, pg_schema_url  # noqa: F401
+from dbhelpers import collection_db, pg_schema_url, private_schema  # noqa: F401
 from PIL import Image
 
 from facesearch import api
@@ -342,6 +348,115 @@ def test_ctrl_c_stops_a_query_on_a_fifo(tmp_path: Path) -> None:
         assert proc.poll() is not None, "detect on a FIFO ignored Ctrl-C"
         _, err = proc.communicate()
     assert proc.returncode != 0 and "Traceback" not in err
+
+
+@contextlib.contextmanager
+def _fresh_db(backend_db: str | None) -> Iterator[str | None]:
+    """A new, empty database on the backend of ``backend_db`` (``None``: SQLite)."""
+    if backend_db is None:
+        yield None
+        return
+    with private_schema() as url:
+        yield url
+
+
+def _index_args(lib: Path, home: Path, db: str | None) -> list[Any]:
+    return ["index", lib, "--labels", "folders", "--batch-size", "2", "--json",
+            *collection_args(home, db)]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_of_index_leaves_sql_and_index_in_step(
+    library: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at every step of a write (a commit under way, between a commit and the
+    vector-index update, the update, the index file written and renamed, the report counting a
+    commit) and at moments spread over the run: the run stops at the next safe point, the index
+    file agrees with SQL, the report counts what SQL holds, and a rerun completes the clean
+    state: nothing lost, nothing twice."""
+    use_shared_pipeline(monkeypatch)
+    lib, backend = library["lib"], library["db"]
+    with _fresh_db(backend) as url:
+        counts = count_write_steps(_index_args(lib, tmp_path / "clean", url))
+        clean = stored_state(tmp_path / "clean", url)
+    chosen = moments(counts)
+    if backend is not None:  # a fresh schema each: the commit steps, and two spread moments
+        chosen = [m for m in chosen if "commit" in m.function or "_apply" in m.function]
+        chosen += moments({"*": counts["*"]}, spread=2)
+    inside = []
+    for i, moment in enumerate(chosen):
+        home = tmp_path / f"h{i}"
+        with _fresh_db(backend) as url:
+            res, in_section = run_cli_interrupted(_index_args(lib, home, url), moment)
+            inside.append(in_section)
+            assert_agree_or_empty(home, url)
+            state = stored_state(home, url)
+            assert {p: clean[p] for p in state} == state, moment  # whole photos only
+            if res.stdout:
+                report = json.loads(res.stdout)
+                assert report["new"] + report["failed"] == len(state), (moment, report)
+                assert report["faces_added"] == sum(n for _, n, _, _ in state.values())
+            run_cli(_index_args(lib, home, url))
+            assert stored_state(home, url) == clean, moment
+            assert_agree(home, url)
+        shutil.rmtree(home)
+    assert inside.count(None) <= 2, "most moments must come before the run ends"
+    assert inside.count(True) >= 4, "some moments must fall inside critical sections"
+
+
+def _groups(home: Path) -> frozenset[frozenset[int]]:
+    """The clusters SQL holds, as sets of face ids (cluster ids left out)."""
+    groups: dict[int, set[int]] = {}
+    with api.open_collection(home) as col, col.session() as s:
+        for face_id, cluster_id in s.execute(sa.text("SELECT id, cluster_id FROM faces")):
+            if cluster_id is not None:
+                groups.setdefault(int(cluster_id), set()).add(int(face_id))
+    return frozenset(frozenset(g) for g in groups.values())
+
+
+def _people(home: Path) -> dict[str, int]:
+    with api.open_collection(home) as col:
+        return {p.name: p.faces for p in api.list_people(col, limit=100).items}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["cluster", "people merge"])
+def test_ctrl_c_at_any_moment_of_cluster_or_people_merge_is_all_or_nothing(
+    command: str, tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C at every write step of ``cluster --full`` (unlabelled faces) and of ``people
+    merge``: SQL holds the state before or the state after, the index file agrees, and the
+    command run again gives the clean result."""
+    use_shared_pipeline(monkeypatch)
+    lib = make_library(data, tmp_path)
+    base = tmp_path / "base"
+    if command == "cluster":
+        run_cli(["index", lib, "--home", base])  # unlabelled: every face is clustered
+        args = ["cluster", "--full", "--home"]
+        state = _groups
+    else:
+        run_cli(["index", lib, "--labels", "folders", "--home", base])
+        args = ["people", "merge", "BBT_Amy", "BBT_Raj", "--home"]
+        state = _people  # type: ignore[assignment]
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    counts = count_write_steps([*args, clean])
+    before, after = state(base), state(clean)
+    assert after != before
+    inside = []
+    for i, moment in enumerate(moments(counts)):
+        home = tmp_path / f"h{i}"
+        shutil.copytree(base, home)
+        _, in_section = run_cli_interrupted([*args, home], moment)
+        inside.append(in_section)
+        assert state(home) in (before, after), moment
+        assert_agree(home, None)
+        if state(home) == before:
+            run_cli([*args, home])
+        assert state(home) == after, moment
+        assert_agree(home, None)
+        shutil.rmtree(home)
+    assert inside.count(None) <= 1 and inside.count(True) >= 1, inside
 
 
 # -- 4. an explicit --home/--collection/--db wins over FACESEARCH_HOME ----------------------------
