@@ -415,12 +415,19 @@ def _orientation(im: Image.Image, *, header_only: bool) -> int:
     return value
 
 
+def draft_factor(fmt: str | None, width: int, height: int, long_side: int) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) a reduced decode of a ``fmt`` photo of ``width`` x
+    ``height`` uses: the coarsest keeping its long side ``>= long_side`` (1: decoded in full,
+    every format but JPEG/MPO)."""
+    if fmt not in ("JPEG", "MPO"):
+        return 1
+    return next((s for s in (8, 4, 2) if max(width, height) // s >= long_side), 1)
+
+
 def _draft_scale(im: Image.Image, long_side: int) -> int:
     """Apply the coarsest JPEG DCT scale keeping the long side >= ``long_side``; return it."""
-    if im.format not in ("JPEG", "MPO"):
-        return 1
     width, height = im.size
-    scale = next((s for s in (8, 4, 2) if max(width, height) // s >= long_side), 1)
+    scale = draft_factor(im.format, width, height, long_side)
     if scale == 1:
         return 1
     # draft() picks the largest of 8/4/2/1 not above min(W // w, H // h).
@@ -429,7 +436,28 @@ def _draft_scale(im: Image.Image, long_side: int) -> int:
         return 1
     _, box = drafted  # box = (0, 0, W / s, H / s)
     return round(width / box[2])
-    return scale
+
+
+def decode_pixels(source: Source, long_side: int | None = None) -> int:
+    """Pixels the decode of ``source`` holds: width x height from the header, divided by the
+    square of the DCT scale :func:`load_image_reduced` with ``long_side`` uses (``None``: a
+    full decode). Cheap (header only); raises :class:`ImageError` like :func:`image_size`."""
+    name = _source_name(source)
+    with _open_source(source, name) as fp:
+        try:
+            with _capture_warnings(name):
+                im = _open_image(fp, name)
+        except ImageError:
+            raise
+        except Exception as e:  # Pillow raises assorted types on malformed input
+            raise _classify(name, e, fp) from e
+        width, height = im.size
+        fmt = im.format
+        im.close()
+    if long_side is None:
+        return width * height
+    s = draft_factor(fmt, width, height, long_side)
+    return -(-width // s) * -(-height // s)
 
 
 def _load(source: Source, *, max_pixels: int, long_side: int | None) -> tuple[np.ndarray, float]:

@@ -79,6 +79,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import logging
 import os
@@ -98,10 +99,12 @@ from facesearch.errors import FacesearchError, ImageError, require_positive
 from facesearch.image import (
     SUPPORTED_SUFFIXES,
     PixelBudget,
+    decode_pixels,
     default_decode_megapixels,
     default_workers,
     image_size,
     load_image,
+    load_image_reduced,
     open_file,
 )
 from facesearch.interrupts import critical_section
@@ -392,6 +395,8 @@ class _Read:
     same_as_old: bool = False
     maybe_moved: bool = False
     pixels: int = 0  # of the decode budget, held until the decoded photo is dropped
+    scale: float = 1.0  # full-resolution pixels per pixel of image (a reduced JPEG decode)
+    full_size: tuple[int, int] = (0, 0)  # (width, height) of the photo at full resolution
 
 
 def _sha256(path: str) -> tuple[bytes, str]:
@@ -410,15 +415,18 @@ def _read(
     moved_hashes: frozenset[str] | set[str],
     budget: PixelBudget | None = None,
     ticket: int = -1,
+    long_side: int | None = None,
 ) -> _Read:
     """Worker: read, hash and (unless unchanged or moved) decode one file.
 
     With ``budget``, the decode waits for ``ticket``'s turn and its pixels (the result holds
     them in ``pixels`` until the photo is dropped); a read that decodes nothing passes its turn.
+    With ``long_side``, a JPEG far larger than that is decoded reduced (DCT scaling) to a long
+    side still ``>= long_side`` (:func:`facesearch.pipeline.reduced_decode_side`).
     """
     out = _Read(job)
     try:
-        _decode(out, job, moved_hashes, budget, ticket)
+        _decode(out, job, moved_hashes, budget, ticket, long_side)
     finally:
         if budget is not None and not out.pixels:
             budget.skip(ticket)
@@ -431,6 +439,7 @@ def _decode(
     moved_hashes: frozenset[str] | set[str],
     budget: PixelBudget | None,
     ticket: int,
+    long_side: int | None = None,
 ) -> None:
     try:
         data, out.content_hash = _sha256(job.path)
@@ -448,12 +457,20 @@ def _decode(
         return
     if budget is not None:
         try:
-            width, height = image_size(data) if data else (0, 0)
+            pixels = decode_pixels(data, long_side) if data else 0
         except ImageError:
-            width = height = 0  # the decode below says what is wrong
-        out.pixels = budget.acquire(ticket, width * height)
+            pixels = 0  # the decode below says what is wrong
+        out.pixels = budget.acquire(ticket, pixels)
     try:
-        out.image = load_image(data) if data else load_image(job.path)
+        source = data or job.path
+        if long_side is None:
+            out.image = load_image(source)
+        else:
+            out.image, out.scale = load_image_reduced(source, long_side)
+        height, width = out.image.shape[:2]
+        if out.scale != 1.0:  # the oriented full size, from the header
+            width, height = image_size(source)
+        out.full_size = (int(width), int(height))
     except ImageError as exc:
         out.error = exc.reason
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
@@ -473,6 +490,31 @@ def _open_workers(
     return submit
 
 
+def _at_full_size(faces: Sequence[Face], scale: float) -> tuple[Face, ...]:
+    """Faces found in a photo decoded at 1/``scale``, in full-resolution pixels."""
+    if scale == 1.0:
+        return tuple(faces)
+    out = []
+    for f in faces:
+        d = f.detection
+        det = dataclasses.replace(
+            d,
+            box=(d.box[0] * scale, d.box[1] * scale, d.box[2] * scale, d.box[3] * scale),
+            landmarks=tuple((x * scale, y * scale) for x, y in d.landmarks),  # type: ignore[arg-type]
+        )
+        out.append(dataclasses.replace(f, detection=det))
+    return tuple(out)
+
+
+def _decode_side(pipeline: object) -> int:
+    """The long side reduced decodes keep for ``pipeline`` (its detector's settings when they
+    are known, else the defaults)."""
+    from facesearch.pipeline import reduced_decode_side
+
+    config = getattr(pipeline, "config", None)
+    return reduced_decode_side(getattr(config, "detector", None))
+
+
 class _Run:
     """State of one :func:`index_paths` call (main thread only)."""
 
@@ -490,6 +532,7 @@ class _Run:
         self.pipe: FacePipeline | None = None
         self.should_stop = should_stop
         self.budget: PixelBudget | None = None  # the decode budget of the reads (_index)
+        self.decode_side = _decode_side(pipeline)  # reduced JPEG decodes keep this long side
         self.jobs: list[_Job] = []  # every file to read, in order
         self.settings = settings
         self.progress = progress
@@ -603,7 +646,7 @@ class _Run:
                 r.error, r.image = res, None
                 self._queue_photo(r, (), None)
             else:
-                self._queue_photo(r, tuple(res), r.image)
+                self._queue_photo(r, _at_full_size(res, r.scale), r.image)
             r.image = None
             self.release(r)
         self._tick(len(batch))
@@ -640,8 +683,8 @@ class _Run:
             content_hash=r.content_hash,
             size=r.job.size,
             mtime=r.job.mtime,
-            width=None if image is None else int(image.shape[1]),
-            height=None if image is None else int(image.shape[0]),
+            width=None if image is None else r.full_size[0],
+            height=None if image is None else r.full_size[1],
             faces=faces,
             labels=labels,
             label_source=st.LabelSource.CSV
@@ -833,7 +876,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                     if job is None:
                         return
                     ticket = next(tickets)
-                    read = pool.submit(_read, job, moved_hashes, budget, ticket)
+                    read = pool.submit(_read, job, moved_hashes, budget, ticket, run.decode_side)
                     queue.append((read, job.size, ticket))
                     queued_bytes += job.size
 

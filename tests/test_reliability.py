@@ -669,6 +669,66 @@ def test_decoded_pixels_are_budgeted_across_read_threads(tmp_path: Path, data: P
     assert tight < loose - 200, (tight, loose)
 
 
+def _stored_faces(home: Path) -> dict[str, list[tuple[tuple[float, ...], np.ndarray, int, int]]]:
+    """Per photo file name: its faces' ``(box, embedding, photo width, photo height)``."""
+    from facesearch import store as st
+    from facesearch.collection import Collection
+
+    out: dict[str, list[tuple[tuple[float, ...], np.ndarray, int, int]]] = {}
+    with Collection.open(home) as col, col.session() as s:
+        for path in [r[0] for r in s.execute(sa.text("SELECT path FROM photos"))]:
+            photo = st.photo_by_path(s, path)
+            assert photo is not None
+            size = s.execute(
+                sa.text("SELECT width, height FROM photos WHERE id = :i"), {"i": photo.id}
+            ).one()
+            out[Path(path).name] = [
+                (f.box, st.face_embedding(s, f.face_id)[0], int(size[0]), int(size[1]))
+                for f in st.faces_of_photo(s, photo.id)
+            ]
+    return out
+
+
+@pytest.mark.slow
+def test_a_jpeg_far_larger_than_the_detector_needs_is_decoded_reduced(
+    tmp_path: Path, data: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the reduced-decode side lowered so that a 4600 px JPEG is decoded at 1/2 (the
+    default, 4480 px, reduces JPEGs of 8960 px and more): its faces are stored in
+    full-resolution pixels, box and embedding close to a full decode's; the photo's stored size
+    is its full size; a photo below twice the side is decoded exactly as before (the same
+    pixels: the same faces, up to float rounding in a batch of other photos); and the decode
+    budget counts the reduced pixels."""
+    import facesearch.indexer as indexer
+    from facesearch.image import decode_pixels
+
+    use_shared_pipeline(monkeypatch)
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    big = data / "photos" / "George_Clooney" / "img40.jpg"  # 3061x4600
+    shutil.copy(big, lib / "big.jpg")
+    shutil.copy(data / "photos" / "Barack_Obama" / "obama3.jpg", lib / "normal.jpg")  # 2333
+    run_cli(["index", lib, "--home", tmp_path / "full"])
+    monkeypatch.setattr(indexer, "_decode_side", lambda pipeline: 2000)
+    assert decode_pixels(lib / "big.jpg", 2000) == 1531 * 2300
+    assert decode_pixels(lib / "normal.jpg", 2000) == 1434 * 2333
+    run_cli(["index", lib, "--home", tmp_path / "reduced"])
+    full, reduced = _stored_faces(tmp_path / "full"), _stored_faces(tmp_path / "reduced")
+    assert [len(full[n]) for n in ("big.jpg", "normal.jpg")] == [1, 1]
+    for (box_a, emb_a, *size_a), (box_b, emb_b, *size_b) in zip(
+        full["normal.jpg"], reduced["normal.jpg"], strict=True
+    ):
+        assert size_a == size_b and np.allclose(box_a, box_b, atol=1e-3)
+        assert np.allclose(emb_a, emb_b, atol=1e-5)
+    (box_a, emb_a, *size_a), (box_b, emb_b, *size_b) = full["big.jpg"][0], reduced["big.jpg"][0]
+    assert size_a == size_b == [3061, 4600]
+    width = box_a[2] - box_a[0]
+    assert max(abs(a - b) for a, b in zip(box_a, box_b, strict=True)) < 0.03 * width
+    # measured 0.24 (bench/reduced_decode.py): a full decode's crop is sampled down from a
+    # face of ~1500 px without antialiasing, the reduced one from ~750 px; tau is 1.147
+    assert float(np.linalg.norm(emb_a - emb_b)) < 0.35
+
+
 # -- 7. operational errors: one line, non-zero, nothing lost ---------------------------------------
 
 
