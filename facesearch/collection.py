@@ -290,7 +290,8 @@ class AdvisoryLock(WriterLock):
         try:
             with self.engine.connect() as conn:
                 return st.advisory_lock_holder(conn, self._key)
-        except Exception:  # noqa: BLE001 - only for a message
+        except Exception as exc:  # noqa: BLE001 - only for a message
+            logger.debug("the lock holder is unknown: %s", exc)
             return None
 
     def release(self) -> None:
