@@ -24,6 +24,7 @@ that a one-shot command starts fast.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -100,6 +101,16 @@ class Page(Generic[T]):
             "limit": self.limit,
             "offset": self.offset,
         }
+
+
+def _threshold(threshold: float | None) -> float | None:
+    """A distance threshold given by a caller: ``None`` or a finite number in [0, 4]."""
+    if threshold is None:
+        return None
+    t = float(threshold)
+    if not math.isfinite(t) or not 0.0 <= t <= 4.0:
+        raise ArgumentError(f"threshold must be a finite number in [0, 4], got {threshold!r}")
+    return t
 
 
 def _as_dict(item: object) -> object:
@@ -644,7 +655,8 @@ def verify(
 
     m = _models(models)
     pipe = m.pipeline(photos=2, megabytes=_megabytes(image_a) + _megabytes(image_b))
-    tau = m.threshold("verify") if threshold is None else float(threshold)
+    threshold = _threshold(threshold)
+    tau = m.threshold("verify") if threshold is None else threshold
     fa, fb = _faces(pipe, image_a, aligned), _faces(pipe, image_b, aligned)
     for src, found in ((image_a, fa), (image_b, fb)):
         if not found:
@@ -781,6 +793,7 @@ def identify(
     """
     if k < 1 or k > MAX_LIMIT:
         raise ArgumentError(f"k must be in 1..{MAX_LIMIT}, got {k}")
+    threshold = _threshold(threshold)
     from facesearch.prefetch import EarlyFaces
 
     m = _models(models)
@@ -943,18 +956,21 @@ def index_paths(
     progress: Callable[[Progress], None] | None = None,
     should_stop: StopSignal | None = None,
     aligned: bool = False,
+    rehash: bool = False,
 ) -> IndexReport:
     """Index the photos under ``paths`` (folders recursively, or files) into the collection.
 
     Incremental (unchanged photos skipped, moved ones keep their faces); ``labels``:
     ``"folders"`` or a ``path,person`` CSV; ``prune``: drop stored photos under ``paths``
-    whose files are gone; ``index_type``: change the vector index type. Embeds with ``model``
-    (``sface``, ``sface+dlib`` or a model file; default: the collection's active model,
-    ``models``' for a new collection). A photo that cannot be read is recorded and reported,
-    never fatal. Holds the writer lock for the run; committed every ``batch_size`` photos,
-    where ``should_stop`` is checked (the report then says ``interrupted``). ``aligned``: every
-    photo read is a face crop on the template, stored with that one face, not detected
-    (:func:`photo_faces`).
+    whose files are gone (never those under a folder that cannot be listed, which the report
+    counts); ``rehash``: read every file again, even when its size and mtime are those stored
+    (by default such a file is taken as unchanged unread); ``index_type``: change the vector
+    index type. Embeds with ``model`` (``sface``, ``sface+dlib`` or a model file; default: the
+    collection's active model, ``models``' for a new collection). A photo that cannot be read
+    is recorded and reported, never fatal. Holds the writer lock for the run; committed every
+    ``batch_size`` photos, where ``should_stop`` is checked (the report then says
+    ``interrupted``). ``aligned``: every photo read is a face crop on the template, stored with
+    that one face, not detected (:func:`photo_faces`).
     """
     from facesearch.image import default_workers
     from facesearch.indexer import COMMIT_BATCH, IndexSettings
@@ -967,6 +983,7 @@ def index_paths(
         workers=workers or default_workers(),
         index_type=index_type,
         aligned=aligned,
+        rehash=rehash,
     )
     with collection.lock():  # before loading the networks: a second writer is refused at once
         base = _models(models)
@@ -1309,6 +1326,7 @@ def split_cluster(
     from facesearch.collection_clusters import remove_from_cluster
     from facesearch.collection_clusters import split_cluster as run
 
+    threshold = _threshold(threshold)
     if face_ids is not None:
         if threshold is not None:
             raise ArgumentError("give face_ids or threshold, not both")

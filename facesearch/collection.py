@@ -61,6 +61,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -81,7 +82,10 @@ from facesearch.errors import (
     IndexMismatchError,
     LockedError,
     NotFoundError,
+    StorageError,
+    describe_os_error,
 )
+from facesearch.interrupts import complete, critical_section
 from facesearch.types import Match
 from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
@@ -163,10 +167,15 @@ class WriterLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def holder(self) -> int | None:
-        """Pid recorded by the current (or last) holder, if readable."""
+    @property
+    def where(self) -> str:
+        """Where the lock lives, for messages."""
+        return str(self.path)
+
+    def holder(self) -> str | None:
+        """Who holds (or last held) the lock, ``pid N``, if recorded."""
         try:
-            return int(self.path.read_bytes().split()[0])
+            return f"pid {int(self.path.read_bytes().split()[0])}"
         except (OSError, ValueError, IndexError):
             return None
 
@@ -185,8 +194,11 @@ class WriterLock:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 return False
             raise
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:  # the holder's pid, for messages only: a full disk must not stop a writer here
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError as exc:
+            logger.debug("could not record the pid in %s: %s", self.path, exc)
         self._fd = fd
         return True
 
@@ -200,15 +212,14 @@ class WriterLock:
         announced = False
         while not self.try_acquire():
             if time.monotonic() >= deadline:
-                pid = self.holder()
-                who = f"pid {pid}" if pid is not None else "another process"
+                who = self.holder() or "another process"
                 raise LockedError(
-                    f"{self.what} is being written by {who} (lock {self.path}); "
+                    f"{self.what} is being written by {who} (lock {self.where}); "
                     "wait for it to finish and try again"
                 )
             if not announced:
                 logger.info(
-                    "%s is being written by pid %s: waiting up to %.0f s",
+                    "%s is being written by %s: waiting up to %.0f s",
                     self.what,
                     self.holder(),
                     timeout,
@@ -225,6 +236,84 @@ class WriterLock:
         finally:
             os.close(self._fd)
             self._fd = None
+
+
+class AdvisoryLock(WriterLock):
+    """The writer lock of a collection stored in PostgreSQL: a session-level
+    ``pg_advisory_lock`` held on a connection of its own while the lock is held.
+
+    It lives where the data lives, so writers in different homes (or machines) sharing the
+    database exclude each other. The server drops it when that connection ends, however the
+    holder ends (the kernel of a killed process closes its socket). The key is derived from the
+    database and schema names; the holder names itself in ``application_name``.
+    """
+
+    NAMESPACE = "facesearch-writer"
+
+    def __init__(self, engine: Any, what: str) -> None:
+        super().__init__(Path(), what)
+        self.engine = engine
+        self._conn: Any = None
+        self._key: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def where(self) -> str:
+        url = self.engine.url.render_as_string(hide_password=True)
+        return f"PostgreSQL advisory lock {self._key} in {url}"
+
+    def try_acquire(self) -> bool:
+        if self._conn is not None:
+            raise RuntimeError(f"{self.what}: writer lock already held by this object")
+        conn = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        try:
+            self._key = self._key or st.advisory_key(conn, self.NAMESPACE)
+            if not st.try_advisory_lock(conn, self._key):
+                conn.close()
+                return False
+            st.set_application_name(
+                conn, f"facesearch writer pid {os.getpid()} on {socket.gethostname()}"
+            )
+        except BaseException:
+            conn.invalidate()
+            conn.close()
+            raise
+        self._conn = conn
+        return True
+
+    def holder(self) -> str | None:
+        if self._key is None:
+            return None
+        try:
+            with self.engine.connect() as conn:
+                return st.advisory_lock_holder(conn, self._key)
+        except Exception as exc:  # noqa: BLE001 - only for a message
+            logger.debug("the lock holder is unknown: %s", exc)
+            return None
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:  # a pooled connection keeps session locks: never hand it back holding one
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
+def writer_lock(store: st.Store, folder: Path, what: str) -> WriterLock:
+    """The writer lock of a collection, where its data lives: an advisory lock in PostgreSQL,
+    or a lock file beside the SQLite database (``write.lock`` in the collection folder for the
+    default database there, ``<database>.write.lock`` for one given with ``--db``)."""
+    if store.dialect == "postgresql":
+        return AdvisoryLock(store.engine, what)
+    database = store.url.database
+    if not database or database == ":memory:" or Path(database).parent == folder.resolve():
+        return WriterLock(folder / LOCK_NAME, what)
+    return WriterLock(Path(database + ".write.lock"), what)
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,7 +335,7 @@ class Collection:
         self.folder = folder
         self.store = store
         self.lock_timeout = lock_timeout
-        self._lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
+        self._lock = writer_lock(store, folder, f"collection {name!r}")
         self._lock_depth = 0
         self._vectors: VectorIndex | None = None
         self._space_of_vectors: tuple[str, ...] = ()  # the models whose faces _vectors holds
@@ -286,13 +375,25 @@ class Collection:
                     f"no {what} in {home}: create it by indexing photos into it "
                     f"(`facesearch index PATH --collection {name}`)",
                 )
-            folder.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StorageError(
+                    describe_os_error(exc, f"making the folder of {what} (--home {home}):")
+                ) from exc
             creating = WriterLock(folder / LOCK_NAME, what)
             creating.acquire(lock_timeout)
             try:
                 if not config_path.is_file():  # nobody created it while we waited
                     url = db_url or _sqlite_url(folder)
                     store = st.Store.open(url, create=True, what=what)
+                    try:
+                        _claim_store(store, name)
+                    except BaseException:
+                        store.close()
+                        creating.release()
+                        _remove_if_empty(folder)
+                        raise
                     _write_json_atomic(
                         config_path,
                         {
@@ -317,13 +418,18 @@ class Collection:
             raise CollectionError(f"{what} uses the database {stored}, not {_public_url(db_url)}")
         url = db_url or stored or _sqlite_url(folder)
         store = st.Store.open(url, create=create, what=what)
+        try:
+            _claim_store(store, name, claim=False)
+        except BaseException:
+            store.close()
+            raise
         return cls(name, folder, store, lock_timeout=lock_timeout)
 
     def close(self) -> None:
         """Save pending index changes, release the lock, close the database connections."""
         if self._lock.held:
             try:
-                self._flush()
+                complete("saving the vector index", self._flush)
             finally:
                 self._lock.release()
                 self._lock_depth = 0
@@ -386,9 +492,11 @@ class Collection:
                 threshold=threshold,
             )
             current = st.get_meta(s, ACTIVE_MODEL_KEY)
-            if (activate or current is None) and current != name:
+            switch = (activate or current is None) and current != name
+            if switch:
                 st.set_meta(s, ACTIVE_MODEL_KEY, name)
-                self._vectors = None  # the space may change: reload under the lock
+        if switch:
+            self._vectors = None  # the space may change: reload under the lock
         return info
 
     @property
@@ -513,7 +621,9 @@ class Collection:
             )
         return None
 
-    def _load_vectors(self) -> VectorIndex:
+    def _load_vectors(self, broken: str | None = None) -> VectorIndex:
+        """The index file, checked (see :meth:`VectorIndex.load`) and compared with SQL, or
+        the index rebuilt from SQL (``broken``: the file failed a check while searched)."""
         writer = self._lock.held
         with self.store.session() as s:
             exp = self._require_expected(s)
@@ -521,6 +631,8 @@ class Collection:
         self._stale = False
         loaded: VectorIndex | None = None
         try:
+            if broken is not None:
+                raise IndexMismatchError(broken)
             loaded = VectorIndex.load(self.index_path, mmap=not writer)
         except FileNotFoundError:
             reason = "it is missing"
@@ -548,7 +660,7 @@ class Collection:
                 and (loaded.model, loaded.dim) == (exp.model, exp.dim)
             ):
                 logger.info(
-                    "collection %r is being written by pid %s: searching its index as of "
+                    "collection %r is being written by %s: searching its index as of "
                     "generation %d (SQL is at %d); faces added since are not searched yet",
                     self.name,
                     self._lock.holder(),
@@ -595,7 +707,17 @@ class Collection:
                     st.recount_faces(s)
                     now = self._expected(s)
             if now is not None and self._mismatch(vi, now) is None:
-                vi.save(self.index_path)
+                try:
+                    vi.save(self.index_path)
+                except OSError as exc:  # a reader answers from memory (disk full, read-only)
+                    if self._lock_depth:
+                        raise
+                    logger.warning(
+                        "collection %r: could not save the rebuilt vector index (%s); "
+                        "searching it in memory",
+                        self.name,
+                        exc,
+                    )
         return vi
 
     def _build_from_sql(self) -> VectorIndex:
@@ -657,6 +779,10 @@ class Collection:
         vi = self._vectors
         if vi is None or not self._dirty:
             return
+        with critical_section("saving the vector index"):  # Ctrl-C: after the file agrees
+            self._save_vectors(vi)
+
+    def _save_vectors(self, vi: VectorIndex) -> None:
         wanted = self._wanted_kind(vi.kind, vi.count)
         retrain = (
             vi.kind == "ivf"
@@ -695,8 +821,16 @@ class Collection:
             finally:
                 self._lock_depth -= 1
             return
+        if self.store.read_only is not None:
+            raise StorageError(f"{self.store.read_only}; collection {self.name!r} can only be read")
         self._lock.acquire(self.lock_timeout if timeout is None else timeout)
         self._lock_depth = 1
+        try:
+            _claim_store(self.store, self.name)  # a store made before stores knew their owner
+        except BaseException:
+            self._lock_depth = 0
+            self._lock.release()
+            raise
         self._vectors = None  # reload under the lock, writable and checked
         self._stale = False
         self._dirty = False
@@ -705,12 +839,13 @@ class Collection:
             yield self
             ok = True
         finally:
-            try:
-                self._flush()
-            except Exception:
+            try:  # also when Ctrl-C comes as the block ends: the file must follow SQL
+                complete("saving the vector index", self._flush)
+            except Exception as exc:
                 if ok:
                     raise
-                logger.exception("collection %r: could not save the vector index", self.name)
+                # the block's own error is the one reported; the file is rebuilt when next used
+                logger.warning("collection %r: could not save the vector index: %s", self.name, exc)
             finally:
                 self._lock_depth = 0
                 self._lock.release()
@@ -740,25 +875,31 @@ class Collection:
         with self.lock():
             self._register_face_models(photos)
             vi = self._vectors_for_write() if self._has_model() else None
-            with self.store.session() as s:
-                results = st.add_photos(s, photos, replace=replace)
-                generation = st.get_generation(s)
-                space = set(self._space(s))
-            if vi is None:  # no model yet, so no faces: nothing to index
-                return results
-            ids: list[int] = []
-            vecs: list[np.ndarray] = []
-            for photo, res in zip(photos, results, strict=True):
-                for face, face_id in zip(photo.faces, res.face_ids, strict=True):
-                    if face.model in space:
-                        ids.append(face_id)
-                        vecs.append(np.asarray(face.embedding, dtype=np.float32).reshape(-1))
-            replaced = [i for r in results for i in r.replaced_face_ids]
-            added = (
-                np.array(ids, dtype=np.int64),
-                np.stack(vecs) if vecs else np.empty((0, vi.dim), dtype=np.float32),
-            )
-            self._apply(vi, generation, removed=np.array(replaced, dtype=np.int64), added=added)
+            with critical_section("a commit and its vector-index update"):
+                return self._add_photos(vi, photos, replace)
+
+    def _add_photos(
+        self, vi: VectorIndex | None, photos: Sequence[st.NewPhoto], replace: bool
+    ) -> list[st.AddedPhoto]:
+        with self.store.session() as s:
+            results = st.add_photos(s, photos, replace=replace)
+            generation = st.get_generation(s)
+            space = set(self._space(s))
+        if vi is None:  # no model yet, so no faces: nothing to index
+            return results
+        ids: list[int] = []
+        vecs: list[np.ndarray] = []
+        for photo, res in zip(photos, results, strict=True):
+            for face, face_id in zip(photo.faces, res.face_ids, strict=True):
+                if face.model in space:
+                    ids.append(face_id)
+                    vecs.append(np.asarray(face.embedding, dtype=np.float32).reshape(-1))
+        replaced = [i for r in results for i in r.replaced_face_ids]
+        added = (
+            np.array(ids, dtype=np.int64),
+            np.stack(vecs) if vecs else np.empty((0, vi.dim), dtype=np.float32),
+        )
+        self._apply(vi, generation, removed=np.array(replaced, dtype=np.int64), added=added)
         return results
 
     def _register_face_models(self, photos: Sequence[st.NewPhoto]) -> None:
@@ -802,11 +943,12 @@ class Collection:
     def _remove(self, change: Any) -> np.ndarray:
         with self.lock():
             vi = self._vectors_for_write() if self._has_model() else None
-            with self.store.session() as s:
-                removed = change(s)
-                generation = st.get_generation(s)
-            if vi is not None and len(removed):
-                self._apply(vi, generation, removed=removed)
+            with critical_section("a commit and its vector-index update"):
+                with self.store.session() as s:
+                    removed = change(s)
+                    generation = st.get_generation(s)
+                if vi is not None and len(removed):
+                    self._apply(vi, generation, removed=removed)
         return removed
 
     def update_embeddings(
@@ -820,12 +962,13 @@ class Collection:
         ids = np.asarray(face_ids, dtype=np.int64).reshape(-1)
         with self.lock():
             vi = self._vectors_for_write()
-            with self.store.session() as s:
-                n = st.update_embeddings(s, ids, xb, model)
-                generation = st.get_generation(s)
-                space = set(self._space(s))
-            added = (ids, np.asarray(xb, dtype=np.float32)) if model in space else None
-            self._apply(vi, generation, removed=ids, added=added)
+            with critical_section("a commit and its vector-index update"):
+                with self.store.session() as s:
+                    n = st.update_embeddings(s, ids, xb, model)
+                    generation = st.get_generation(s)
+                    space = set(self._space(s))
+                added = (ids, np.asarray(xb, dtype=np.float32)) if model in space else None
+                self._apply(vi, generation, removed=ids, added=added)
         return n
 
     def assign(
@@ -870,7 +1013,11 @@ class Collection:
         if labelled_only:
             with self.store.session() as s:
                 restrict = st.labelled_face_ids(s)
-        D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741 - FAISS vocabulary
+        try:
+            D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741 - FAISS vocabulary
+        except IndexMismatchError as exc:  # a block of a lazily checked file is corrupt
+            self._vectors = vi = self._load_vectors(broken=str(exc))
+            D, I = vi.search(xq, k, restrict_to=restrict)  # noqa: E741
         with self.store.session() as s:
             records = st.faces_by_ids(s, I[I >= 0])
         out: list[list[Match]] = []
@@ -1013,6 +1160,37 @@ class Collection:
         return out
 
 
+#: ``meta`` key: the name of the collection a store belongs to.
+OWNER_KEY = "collection"
+
+
+def _claim_store(store: st.Store, name: str, *, claim: bool = True) -> None:
+    """Refuse a store that belongs to another collection; ``claim``: record ``name`` as its
+    collection when none is recorded yet."""
+    with store.session() as s:
+        owner = st.get_meta(s, OWNER_KEY)
+        if owner is None and claim and store.read_only is None:
+            st.set_meta(s, OWNER_KEY, name)
+    if owner is not None and owner != name:
+        where = store.url.render_as_string(hide_password=True)
+        raise CollectionError(
+            f"the database {where} belongs to collection {owner!r}, not {name!r}: open it with "
+            f"--collection {owner} (several homes may share one collection's database on "
+            "purpose, under its name: their writers take turns through the database), or give "
+            f"collection {name!r} a database of its own (another --db)"
+        )
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove a collection folder made for nothing (only its lock file in it)."""
+    try:
+        if {p.name for p in folder.iterdir()} <= {LOCK_NAME}:
+            (folder / LOCK_NAME).unlink(missing_ok=True)
+            folder.rmdir()
+    except OSError:
+        pass
+
+
 def _sqlite_url(folder: Path) -> str:
     return f"sqlite:///{(folder / DB_NAME).resolve()}"
 
@@ -1047,17 +1225,17 @@ def upgrade_collection(
         )
     stored = _read_config(config_path).get("db_url")
     url = db_url or stored or _sqlite_url(folder)
-    lock = WriterLock(folder / LOCK_NAME, f"collection {name!r}")
-    lock.acquire(DEFAULT_LOCK_TIMEOUT)
+    engine = st.make_engine(url)
     try:
-        engine = st.make_engine(url)
+        lock = writer_lock(st.Store(engine), folder, f"collection {name!r}")
+        lock.acquire(DEFAULT_LOCK_TIMEOUT)
         try:
             before = st.schema_revision(engine)
             after = st.upgrade_database(engine)
         finally:
-            engine.dispose()
+            lock.release()
     finally:
-        lock.release()
+        engine.dispose()
     return before, after
 
 

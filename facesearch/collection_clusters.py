@@ -55,6 +55,7 @@ from facesearch.cluster_algorithms import ClusterConfig, agglomerate, assign_new
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
 from facesearch.distance import DEFAULT_THRESHOLD
 from facesearch.errors import ArgumentError, CollectionError, NotFoundError
+from facesearch.interrupts import critical_section
 
 log = logging.getLogger(__name__)
 
@@ -389,12 +390,13 @@ def apply_proposals(col: Collection, rep: ClusterReport) -> int:
             if person is None:
                 continue
             fids = [r.face_id for r in e.faces if r.face_id not in labelled]
-            if fids:
-                n += col.assign(fids, person, source, replace=False)
-            with col.session() as s:
-                c = st.require_cluster(s, e.id or 0)
-                if c.person_id is None:
-                    st.update_cluster(s, c.id, person_id=st.ensure_person(s, person).id)
+            with critical_section("labelling a cluster"):  # its faces and itself, together
+                if fids:
+                    n += col.assign(fids, person, source, replace=False)
+                with col.session() as s:
+                    c = st.require_cluster(s, e.id or 0)
+                    if c.person_id is None:
+                        st.update_cluster(s, c.id, person_id=st.ensure_person(s, person).id)
     return n
 
 

@@ -6,6 +6,7 @@ Every error says what was wrong, the value seen, and what to do. The CLI turns a
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 
@@ -65,6 +66,12 @@ class CollectionError(FacesearchError):
     """A collection is missing, locked, of an older schema, or otherwise unusable."""
 
 
+class StorageError(CollectionError):
+    """The database or the disk under a collection failed: unreachable or lost server, a full
+    disk, a corrupt file, a malformed database URL (a server answers 503). The message says
+    what, where and what to do; what was committed before is kept."""
+
+
 class NotFoundError(CollectionError):
     """An unknown face, photo, person or cluster (by id or name), or a missing collection.
 
@@ -87,3 +94,24 @@ class LockedError(CollectionError):
 
 class IndexMismatchError(CollectionError):
     """The vector index does not match the SQL store it is a cache of."""
+
+
+def describe_os_error(exc: OSError, doing: str = "") -> str:
+    """One line for a file-system failure: what failed, where, and what to do.
+
+    ``doing`` says what was being done (``"writing the vector index"``)."""
+    where = exc.filename if exc.filename is not None else ""
+    head = f"{doing} {where}".strip() or "a file operation"
+    code = exc.errno
+    if code == errno.ENOSPC or code == errno.EDQUOT:
+        return (
+            f"disk full: no space left for {head}: free some space and run the command again "
+            "(what was committed before is kept)"
+        )
+    if code == errno.ENOTDIR:
+        return f"{head}: a part of this path is a file, not a folder: give a folder"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {head}: check the permissions of the folder"
+    if code == errno.EROFS:
+        return f"read-only file system: {head}: use a writable folder"
+    return f"{head}: {exc.strerror or exc}"

@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import os
 import re
 import stat
@@ -181,6 +182,107 @@ def default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+#: Environment variable: megapixels of photos being decoded or decoded and waiting, at most,
+#: across the read threads of ``facesearch index`` (default :data:`DECODE_MEGAPIXELS`).
+DECODE_MEGAPIXELS_ENV = "FACESEARCH_DECODE_MEGAPIXELS"
+#: Default decode budget: 128 MP, five 24 MP photos or ten 12 MP ones in flight; a photo
+#: larger than the budget is decoded alone. Decoding takes up to ~10 bytes per pixel while
+#: Pillow works (its image, its bytes, the RGB array), 3 once decoded.
+DECODE_MEGAPIXELS: float = 128.0
+
+
+def default_decode_megapixels() -> float:
+    """:data:`DECODE_MEGAPIXELS`, or ``FACESEARCH_DECODE_MEGAPIXELS`` when set."""
+    raw = os.environ.get(DECODE_MEGAPIXELS_ENV)
+    if not raw:
+        return DECODE_MEGAPIXELS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{DECODE_MEGAPIXELS_ENV} must be a positive number, got {raw!r}")
+    return value
+
+
+class PixelBudget:
+    """Decoded pixels in flight, shared by the read threads of one run.
+
+    A read takes its turn in submission order (``ticket`` 0, 1, 2, ...): it waits until every
+    earlier ticket has been granted or skipped and the pixels it needs fit beside those still
+    held (one photo larger than the whole budget is granted alone). The holder gives the pixels
+    back with :meth:`release` once its decoded photo is dropped. Granting in order is what
+    keeps a consumer that takes results in order from waiting on a read that waits on pixels
+    held by photos behind it; the consumer calls :meth:`blocked` to learn that the next read
+    waits for pixels it holds, and drains its queue.
+    """
+
+    def __init__(self, megapixels: float) -> None:
+        if not math.isfinite(megapixels) or megapixels <= 0:
+            raise ValueError(f"the decode budget must be positive megapixels, got {megapixels}")
+        self.total = int(megapixels * 1e6)
+        self.used = 0
+        self._next = 0
+        self._skipped: set[int] = set()
+        self._starved: int | None = None  # a ticket whose turn it is, waiting for pixels
+        self._closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, ticket: int, pixels: int) -> int:
+        """Wait for ``ticket``'s turn and ``pixels`` (capped at the budget); returns the
+        pixels granted, to give back with :meth:`release`."""
+        want = max(0, min(int(pixels), self.total))
+        with self._cond:
+            while not self._closed:
+                if ticket == self._next:
+                    if not self.used or self.used + want <= self.total:
+                        break
+                    self._starved = ticket
+                self._cond.wait()
+            if self._starved == ticket:
+                self._starved = None
+            if self._closed:
+                return 0
+            self.used += want
+            self._next += 1
+            self._advance()
+            self._cond.notify_all()
+        return want
+
+    def skip(self, ticket: int) -> None:
+        """``ticket`` decodes nothing (unchanged, moved or unreadable): its turn passes."""
+        with self._cond:
+            if ticket == self._next:
+                self._next += 1
+                self._advance()
+                self._cond.notify_all()
+            elif ticket > self._next:
+                self._skipped.add(ticket)
+
+    def release(self, pixels: int) -> None:
+        if pixels <= 0:
+            return
+        with self._cond:
+            self.used = max(0, self.used - pixels)
+            self._cond.notify_all()
+
+    def blocked(self, ticket: int) -> bool:
+        """True when ``ticket``'s read waits for pixels held by photos already read."""
+        with self._cond:
+            return self._starved == ticket
+
+    def close(self) -> None:
+        """Wake every waiting read (the run ends): they go on without waiting."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _advance(self) -> None:
+        while self._next in self._skipped:
+            self._skipped.remove(self._next)
+            self._next += 1
+
+
 def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` (a path or the bytes of a file) at full resolution.
 
@@ -253,23 +355,57 @@ def _open_source(source: Source, name: str) -> Iterator[IO[bytes]]:
             raise ImageError(name, "empty file (0 bytes)")
         yield io.BytesIO(source)
         return
-    try:
-        st = os.stat(source)
-        if stat.S_ISDIR(st.st_mode):
-            raise ImageError(name, "is a directory, not an image file")
-        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
+    with open_file(source) as fp:
+        if os.fstat(fp.fileno()).st_size == 0:
             raise ImageError(name, "empty file (0 bytes)")
-        fp = open(source, "rb")  # noqa: SIM115 - closed below
+        yield fp
+
+
+_NOT_REGULAR: tuple[tuple[object, str], ...] = (
+    (stat.S_ISDIR, "is a directory, not an image file"),
+    (stat.S_ISFIFO, "not a regular file (a FIFO): only regular files are read"),
+    (stat.S_ISCHR, "not a regular file (a character device): only regular files are read"),
+    (stat.S_ISBLK, "not a regular file (a block device): only regular files are read"),
+    (stat.S_ISSOCK, "not a regular file (a socket): only regular files are read"),
+)
+_OPEN_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
+
+
+def open_file(path: str | os.PathLike[str]) -> IO[bytes]:
+    """Open ``path`` for reading, if it is a regular file; :class:`ImageError` otherwise.
+
+    Opened non-blocking and checked on the open descriptor (``fstat``): a FIFO, device or
+    socket named like a photo is refused at once instead of blocking the reader forever (a
+    FIFO's ``open`` waits for a writer, its ``read`` for data), and a file swapped for one
+    between a check and the open cannot slip through. ``O_NONBLOCK`` changes nothing for a
+    regular file.
+    """
+    name = os.fspath(path)
+    try:
+        fd = os.open(name, _OPEN_FLAGS)
     except FileNotFoundError as e:
         raise ImageError(name, "file not found") from e
-    except IsADirectoryError as e:
-        raise ImageError(name, "is a directory, not an image file") from e
     except PermissionError as e:
         raise ImageError(name, "permission denied") from e
     except OSError as e:
         raise ImageError(name, f"cannot open the file ({e.strerror or e})") from e
-    with fp:
-        yield fp
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            reason = next(
+                (why for test, why in _NOT_REGULAR if test(mode)),  # type: ignore[operator]
+                "not a regular file: only regular files are read",
+            )
+            raise ImageError(name, reason)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextmanager
@@ -323,12 +459,19 @@ def _orientation(im: Image.Image, *, header_only: bool) -> int:
     return value
 
 
+def draft_factor(fmt: str | None, width: int, height: int, long_side: int) -> int:
+    """The JPEG DCT scale (1, 2, 4 or 8) a reduced decode of a ``fmt`` photo of ``width`` x
+    ``height`` uses: the coarsest keeping its long side ``>= long_side`` (1: decoded in full,
+    every format but JPEG/MPO)."""
+    if fmt not in ("JPEG", "MPO"):
+        return 1
+    return next((s for s in (8, 4, 2) if max(width, height) // s >= long_side), 1)
+
+
 def _draft_scale(im: Image.Image, long_side: int) -> int:
     """Apply the coarsest JPEG DCT scale keeping the long side >= ``long_side``; return it."""
-    if im.format not in ("JPEG", "MPO"):
-        return 1
     width, height = im.size
-    scale = next((s for s in (8, 4, 2) if max(width, height) // s >= long_side), 1)
+    scale = draft_factor(im.format, width, height, long_side)
     if scale == 1:
         return 1
     # draft() picks the largest of 8/4/2/1 not above min(W // w, H // h).
@@ -337,7 +480,28 @@ def _draft_scale(im: Image.Image, long_side: int) -> int:
         return 1
     _, box = drafted  # box = (0, 0, W / s, H / s)
     return round(width / box[2])
-    return scale
+
+
+def decode_pixels(source: Source, long_side: int | None = None) -> int:
+    """Pixels the decode of ``source`` holds: width x height from the header, divided by the
+    square of the DCT scale :func:`load_image_reduced` with ``long_side`` uses (``None``: a
+    full decode). Cheap (header only); raises :class:`ImageError` like :func:`image_size`."""
+    name = _source_name(source)
+    with _open_source(source, name) as fp:
+        try:
+            with _capture_warnings(name):
+                im = _open_image(fp, name)
+        except ImageError:
+            raise
+        except Exception as e:  # Pillow raises assorted types on malformed input
+            raise _classify(name, e, fp) from e
+        width, height = im.size
+        fmt = im.format
+        im.close()
+    if long_side is None:
+        return width * height
+    s = draft_factor(fmt, width, height, long_side)
+    return -(-width // s) * -(-height // s)
 
 
 def _load(source: Source, *, max_pixels: int, long_side: int | None) -> tuple[np.ndarray, float]:

@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import logging
 import os
@@ -99,6 +100,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -107,7 +109,19 @@ import numpy as np
 
 from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 from facesearch.errors import FacesearchError, ImageError, require_positive
-from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image, sniff_format
+from facesearch.image import (
+    SUPPORTED_SUFFIXES,
+    PixelBudget,
+    decode_pixels,
+    default_decode_megapixels,
+    default_workers,
+    image_size,
+    load_image,
+    load_image_reduced,
+    open_file,
+    sniff_format,
+)
+from facesearch.interrupts import critical_section
 from facesearch.model_upgrade import register_pipeline_model
 from facesearch.pipeline import Models
 from facesearch.types import Face
@@ -155,6 +169,12 @@ class IndexSettings:
     workers: int = field(default_factory=default_workers)
     index_type: str | None = None
     aligned: bool = False
+    #: Read and hash every stored file again, even when its size and mtime are unchanged
+    #: (a file edited in place with both kept, e.g. by a tool that restores the mtime).
+    rehash: bool = False
+    #: Megapixels being decoded or decoded and waiting for the networks, at most, across the
+    #: read threads (a photo larger than that is decoded alone): bounds the memory of a run.
+    decode_megapixels: float = field(default_factory=default_decode_megapixels)
 
     def __post_init__(self) -> None:
         require_positive(batch_size=self.batch_size, workers=self.workers)
@@ -198,6 +218,8 @@ class IndexReport:
     seconds: float = 0.0
     interrupted: bool = False
     failures: list[tuple[str, str]] = field(default_factory=list)
+    #: Folders that could not be listed, ``(path, reason)``: their stored photos are kept.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def processed(self) -> int:
@@ -228,6 +250,8 @@ class IndexReport:
             "seconds": round(self.seconds, 3),
             "interrupted": self.interrupted,
             "failures": [{"path": p, "error": e} for p, e in self.failures],
+            "unreadable_folders": len(self.unreadable),
+            "unreadable": [{"path": p, "error": e} for p, e in self.unreadable],
         }
 
 
@@ -251,6 +275,8 @@ class WalkResult:
     by_content: int = 0
     broken_links: int = 0
     root_files: tuple[int, ...] = ()
+    #: Folders that could not be listed (permission denied, I/O error): ``(path, reason)``.
+    unreadable: tuple[tuple[str, str], ...] = ()
 
 
 def _supported(name: str) -> bool:
@@ -291,6 +317,13 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
     found = _Walk()
     roots: list[str] = []
     counts: list[int] = []
+    unreadable: list[tuple[str, str]] = []
+
+    def cannot_list(exc: OSError) -> None:
+        where = os.fspath(exc.filename) if exc.filename is not None else "?"
+        unreadable.append((where, exc.strerror or str(exc)))
+        logger.warning("cannot read the folder %s: %s (its photos are skipped)", where, exc)
+
     for given in paths:
         root = os.path.abspath(os.fspath(given))
         roots.append(root)
@@ -300,7 +333,7 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
             counts.append(found.seen)
             continue
         walked = {_folder_id(root)}  # real folders, against link cycles and double walks
-        for folder, dirnames, filenames in os.walk(root, followlinks=True):
+        for folder, dirnames, filenames in os.walk(root, onerror=cannot_list, followlinks=True):
             kept = []
             for d in sorted(dirnames):
                 sub = os.path.join(folder, d)
@@ -325,6 +358,7 @@ def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
         by_content=len(found.by_content),
         broken_links=len(found.broken),
         root_files=tuple(counts),
+        unreadable=tuple(unreadable),
     )
 
 
@@ -341,8 +375,19 @@ def _folder_id(path: str) -> tuple[int, int] | None:
 
 
 def folder_label(path: str) -> str:
-    """The person of ``path`` under ``--labels folders``: its parent folder's name."""
-    return os.path.basename(os.path.dirname(path))
+    """The person of ``path`` under ``--labels folders``: its parent folder's name.
+
+    A folder name that is not valid UTF-8 (old disks and archives often hold Latin-1 names)
+    is read as Windows-1252, then Latin-1, so ``Jos\\xe9`` names José.
+    """
+    name = os.path.basename(os.path.dirname(path))
+    raw = os.fsencode(name)
+    for encoding in ("utf-8", "cp1252", "latin-1"):
+        try:
+            return raw.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return name  # pragma: no cover - latin-1 decodes any bytes
 
 
 def csv_rows(
@@ -445,35 +490,86 @@ class _Read:
     error: str | None = None
     same_as_old: bool = False
     maybe_moved: bool = False
+    pixels: int = 0  # of the decode budget, held until the decoded photo is dropped
+    scale: float = 1.0  # full-resolution pixels per pixel of image (a reduced JPEG decode)
+    full_size: tuple[int, int] = (0, 0)  # (width, height) of the photo at full resolution
 
 
 def _sha256(path: str) -> tuple[bytes, str]:
+    """``(bytes, sha256 hex)`` of a regular file (:class:`ImageError` for anything else)."""
     h = hashlib.sha256()
     chunks = []
-    with open(path, "rb") as f:
+    with open_file(path) as f:
         while chunk := f.read(_READ_CHUNK):
             h.update(chunk)
             chunks.append(chunk)
     return b"".join(chunks), h.hexdigest()
 
 
-def _read(job: _Job, moved_hashes: frozenset[str] | set[str], aligned: bool = False) -> _Read:
-    """Worker: read, hash and (unless unchanged or moved) decode one file; ``aligned``: check
-    that it is a face crop on the template."""
+def _read(
+    job: _Job,
+    moved_hashes: frozenset[str] | set[str],
+    budget: PixelBudget | None = None,
+    ticket: int = -1,
+    long_side: int | None = None,
+    aligned: bool = False,
+) -> _Read:
+    """Worker: read, hash and (unless unchanged or moved) decode one file.
+
+    With ``budget``, the decode waits for ``ticket``'s turn and its pixels (the result holds
+    them in ``pixels`` until the photo is dropped); a read that decodes nothing passes its turn.
+    With ``long_side``, a JPEG far larger than that is decoded reduced (DCT scaling) to a long
+    side still ``>= long_side`` (:func:`facesearch.pipeline.reduced_decode_side`).
+    ``aligned``: the file must be a face crop on the template (never decoded reduced).
+    """
     out = _Read(job)
     try:
+        _decode(out, job, moved_hashes, budget, ticket, long_side, aligned)
+    finally:
+        if budget is not None and not out.pixels:
+            budget.skip(ticket)
+    return out
+
+
+def _decode(
+    out: _Read,
+    job: _Job,
+    moved_hashes: frozenset[str] | set[str],
+    budget: PixelBudget | None,
+    ticket: int,
+    long_side: int | None = None,
+    aligned: bool = False,
+) -> None:
+    try:
         data, out.content_hash = _sha256(job.path)
+    except ImageError as exc:
+        out.error = exc.reason
+        return
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
-        return out
+        return
     if job.old is not None and job.old.content_hash == out.content_hash:
         out.same_as_old = True
-        return out
+        return
     if out.content_hash in moved_hashes:
         out.maybe_moved = True
-        return out
+        return
+    if budget is not None:
+        try:
+            pixels = decode_pixels(data, long_side) if data else 0
+        except ImageError:
+            pixels = 0  # the decode below says what is wrong
+        out.pixels = budget.acquire(ticket, pixels)
     try:
-        out.image = load_image(data) if data else load_image(job.path)
+        source = data or job.path
+        if long_side is None or aligned:
+            out.image = load_image(source)
+        else:
+            out.image, out.scale = load_image_reduced(source, long_side)
+        height, width = out.image.shape[:2]
+        if out.scale != 1.0:  # the oriented full size, from the header
+            width, height = image_size(source)
+        out.full_size = (int(width), int(height))
         if aligned:
             from facesearch.align import template_landmarks
 
@@ -484,7 +580,9 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str], aligned: bool = Fa
         out.error = exc.reason
     except Exception as exc:  # noqa: BLE001 - a bad file must never stop the run
         out.error = f"{type(exc).__name__}: {exc}"
-    return out
+    if out.image is None and budget is not None and out.pixels:
+        budget.release(out.pixels)
+        out.pixels = 0
 
 
 def _open_workers(
@@ -495,6 +593,31 @@ def _open_workers(
     submit = workers.__enter__()
     stack.push(workers.__exit__)
     return submit
+
+
+def _at_full_size(faces: Sequence[Face], scale: float) -> tuple[Face, ...]:
+    """Faces found in a photo decoded at 1/``scale``, in full-resolution pixels."""
+    if scale == 1.0:
+        return tuple(faces)
+    out = []
+    for f in faces:
+        d = f.detection
+        det = dataclasses.replace(
+            d,
+            box=(d.box[0] * scale, d.box[1] * scale, d.box[2] * scale, d.box[3] * scale),
+            landmarks=tuple((x * scale, y * scale) for x, y in d.landmarks),  # type: ignore[arg-type]
+        )
+        out.append(dataclasses.replace(f, detection=det))
+    return tuple(out)
+
+
+def _decode_side(pipeline: object) -> int:
+    """The long side reduced decodes keep for ``pipeline`` (its detector's settings when they
+    are known, else the defaults)."""
+    from facesearch.pipeline import reduced_decode_side
+
+    config = getattr(pipeline, "config", None)
+    return reduced_decode_side(getattr(config, "detector", None))
 
 
 class _Run:
@@ -513,6 +636,8 @@ class _Run:
         self.loader = pipeline if isinstance(pipeline, Models) or callable(pipeline) else None
         self.pipe: FacePipeline | None = None
         self.should_stop = should_stop
+        self.budget: PixelBudget | None = None  # the decode budget of the reads (_index)
+        self.decode_side = _decode_side(pipeline)  # reduced JPEG decodes keep this long side
         self.jobs: list[_Job] = []  # every file to read, in order
         self.settings = settings
         self.progress = progress
@@ -634,9 +759,16 @@ class _Run:
                 r.error, r.image = res, None
                 self._queue_photo(r, (), None)
             else:
-                self._queue_photo(r, tuple(res), r.image)
+                self._queue_photo(r, _at_full_size(res, r.scale), r.image)
             r.image = None
+            self.release(r)
         self._tick(len(batch))
+
+    def release(self, r: _Read) -> None:
+        """``r``'s decoded photo is dropped: its pixels go back to the decode budget."""
+        if r.pixels and self.budget is not None:
+            self.budget.release(r.pixels)
+        r.pixels = 0
 
     def finish(self) -> None:
         """Send the open task and take every result."""
@@ -664,8 +796,8 @@ class _Run:
             content_hash=r.content_hash,
             size=r.job.size,
             mtime=r.job.mtime,
-            width=None if image is None else int(image.shape[1]),
-            height=None if image is None else int(image.shape[0]),
+            width=None if image is None else r.full_size[0],
+            height=None if image is None else r.full_size[1],
             faces=faces,
             labels=labels,
             label_source=st.LabelSource.CSV
@@ -679,12 +811,7 @@ class _Run:
         if len(self.pending) >= self.settings.batch_size:
             self.commit()
 
-    def commit(self) -> None:
-        """One transaction for the pending photos (replacing stored rows of updated files)."""
-        if not self.pending:
-            return
-        photos, stats = self.pending, self.pending_stats
-        self.col.add_photos(photos, replace=True)
+    def _count(self, photos: list[NewPhoto], stats: list[tuple[bool, bool]]) -> None:
         rep = self.report
         for photo, (updated, failed) in zip(photos, stats, strict=True):
             if not failed:
@@ -701,7 +828,16 @@ class _Run:
             rep.faces_added += len(photo.faces)
             rep.faces_upscaled += sum(f.detection.detector_pass == "upscaled" for f in photo.faces)
             rep.labels_given += sum(1 for label in photo.labels if label is not None)
-        self.pending, self.pending_stats = [], []
+
+    def commit(self) -> None:
+        """One transaction for the pending photos (replacing stored rows of updated files)."""
+        if not self.pending:
+            return
+        photos, stats = self.pending, self.pending_stats
+        with critical_section("a commit"):  # the report counts what SQL holds
+            self.col.add_photos(photos, replace=True)
+            self.pending, self.pending_stats = [], []
+            self._count(photos, stats)
         logger.debug("committed %d photos", len(photos))
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.col.save_index()
@@ -740,6 +876,7 @@ def index_paths(
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
     rep.by_content, rep.broken_links = found.by_content, found.broken_links
+    rep.unreadable = list(found.unreadable)
     if found.skipped_hidden or found.skipped_other or found.broken_links:
         logger.info(
             "skipped %d hidden files or folders, %d files that are not images and %d links to "
@@ -802,7 +939,12 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
             logger.debug("cannot stat %s: %s", path, exc)
             continue
         old = stored.get(path)
-        if old is not None and old.size == info.st_size and old.mtime == info.st_mtime:
+        if (
+            old is not None
+            and not settings.rehash
+            and old.size == info.st_size
+            and old.mtime == info.st_mtime
+        ):
             rep.unchanged += 1
             if old.status is not st.PhotoStatus.FAILED:
                 run.indexed.add(path)
@@ -814,9 +956,10 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     gone: dict[str, list[PhotoStat]] = {}
     gone_under_roots: list[PhotoStat] = []
     roots = [r.rstrip(os.sep) + os.sep for r in found.roots]
+    unlisted = tuple(p.rstrip(os.sep) + os.sep for p, _ in found.unreadable)
     for path, stat in stored.items():
-        if path in walked or os.path.exists(path):  # a link to nothing is gone too
-            continue
+        if path in walked or path.startswith(unlisted) or os.path.exists(path):
+            continue  # a link to nothing is gone; under a folder not listed: not known to be
         gone.setdefault(stat.content_hash, []).append(stat)
         if any(path.startswith(r) or path == r[:-1] for r in roots):
             gone_under_roots.append(stat)
@@ -835,11 +978,25 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     moved_hashes = frozenset(gone)
     window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
+    budget = run.budget = PixelBudget(settings.decode_megapixels)
+    tickets = iter(range(len(jobs)))
     try:
         with contextlib.ExitStack() as stack:
-            queue: deque[tuple[Future[_Read], int]] = deque()  # (read, file size)
+            queue: deque[tuple[Future[_Read], int, int]] = deque()  # (read, file size, ticket)
             it: Iterator[_Job] = iter(jobs)
             queued_bytes = 0
+
+            def take(fut: Future[_Read], ticket: int) -> _Read:
+                """The read's result. Reads are granted pixels in order and this thread takes
+                them in order, so a read can only wait for pixels held by photos taken
+                before it: then the open task is sent and every result collected, which
+                gives those pixels back."""
+                while True:
+                    try:
+                        return fut.result(timeout=0.05)
+                    except FutureTimeout:
+                        if budget.blocked(ticket):
+                            run.finish()
 
             def fill() -> None:
                 """Keep ``window`` reads out; while the pipeline is not loaded yet, read further
@@ -853,9 +1010,11 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                     job = next(it, None)
                     if job is None:
                         return
-                    queue.append(
-                        (pool.submit(_read, job, moved_hashes, settings.aligned), job.size)
+                    ticket = next(tickets)
+                    read = pool.submit(
+                        _read, job, moved_hashes, budget, ticket, run.decode_side, settings.aligned
                     )
+                    queue.append((read, job.size, ticket))
                     queued_bytes += job.size
 
             run.stack = stack
@@ -863,22 +1022,24 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
                 run.submit = _open_workers(stack, run.pipe)
             fill()
             while queue:
-                fut, size = queue.popleft()
+                fut, size, ticket = queue.popleft()
                 queued_bytes -= size
-                r = fut.result()
+                r = take(fut, ticket)
                 fill()
                 _handle(run, r, gone, claimed, relabel)  # may load the pipeline: reads go on
             run.finish()
         run.commit()
     finally:
         run.submit = run.stack = None
+        budget.close()  # reads waiting for pixels go on (and end) at once
         pool.shutdown(wait=True, cancel_futures=True)
     # photos under the roots that are gone (and were not moved)
     lost = [p for p in gone_under_roots if p.id not in claimed]
     if lost:
         if settings.prune:
-            col.remove_photos([p.id for p in lost])
-            rep.pruned = len(lost)
+            with critical_section("a commit"):
+                col.remove_photos([p.id for p in lost])
+                rep.pruned = len(lost)
             logger.info("pruned %d photos whose files are gone", len(lost))
         else:
             rep.missing = len(lost)
@@ -898,8 +1059,9 @@ def _handle(
     col, rep = run.col, run.report
     job = r.job
     if r.same_as_old and job.old is not None:
-        col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
-        rep.unchanged += 1
+        with critical_section("a commit"):
+            col.touch_photo(job.old.id, size=job.size, mtime=job.mtime)
+            rep.unchanged += 1
         if job.old.status is not st.PhotoStatus.FAILED:
             run.indexed.add(job.path)
         if job.label is not None and job.old.status.value == "ok":
@@ -910,13 +1072,14 @@ def _handle(
         source = next((p for p in gone.get(r.content_hash, []) if p.id not in claimed), None)
         if source is None:  # two new copies of one vanished photo: the second is decoded
             r.maybe_moved = False
-            r = _read(job, frozenset(), run.settings.aligned)
+            r = _read(job, frozenset(), aligned=run.settings.aligned)
         else:
             claimed.add(source.id)
-            if job.old is not None:  # the file at this path was replaced by a moved photo
-                col.remove_photos([job.old.id])
-            col.move_photo(source.id, job.path, mtime=job.mtime)
-            rep.moved += 1
+            with critical_section("a commit"):
+                if job.old is not None:  # the file at this path was replaced by a moved photo
+                    col.remove_photos([job.old.id])
+                col.move_photo(source.id, job.path, mtime=job.mtime)
+                rep.moved += 1
             if source.status is not st.PhotoStatus.FAILED:
                 run.indexed.add(job.path)
             logger.info("%s was moved to %s: faces and labels kept", source.path, job.path)
@@ -949,7 +1112,8 @@ def _label_stored(run: _Run, relabel: dict[int, str]) -> None:
         return
     with col.lock():
         for person, face_ids in sorted(by_person.items()):
-            rep.labels_given += col.assign(face_ids, person, source, replace=False)
+            with critical_section("a commit"):
+                rep.labels_given += col.assign(face_ids, person, source, replace=False)
     logger.info("labelled %d faces of photos indexed earlier", sum(map(len, by_person.values())))
 
 
@@ -986,6 +1150,9 @@ def enroll_photos(
             try:
                 info = os.stat(path)
                 data, content_hash = _sha256(path)
+            except ImageError as exc:
+                errors.append((path, str(exc)))
+                continue
             except OSError as exc:
                 errors.append((path, str(ImageError(path, exc.strerror or str(exc)))))
                 continue

@@ -57,6 +57,7 @@ from facesearch.errors import (
     ModelError,
     require_positive,
 )
+from facesearch.interrupts import critical_section
 from facesearch.models.modelfile import SHIPPED, SHIPPED_MODELS
 
 if TYPE_CHECKING:
@@ -357,16 +358,19 @@ class _Loaded:
 def _load(job: _PhotoJob) -> _Loaded:
     """Worker: read the photo, check its content hash, decode it."""
     from facesearch.errors import ImageError
-    from facesearch.image import load_image
+    from facesearch.image import load_image, open_file
 
     out = _Loaded(job)
     h = hashlib.sha256()
     chunks = []
     try:
-        with open(job.path, "rb") as f:
+        with open_file(job.path) as f:
             while chunk := f.read(_READ_CHUNK):
                 h.update(chunk)
                 chunks.append(chunk)
+    except ImageError as exc:  # the reason the indexer records too: "file not found", ...
+        out.error = exc.reason
+        return out
     except OSError as exc:
         out.error = f"cannot read the file ({exc.strerror or exc})"
         return out
@@ -466,11 +470,12 @@ def reindex_collection(
         def commit() -> None:
             nonlocal pend_ids, pend_x, pend_photos, last_checkpoint
             if pend_ids:
-                collection.update_embeddings(
-                    np.array(pend_ids, np.int64), np.concatenate(pend_x), name
-                )
-                rep.reembedded += len(pend_ids)
-                rep.photos += pend_photos
+                with critical_section("a commit"):  # the report counts what SQL holds
+                    collection.update_embeddings(
+                        np.array(pend_ids, np.int64), np.concatenate(pend_x), name
+                    )
+                    rep.reembedded += len(pend_ids)
+                    rep.photos += pend_photos
             pend_ids, pend_x, pend_photos = [], [], 0
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 collection.save_index()
@@ -519,8 +524,9 @@ def reindex_collection(
             pool.shutdown(wait=True, cancel_futures=True)
         rep.remaining = _remaining(collection, name)
         if not compatible and not rep.interrupted and rep.remaining == 0:
-            collection.register_model(name, int(meta["dim"]), activate=True)
-            collection.rebuild_index()
+            with critical_section("switching the active model and rebuilding the index"):
+                collection.register_model(name, int(meta["dim"]), activate=True)
+                collection.rebuild_index()
             logger.info(
                 "collection %r: every face re-embedded, %r is active", collection.name, name
             )

@@ -64,6 +64,28 @@ ImageSource = str | os.PathLike[str] | bytes
 FUSED_MODEL = FUSED
 
 
+#: Smallest face (pixels across) the detector finds in its view of long side ``max_side``
+#: (see :class:`~facesearch.models.yunet_decode.DetectorConfig`), and the side of the aligned
+#: crop the embedder reads.
+SMALLEST_DETECTED_FACE: int = 40
+ALIGNED_SIDE: int = 112
+
+
+def reduced_decode_side(detector: DetectorConfig | None = None) -> int:
+    """The long side a photo can be decoded down to (JPEG DCT scaling,
+    :func:`facesearch.image.load_image_reduced`) without losing what the pipeline reads.
+
+    Detection looks at a copy of long side ``max_side`` (default 1600), where the smallest
+    face it finds is about :data:`SMALLEST_DETECTED_FACE` px; decoded at ``max_side * 112 / 40``
+    (4480 px by default) that face still spans the whole 112 px aligned crop, so alignment
+    samples it no coarser than the crop itself. A photo is decoded reduced only when a DCT
+    scale of 2 or more keeps this long side: JPEGs of 8960 px and more by default (about
+    55 megapixels at 3:2); smaller photos are decoded in full, exactly as before.
+    """
+    max_side = (detector or _default_detector_config()).max_side
+    return -(-max_side * ALIGNED_SIDE // SMALLEST_DETECTED_FACE)
+
+
 def _default_detector_config() -> DetectorConfig:
     from facesearch.models.yunet_decode import DetectorConfig
 

@@ -46,8 +46,12 @@ to mean psycopg 3 too).
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
+import re
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -84,7 +88,14 @@ from sqlalchemy.orm import (
 )
 
 from facesearch.distance import UNIT_NORM_TOLERANCE
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    ModelError,
+    NotFoundError,
+    StorageError,
+)
+from facesearch.interrupts import critical_section
 from facesearch.types import DETECTOR_PASSES, Face
 
 logger = logging.getLogger(__name__)
@@ -156,18 +167,64 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+#: Prefix of a stored path whose name is not valid UTF-8 (see :class:`FsPath`).
+RAW_PATH_PREFIX = "fs:"
+
+
+class FsPath(sa.types.TypeDecorator[str]):
+    """A file-system path in a text column, whatever bytes its name holds.
+
+    POSIX file names are bytes; Python hands a name that is not valid UTF-8 over as a ``str``
+    with lone surrogates (``os.fsdecode``: ``bad_\\udcff.jpg``), which neither SQLite nor
+    PostgreSQL can store. Such a path is stored as ``fs:`` and its bytes percent-encoded
+    (``fs:/photos/bad_%FF.jpg``) and read back as the same ``str``, so it round-trips to the
+    same file; every other path is stored as it is. Stored paths are absolute (they start with
+    ``/``), so the two forms never meet. The SQL type is unchanged (``TEXT``).
+    """
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return RAW_PATH_PREFIX + urllib.parse.quote(os.fsencode(value), safe="/")
+        return value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or not value.startswith(RAW_PATH_PREFIX):
+            return value
+        return os.fsdecode(urllib.parse.unquote_to_bytes(value[len(RAW_PATH_PREFIX) :]))
+
+
+class SafeText(sa.types.TypeDecorator[str]):
+    """Free text (an error message) that may quote a path whose name is not UTF-8: its lone
+    surrogates are stored as ``\\xNN`` escapes, so the message stays readable and storable."""
+
+    impl = Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Photo(Base):
     __tablename__ = "photos"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    path: Mapped[str] = mapped_column(Text, unique=True)
+    path: Mapped[str] = mapped_column(FsPath, unique=True)
     content_hash: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     mtime: Mapped[float] = mapped_column(Float)
     width: Mapped[int | None] = mapped_column(Integer)
     height: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[PhotoStatus] = mapped_column(_enum(PhotoStatus), index=True)
-    error: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(SafeText)
     indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
     faces: Mapped[list[FaceRow]] = relationship(
@@ -182,7 +239,7 @@ class ModelRecord(Base):
     dim: Mapped[int] = mapped_column(Integer)
     compatible_with: Mapped[str | None] = mapped_column(String(64))
     file_hash: Mapped[str | None] = mapped_column(String(64))
-    path: Mapped[str | None] = mapped_column(Text)
+    path: Mapped[str | None] = mapped_column(FsPath)
     threshold: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
@@ -422,11 +479,101 @@ class FaceArrays:
 
 
 def normalize_url(url: str | URL) -> URL:
-    """Parse a database URL; ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``)."""
-    u = make_url(url)
+    """Parse a database URL; ``postgresql://`` means psycopg 3 (``postgresql+psycopg://``).
+
+    :class:`StorageError` for a malformed URL (its password masked in the message)."""
+    try:
+        u = make_url(url)
+    except sa.exc.ArgumentError as exc:
+        shown = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", str(url))
+        raise StorageError(
+            f"the database URL (--db) {shown!r} is malformed: give e.g. "
+            "postgresql+psycopg://USER@HOST:PORT/DATABASE or sqlite:///PATH"
+        ) from exc
     if u.drivername in ("postgresql", "postgres"):
         u = u.set(drivername="postgresql+psycopg")
     return u
+
+
+#: Driver messages (lower case) that mean the connection to the server is gone or was refused.
+_CONNECTION_LOST = (
+    "terminating connection",
+    "server closed the connection",
+    "connection is closed",
+    "the connection is lost",
+    "consuming input failed",
+    "connection not open",
+    "ssl syscall error",
+    "could not receive data",
+    "could not send data",
+)
+
+
+def storage_error(exc: BaseException, url: URL) -> StorageError:
+    """One clear line for a database failure ``exc`` on ``url``: what, where, what to do."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = [x.strip() for x in str(orig).strip().splitlines() if x.strip()]
+    detail = lines[0] if lines else type(orig).__name__
+    low = str(orig).lower()
+    sqlite = url.get_backend_name() == "sqlite"
+    where = url.database if sqlite and url.database else url.render_as_string(hide_password=True)
+    if (
+        "database or disk is full" in low
+        or "no space left" in low
+        or (sqlite and "disk i/o error" in low and _no_space_at(where))
+    ):
+        return StorageError(
+            f"disk full: no space left for the database {where}: free some space and run the "
+            "command again (what was committed before is kept)"
+        )
+    if sqlite and ("not a database" in low or "malformed" in low):
+        return StorageError(
+            f"the database {where} is corrupt ({detail}): restore it from a backup, or move it "
+            "away and index the photos again (facesearch never writes over it)"
+        )
+    if sqlite:
+        return StorageError(f"database error on {where}: {detail}")
+    if any(m in low for m in _CONNECTION_LOST):
+        return StorageError(
+            f"lost the connection to the database {where} ({detail}): what was committed "
+            "before is kept; run the command again when the server is back"
+        )
+    if isinstance(exc, sa.exc.OperationalError) or "connection" in low:
+        return StorageError(
+            f"cannot connect to the database {where} ({detail}): is the server running and "
+            "reachable, and the URL (--db) right?"
+        )
+    return StorageError(f"database error on {where}: {detail}")
+
+
+def _no_space_at(path: str) -> bool:
+    """True when the file system holding ``path`` has no free block left (SQLite reports
+    failing to create its WAL index there as a "disk I/O error")."""
+    try:
+        return os.statvfs(os.path.dirname(path) or ".").f_bavail == 0
+    except OSError:
+        return False
+
+
+def _read_only_engine(url: URL) -> Engine | None:
+    """An engine that reads a SQLite file without writing anything beside it, for a reader on
+    a full disk (SQLite in WAL mode must otherwise create its ``-shm`` index first), or
+    ``None`` when that is not safe: only when the disk is full and no ``-wal`` file holds
+    commits not yet in the database file (a writer's; then the reader fails with the error)."""
+    path = url.database
+    if url.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    if not _no_space_at(path):
+        return None
+    with contextlib.suppress(FileNotFoundError):
+        if os.path.getsize(path + "-wal") > 0:
+            return None
+    quoted = urllib.parse.quote(os.path.abspath(path))
+    return make_engine(f"sqlite:///file:{quoted}?immutable=1&uri=true")
+
+
+def _database_errors() -> tuple[type[BaseException], ...]:
+    return (sa.exc.DBAPIError, sa.exc.InterfaceError)
 
 
 def make_engine(url: str | URL, **kwargs: Any) -> Engine:
@@ -588,6 +735,8 @@ class Store:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        #: Why the store can only be read (a full disk), or ``None``: see :meth:`open`.
+        self.read_only: str | None = None
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
@@ -597,12 +746,33 @@ class Store:
         ``create``: an *empty* database is given the newest schema. An existing database is
         never upgraded here.
         """
-        engine = make_engine(url)
+        try:
+            engine = make_engine(url)
+        except (sa.exc.NoSuchModuleError, sa.exc.ArgumentError, ImportError) as exc:
+            raise StorageError(
+                f"cannot use the database URL (--db) {normalize_url(url)!r}: {exc} (facesearch "
+                "stores in SQLite, sqlite:///PATH, or PostgreSQL, postgresql+psycopg://...)"
+            ) from exc
         try:
             if create and schema_revision(engine) is None and _is_empty(engine):
                 create_schema(engine)
                 logger.info("created a new database at schema %s", SCHEMA_HEAD)
             check_schema(engine, what)
+        except _database_errors() as exc:
+            engine.dispose()
+            err = storage_error(exc, engine.url)
+            fallback = None if create else _read_only_engine(engine.url)
+            if fallback is None:
+                raise err from exc
+            try:
+                check_schema(fallback, what)
+            except BaseException:
+                fallback.dispose()
+                raise err from exc
+            logger.warning("%s; reading %s without writing to it", err, what)
+            store = cls(fallback)
+            store.read_only = str(err)
+            return store
         except BaseException:
             engine.dispose()
             raise
@@ -620,12 +790,22 @@ class Store:
             if snapshot and self.dialect == "postgresql":
                 s.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             yield s
-            s.commit()
-        except BaseException:
-            s.rollback()
+            with critical_section("a database commit"):  # never half-known: Ctrl-C waits
+                s.commit()
+        except BaseException as exc:
+            try:
+                with critical_section("a database rollback"):
+                    s.rollback()
+            except Exception as again:  # noqa: BLE001 - the connection may be gone already
+                logger.debug("rollback failed too: %s", again)
+            if isinstance(exc, _database_errors()):
+                raise storage_error(exc, self.engine.url) from exc
             raise
         finally:
-            s.close()
+            try:
+                s.close()
+            except Exception as again:  # noqa: BLE001
+                logger.debug("closing the session failed: %s", again)
 
     @property
     def url(self) -> URL:
@@ -638,6 +818,43 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# -- the writer lock of a PostgreSQL store --------------------------------------------------------
+
+
+def advisory_key(conn: sa.Connection, namespace: str) -> int:
+    """A positive 63-bit advisory-lock key for ``namespace`` in this database and schema."""
+    import hashlib
+
+    db, schema = conn.execute(sa.text("SELECT current_database(), current_schema()")).one()
+    digest = hashlib.blake2b(f"{namespace}/{db}/{schema}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def try_advisory_lock(conn: sa.Connection, key: int) -> bool:
+    """``pg_try_advisory_lock``: take the session-level lock ``key`` if free."""
+    return bool(conn.execute(sa.text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar())
+
+
+def set_application_name(conn: sa.Connection, name: str) -> None:
+    conn.execute(sa.text("SELECT set_config('application_name', :n, false)"), {"n": name[:63]})
+
+
+def advisory_lock_holder(conn: sa.Connection, key: int) -> str | None:
+    """The ``application_name`` (or server process) holding the advisory lock ``key``."""
+    row = conn.execute(
+        sa.text(
+            "SELECT a.application_name, a.pid FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.objsubid = 1 AND l.classid = :hi AND l.objid = :lo"
+        ),
+        {"hi": key >> 32, "lo": key & 0xFFFFFFFF},
+    ).first()
+    if row is None:
+        return None
+    name, pid = row
+    return f"{name} (server process {pid})" if name else f"server process {pid}"
 
 
 # -- meta and generation ----------------------------------------------------------------------

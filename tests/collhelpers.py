@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import functools
 import shutil
+import signal
+import sys
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +172,208 @@ def index_library(
 
 #: Backends of the module-scoped collection fixtures.
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+# -- Ctrl-C at chosen moments -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A moment of a command run in this process: the ``nth`` call (from 1) in the main thread
+    of ``function`` (``"facesearch/vectors.py:add"``: a file path ending and a function name;
+    ``"posix.replace"``: a builtin, the moment it returns; ``"*"``: any call), then ``after``
+    more calls of anything."""
+
+    function: str
+    nth: int = 1
+    after: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.function}#{self.nth}+{self.after}"
+
+
+#: Where a write's steps meet: a commit under way, between a commit and the vector-index
+#: update, the update, the index file being written and renamed, the report counting a commit,
+#: SQL changes before their commit.
+WRITE_STEPS: tuple[str, ...] = (
+    "sqlalchemy/orm/session.py:commit",
+    "facesearch/collection.py:_apply",
+    "facesearch/vectors.py:add",
+    "facesearch/vectors.py:remove",
+    "facesearch/vectors.py:_write_index_file",
+    "posix.replace",
+    "facesearch/collection.py:_flush",
+    "facesearch/indexer.py:_count",
+    "facesearch/store.py:add_photos",
+    "facesearch/store.py:update_embeddings",
+    "facesearch/store.py:set_clusters",
+    "facesearch/store.py:merge_people",
+    "facesearch/store.py:register_model",
+)
+
+
+#: Functions Python runs as finalizers (weakref callbacks, ``__del__``), where it drops an
+#: exception raised: a Ctrl-C landing there is lost to any program, so no moment is put there.
+_FINALIZERS = frozenset({"__del__", "_cleanup", "_fast_discard", "remove", "_remove"})
+
+
+def _in_finalizer(frame: Any, depth: int = 4) -> bool:
+    while frame is not None and depth:
+        if frame.f_code.co_name in _FINALIZERS:
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
+
+
+class _Calls:
+    """A profile function (``sys.setprofile``) counting the main thread's calls of each
+    :data:`WRITE_STEPS` function, and sending SIGINT to this process at ``moment``."""
+
+    def __init__(self, moment: Moment | None = None) -> None:
+        self.moment = moment
+        self.counts: dict[str, int] = {}
+        self.countdown: int | None = None
+        self.sent_in_section: bool | None = None  # None: not sent (the run ended first)
+        self.where = ""  # the stack the signal was sent at
+
+    def _names(self, frame: Any, event: str, arg: Any) -> Iterator[str]:
+        yield "*"
+        if event == "c_call":
+            builtin = f"{getattr(arg, '__module__', None)}.{getattr(arg, '__name__', '')}"
+            if builtin in WRITE_STEPS:
+                yield builtin
+            return
+        path = frame.f_code.co_filename.replace("\\", "/")
+        name = frame.f_code.co_name
+        for step in WRITE_STEPS:
+            where, _, function = step.rpartition(":")
+            if function == name and path.endswith(where):
+                yield step
+
+    def __call__(self, frame: Any, event: str, arg: Any) -> None:
+        if event not in ("call", "c_call") or self.sent_in_section is not None:
+            return
+        if self.countdown is not None:
+            self.countdown -= 1
+            if self.countdown < 0:
+                self._send(frame)
+            return
+        for name in self._names(frame, event, arg):
+            n = self.counts[name] = self.counts.get(name, 0) + 1
+            m = self.moment
+            if m is not None and name == m.function and n == m.nth:
+                self.countdown = m.after
+                if not m.after:
+                    self._send(frame)
+                return
+
+    def _send(self, frame: Any) -> None:
+        if _in_finalizer(frame):  # the moment comes at the next call outside
+            self.countdown = 0
+            return
+        import traceback
+
+        from facesearch import interrupts
+
+        self.sent_in_section = interrupts._held.depth > 0
+        self.where = "".join(traceback.format_stack(frame, limit=8))
+        signal.raise_signal(signal.SIGINT)
+
+
+def count_write_steps(args: Sequence[str]) -> dict[str, int]:
+    """``facesearch ARGS`` (CliRunner, must succeed) and the calls of each write step it made
+    in the main thread (``"*"``: every call)."""
+    calls = _Calls()
+    sys.setprofile(calls)
+    try:
+        run_cli(args)
+    finally:
+        sys.setprofile(None)
+    return calls.counts
+
+
+#: Steps also interrupted a few calls in: inside a commit, inside the index update.
+_NUDGED = ("sqlalchemy/orm/session.py:commit", "facesearch/collection.py:_apply")
+
+
+def moments(counts: dict[str, int], spread: int = 3) -> list[Moment]:
+    """Moments of a run whose calls were ``counts``: the first and last call of every write
+    step the run made (and a few calls into the first commit and index update), plus
+    ``spread`` moments spread over the whole run."""
+    out: set[Moment] = set()
+    for name, n in counts.items():
+        if name != "*":
+            out |= {Moment(name, 1), Moment(name, n)}
+        if name in _NUDGED:
+            out.add(Moment(name, 1, 3))
+    total = counts.get("*", 0)
+    out |= {Moment("*", max(1, total * (2 * i + 1) // (2 * spread))) for i in range(spread)}
+    return sorted(out, key=str)
+
+
+def run_cli_interrupted(args: Sequence[str], moment: Moment) -> tuple[Result, bool | None]:
+    """``facesearch ARGS`` (CliRunner) with Ctrl-C at ``moment``. Returns the result and
+    whether the signal came inside a critical section (``None``: the run ended before the
+    moment, no signal sent)."""
+    calls = _Calls(moment)
+    sys.setprofile(calls)
+    try:
+        result = run_cli(args, ok=False)
+    finally:
+        sys.setprofile(None)
+    seen = (moment, result.exit_code, result.stderr, calls.where)
+    if calls.sent_in_section is not None:
+        assert result.exit_code == 130 and "interrupted" in result.stderr, seen
+    else:
+        assert result.exit_code == 0, seen
+    assert "Traceback" not in result.stderr, seen
+    return result, calls.sent_in_section
+
+
+def stored_state(
+    home: Path, db_url: str | None, name: str = "default"
+) -> dict[str, tuple[str, int, tuple[str, ...], tuple[str, ...]]]:
+    """What SQL holds, per photo path: ``(status, faces, their people sorted, their models
+    sorted)`` (empty when the collection was never created)."""
+    import sqlalchemy as sa
+
+    from facesearch.collection import Collection
+    from facesearch.errors import NotFoundError
+
+    try:
+        col = Collection.open(home, name, db_url=db_url)
+    except NotFoundError:
+        return {}
+    out: dict[str, tuple[str, int, tuple[str, ...], tuple[str, ...]]] = {}
+    with col, col.session() as s:
+        rows = s.execute(
+            sa.text(
+                "SELECT p.path, p.status, f.model, pe.name FROM photos p "
+                "LEFT JOIN faces f ON f.photo_id = p.id "
+                "LEFT JOIN assignments a ON a.face_id = f.id "
+                "LEFT JOIN people pe ON pe.id = a.person_id"
+            )
+        ).all()
+    faces: dict[str, list[tuple[str | None, str | None]]] = {}
+    status: dict[str, str] = {}
+    for path, photo_status, model, person in rows:
+        status[path] = str(photo_status)
+        if model is not None:
+            faces.setdefault(path, []).append((model, person))
+    for path, st in status.items():
+        fs = faces.get(path, [])
+        out[path] = (
+            st,
+            len(fs),
+            tuple(sorted(p for _, p in fs if p is not None)),
+            tuple(sorted(m for m, _ in fs if m is not None)),
+        )
+    return out
+
+
+def assert_agree_or_empty(home: Path, db_url: str | None, name: str = "default") -> None:
+    """:func:`assert_agree`, or a collection holding no face (never made, or nothing committed:
+    no index file needed)."""
+    if not any(n for _, n, _, _ in stored_state(home, db_url, name).values()):
+        return
+    assert_agree(home, db_url, name)

@@ -16,7 +16,7 @@ from dbhelpers import DIM, collection_db, make_photo, pg_schema_url, unit_vector
 
 from facesearch import store as st
 from facesearch import vectors
-from facesearch.collection import INDEX_NAME, LOCK_NAME, Collection
+from facesearch.collection import INDEX_NAME, Collection
 from facesearch.errors import CollectionError
 from facesearch.vectors import VectorIndex
 
@@ -278,22 +278,24 @@ def test_info(col: Collection) -> None:
 # heavy imports so that it starts fast.
 HOLDER = textwrap.dedent(
     """
-    import fcntl, os, sys, time
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX)
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\\n".encode())
-    print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    import sys, time
+    from facesearch.collection import Collection
+    col = Collection.open(sys.argv[1], sys.argv[2], db_url=sys.argv[3] or None)
+    with col.lock():
+        print("locked", flush=True)
+        time.sleep(float(sys.argv[4]))
     """
 )
 
 
-def hold_lock(folder: Path, seconds: float) -> subprocess.Popen[str]:
+def hold_lock(col: Collection, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding ``col``'s writer lock (a file, or PostgreSQL's advisory lock)."""
+    db = (
+        col.store.url.render_as_string(hide_password=False) if col.store.dialect != "sqlite" else ""
+    )
+    args = [str(col.folder.parent), col.name, db, str(seconds)]
     proc = subprocess.Popen(
-        [sys.executable, "-S", "-c", HOLDER, str(folder / LOCK_NAME), str(seconds)],
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-c", HOLDER, *args], stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
@@ -301,12 +303,13 @@ def hold_lock(folder: Path, seconds: float) -> subprocess.Popen[str]:
 
 def test_second_writer_refuses_with_the_holders_pid(col: Collection) -> None:
     fill(col, 3)
-    proc = hold_lock(col.folder, 30)
+    proc = hold_lock(col, 30)
     try:
         t0 = time.monotonic()
         with (
             pytest.raises(
-                CollectionError, match=rf"collection 'c1' is being written by pid {proc.pid}"
+                CollectionError,
+                match=rf"collection 'c1' is being written by (facesearch writer )?pid {proc.pid}",
             ),
             col.lock(timeout=0.3),
         ):
@@ -326,7 +329,7 @@ def test_second_writer_refuses_with_the_holders_pid(col: Collection) -> None:
 
 def test_second_writer_waits_for_the_first(col: Collection) -> None:
     fill(col, 3)
-    proc = hold_lock(col.folder, 0.5)
+    proc = hold_lock(col, 0.5)
     try:
         with col.lock(timeout=20):
             fill(col, 2, seed=4)
@@ -338,7 +341,7 @@ def test_second_writer_waits_for_the_first(col: Collection) -> None:
 def test_reader_uses_the_stale_index_while_a_writer_works(col: Collection) -> None:
     added = fill(col, 4)
     n_before = len(sql_ids(col))
-    proc = hold_lock(col.folder, 30)
+    proc = hold_lock(col, 30)
     try:
         # what a writer has committed but not yet saved to the index file
         with col.session() as s:

@@ -17,6 +17,7 @@ from facesearch.cli.faces import evaluate
 from facesearch.cli.group import main
 from facesearch.cli.options import (
     F,
+    FiniteFloat,
     collection_args,
     collection_options,
     json_option,
@@ -37,7 +38,7 @@ MAX_ROWS = 30
 def _threshold_option(f: F) -> F:
     return click.option(
         "--threshold",
-        type=click.FloatRange(0.0, 4.0, min_open=True),
+        type=FiniteFloat(0.0, 4.0, min_open=True),
         default=None,
         help="Merge while the linkage distance d = |f(a)-f(b)|^2 is below this. Default: the "
         "verification tau moved to the Bayes boundary for the share pi of same-person pairs "
@@ -48,7 +49,7 @@ def _threshold_option(f: F) -> F:
 def _pair_threshold_option(f: F) -> F:
     return click.option(
         "--pair-threshold",
-        type=click.FloatRange(0.0, 4.0, min_open=True),
+        type=FiniteFloat(0.0, 4.0, min_open=True),
         default=None,
         help="Two single faces (neither in a group yet) merge only below this. Default: the "
         "same Bayes boundary for a prior of 1/N (a person seen once among N faces) when "

@@ -69,6 +69,12 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
 )
 @click.option("--prune", is_flag=True, help="Remove photos under PATHs whose files are gone.")
 @click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file again: a file edited in place that kept its size and mtime "
+    "is otherwise taken as unchanged without being read.",
+)
+@click.option(
     "--model",
     default=None,
     help="Embedding model: 'sface', 'sface+dlib' or a file made by 'facesearch train' "
@@ -90,6 +96,7 @@ def index(
     paths: tuple[str, ...],
     labels: str | None,
     prune: bool,
+    rehash: bool,
     model: str | None,
     index_type: str | None,
     aligned: bool,
@@ -103,12 +110,14 @@ def index(
 ) -> None:
     """Index the photos under PATHs (folders, recursively, or files) into a collection.
 
-    Creates the collection if needed. Incremental: unchanged photos are skipped, moved or
-    renamed photos keep their faces and labels. Hidden files are skipped; symbolic links are
-    followed and photos keep the path they were found by. A file without an image suffix is
-    indexed when its content is an image. A photo that cannot be read is recorded with its
-    error and reported; the run goes on. Exit status 1 when a PATH holds files of which none
-    could be indexed. Ctrl-C keeps what was
+    Creates the collection if needed. Incremental: unchanged photos (same path, size and
+    mtime) are skipped unread (--rehash reads them again), moved or renamed photos keep their
+    faces and labels. Hidden files are skipped; symbolic links are followed and photos keep the
+    path they were found by. A file without an image suffix is indexed when its content is an
+    image. A folder that cannot be read is counted and listed; its stored photos are kept, even
+    with --prune. A photo that cannot be read is recorded with its error and reported; the run
+    goes on. Exit status 1 when a PATH holds files of which none could be indexed. Ctrl-C keeps
+    what was
     committed: run the command again to continue. One writer at a time: a second one waits
     FACESEARCH_LOCK_TIMEOUT seconds (default 10), then stops with an error.
     """
@@ -119,7 +128,7 @@ def index(
         report = api.index_paths(
             col, paths, models=make_models(fallback=fallback), model=model, labels=labels,
             prune=prune, index_type=index_type, batch_size=batch_size, workers=workers,
-            aligned=aligned,
+            aligned=aligned, rehash=rehash,
             progress=lambda p: bar(p.total, p.done, f"{p.faces} faces"),
         )  # fmt: skip
     if as_json:
@@ -175,6 +184,14 @@ def _print_index_report(r: IndexReport, prune: bool) -> None:
         click.echo(f"pruned: {r.pruned} photos whose files are gone")
     if r.missing:
         click.echo(f"missing: {r.missing} photos whose files are gone (--prune removes them)")
+    if r.unreadable:
+        n = len(r.unreadable)
+        click.echo(
+            f"unreadable: {n} folder{'s' if n != 1 else ''} could not be read (their stored "
+            "photos are kept): "
+            + "; ".join(f"{p}: {e}" for p, e in r.unreadable[:MAX_FAILURES_SHOWN])
+            + (f"; ... and {n - MAX_FAILURES_SHOWN} more" if n > MAX_FAILURES_SHOWN else "")
+        )
     secs = max(r.seconds, 1e-9)
     click.echo(
         f"time:   {r.seconds:.1f} s ({r.processed / secs:.1f} photos/s, "

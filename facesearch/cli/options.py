@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,23 @@ if TYPE_CHECKING:
     from facesearch.pipeline import FacePipeline, Models, PipelineConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class FiniteFloat(click.FloatRange):
+    """The float type of every option: a finite number (``nan``, ``inf`` and literals that
+    overflow, such as ``1e999``, are refused: a NaN threshold would silently make every face
+    "unknown"), optionally within a range (:class:`click.FloatRange`'s arguments)."""
+
+    name = "finite float"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a valid float.", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
 
 
 def json_option(f: F) -> F:
@@ -55,7 +73,7 @@ def threshold_option(f: F) -> F:
     return click.option(
         "--threshold",
         "threshold",
-        type=click.FloatRange(0.0, 4.0),
+        type=FiniteFloat(0.0, 4.0),
         default=None,
         help="Distance threshold tau on d = |f(a)-f(b)|^2 (default: the model's calibrated tau).",
     )(f)
@@ -139,16 +157,22 @@ LOCK_TIMEOUT_ENV = "FACESEARCH_LOCK_TIMEOUT"
 def collection_args(
     ctx: click.Context, home: str, collection: str, db_url: str | None
 ) -> tuple[str, str, str | None]:
-    """Collection options of a subcommand, falling back to those given to its group
-    (``facesearch people --home X rename A B`` and ``people rename A B --home X`` both work)."""
+    """Collection options of a subcommand, falling back to those given to its group.
+
+    What was given on the command line wins: the subcommand's own option first, then its
+    group's (``facesearch people --home X rename A B`` and ``people rename A B --home X`` both
+    mean X); ``FACESEARCH_HOME`` and the defaults only fill in what neither was given.
+    """
     from click.core import ParameterSource
 
     values: dict[str, Any] = {"home": home, "collection": collection, "db_url": db_url}
     parent = ctx.parent
     if parent is not None:
         for key in values:
-            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None) and key in (
-                parent.params
+            if ctx.get_parameter_source(key) is ParameterSource.COMMANDLINE:
+                continue
+            if key in parent.params and (
+                parent.get_parameter_source(key) is ParameterSource.COMMANDLINE
             ):
                 values[key] = parent.params[key]
     return values["home"], values["collection"], values["db_url"]
@@ -160,11 +184,14 @@ def lock_timeout() -> float | None:
     if not raw:
         return None
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds < 0:
         raise click.UsageError(
-            f"{LOCK_TIMEOUT_ENV} must be a number of seconds, got {raw!r}"
-        ) from None
+            f"{LOCK_TIMEOUT_ENV} must be a finite number of seconds >= 0, got {raw!r}"
+        )
+    return seconds
 
 
 def collection_ref(home: str, collection: str, db_url: str | None) -> CollectionRef:

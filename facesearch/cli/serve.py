@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from facesearch.cli.group import main
-from facesearch.cli.options import collection_options
+from facesearch.cli.options import FiniteFloat, collection_options
 
 SERVER_EXTRA = "pip install 'facesearch[server]'"
 
@@ -47,7 +47,7 @@ def _bind(host: str, port: int) -> socket.socket:
 )
 @click.option(
     "--max-upload-mb",
-    type=click.FloatRange(0.01, 4096),
+    type=FiniteFloat(0.01, 4096),
     default=25.0,
     show_default=True,
     help="Largest request body (all files of one upload together).",

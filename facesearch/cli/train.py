@@ -10,7 +10,7 @@ import click
 
 from facesearch import api
 from facesearch.cli.group import main
-from facesearch.cli.options import json_option
+from facesearch.cli.options import FiniteFloat, json_option
 
 if TYPE_CHECKING:
     from facesearch.train.run import TrainRun
@@ -36,7 +36,7 @@ def _pct(x: float | None) -> str:
 @click.option("--epochs", type=click.IntRange(0), default=10, show_default=True)
 @click.option(
     "--lr",
-    type=click.FloatRange(0.0, min_open=True),
+    type=FiniteFloat(0.0, min_open=True),
     default=3e-4,
     show_default=True,
     help="Peak learning rate (AdamW, cosine decay).",
@@ -52,7 +52,7 @@ def _pct(x: float | None) -> str:
 )
 @click.option(
     "--val-fraction",
-    type=click.FloatRange(0.0, 1.0, max_open=True),
+    type=FiniteFloat(0.0, 1.0, max_open=True),
     default=0.1,
     show_default=True,
     help="Fraction of the PEOPLE held out for validation.",
@@ -77,7 +77,7 @@ def _pct(x: float | None) -> str:
 )
 @click.option(
     "--margin",
-    type=click.FloatRange(0.0, 4.0, min_open=True),
+    type=FiniteFloat(0.0, 4.0, min_open=True),
     default=0.2,
     show_default=True,
     help="Triplet margin alpha on d = |f(a)-f(b)|^2.",
