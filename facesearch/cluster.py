@@ -155,12 +155,15 @@ class ClusterConfig:
         if self.exact_max < 0:
             raise ValueError(f"exact_max must be >= 0, got {self.exact_max}")
 
-    def thresholds(self, xb: np.ndarray) -> tuple[float, float]:
+    def thresholds(
+        self, xb: np.ndarray, nn_d: np.ndarray | None = None, index: faiss.Index | None = None
+    ) -> tuple[float, float]:
         """``(threshold, pair_threshold)`` for clustering ``xb`` ``(N, D) float32`` under these
-        settings: the ones given, the default rule's (:func:`default_thresholds`) for those left
-        ``None``; the pair threshold is capped at the threshold."""
+        settings: the ones given, the default rule's (:func:`default_thresholds`, with the
+        optional ``nn_d`` / ``index`` it takes) for those left ``None``; the pair threshold is
+        capped at the threshold."""
         if self.threshold is None:
-            t, t_pair = default_thresholds(xb)
+            t, t_pair = default_thresholds(xb, nn_d=nn_d, index=index)
             if self.pair_threshold is not None:
                 t_pair = self.pair_threshold
         else:
@@ -222,73 +225,193 @@ def _check_ids(a: np.ndarray | None, n: int, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- threshold
 
 
-def default_thresholds(
-    xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
-) -> tuple[float, float]:
-    """The merge thresholds for these faces: tau, shifted by the prior of "same person".
+@dataclass(frozen=True)
+class FaceStatistics:
+    """What the default thresholds are made of, estimated from the faces alone (no labels).
 
-    tau is a 1:1 verification threshold: the point where a pair is as likely the same person as
-    not when both are equally common (LFW's protocol). Among the faces of a collection a pair is
-    the same person with a small prior probability ``p``, so the Bayes decision moves below tau.
-    With same- and different-person distances modelled as two normals of equal spread ``sigma``,
-    tau halfway between their means (``mu_same = 2 tau - mu_diff``), the boundary for a prior
-    ``p`` is
+    ``mu_diff``, ``sigma_diff``: median and MAD-based spread of ``d`` over random pairs (almost
+    all of two different people). ``mu_same``, ``sigma_same``: mean and spread of ``d`` for two
+    faces of one person, from the pairs in excess of the different-person normal below
+    ``mu_diff - 2.5 sigma_diff`` (``measured`` False: too few such pairs to tell, and tau's
+    symmetric model ``mu_same = 2 tau - mu_diff``, ``sigma_same = sigma_diff`` stands in).
+    ``same_share``: that excess as a share of all pairs. ``lone_share``: the share of faces whose
+    person has no other face here, from how many faces have their nearest neighbour as far as
+    a nearest stranger usually is. ``n``: number of faces. ``crowd`` False: the faces do not look
+    like several people (``mu_diff <= tau`` or no spread), and tau is used as it is.
+    """
 
-        ``T(p) = tau - sigma^2 / (2 (mu_diff - tau)) * ln((1 - p) / p)``.
+    n: int
+    mu_diff: float
+    sigma_diff: float
+    mu_same: float
+    sigma_same: float
+    same_share: float
+    lone_share: float
+    measured: bool
+    crowd: bool
 
-    ``mu_diff`` and ``sigma`` are the median and the MAD-based spread of ``d`` over random pairs
-    of ``xb`` (almost all different people). Two priors, both from the faces, no labels:
 
-    * ``threshold = T(pi)`` for every merge that involves a group: ``pi`` is the fraction of
-      random pairs below tau (at least ``1 / N``; slightly more than the true share, as it
-      counts the false accepts too), the chance that two faces taken at random are one person.
-    * ``pair_threshold = T(1 / N)`` for a merge of two single faces. ``pi`` is dominated by the
-      people with many photos (a person with ``m`` faces makes ``m^2 / 2`` of the pairs); a face
-      that matched no group yet is, as far as the clustering knows, of a person seen once, and
-      the chance that one given other face of the ``N`` is that person is ``1 / N``.
+def _norm_logpdf(t: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    z = (t - mu) / sigma
+    return np.asarray(-0.5 * z * z - math.log(sigma * math.sqrt(2.0 * math.pi)))
 
-    Both are never above tau; tau itself is returned for both when the faces do not look like a
-    collection of several people (fewer than 2 faces, ``mu_diff <= tau``, ``pi >= 0.5``).
-    ``xb``: ``(N, D) float32`` unit rows; all pairs when ``N (N - 1) / 2 <= pairs``, else
-    ``pairs`` random ones (seeded). On SFace LFW embeddings with tau = 1.274: ``(1.157, 0.999)``
-    for the 158 people with at least 10 images, ``(1.110, 0.998)`` for all of LFW.
+
+def _norm_logsf(t: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    """``log P(X > t)`` for ``X ~ N(mu, sigma)``, accurate far into the lower tail too."""
+    z = np.asarray((t - mu) / (sigma * math.sqrt(2.0)), dtype=np.float64)
+    return np.log(np.maximum([0.5 * math.erfc(float(v)) for v in z.ravel()], 1e-300)).reshape(
+        z.shape
+    )
+
+
+def _sample_nn_d(xb: np.ndarray, m: int, seed: int, index: faiss.Index | None) -> np.ndarray:
+    """Nearest-neighbour ``d`` (itself excluded) of up to ``m`` seeded faces ``(m,) float64``."""
+    n = len(xb)
+    pos = np.sort(np.random.default_rng(seed).choice(n, min(n, m), replace=False))
+    q = xb[pos]
+    if index is not None and index.ntotal == n:
+        sims, ids = index.search(q, 2)
+        other = ids != pos[:, None]
+        best = np.where(other[:, 0], sims[:, 0], sims[:, 1])
+    else:  # brute force in chunks of faces (bounded memory)
+        best = np.full(len(q), -np.inf, dtype=np.float32)
+        for s in range(0, n, 1 << 14):
+            sims = q @ xb[s : s + (1 << 14)].T  # (m, chunk)
+            own = (pos >= s) & (pos < s + sims.shape[1])
+            sims[np.flatnonzero(own), pos[own] - s] = -np.inf
+            best = np.maximum(best, sims.max(axis=1))
+    return np.clip(2.0 - 2.0 * best.astype(np.float64), 0.0, 4.0)
+
+
+def face_statistics(
+    xb: np.ndarray,
+    tau: float = DEFAULT_THRESHOLD,
+    nn_d: np.ndarray | None = None,
+    index: faiss.Index | None = None,
+    sample: int = 3000,
+    seed: int = 0,
+) -> FaceStatistics:
+    """:class:`FaceStatistics` of ``xb`` ``(N, D) float32`` unit rows.
+
+    The pairs are all pairs of ``min(N, sample)`` faces drawn with ``seed`` (3,000 faces: 4.5
+    million pairs, ~0.1 s; the estimates are shares and spreads, which a uniform sample of faces
+    keeps). ``nn_d``: the nearest-neighbour ``d`` of every face (e.g. the first column of
+    :func:`knn_graph`); without it, that of up to 2,000 seeded faces is searched (in ``index``
+    when it holds exactly ``xb``, else by brute force).
     """
     xb = _check_embeddings(xb)
     n = len(xb)
-    if n < 2:
-        return tau, tau
-    if n * (n - 1) // 2 <= pairs:
-        i, j = np.triu_indices(n, 1)
-    else:
-        rng = np.random.default_rng(seed)
-        i, j = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
-        keep = i != j
-        i, j = i[keep], j[keep]
-    d = _exact_d(xb, i.astype(np.int64), j.astype(np.int64))
+    if n < 3:
+        return FaceStatistics(n, 4.0, 0.0, 0.0, 0.0, 0.0, 1.0, False, False)
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(n, min(n, sample), replace=False))
+    xs = xb[pos]
+    iu = np.triu_indices(len(pos), 1)
+    d = np.clip(2.0 - 2.0 * (xs @ xs.T)[iu].astype(np.float64), 0.0, 4.0)
     mu = float(np.median(d))
     sigma = 1.4826 * float(np.median(np.abs(d - mu)))
-    pi = max(float(np.mean(d < tau)), 1.0 / n)
-    if mu <= tau or pi >= 0.5 or sigma == 0.0:
+    if mu <= tau or sigma == 0.0:
+        return FaceStatistics(n, mu, sigma, 0.0, 0.0, 0.0, 0.0, False, False)
+    # same-person pairs: the histogram's excess over the different-person normal
+    edges = np.arange(0.0, mu - 2.5 * sigma + 1e-9, 0.01)
+    counts = np.histogram(d, edges)[0].astype(np.float64)
+    expected = -len(d) * np.diff(np.exp(_norm_logsf(edges, mu, sigma)))
+    # a bin counts when it holds clearly more than the normal's tail: twice as many (its shape
+    # is only roughly right there) and beyond Poisson noise
+    excess = np.where(counts > 2.0 * expected + 3.0 * np.sqrt(expected), counts - expected, 0.0)
+    mid = (edges[1:] + edges[:-1]) / 2.0
+    total = float(excess.sum())
+    measured = total >= 20.0  # a few dozen pairs of one person, at least
+    if measured:
+        mu_s = float((excess * mid).sum() / total)
+        sigma_s = max(math.sqrt(float((excess * (mid - mu_s) ** 2).sum() / total)), 0.01)
+    else:
+        mu_s, sigma_s = 2.0 * tau - mu, sigma
+    # lone faces: nearest neighbour beyond the lower quartile of the nearest of N-1 strangers
+    if nn_d is None:
+        nn_d = _sample_nn_d(xb, 2000, seed, index)
+    grid = np.linspace(0.0, mu, 4001)
+    p_min_above = np.exp((n - 1) * _norm_logsf(grid, mu, sigma))  # P(nearest stranger > t)
+    q25 = float(grid[np.argmax(p_min_above <= 0.75)])
+    lone = float(np.mean(np.asarray(nn_d) > q25)) / 0.75
+    lone = min(max(lone, 1.0 / n), 1.0 - 1.0 / n)
+    return FaceStatistics(n, mu, sigma, mu_s, sigma_s, total / len(d), lone, measured, True)
+
+
+def _first_failure(ok: np.ndarray, grid: np.ndarray) -> float:
+    """The first ``grid`` value where ``ok`` is False (the grid's end when it never is)."""
+    bad = np.flatnonzero(~ok)
+    return float(grid[bad[0]]) if len(bad) else float(grid[-1])
+
+
+def thresholds_from(stats: FaceStatistics, tau: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
+    """``(threshold, pair_threshold)`` from :class:`FaceStatistics` (:func:`default_thresholds`)."""
+    if not stats.crowd:
         return tau, tau
+    n, mu, sigma = stats.n, stats.mu_diff, stats.sigma_diff
+    grid = np.linspace(stats.mu_same, mu, 4001)
+    log_same = _norm_logpdf(grid, stats.mu_same, stats.sigma_same)
+    log_diff = _norm_logpdf(grid, mu, sigma)
+    # a pair at even odds, and two faces of people seen once (prior 1 / N)
+    even = _first_failure(log_same >= log_diff, grid)
+    p = 1.0 / n
+    pair = _first_failure(log_same + math.log(p) >= log_diff + math.log(1.0 - p), grid)
+    # a face against the nearest of its N - 1 strangers, a share `lone` of faces being alone
+    lam = stats.lone_share
+    log_nearest = math.log(n - 1) + log_diff + (n - 2) * _norm_logsf(grid, mu, sigma)
+    alone = _first_failure(log_same + math.log(1.0 - lam) >= log_nearest + math.log(lam), grid)
+    t = max(min(even, alone), pair)
+    return t, pair
 
-    def boundary(p: float) -> float:
-        t = tau - sigma**2 / (2.0 * (mu - tau)) * math.log((1.0 - p) / p)
-        return float(min(tau, max(t, 0.0)))
 
-    t, t_pair = boundary(pi), boundary(1.0 / n)
+def default_thresholds(
+    xb: np.ndarray,
+    tau: float = DEFAULT_THRESHOLD,
+    nn_d: np.ndarray | None = None,
+    index: faiss.Index | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The merge thresholds for these faces, from their own statistics (no labels).
+
+    Two normals model ``d``: different people ``N(mu_diff, sigma_diff)`` from random pairs, one
+    person ``N(mu_same, sigma_same)`` from the pairs in excess of it
+    (:func:`face_statistics`). Nothing assumes where one person's faces lie: photos of mixed
+    quality move ``mu_same`` up (0.63 on clean LFW, 0.87 with every photo degraded, measured),
+    and the thresholds move with it. Then, for ``N`` faces of which a share ``lone`` are of
+    people seen once:
+
+    * ``pair_threshold``: the Bayes boundary for two single faces at the prior ``1 / N`` (as far
+      as the clustering knows, both are of people seen once, and one given other face of the
+      ``N`` is theirs with probability ``1 / N``). It guards against the commonest error where
+      most people appear once: two strangers who are each other's nearest face.
+    * ``threshold`` (any merge with a group): the largest ``d`` at which a face is still more
+      likely with its own person (prior ``1 - lone``) than alone with the nearest of its
+      ``N - 1`` strangers there (prior ``lone``; the nearest of ``N - 1`` normal draws), and at
+      most the even-odds boundary between the two normals (never merge what a single pair at
+      even odds would call two people). Where nearly every face has company (``lone`` ~ 0)
+      this is the even-odds boundary; where many faces are alone, it drops towards the
+      strangers' nearest distances.
+
+    ``threshold >= pair_threshold``. Both are tau when the faces do not look like several people
+    (fewer than 3 faces, ``mu_diff <= tau``); tau also supplies the one-person normal when too
+    few same-person pairs show (``mu_same = 2 tau - mu_diff``). ``xb``: ``(N, D) float32``
+    unit rows; ``nn_d`` / ``index``: see :func:`face_statistics`. Measured values:
+    ``bench/results/cluster.md``.
+    """
+    stats = face_statistics(xb, tau, nn_d=nn_d, index=index, seed=seed)
+    t, t_pair = thresholds_from(stats, tau)
     log.info(
-        "default thresholds %.3f, single faces %.3f (tau %.3f, mu_diff %.3f, sigma %.3f, "
-        "pi %.4f, N %d)",
-        t, t_pair, tau, mu, sigma, pi, n,
+        "default thresholds %.3f, single faces %.3f (mu_diff %.3f, sigma_diff %.3f, mu_same "
+        "%.3f, sigma_same %.3f%s, same-person pairs %.4f, lone faces %.3f, N %d)",
+        t, t_pair, stats.mu_diff, stats.sigma_diff, stats.mu_same, stats.sigma_same,
+        "" if stats.measured else " from tau", stats.same_share, stats.lone_share, stats.n,
     )  # fmt: skip
-    return t, min(t_pair, t)
+    return t, t_pair
 
 
-def default_threshold(
-    xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
-) -> float:
+def default_threshold(xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, seed: int = 0) -> float:
     """The first of :func:`default_thresholds`: the merge threshold for a merge with a group."""
-    return default_thresholds(xb, tau, pairs, seed)[0]
+    return default_thresholds(xb, tau, seed=seed)[0]
 
 
 # --------------------------------------------------------------------------- k-NN graph
@@ -827,13 +950,13 @@ def agglomerate(
     labels = _check_ids(labels, n, "labels")
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    threshold, pair_threshold = config.thresholds(xb)
     if graph is None:
         dist, ids = knn_graph(xb, config.k, index=index, exact_max=config.exact_max)
     else:
         dist, ids = graph
         if dist.shape != ids.shape or len(ids) != n:
             raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {ids.shape}")
+    threshold, pair_threshold = config.thresholds(xb, nn_d=dist[:, 0] if dist.shape[1] else None)
     a, b, w = _edges(dist, ids)
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
     roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold)
@@ -896,6 +1019,7 @@ def assign_new(
                 cluster_ids[clustered], return_index=True, return_inverse=True
             )
             init[clustered] = clustered[first][inv]
+    index: faiss.Index | None = None
     if kk > 0:
         index = build_index(xall, exact=n <= config.exact_max)
         sims, nbr = index.search(xq, kk + 1)
@@ -917,7 +1041,7 @@ def assign_new(
     else:
         a = b = np.zeros(0, dtype=np.int64)
         w = np.zeros(0, dtype=np.float64)
-    threshold, pair_threshold = config.thresholds(xall)
+    threshold, pair_threshold = config.thresholds(xall, index=index)
     roots = _run(
         xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold
     )
@@ -1007,6 +1131,148 @@ def propose_people(
         for c, p, d in zip(cids.tolist(), best.tolist(), dbest.tolist(), strict=True)
         if d < threshold
     ]
+    return out
+
+
+# --------------------------------------------------------------------------- cluster quality
+
+
+@dataclass(frozen=True)
+class Cohesion:
+    """How tight each cluster is, for showing the doubtful ones first. Arrays ``(C,)``, by id.
+
+    ``ids`` ``int64``: the cluster ids (``>= 0``, ascending). ``size`` ``int64``. ``mean_d``
+    ``float64``: the mean ``d`` over all pairs of the cluster's faces (exact, from its sum
+    vector; ``0`` for a cluster of one face). ``nn_inside`` ``float64``: the share of its faces
+    whose nearest other face (of all ``N``) is in the cluster (``1`` for a cluster of one face:
+    nothing of it is elsewhere). A cluster of one person has a small ``mean_d`` (clean SFace
+    photos of one person: ~0.6) and ``nn_inside`` near 1; a mixed one a large ``mean_d`` and
+    members whose nearest face is elsewhere.
+    """
+
+    ids: np.ndarray
+    size: np.ndarray
+    mean_d: np.ndarray
+    nn_inside: np.ndarray
+
+    def as_dict(self) -> dict[int, dict[str, float]]:
+        """``{cluster id: {"size", "mean_d", "nn_inside"}}`` of plain Python values."""
+        return {
+            int(c): {"size": int(s), "mean_d": float(m), "nn_inside": float(i)}
+            for c, s, m, i in zip(self.ids, self.size, self.mean_d, self.nn_inside, strict=True)
+        }
+
+
+def cohesion(cluster_ids: np.ndarray, xb: np.ndarray, nn: np.ndarray | None = None) -> Cohesion:
+    """:class:`Cohesion` of every cluster of ``cluster_ids`` ``(N,) int`` (``-1`` = alone, not
+    scored) over ``xb`` ``(N, D) float32`` unit rows. ``nn``: ``(N,) int64`` the nearest other
+    face of every face (e.g. ``knn_graph(xb, k)[1][:, 0]``); searched exactly when ``None``.
+    ``O(N D)`` besides that search.
+    """
+    xb = _check_embeddings(xb)
+    n = len(xb)
+    cluster_ids = _check_ids(cluster_ids, n, "cluster_ids")
+    inside = cluster_ids >= 0
+    ids, pos = np.unique(cluster_ids[inside], return_inverse=True)
+    c = len(ids)
+    size = np.bincount(pos, minlength=c).astype(np.int64)
+    sums = np.zeros((c, xb.shape[1]), dtype=np.float64)
+    np.add.at(sums, pos, xb[inside].astype(np.float64))
+    sq = (xb[inside].astype(np.float64) ** 2).sum(1)
+    sqn = np.bincount(pos, weights=sq, minlength=c)
+    # sum over ordered pairs i != j of |xi - xj|^2 = 2 m sum|x|^2 - 2 |S|^2
+    pairs = size * (size - 1)
+    total = 2.0 * size * sqn - 2.0 * (sums * sums).sum(1)
+    mean_d = np.where(pairs > 0, np.maximum(total, 0.0) / np.maximum(pairs, 1), 0.0)
+    if nn is None:
+        nn = knn_graph(xb, 1)[1][:, 0] if n > 1 else np.full(n, -1, dtype=np.int64)
+    nn = np.asarray(nn, dtype=np.int64)
+    if nn.shape != (n,):
+        raise ValueError(f"nn must have shape ({n},), got {nn.shape}")
+    ok = nn >= 0
+    same = np.zeros(n, dtype=bool)
+    same[ok] = cluster_ids[nn[ok]] == cluster_ids[ok]
+    hits = np.bincount(pos, weights=same[inside].astype(np.float64), minlength=c)
+    nn_inside = np.where(size > 1, hits / np.maximum(size, 1), 1.0)
+    return Cohesion(ids.astype(np.int64), size, mean_d, nn_inside)
+
+
+# --------------------------------------------------------------------------- stable ids
+
+
+def match_clusters(
+    old_ids: np.ndarray, new_ids: np.ndarray, min_jaccard: float = 0.5
+) -> dict[int, int]:
+    """Which new cluster continues which old one: ``{new id: old id}``.
+
+    ``old_ids``, ``new_ids``: ``(N,) int`` the cluster of every face before and after a re-run,
+    aligned face by face (``-1`` = alone, or a face that did not exist before). A new cluster
+    takes the id of the old cluster it overlaps most when their Jaccard index (shared faces
+    over faces in either) is at least ``min_jaccard``: with ``min_jaccard >= 0.5`` each old
+    cluster is continued by at most one new one and vice versa (two clusters that share more
+    than half of their union cannot both overlap a third that much), so the matching is
+    one-to-one; pairs are taken greedily by decreasing Jaccard, ties by ids, for any value.
+    Cost ``O(N log N)``.
+    """
+    old_ids = np.asarray(old_ids, dtype=np.int64)
+    new_ids = np.asarray(new_ids, dtype=np.int64)
+    if old_ids.shape != new_ids.shape or old_ids.ndim != 1:
+        raise ValueError(
+            f"old_ids and new_ids must be (N,) alike, got {old_ids.shape} and {new_ids.shape}"
+        )
+    if not 0.0 < min_jaccard <= 1.0:
+        raise ValueError(f"min_jaccard must be in (0, 1], got {min_jaccard}")
+    both = (old_ids >= 0) & (new_ids >= 0)
+    if not both.any():
+        return {}
+    o_u, o_n = np.unique(old_ids[old_ids >= 0], return_counts=True)
+    n_u, n_n = np.unique(new_ids[new_ids >= 0], return_counts=True)
+    pairs, inter = np.unique(
+        np.stack([old_ids[both], new_ids[both]], axis=1), axis=0, return_counts=True
+    )
+    so = o_n[np.searchsorted(o_u, pairs[:, 0])]
+    sn = n_n[np.searchsorted(n_u, pairs[:, 1])]
+    jac = inter / (so + sn - inter)
+    keep = jac >= min_jaccard
+    pairs, jac = pairs[keep], jac[keep]
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -jac))
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for o, c in pairs[order].tolist():
+        if c not in out and o not in used:
+            out[c] = o
+            used.add(o)
+    return out
+
+
+def stable_ids(
+    old_ids: np.ndarray,
+    new_ids: np.ndarray,
+    min_jaccard: float = 0.5,
+    next_id: int | None = None,
+) -> np.ndarray:
+    """``new_ids`` renumbered so that clusters that barely changed keep their old id.
+
+    Matching by :func:`match_clusters`; the other new clusters get fresh ids from ``next_id``
+    (default ``max(old_ids) + 1``) upwards in the order of ``new_ids``, so an id that
+    disappeared is never reused for other faces. ``-1`` stays ``-1``. Returns ``(N,) int64``.
+    """
+    old_ids = np.asarray(old_ids, dtype=np.int64)
+    new_ids = np.asarray(new_ids, dtype=np.int64)
+    match = match_clusters(old_ids, new_ids, min_jaccard)
+    start = int(old_ids.max(initial=-1)) + 1 if next_id is None else int(next_id)
+    uniq = np.unique(new_ids[new_ids >= 0])
+    table = np.empty(len(uniq), dtype=np.int64)
+    fresh = start
+    for i, c in enumerate(uniq.tolist()):
+        if c in match:
+            table[i] = match[c]
+        else:
+            table[i] = fresh
+            fresh += 1
+    out = np.full(len(new_ids), -1, dtype=np.int64)
+    has = new_ids >= 0
+    out[has] = table[np.searchsorted(uniq, new_ids[has])]
     return out
 
 
