@@ -18,7 +18,7 @@ How it scales
     * ``single``: Kruskal over the edges sorted by ``d``, with a union-find (edges held back by
       the pair threshold are passed over again until nothing merges).
 
-    Measured: 100,000 faces in a few minutes within about 1 GB (``bench/results/cluster.md``).
+    Time and memory at 100,000 and 1,000,000 faces: ``bench/results/cluster.md``.
 
 What a missing edge means
     The graph only restricts *which* pairs of clusters are candidates; the linkage of a candidate
@@ -55,32 +55,36 @@ Constraints (cannot-link and must-link)
 
 Thresholds
     Merge while the linkage distance is ``< threshold``; but two *single* faces (each in no group
-    yet) only while their ``d < pair_threshold`` (stricter). Both defaults are derived from the
-    verification threshold tau, :data:`facesearch.distance.DEFAULT_THRESHOLD` (d = 1.274, cosine
-    0.363, SFace's own "same person" threshold), and follow it when tau is recalibrated. tau
-    is a 1:1 decision for pairs that are as often the same person as not; in a collection a
-    random pair of faces is rarely the same person (one in 40 among LFW's 158 people with 10 or
-    more images, one in 360 over all of LFW), and at tau the nearest stranger of a face seen only
-    once is often closer than tau. :func:`default_thresholds` moves tau to the Bayes boundary
-    ``T(p)`` for a prior ``p`` of "same person", from the faces themselves (no labels):
+    yet) only while their ``d < pair_threshold`` (stricter). :func:`default_thresholds` derives
+    both from the faces being clustered, without labels and without assuming where one person's
+    faces lie (:func:`face_statistics`): the different-person distances from random pairs, the
+    one-person distances from the pairs in excess of those, and the share of faces that are
+    alone (whose nearest neighbour is as far as a nearest stranger). A single threshold fitted
+    on one kind of collection fails on another: where people have many photos of mixed quality
+    one person's faces lie far apart (mean ``d`` 0.63 on clean LFW photos, 0.87 with every
+    photo degraded) and a strict threshold splits them; where most people appear once, a loose
+    one joins strangers. So:
 
-    * ``threshold = T(pi)``, ``pi`` the share of random pairs below tau: ``d = 1.157`` on the
-      first LFW set above, ``1.110`` on all of LFW. With average linkage, a face or group joins
-      a group when their faces, on average, would be judged the same person at that prior.
-    * ``pair_threshold = T(1 / N)``: ``pi`` is dominated by the people with many photos (a
-      person with ``m`` faces makes ``m^2 / 2`` of the pairs), but two faces that joined no
-      group are, as far as the clustering knows, of people seen once, for whom one given other
-      face of the ``N`` is theirs with probability ``1 / N``: ``d = 0.999`` and ``0.998`` on
-      the two LFW sets. It guards against the commonest error in a collection where most
-      people appear once: two strangers who happen to be each other's nearest face.
+    * ``pair_threshold``: the Bayes boundary for two single faces at the prior ``1 / N`` (two
+      faces that joined no group are, as far as the clustering knows, of people seen once);
+    * ``threshold``: where a face is no longer more likely with its own person than alone next
+      to the nearest of its ``N - 1`` strangers, weighed by the share of faces alone, and at
+      most the even-odds boundary between one person and two.
 
-    An explicit ``threshold`` alone is a plain cut (``pair_threshold = threshold``), hence the
-    guarantee above. With the pair rule the merge rule depends on the clusters' sizes, which the
-    nearest-neighbour chain's proof does not cover (two single faces that may not merge can
-    later, once one of them joined a group; the chain then goes back, see ``run_chain``); its
-    results equalled a greedy agglomeration that always merges the globally closest allowed
-    pair, dense in the tests and over the same graph on both LFW sets. The same rule is used
-    for ``single`` and ``complete`` (single linkage chains more, complete splits more).
+    The figures they give on sets of different shapes, beside the other methods, are in
+    ``bench/results/cluster.md``. An explicit ``threshold`` alone is a plain cut
+    (``pair_threshold = threshold``), hence the guarantee above. With the pair rule the merge
+    rule depends on the clusters' sizes, which the nearest-neighbour chain's proof does not
+    cover (two single faces that may not merge can later, once one of them joined a group; the
+    chain then goes back, see ``run_chain``); its results equal a greedy agglomeration that
+    always merges the globally closest allowed pair (dense oracle in the tests). The same rule
+    is used for ``single`` and ``complete`` (single linkage chains more, complete splits more).
+
+Cluster quality and ids
+    :func:`cohesion` scores every cluster (mean intra-cluster ``d``, share of members whose
+    nearest face is inside) so that doubtful clusters can be shown first. :func:`stable_ids`
+    carries cluster ids over a re-run: a new cluster keeps the id of the old one it overlaps
+    with a Jaccard index of at least 0.5 (:func:`match_clusters`), others get fresh ids.
 
 Output
     ``(N,) int64`` cluster ids: ``0 .. C-1`` numbered by decreasing size (ties: smallest face
@@ -120,8 +124,8 @@ class ClusterConfig:
     """Settings of one clustering run.
 
     ``threshold``: merge while the linkage distance (in ``d`` units) is ``< threshold``; ``None``
-    (default) takes :func:`default_thresholds` of the faces being clustered, tau adjusted for how
-    rare same-person pairs are among them. ``pair_threshold``: the stricter bound for a merge of
+    (default) takes :func:`default_thresholds` of the faces being clustered (from their own
+    statistics). ``pair_threshold``: the stricter bound for a merge of
     two *single* faces (each in no group yet), ``d < pair_threshold``; ``None`` takes the default
     rule's when ``threshold`` is ``None`` too, else ``threshold`` itself (an explicit
     ``threshold`` alone is a plain cut of the dendrogram). It is never above ``threshold``.

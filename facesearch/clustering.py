@@ -666,12 +666,13 @@ def evaluate_clusters(
     int`` (person per face): pairwise and BCubed P/R/F, clusters vs people."""
     import time
 
-    from facesearch.cluster import bcubed_prf, n_clusters, pairwise_prf
+    from facesearch.cluster import bcubed_prf, knn_graph, n_clusters, pairwise_prf
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
     if config.threshold is None:  # report the thresholds the default rule gives these faces
-        t, t_pair = config.thresholds(xb)
+        nn_d = knn_graph(xb, 1, exact_max=config.exact_max)[0][:, 0] if len(xb) > 1 else None
+        t, t_pair = config.thresholds(xb, nn_d=nn_d)
         config = dataclasses.replace(config, threshold=t, pair_threshold=t_pair)
     pred = agglomerate(xb, config, photo_ids=photo_ids)
     secs = time.perf_counter() - t0

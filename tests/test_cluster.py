@@ -19,12 +19,16 @@ from facesearch.cluster import (
     assign_new,
     bcubed_prf,
     build_index,
+    cohesion,
     default_threshold,
     default_thresholds,
+    face_statistics,
     knn_graph,
+    match_clusters,
     n_clusters,
     pairwise_prf,
     propose_people,
+    stable_ids,
 )
 from facesearch.distance import DEFAULT_THRESHOLD, pairwise_distance
 from facesearch.errors import IndexMismatchError
@@ -393,38 +397,60 @@ def test_metrics_on_known_cases() -> None:
 # --------------------------------------------------------------------------- default threshold
 
 
-def test_default_threshold_moves_below_tau_as_same_person_pairs_get_rare() -> None:
-    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)  # 10 people: 1 pair in 10 is the same
-    many, _ = faces(600, 1, 0.08, seed=21, fixed=True)  # 600 people seen once
-    t_few, t_many = default_threshold(few), default_threshold(many)
-    assert t_many < t_few < DEFAULT_THRESHOLD
-    assert default_threshold(few) == t_few, "seeded: the same faces give the same threshold"
-    assert default_threshold(few, tau=1.4) > t_few, "it follows tau"
+def test_statistics_find_the_people_without_labels() -> None:
+    tight, ident = faces(40, 30, 0.07, seed=21, fixed=True)  # 40 people x 30 faces
+    loose, _ = faces(40, 30, 0.10, seed=21, fixed=True)  # the same people, worse photos
+    st = face_statistics(tight)
+    assert st.crowd and st.measured
+    d = pairwise_distance(tight, tight)
+    same = ident[:, None] == ident[None, :]
+    off = ~np.eye(len(tight), dtype=bool)
+    assert abs(st.mu_same - d[same & off].mean()) < 0.05, "the one-person normal, unlabelled"
+    assert abs(st.same_share - (same & off).sum() / off.sum()) < 0.01
+    assert st.lone_share < 0.05, "every face has company"
+    assert face_statistics(loose).mu_same > st.mu_same + 0.1
+    lone = face_statistics(faces(800, 1, 0.07, seed=22, fixed=True)[0])
+    assert lone.lone_share > 0.9 and not lone.measured, "nobody seen twice"
+    assert face_statistics(tight) == st, "seeded: the same faces give the same statistics"
+
+
+def test_thresholds_follow_the_photos_and_the_lonely_faces() -> None:
+    tight = faces(40, 30, 0.07, seed=21, fixed=True)[0]
+    loose = faces(40, 30, 0.10, seed=21, fixed=True)[0]
+    crowd = np.concatenate([tight, faces(1500, 1, 0.07, seed=23, fixed=True)[0]])
+    t_tight, p_tight = default_thresholds(tight)
+    t_loose, p_loose = default_thresholds(loose)
+    t_crowd, p_crowd = default_thresholds(crowd)
+    assert p_tight < t_tight and p_loose < t_loose and p_crowd <= t_crowd
+    assert t_loose > t_tight + 0.1, "one person's faces spread out: the thresholds follow"
+    assert t_crowd < t_tight - 0.05, "many faces alone: merges with groups get stricter"
+    assert default_threshold(tight) == t_tight
 
 
 def test_default_threshold_is_tau_without_a_crowd() -> None:
     x, _ = faces(1, 1, 0.0, seed=22)
-    assert default_threshold(x) == DEFAULT_THRESHOLD
-    assert default_threshold(np.repeat(x, 5, axis=0)) == DEFAULT_THRESHOLD  # one person only
-
-
-def test_single_faces_get_the_stricter_prior_of_a_person_seen_once() -> None:
-    many, _ = faces(600, 3, 0.08, seed=24)
-    t, t_pair = default_thresholds(many)
-    assert t == default_threshold(many)
-    assert t_pair < t < DEFAULT_THRESHOLD
-    # T(p) = tau - c ln((1 - p) / p): the gap between p = pi and p = 1 / N
-    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)
-    t_few, t_few_pair = default_thresholds(few)
-    assert t_few_pair < t_few
-    x, _ = faces(1, 1, 0.0, seed=22)
     assert default_thresholds(x) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    one = faces(1, 40, 0.07, seed=22, fixed=True)[0]  # one person only
+    assert default_thresholds(one) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    assert default_thresholds(one, tau=1.4) == (1.4, 1.4)
+
+
+def test_sampled_statistics_hold_without_the_graph() -> None:
+    x, _ = faces(300, 6, 0.08, seed=26)
+    nn_d = knn_graph(x, 1)[0][:, 0]
+    full = face_statistics(x, nn_d=nn_d)
+    sampled = face_statistics(x, sample=600)  # nearest neighbours of 2,000 faces, brute force
+    index = build_index(x)
+    assert face_statistics(x, sample=600, index=index) == sampled
+    assert abs(full.lone_share - sampled.lone_share) < 0.05
+    assert abs(full.mu_diff - sampled.mu_diff) < 0.02
+    assert abs(full.mu_same - sampled.mu_same) < 0.05
 
 
 def test_default_config_uses_the_default_thresholds() -> None:
     x, _ = faces(60, 4, 0.09, seed=23)
-    t, t_pair = default_thresholds(x)
-    assert ClusterConfig().thresholds(x) == (t, t_pair)
+    t, t_pair = default_thresholds(x, nn_d=knn_graph(x, 1)[0][:, 0])
+    assert ClusterConfig().thresholds(x, nn_d=knn_graph(x, 1)[0][:, 0]) == (t, t_pair)
     auto = agglomerate(x)
     explicit = agglomerate(x, ClusterConfig(threshold=t, pair_threshold=t_pair))
     np.testing.assert_array_equal(auto, explicit)
@@ -471,3 +497,62 @@ def test_two_single_faces_need_the_pair_threshold_but_join_a_group_at_the_thresh
     assert n_clusters(agglomerate(x, ClusterConfig(1.2, linkage=method))) == 1  # type: ignore[arg-type]
     x3 = unit(np.stack([at(0.0), at(0.9), at(0.9) + 0.05 * other]))
     assert n_clusters(agglomerate(x3, alone)) == 1
+
+
+# --------------------------------------------------------------------------- cohesion
+
+
+def test_cohesion_equals_brute_force() -> None:
+    x, ident = faces(12, 8, 0.09, seed=27)
+    ids = ident.copy()
+    ids[::7] = -1  # some faces alone
+    ids[ident == 3] = 2  # one cluster of two people
+    coh = cohesion(ids, x)
+    d = pairwise_distance(x, x).astype(np.float64)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argmin(d, axis=1)
+    np.fill_diagonal(d, 0.0)
+    for c, size, mean_d, inside in zip(coh.ids, coh.size, coh.mean_d, coh.nn_inside, strict=True):
+        m = np.flatnonzero(ids == c)
+        assert size == len(m)
+        ref = d[np.ix_(m, m)].sum() / (len(m) * (len(m) - 1)) if len(m) > 1 else 0.0
+        assert mean_d == pytest.approx(ref, abs=1e-6)
+        assert inside == (np.mean(ids[nn[m]] == c) if len(m) > 1 else 1.0)
+    assert -1 not in coh.ids
+    mixed = int(np.flatnonzero(coh.ids == 2)[0])
+    assert coh.mean_d[mixed] == coh.mean_d.max(), "two people in one cluster: the least cohesive"
+    np.testing.assert_array_equal(cohesion(ids, x, nn=nn).nn_inside, coh.nn_inside)
+    assert coh.as_dict()[2]["size"] == int((ids == 2).sum())
+
+
+# --------------------------------------------------------------------------- stable ids
+
+
+def test_match_clusters_by_overlap() -> None:
+    old = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, -1, -1])
+    new = np.array([5, 5, 5, 6, 7, 7, 7, 8, 9, 7, 10])
+    # 5 = three of old 0's four faces (J 0.75); 7 = old 1 plus a face alone before (J 0.75);
+    # old 2 split in two halves (J 0.5 each: only one continues it); 6 and 10 are new
+    assert match_clusters(old, new) == {5: 0, 7: 1, 8: 2}
+    assert match_clusters(old, new, min_jaccard=0.8) == {}
+    ids = stable_ids(old, new)
+    np.testing.assert_array_equal(ids, [0, 0, 0, 3, 1, 1, 1, 2, 4, 1, 5])
+    assert stable_ids(old, new, next_id=100).max() == 102
+    with pytest.raises(ValueError, match="alike"):
+        match_clusters(old, new[:-1])
+
+
+def test_ids_survive_a_full_rerun_with_ten_percent_more_faces() -> None:
+    x, _ = faces(80, 12, 0.08, seed=28)
+    rng = np.random.default_rng(28)
+    late = rng.random(len(x)) < 0.1
+    order = np.concatenate([np.flatnonzero(~late), np.flatnonzero(late)])
+    x = x[order]
+    n_old = int((~late).sum())
+    first = agglomerate(x[:n_old])
+    again = stable_ids(np.concatenate([first, np.full(len(x) - n_old, -1)]), agglomerate(x))
+    old_c = np.unique(first[first >= 0])
+    kept = np.isin(old_c, again)
+    assert kept.mean() > 0.9, f"{kept.sum()} of {len(old_c)} ids kept"
+    for c in old_c[kept]:  # a kept id still shows mostly the same faces
+        assert np.mean(again[:n_old][first == c] == c) >= 0.5
