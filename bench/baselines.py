@@ -130,9 +130,7 @@ def knn_edges(
     return key // n, key % n, 1.0 - w[first] / 2.0
 
 
-def infomap(
-    graph: tuple[np.ndarray, np.ndarray], threshold: float, seed: int = 0
-) -> np.ndarray:
+def infomap(graph: tuple[np.ndarray, np.ndarray], threshold: float, seed: int = 0) -> np.ndarray:
     """Two-level Infomap on the k-NN graph's edges below ``threshold`` -> ``(N,) int64``."""
     import infomap as im
 

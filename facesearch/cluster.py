@@ -203,7 +203,9 @@ def _check_embeddings(xb: np.ndarray, name: str = "xb") -> np.ndarray:
     if xb.ndim != 2:
         raise ValueError(f"{name} must be (N, D), got shape {xb.shape}")
     if len(xb):
-        norms = np.linalg.norm(xb, axis=1)
+        norms = np.concatenate(  # by chunks: no (N, D) temporary
+            [np.linalg.norm(xb[s : s + _CHUNK], axis=1) for s in range(0, len(xb), _CHUNK)]
+        )
         bad = np.abs(norms - 1.0) > _NORM_TOL
         if bad.any():
             i = int(np.argmax(bad))
@@ -475,26 +477,42 @@ def knn_graph(
             f"{int(lost.sum())} of {n} faces are not their own nearest neighbour in the index; "
             "it does not hold these embeddings in this order (ids must be positions 0..N-1)"
         )
-    keep = np.argsort(is_self, axis=1, kind="stable")[:, :kk]  # non-self slots, in order
-    ids = np.take_along_axis(ids, keep, axis=1)
-    sims = np.take_along_axis(sims, keep, axis=1)
-    dist = np.clip(2.0 - 2.0 * sims, 0.0, 4.0).astype(np.float32)
+    # non-self slots, in order; most rows have themselves first (a slice, no sort)
+    first = is_self[:, 0]
+    out_ids = np.ascontiguousarray(ids[:, 1:])
+    out_sims = np.ascontiguousarray(sims[:, 1:])
+    other = np.flatnonzero(~first)
+    if len(other):
+        keep = np.argsort(is_self[other], axis=1, kind="stable")[:, :kk]
+        out_ids[other] = np.take_along_axis(ids[other], keep, axis=1)
+        out_sims[other] = np.take_along_axis(sims[other], keep, axis=1)
+    del ids, sims, is_self
+    ids = out_ids
+    dist = np.clip(2.0 - 2.0 * out_sims, 0.0, 4.0).astype(np.float32)
+    del out_sims
     dist[ids < 0] = np.inf
     return dist, ids
 
 
-def _edges(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges ``(a, b, d)`` with ``a < b``, each once, from a k-NN table."""
+def _edges(
+    dist: np.ndarray, ids: np.ndarray, max_d: float = np.inf
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges ``(a, b, d)`` with ``a < b`` and ``d < max_d``, each once, from a k-NN
+    table. Only the selected slots are ever expanded (at 1M faces x 32 neighbours the whole
+    table would make several 256 MB temporaries)."""
     n = len(ids)
-    src = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
-    dst = ids.ravel()
-    w = dist.ravel()
-    ok = (dst >= 0) & (dst != src)
+    keep = (ids >= 0) & (dist < max_d)
+    src = np.nonzero(keep)[0].astype(np.int64)
+    dst = ids[keep].astype(np.int64, copy=False)
+    w = dist[keep]
+    del keep
+    ok = dst != src
     src, dst, w = src[ok], dst[ok], w[ok]
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    key = a * n + b
+    key = np.minimum(src, dst) * n + np.maximum(src, dst)
+    del src, dst
     order = np.lexsort((w, key))  # by pair, smallest d first
     key, w = key[order], w[order]
+    del order
     first = np.ones(len(key), dtype=bool)
     first[1:] = key[1:] != key[:-1]
     key, w = key[first], w[first]
@@ -530,19 +548,29 @@ class _Agglomerator:
             threshold if pair_threshold is None else min(pair_threshold, threshold)
         )
         self.linkage = linkage
-        self.x64 = xb.astype(np.float64)
+        self.x = xb  # (N, D) float32; rows are read in float64 where linkages are computed
         self.parent = init.copy()
         self.alive = np.zeros(n, dtype=bool)
         self.alive[np.unique(init)] = True
         self.size = np.bincount(init, minlength=n).astype(np.int64)
         self.version = np.zeros(n, dtype=np.int64)
-        # average linkage: sum vectors and sums of squared norms per root
-        if np.array_equal(init, np.arange(n)):
-            self.sums = self.x64.copy()
-        else:
-            self.sums = np.zeros_like(self.x64)
-            np.add.at(self.sums, init, self.x64)
-        self.sqn = np.bincount(init, weights=(self.x64 * self.x64).sum(1), minlength=n)
+        # average linkage: float64 sum vectors of the roots of groups only (a single face's sum
+        # is its own row), in slots that are reused as groups merge: at 1M faces this is a small
+        # share of N x D, where a sum per face took 1 GB
+        self.slot = np.full(n, -1, dtype=np.int64)
+        groups = np.flatnonzero(self.size > 1)
+        self.sums = np.zeros((max(16, 2 * len(groups)), xb.shape[1]), dtype=np.float64)
+        self.free: list[int] = []
+        self.used = len(groups)
+        if len(groups):
+            self.slot[groups] = np.arange(len(groups))
+            member = self.size[init] > 1
+            np.add.at(self.sums, self.slot[init[member]], xb[member].astype(np.float64))
+        sq = np.empty(n, dtype=np.float64)
+        for s in range(0, n, _CHUNK):
+            rows = xb[s : s + _CHUNK].astype(np.float64)
+            sq[s : s + _CHUNK] = np.einsum("ij,ij->i", rows, rows)
+        self.sqn = np.bincount(init, weights=sq, minlength=n)
         self.msq = self.sqn / np.maximum(self.size, 1)  # mean squared norm per root
         # cannot-link state per root
         self.tags = [self._root_tags(t, init, n) for t in tags]
@@ -586,7 +614,14 @@ class _Agglomerator:
         self.parent[gone] = keep
         self.alive[gone] = False
         self.size[keep] += self.size[gone]
-        self.sums[keep] += self.sums[gone]
+        total = self._sum(keep)
+        total += self._sum(gone)
+        if self.slot[gone] >= 0:
+            self.free.append(int(self.slot[gone]))
+            self.slot[gone] = -1
+        if self.slot[keep] < 0:
+            self.slot[keep] = self._new_slot()
+        self.sums[self.slot[keep]] = total
         self.sqn[keep] += self.sqn[gone]
         self.msq[keep] = self.sqn[keep] / self.size[keep]
         self.version[keep] += 1
@@ -611,16 +646,43 @@ class _Agglomerator:
             else:
                 mk.extend(mg)
 
+    def _new_slot(self) -> int:
+        if self.free:
+            return self.free.pop()
+        if self.used == len(self.sums):
+            grown = np.zeros((2 * len(self.sums), self.sums.shape[1]), dtype=np.float64)
+            grown[: self.used] = self.sums
+            self.sums = grown
+        self.used += 1
+        return self.used - 1
+
+    def _sum(self, r: int) -> np.ndarray:
+        """A copy of the float64 sum vector of root ``r`` ``(D,)``."""
+        k = self.slot[r]
+        return self.sums[k].copy() if k >= 0 else self.x[r].astype(np.float64)
+
+    def _sums(self, roots: np.ndarray) -> np.ndarray:
+        """The float64 sum vectors of ``roots`` ``(m,)`` -> ``(m, D)``."""
+        out = self.x[roots].astype(np.float64)
+        k = self.slot[roots]
+        grp = k >= 0
+        if grp.any():
+            out[grp] = self.sums[k[grp]]
+        return out
+
     # -- linkages
 
     def average(self, a: int, nb: np.ndarray) -> np.ndarray:
         """Exact average linkage between root ``a`` and roots ``nb`` ``(m,)`` -> ``(m,)``."""
-        dot = self.sums[nb] @ self.sums[a]
+        k = self.slot[a]
+        sa = self.sums[k] if k >= 0 else self.x[a].astype(np.float64)
+        dot = self._sums(nb) @ sa
         return np.asarray(self.msq[a] + self.msq[nb] - 2.0 * dot / (self.size[a] * self.size[nb]))
 
     def complete_exact(self, a: int, b: int) -> float:
         """Exact complete linkage: largest ``d`` over the members of roots ``a`` and ``b``."""
-        xa, xb = self.x64[self.members[a]], self.x64[self.members[b]]
+        xa = self.x[self.members[a]].astype(np.float64)
+        xb = self.x[self.members[b]].astype(np.float64)
         d = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
         return float(d.max())
 
@@ -961,7 +1023,7 @@ def agglomerate(
         if dist.shape != ids.shape or len(ids) != n:
             raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {ids.shape}")
     threshold, pair_threshold = config.thresholds(xb, nn_d=dist[:, 0] if dist.shape[1] else None)
-    a, b, w = _edges(dist, ids)
+    a, b, w = _edges(dist, ids, max_d=threshold + _SLACK)  # _run keeps only these
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
     roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold)
     out = _number(roots, config.min_size)
