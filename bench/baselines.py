@@ -119,7 +119,7 @@ def knn_edges(
     graph: tuple[np.ndarray, np.ndarray], threshold: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Undirected edges ``(a, b, sim)`` (``a < b``, each once) of a k-NN table ``(D, I)`` (from
-    :func:`facesearch.cluster.knn_graph`) with ``d < threshold``; ``sim = 1 - d / 2``."""
+    :func:`facesearch.cluster_algorithms.knn_graph`) with ``d < threshold``; ``sim = 1 - d / 2``."""
     dist, ids = graph
     n = len(ids)
     src = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])

@@ -6,20 +6,21 @@ photos among thousands with 1-3), embedded by facesearch's own pipeline into the
 (``python bench/cluster_data.py`` first). On each set, side by side, BCubed P / R / F:
 
 * label-free, each method at its natural default: facesearch's default (thresholds from the
-  faces' own statistics, :func:`facesearch.cluster.default_thresholds`); facesearch's previous
-  default (two thresholds from tau under a symmetric model, reproduced here); exact average
-  linkage cut at tau (scipy); Chinese whispers at tau (dlib); DBSCAN (eps tau, min_samples 5:
-  scikit-learn's default); HDBSCAN at scikit-learn's defaults (min_cluster_size 5) and with
-  min_cluster_size 2 (a person with two photos is a cluster); Infomap and Leiden over the k-NN
-  graph (k 32, edges d < tau, weights cosine similarity). tau is SFace's verification threshold,
-  the one distance scale these methods can be given without labels.
+  faces' own statistics, :func:`facesearch.cluster_algorithms.default_thresholds`); facesearch's
+  previous default (two thresholds from tau under a symmetric model, reproduced here); exact
+  average linkage cut at tau (scipy); Chinese whispers at tau (dlib); DBSCAN (eps tau,
+  min_samples 5: scikit-learn's default); HDBSCAN at scikit-learn's defaults (min_cluster_size
+  5) and with min_cluster_size 2 (a person with two photos is a cluster); Infomap and Leiden
+  over the k-NN graph (k 32, edges d < tau, weights cosine similarity). tau is SFace's
+  verification threshold, the one distance scale these methods can be given without labels.
 * with the labels (marked): every threshold method at its best threshold of a sweep (d 0.80 to
   1.50 by 0.05, then by 0.01 around the best), HDBSCAN at its best of min_samples 1/2/3 and
   eom/leaf selection (min_cluster_size 2).
 
 Then: ids across re-runs (10% of the faces held out, the rest clustered, then a full re-run
-over all and an incremental one, ids carried over by :func:`facesearch.cluster.stable_ids`),
-and cohesion (how well :func:`facesearch.cluster.cohesion` ranks the impure clusters first).
+over all and an incremental one, ids carried over by
+:func:`facesearch.cluster_algorithms.stable_ids`), and cohesion (how well
+:func:`facesearch.cluster_algorithms.cohesion` ranks the impure clusters first).
 
 Scale (``--scale N ...``): seeded synthetic faces (many identities of Zipf-distributed sizes on
 the sphere, spreads calibrated on SFace's LFW distances, a few blurred faces, many singletons)
@@ -60,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cluster_data import DEFAULT_CACHE, FaceSet, load_sets, load_source  # noqa: E402
 
-from facesearch.cluster import (  # noqa: E402
+from facesearch.cluster_algorithms import (  # noqa: E402
     ClusterConfig,
     agglomerate,
     assign_new,

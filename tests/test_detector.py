@@ -5,7 +5,8 @@ Oracles, from the most to the least local:
 * the ONNX file itself (re-conversion gives the bundled weights bit for bit);
 * OpenCV's DNN on the same ONNX (raw head outputs; its ``FaceDetectorYN`` rows from those
   outputs; ``cv::dnn::NMSBoxes`` on random boxes);
-* the golden file ``reference/sface_yunet.jsonl`` (OpenCV 5.0 ``FaceDetectorYN``, 214 images);
+* the golden file ``reference/sface_yunet.jsonl`` (OpenCV 5.0.0 ``FaceDetectorYN``, 214 images;
+  the oracle versions are in ``tests/oracles.py``);
 * geometry (a 2x image gives 2x boxes) and invariants (batch == one by one, no face in noise).
 
 OpenCV and onnx are test-only dependencies: those tests skip without them.
@@ -14,12 +15,12 @@ OpenCV and onnx are test-only dependencies: those tests skip without them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import oracles
 import pytest
 import torch
 
@@ -43,14 +44,7 @@ THRESHOLD = NATIVE.score_threshold
 BORDERLINE = 0.02  # a face scored within this of the threshold may be found or not
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: these are small convolutions on a shared machine, where a second
-    OpenMP thread only waits for the first (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +165,8 @@ def test_rgb_weights_are_bgr_weights_with_swapped_input(data: Path) -> None:
 
 
 def test_nms_matches_opencv_nmsboxes() -> None:
-    cv2 = pytest.importorskip("cv2")
+    """Same indices as ``cv2.dnn.NMSBoxes`` (bit-exact: the pinned OpenCV only)."""
+    cv2 = oracles.exact("opencv-python-headless", "YuNet's NMS is OpenCV's NMSBoxes")
     rng = np.random.default_rng(0)
     for trial in range(30):
         k = int(rng.integers(1, 60))

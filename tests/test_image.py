@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import oracles
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -90,8 +91,9 @@ def test_every_shared_odd_and_negative_file(data: Path) -> None:
 
 
 def test_shared_files_match_opencv(data: Path) -> None:
-    """Lossless files decode to exactly OpenCV's pixels (the reference pipeline's decoder)."""
-    cv2 = pytest.importorskip("cv2", reason="OpenCV (dev extra) is the decoding oracle")
+    """Lossless files decode to exactly OpenCV's pixels (the reference pipeline's decoder;
+    bit-exact for PNG, so the pinned OpenCV only)."""
+    cv2 = oracles.exact("opencv-python-headless", "the reference pipeline's decoder")
     for path in _shared_files(data):
         if path.name in EXPECTED_ERRORS:
             continue
