@@ -50,8 +50,12 @@ Constraints (cannot-link and must-link)
       start as one cluster; unlabelled faces can then join that person's cluster by the same
       linkage rule as any other cluster (label propagation). The faces of one labelled person are
       kept together even if two of them are in the same photo (the label is the user's word).
-    Constraints are monotone (a cluster only gains photos and labels), so a pair of clusters that
-    conflicts once is dropped from the graph for good.
+    * Rejections ("not this person"): ``(face, label)`` pairs; the face is never in one
+      cluster with a face of that label (a person, or a group the caller kept together under
+      a label of its own). Unlabelled faces grouped with the rejected face inherit the
+      constraint, so the face cannot reach the label through them either.
+    Constraints are monotone (a cluster only gains photos, labels and rejections), so a pair of
+    clusters that conflicts once is dropped from the graph for good.
 
 Thresholds
     Merge while the linkage distance is ``< threshold``; but two *single* faces (each in no group
@@ -213,6 +217,27 @@ def _check_embeddings(xb: np.ndarray, name: str = "xb") -> np.ndarray:
                 "L2-normalise them first"
             )
     return xb
+
+
+def _check_rejections(r: np.ndarray | None, n: int) -> np.ndarray:
+    """Optional ``(M, 2)`` ``(face position, label)`` pairs as ``int64``; ``None``: none."""
+    if r is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    r = np.asarray(r)
+    if r.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if r.ndim != 2 or r.shape[1] != 2:
+        raise ValueError(f"rejections must be (M, 2) (face position, label), got {r.shape}")
+    if r.dtype.kind not in "iu":
+        raise ValueError(f"rejections must be integers, got dtype {r.dtype}")
+    r = r.astype(np.int64, copy=False)
+    bad = (r[:, 0] < 0) | (r[:, 0] >= n) | (r[:, 1] < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"rejection {i} is {r[i].tolist()}: face positions are 0..{n - 1}, labels >= 0"
+        )
+    return r
 
 
 def _check_ids(a: np.ndarray | None, n: int, name: str) -> np.ndarray:
@@ -528,7 +553,8 @@ class _Agglomerator:
     ``tags``: cannot-link arrays ``(N,)``; two clusters with different non-negative values of one
     array never merge. ``photo_ids``: ``(N,)``, ``-1`` for unknown. ``threshold``: merge while
     the linkage is below it; ``pair_threshold`` (``<= threshold``): the bound instead when both
-    clusters are single faces.
+    clusters are single faces. ``rejections``: ``(M, 2)`` ``(face, label)`` pairs; a cluster
+    holding the face never merges with one whose ``tags[0]`` (the labels) is that label.
     """
 
     def __init__(
@@ -540,6 +566,7 @@ class _Agglomerator:
         threshold: float,
         linkage: str,
         pair_threshold: float | None = None,
+        rejections: np.ndarray | None = None,
     ) -> None:
         n = len(xb)
         self.threshold = threshold
@@ -580,6 +607,11 @@ class _Agglomerator:
             shared = np.isin(photo_ids, uniq[counts > 1]) & valid
             for i in np.flatnonzero(shared).tolist():
                 self.photos.setdefault(int(init[i]), set()).add(int(photo_ids[i]))
+        # rejected labels per root (a rejection of the group's own label is moot: ignored)
+        self.forbid: dict[int, set[int]] = {}
+        if rejections is not None and len(rejections):
+            for face, label in rejections.tolist():
+                self.forbid.setdefault(int(init[face]), set()).add(int(label))
         # members per root (complete linkage needs them)
         self.members: dict[int, list[int]] = {}
         if linkage == "complete":
@@ -601,6 +633,13 @@ class _Agglomerator:
         for t in self.tags:
             ta, tb = t[a], t[b]
             if ta >= 0 and tb >= 0 and ta != tb:
+                return False
+        if self.forbid:
+            lab = self.tags[0]
+            fa, fb = self.forbid.get(a), self.forbid.get(b)
+            if (fa and lab[b] >= 0 and int(lab[b]) in fa) or (
+                fb and lab[a] >= 0 and int(lab[a]) in fb
+            ):
                 return False
         pa, pb = self.photos.get(a), self.photos.get(b)
         if pa and pb:
@@ -627,6 +666,13 @@ class _Agglomerator:
         for t in self.tags:
             if t[keep] < 0:
                 t[keep] = t[gone]
+        fg = self.forbid.pop(gone, None)
+        if fg:
+            fk = self.forbid.get(keep)
+            if fk is None:
+                self.forbid[keep] = fg
+            else:
+                fk |= fg
         pg = self.photos.pop(gone, None)
         if pg:
             pk = self.photos.get(keep)
@@ -912,6 +958,7 @@ def _run(
     config: ClusterConfig,
     threshold: float,
     pair_threshold: float,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map the face edges onto the starting groups and agglomerate; ``(N,)`` root per face.
 
@@ -939,7 +986,9 @@ def _run(
         first[1:] = key[1:] != key[:-1]
         key, w = key[first], w[first]
         a, b = key // n, key % n
-    agg = _Agglomerator(xb, init, tags, photo_ids, threshold, config.linkage, pair_threshold)
+    agg = _Agglomerator(
+        xb, init, tags, photo_ids, threshold, config.linkage, pair_threshold, rejections
+    )
     if config.linkage == "single":
         agg.run_single(a, b, w)
     elif config.linkage == "average":
@@ -996,6 +1045,7 @@ def agglomerate(
     labels: np.ndarray | None = None,
     index: faiss.Index | None = None,
     graph: tuple[np.ndarray, np.ndarray] | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster faces into people.
 
@@ -1005,7 +1055,9 @@ def agglomerate(
     start together when ``config.premerge_labels``. ``index``: optional FAISS inner-product index
     holding exactly ``xb`` (ids = positions) to take the neighbours from. ``graph``: optional
     ``(D, I)`` from :func:`knn_graph` (then ``config.k`` and ``index`` are not used), to cluster
-    the same faces at several settings with one search.
+    the same faces at several settings with one search. ``rejections``: ``(M, 2)`` int
+    ``(face position, label)`` pairs: that face never shares a cluster with a face labelled
+    ``label`` ("not this person").
     Returns ``(N,) int64`` cluster ids, ``0 .. C-1`` by decreasing size, ``-1`` = left alone.
     """
     config = config or ClusterConfig()
@@ -1013,6 +1065,7 @@ def agglomerate(
     n = len(xb)
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
     labels = _check_ids(labels, n, "labels")
+    rejections = _check_rejections(rejections, n)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
     if graph is None:
@@ -1024,7 +1077,9 @@ def agglomerate(
     threshold, pair_threshold = config.thresholds(xb, nn_d=dist[:, 0] if dist.shape[1] else None)
     a, b, w = _edges(dist, ids, max_d=threshold + _SLACK)  # _run keeps only these
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
-    roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold)
+    roots = _run(
+        xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold, rejections
+    )
     out = _number(roots, config.min_size)
     log.info(
         "clustered %d faces: %d clusters, %d left alone (%s linkage, threshold %.3f, single "
@@ -1042,12 +1097,14 @@ def assign_new(
     config: ClusterConfig | None = None,
     photo_ids: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add new faces to an existing clustering without starting over.
 
     ``cluster_ids``: ``(N,) int`` the existing ids of the old faces ``xb`` ``(N, D)`` (``-1`` =
-    alone). ``xq``: ``(M, D) float32`` unit embeddings of the new faces. ``photo_ids`` and
-    ``labels``: ``(N + M,)``, old faces first, as in :func:`agglomerate`.
+    alone). ``xq``: ``(M, D) float32`` unit embeddings of the new faces. ``photo_ids``,
+    ``labels`` (``(N + M,)``) and ``rejections`` (positions in ``N + M``): old faces first,
+    as in :func:`agglomerate`.
 
     Existing clusters stay as they are and never merge with each other (they may have been named,
     merged or split by hand); a new face joins one when the linkage between them is below the
@@ -1072,6 +1129,7 @@ def assign_new(
     n = n_old + m
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
     labels = _check_ids(labels, n, "labels")
+    rejections = _check_rejections(rejections, n)
     xall = np.concatenate([xb, xq]) if n_old else xq
     kk = min(config.k, n - 1)
     init = np.arange(n, dtype=np.int64)
@@ -1108,8 +1166,9 @@ def assign_new(
         w = np.zeros(0, dtype=np.float64)
     threshold, pair_threshold = config.thresholds(xall, index=index)
     roots = _run(
-        xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold
-    )
+        xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold,
+        rejections,
+    )  # fmt: skip
     out = np.full(n, -1, dtype=np.int64)
     # faces whose final cluster holds an old cluster take that cluster's id
     root_tag = np.full(n, -1, dtype=np.int64)
@@ -1133,21 +1192,25 @@ def propose_people(
     labels: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
     photo_ids: np.ndarray | None = None,
+    rejections: np.ndarray | None = None,
 ) -> list[Proposal]:
     """Propose a labelled person for every cluster that has no labelled face.
 
     ``cluster_ids``: ``(N,) int`` (``-1`` = alone, never proposed); ``xb``: ``(N, D) float32``
     unit embeddings; ``labels``: ``(N,) int`` person per face, ``-1`` unlabelled. The person
     proposed is the one with the smallest average-linkage distance (mean ``d`` between the
-    cluster's faces and the person's labelled faces), if it is ``< threshold`` (tau) and no face of
-    the person is in a photo with a face of the cluster. Returns the proposals, by cluster id;
-    clusters with no person close enough get none.
+    cluster's faces and the person's labelled faces), if it is ``< threshold`` (tau), no face of
+    the person is in a photo with a face of the cluster, and no face of the cluster was rejected
+    for the person (``rejections``: ``(M, 2)`` ``(face position, label)``; a cluster is one
+    person, so a face that is not P makes the cluster not P). Returns the proposals, by cluster
+    id; clusters with no person close enough get none.
     """
     xb = _check_embeddings(xb)
     n = len(xb)
     cluster_ids = _check_ids(cluster_ids, n, "cluster_ids")
     labels = _check_ids(labels, n, "labels")
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
+    rejections = _check_rejections(rejections, n)
     clustered = cluster_ids >= 0
     labelled = labels >= 0
     if not clustered.any() or not labelled.any():
@@ -1189,6 +1252,13 @@ def propose_people(
                 ci = np.searchsorted(cids, cs)
                 pi = np.searchsorted(people, ps)
                 link[np.ix_(ci, pi)] = np.inf
+    if len(rejections):
+        rc = cluster_ids[rejections[:, 0]]
+        ok = np.isin(rc, cids) & np.isin(rejections[:, 1], people)
+        if ok.any():
+            ci = np.searchsorted(cids, rc[ok])
+            pi = np.searchsorted(people, rejections[ok, 1])
+            link[ci, pi] = np.inf
     best = np.argmin(link, axis=1)
     dbest = link[np.arange(len(cids)), best]
     out = [

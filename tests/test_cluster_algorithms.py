@@ -71,9 +71,11 @@ def greedy_oracle(
     photo: np.ndarray,
     labels: np.ndarray,
     pair_threshold: float | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense average linkage with cannot-link: always merge the closest allowed pair; two
-    single faces are allowed only below ``pair_threshold`` (default: ``threshold``)."""
+    single faces are allowed only below ``pair_threshold`` (default: ``threshold``); a group
+    holding a face of ``rejections`` ``(face, label)`` never holds that label."""
     d = pairwise_distance(x, x).astype(np.float64)
     pair_t = threshold if pair_threshold is None else pair_threshold
     groups = [[i] for i in range(len(x))]
@@ -86,6 +88,10 @@ def greedy_oracle(
             li, lj = set(labels[gi]) - {-1}, set(labels[gj]) - {-1}
             if li and lj and li != lj:
                 continue
+            if rejections is not None:
+                banned = {int(lab) for f, lab in rejections if f in gi or f in gj}
+                if banned & (li | lj):
+                    continue
             link = d[np.ix_(gi, gj)].mean()
             if link < (pair_t if len(gi) == len(gj) == 1 else threshold) and link < best:
                 best, pair = link, (i, j)
@@ -232,6 +238,76 @@ def test_cannot_link_is_never_broken(method: str) -> None:
         assert len(set(labels[members].tolist()) - {-1}) <= 1, "two people in one cluster"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rejections_equal_dense_greedy_oracle(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    x, ident = faces(6, 8, 0.09, seed=seed, dim=32)
+    n = len(x)
+    labels = np.full(n, -1, dtype=np.int64)
+    some = rng.choice(n, n // 5, replace=False)
+    labels[some] = ident[some]
+    free = np.flatnonzero(labels < 0)
+    faces_rej = rng.choice(free, 6, replace=False)
+    rejections = np.stack([faces_rej, ident[faces_rej]], axis=1)  # "not this person": wrong
+    photo = np.arange(n)
+    config = ClusterConfig(DEFAULT_THRESHOLD, k=n, min_size=1, premerge_labels=False)
+    got = agglomerate(x, config, photo_ids=photo, labels=labels, rejections=rejections)
+    ref = greedy_oracle(x, DEFAULT_THRESHOLD, photo, labels, rejections=rejections)
+    assert same_partition(got, ref)
+    for f, lab in rejections.tolist():
+        assert lab not in set(labels[got == got[f]].tolist())
+
+
+@pytest.mark.parametrize("method", ["average", "single", "complete"])
+def test_a_rejected_lookalike_leaves_the_person(method: str) -> None:
+    """Person A (10 faces, 2 labelled 0), a lookalike B (3 faces) that plain clustering puts
+    with A, person C (8 faces, 1 labelled 1). B's faces rejected for A end apart from A;
+    nothing else moves."""
+    rng = np.random.default_rng(21)
+    c_a = unit(rng.standard_normal((1, 128)))
+    c_b = unit(c_a + 0.09 * rng.standard_normal((1, 128)))
+    c_c = unit(rng.standard_normal((1, 128)))
+    x = unit(
+        np.concatenate(
+            [c + 0.06 * rng.standard_normal((m, 128)) for c, m in ((c_a, 10), (c_b, 3), (c_c, 8))]
+        )
+    )
+    labels = np.full(len(x), -1, dtype=np.int64)
+    labels[[0, 1]] = 0
+    labels[13] = 1
+    config = ClusterConfig(linkage=method)  # type: ignore[arg-type]
+    plain = agglomerate(x, config, labels=labels)
+    assert (plain[:13] == plain[0]).all(), "the lookalike joins A without the rejections"
+    rejections = np.array([[10, 0], [11, 0], [12, 0]])
+    out = agglomerate(x, config, labels=labels, rejections=rejections)
+    assert (out[:10] == out[0]).all() and (out[13:] == out[13]).all()
+    assert len({out[0], out[10], out[13]}) == 3 and (out[10:13] == out[10]).all()
+    # one rejected face is enough when the others are closer to it than to A
+    one = agglomerate(x, config, labels=labels, rejections=np.array([[10, 0]]))
+    assert one[10] != one[0]
+    with pytest.raises(ValueError, match="rejections must be"):
+        agglomerate(x, config, rejections=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="face positions are 0"):
+        agglomerate(x, config, rejections=np.array([[len(x), 0]]))
+
+
+def test_assign_new_honours_rejections() -> None:
+    x, ident = faces(2, 8, 0.06, seed=22, fixed=True)
+    old = np.flatnonzero(np.arange(len(x)) % 8 < 6)
+    new = np.setdiff1d(np.arange(len(x)), old)
+    labels = np.full(len(x), -1, dtype=np.int64)
+    labels[old] = ident[old]  # every old face is labelled: person 0 and person 1
+    lab = np.concatenate([labels[old], labels[new]])
+    out0 = assign_new(np.full(len(old), -1), x[old], x[new], labels=lab)
+    pos_new0 = len(old) + int(np.flatnonzero(ident[new] == 0)[0])
+    assert 0 in set(lab[out0 == out0[pos_new0]].tolist())
+    out = assign_new(
+        np.full(len(old), -1), x[old], x[new], labels=lab,
+        rejections=np.array([[pos_new0, 0]]),
+    )  # fmt: skip
+    assert out[pos_new0] < 0 or 0 not in set(lab[out == out[pos_new0]].tolist())
+
+
 def test_two_faces_of_one_photo_split_even_when_identical() -> None:
     x, _ = faces(1, 1, 0.0, seed=12)
     xb = np.repeat(x, 4, axis=0)
@@ -333,6 +409,17 @@ def test_propose_people() -> None:
     props = propose_people(clusters, x, labels, photo_ids=photo)
     assert all(p.cluster != c0 or p.label != 100 for p in props)
     assert all(isinstance(p, Proposal) for p in props)
+
+
+def test_proposals_skip_a_person_a_face_of_the_cluster_was_rejected_for() -> None:
+    x, ident = faces(2, 8, 0.07, seed=23, fixed=True)
+    labels = np.where(np.arange(len(x)) % 8 < 2, 100 + ident, -1)
+    clusters = np.where(labels < 0, ident, -1)
+    props = {p.cluster: p.label for p in propose_people(clusters, x, labels)}
+    assert props == {0: 100, 1: 101}
+    face = int(np.flatnonzero(clusters == 0)[0])
+    props = propose_people(clusters, x, labels, rejections=np.array([[face, 100]]))
+    assert {p.cluster: p.label for p in props} == {1: 101}
 
 
 def test_no_proposal_for_clusters_with_a_person() -> None:
