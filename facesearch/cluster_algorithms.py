@@ -86,7 +86,8 @@ Thresholds
 
 Cluster quality and ids
     :func:`cohesion` scores every cluster (mean intra-cluster ``d``, share of members whose
-    nearest face is inside) so that doubtful clusters can be shown first. :func:`stable_ids`
+    nearest face is inside, the margin between a member's nearest outsider and its own
+    cluster) so that doubtful clusters can be shown first. :func:`stable_ids`
     carries cluster ids over a re-run: a new cluster keeps the id of the old one it overlaps
     with a Jaccard index of at least 0.5 (:func:`match_clusters`), others get fresh ids.
 
@@ -1280,29 +1281,45 @@ class Cohesion:
     ``float64``: the mean ``d`` over all pairs of the cluster's faces (exact, from its sum
     vector; ``0`` for a cluster of one face). ``nn_inside`` ``float64``: the share of its faces
     whose nearest other face (of all ``N``) is in the cluster (``1`` for a cluster of one face:
-    nothing of it is elsewhere). A cluster of one person has a small ``mean_d`` (clean SFace
-    photos of one person: ~0.6) and ``nn_inside`` near 1; a mixed one a large ``mean_d`` and
-    members whose nearest face is elsewhere.
+    nothing of it is elsewhere). ``margin`` ``float64``: over the cluster's faces, the smallest
+    ``d`` to the nearest face outside the cluster minus the mean ``d`` to the cluster's other
+    faces (for a single face, its nearest-neighbour ``d``); negative when some face is closer to
+    an outsider than to its own cluster on average: the most telling of the three for a cluster
+    that holds a stranger (``bench/results/cluster.md``). A cluster of one person has a small
+    ``mean_d`` (clean SFace photos of one person: ~0.6), ``nn_inside`` near 1 and a large
+    ``margin``.
     """
 
     ids: np.ndarray
     size: np.ndarray
     mean_d: np.ndarray
     nn_inside: np.ndarray
+    margin: np.ndarray
 
     def as_dict(self) -> dict[int, dict[str, float]]:
-        """``{cluster id: {"size", "mean_d", "nn_inside"}}`` of plain Python values."""
+        """``{cluster id: {"size", "mean_d", "nn_inside", "margin"}}`` of plain Python values."""
         return {
-            int(c): {"size": int(s), "mean_d": float(m), "nn_inside": float(i)}
-            for c, s, m, i in zip(self.ids, self.size, self.mean_d, self.nn_inside, strict=True)
+            int(c): {"size": int(s), "mean_d": float(m), "nn_inside": float(i), "margin": float(g)}
+            for c, s, m, i, g in zip(
+                self.ids, self.size, self.mean_d, self.nn_inside, self.margin, strict=True
+            )
         }
 
 
-def cohesion(cluster_ids: np.ndarray, xb: np.ndarray, nn: np.ndarray | None = None) -> Cohesion:
+def cohesion(
+    cluster_ids: np.ndarray,
+    xb: np.ndarray,
+    nn: np.ndarray | None = None,
+    graph: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Cohesion:
     """:class:`Cohesion` of every cluster of ``cluster_ids`` ``(N,) int`` (``-1`` = alone, not
-    scored) over ``xb`` ``(N, D) float32`` unit rows. ``nn``: ``(N,) int64`` the nearest other
-    face of every face (e.g. ``knn_graph(xb, k)[1][:, 0]``); searched exactly when ``None``.
-    ``O(N D)`` besides that search.
+    scored) over ``xb`` ``(N, D) float32`` unit rows.
+
+    ``graph``: ``(D, I)`` ``(N, k)`` the nearest other faces of every face, nearest first (e.g.
+    :func:`knn_graph`; ``I = -1`` for an empty slot); searched exactly (``k = 8``) when ``None``.
+    A face whose ``k`` neighbours are all in its cluster counts its ``k``-th distance as the
+    nearest outsider's (a lower bound). ``nn``: ``(N,) int64`` instead of ``graph``, when only
+    ``nn_inside`` is wanted (``margin`` is then NaN). ``O(N (D + k))`` besides the search.
     """
     xb = _check_embeddings(xb)
     n = len(xb)
@@ -1311,16 +1328,24 @@ def cohesion(cluster_ids: np.ndarray, xb: np.ndarray, nn: np.ndarray | None = No
     ids, pos = np.unique(cluster_ids[inside], return_inverse=True)
     c = len(ids)
     size = np.bincount(pos, minlength=c).astype(np.int64)
+    x = xb[inside].astype(np.float64)
     sums = np.zeros((c, xb.shape[1]), dtype=np.float64)
-    np.add.at(sums, pos, xb[inside].astype(np.float64))
-    sq = (xb[inside].astype(np.float64) ** 2).sum(1)
+    np.add.at(sums, pos, x)
+    sq = np.einsum("ij,ij->i", x, x)
     sqn = np.bincount(pos, weights=sq, minlength=c)
     # sum over ordered pairs i != j of |xi - xj|^2 = 2 m sum|x|^2 - 2 |S|^2
     pairs = size * (size - 1)
     total = 2.0 * size * sqn - 2.0 * (sums * sums).sum(1)
     mean_d = np.where(pairs > 0, np.maximum(total, 0.0) / np.maximum(pairs, 1), 0.0)
-    if nn is None:
-        nn = knn_graph(xb, 1)[1][:, 0] if n > 1 else np.full(n, -1, dtype=np.int64)
+    dist: np.ndarray | None = None
+    nbrs = np.zeros((n, 0), dtype=np.int64)
+    if graph is None and nn is None:
+        graph = knn_graph(xb, 8)
+    if graph is not None:
+        dist, nbrs = graph
+        if dist.shape != nbrs.shape or len(nbrs) != n:
+            raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {nbrs.shape}")
+        nn = nbrs[:, 0] if nbrs.shape[1] else np.full(n, -1, dtype=np.int64)
     nn = np.asarray(nn, dtype=np.int64)
     if nn.shape != (n,):
         raise ValueError(f"nn must have shape ({n},), got {nn.shape}")
@@ -1329,7 +1354,27 @@ def cohesion(cluster_ids: np.ndarray, xb: np.ndarray, nn: np.ndarray | None = No
     same[ok] = cluster_ids[nn[ok]] == cluster_ids[ok]
     hits = np.bincount(pos, weights=same[inside].astype(np.float64), minlength=c)
     nn_inside = np.where(size > 1, hits / np.maximum(size, 1), 1.0)
-    return Cohesion(ids.astype(np.int64), size, mean_d, nn_inside)
+    margin = np.full(c, np.nan)
+    if dist is not None and dist.shape[1]:
+        nb = nbrs[inside]
+        dn = np.asarray(dist[inside], dtype=np.float64)
+        valid = nb >= 0
+        out = valid & (cluster_ids[np.where(valid, nb, 0)] != cluster_ids[inside][:, None])
+        last = np.where(valid, dn, -np.inf).max(axis=1)  # the k-th (farthest known) distance
+        d_out = np.where(out, dn, np.inf).min(axis=1)
+        d_out = np.where(np.isfinite(d_out), d_out, np.maximum(last, 0.0))
+        m = size[pos].astype(np.float64)
+        # mean d to the cluster's other faces, from its sum vector
+        d_in = np.where(
+            m > 1,
+            sq
+            + (sqn[pos] - sq) / np.maximum(m - 1, 1)
+            - 2.0 * (np.einsum("ij,ij->i", x, sums[pos]) - sq) / np.maximum(m - 1, 1),
+            0.0,
+        )
+        margin = np.full(c, np.inf)
+        np.minimum.at(margin, pos, d_out - d_in)
+    return Cohesion(ids.astype(np.int64), size, mean_d, nn_inside, margin)
 
 
 # --------------------------------------------------------------------------- stable ids

@@ -609,7 +609,22 @@ def test_cohesion_equals_brute_force() -> None:
     mixed = int(np.flatnonzero(coh.ids == 2)[0])
     assert coh.mean_d[mixed] == coh.mean_d.max(), "two people in one cluster: the least cohesive"
     np.testing.assert_array_equal(cohesion(ids, x, nn=nn).nn_inside, coh.nn_inside)
+    assert np.isnan(cohesion(ids, x, nn=nn).margin).all()
     assert coh.as_dict()[2]["size"] == int((ids == 2).sum())
+    # margin: exact with every other face in the graph
+    full = cohesion(ids, x, graph=knn_graph(x, len(x) - 1))
+    np.testing.assert_array_equal(full.nn_inside, coh.nn_inside)
+    for c, margin in zip(full.ids, full.margin, strict=True):
+        m = np.flatnonzero(ids == c)
+        others = np.setdiff1d(np.arange(len(x)), m)
+        d_out = d[np.ix_(m, others)].min(axis=1)
+        d_in = d[np.ix_(m, m)].sum(axis=1) / max(len(m) - 1, 1)
+        assert margin == pytest.approx((d_out - d_in).min(), abs=1e-5)
+    assert full.margin[mixed] < np.median(full.margin), "a stranger inside: a small margin"
+    # with k = 8 (the default search) the nearest outsider is found, or stands in as the 8th
+    # distance, which is smaller: the margin is exact or errs on the doubtful side
+    assert (coh.margin <= full.margin + 1e-6).all()
+    assert np.isclose(coh.margin, full.margin, atol=1e-6).mean() > 0.5
 
 
 # --------------------------------------------------------------------------- stable ids
