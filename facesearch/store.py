@@ -1764,6 +1764,16 @@ def delete_clusters(
     s.expire_all()
 
 
+def clear_automatic_clusters(s: Session) -> None:
+    """Take every face out of the automatic clusters (a full run places them again); the rows
+    stay, without person or name, for the run to reuse their ids
+    (:func:`delete_empty_clusters` drops those it did not)."""
+    auto = select(Cluster.id).where(Cluster.manual.is_(False))
+    s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(auto)).values(cluster_id=None))
+    s.execute(sa.update(Cluster).where(Cluster.manual.is_(False)).values(person_id=None, name=None))
+    s.expire_all()
+
+
 def delete_empty_clusters(s: Session) -> None:
     used = select(FaceRow.cluster_id).where(FaceRow.cluster_id.is_not(None)).distinct()
     s.execute(sa.delete(Cluster).where(Cluster.id.not_in(used)))
@@ -1966,10 +1976,16 @@ def rejected_people(s: Session, face_ids: Sequence[int] | np.ndarray) -> dict[in
     return out
 
 
+def cluster_rejected_faces(s: Session, cluster_id: int) -> list[int]:
+    """Ids of the faces taken out of cluster ``cluster_id`` by hand, ascending."""
+    stmt = select(Rejection.face_id).where(Rejection.cluster_id == int(cluster_id))
+    return [int(f) for f in s.scalars(stmt.order_by(Rejection.face_id))]
+
+
 def copy_cluster_rejections(s: Session, source: int, targets: Sequence[int]) -> int:
     """Give clusters ``targets`` the rejections of cluster ``source`` (its faces went there).
     Returns the rows added."""
-    faces = s.scalars(select(Rejection.face_id).where(Rejection.cluster_id == int(source))).all()
+    faces = cluster_rejected_faces(s, source)
     return sum(add_rejections(s, faces, cluster_id=int(t)) for t in targets if t != source)
 
 
