@@ -770,15 +770,25 @@ class _Agglomerator:
         merging them gives the same clusters as always merging the globally closest pair, and a
         cluster whose nearest neighbour is at ``>= threshold`` can never merge again.
         """
-        adj: dict[int, set[int]] = {}
-        for i, j in zip(a.tolist(), b.tolist(), strict=True):
-            adj.setdefault(i, set()).add(j)
-            adj.setdefault(j, set()).add(i)
-        # Neighbour sets are merged lazily: they may hold faces that have since joined another
-        # cluster, and are resolved through ``parent`` (and compacted) when read.
+        n = len(self.alive)
+        # Neighbour lists as int64 arrays (views into one CSR array of 2E entries: Python sets
+        # of ints took 3 GB at 1M faces). They are merged lazily: they may hold faces that have
+        # since joined another cluster, and are resolved through ``parent`` (and compacted)
+        # when read.
+        src = np.concatenate([a, b])
+        dst = np.concatenate([b, a])
+        order = np.argsort(src, kind="stable")
+        dst = dst[order]
+        bounds = np.searchsorted(src[order], np.arange(n + 1))
+        del src, order
+        empty = np.zeros(0, dtype=np.int64)
+        adj: list[np.ndarray] = [
+            dst[bounds[i] : bounds[i + 1]] if bounds[i + 1] > bounds[i] else empty for i in range(n)
+        ]
         alive = self.alive
-        done = np.zeros(len(alive), dtype=bool)
-        todo = sorted(adj)  # clusters without any edge can never merge
+        done = np.zeros(n, dtype=bool)
+        todo = np.flatnonzero(np.diff(bounds) > 0).tolist()  # no edge: can never merge
+        del bounds
         pos = 0
         chain: list[int] = []
         on_chain: set[int] = set()
@@ -813,7 +823,8 @@ class _Agglomerator:
             merges += 1
             keep, gone = (top, prev) if len(adj[top]) >= len(adj[prev]) else (prev, top)
             self._absorb(keep, gone)
-            adj[keep] |= adj.pop(gone)
+            adj[keep] = np.concatenate([adj[keep], adj[gone]])
+            adj[gone] = empty
             todo.append(keep)
         log.debug("average linkage: %d merges", merges)
 
@@ -829,21 +840,17 @@ class _Agglomerator:
         parent[ids] = r
         return r
 
-    def _nearest(self, top: int, prev: int, adj: dict[int, set[int]]) -> int:
+    def _nearest(self, top: int, prev: int, adj: list[np.ndarray]) -> int:
         """Nearest compatible neighbour of ``top`` below the threshold, ``prev`` on ties; or -1.
 
         Incompatible neighbours are dropped from the graph for good (constraints are monotone).
         """
         raw = adj[top]
-        if not raw:
+        if not len(raw):
             return -1
-        ids = np.fromiter(raw, dtype=np.int64, count=len(raw))
-        nb = self._resolve(ids)
-        if not np.array_equal(nb, ids):  # some neighbours merged since: duplicates possible
-            nb = np.unique(nb)
+        nb = np.unique(self._resolve(raw))  # merged neighbours: duplicates and stale ids
         nb = nb[nb != top]
-        if len(nb) < len(raw):
-            raw = adj[top] = set(nb.tolist())
+        adj[top] = nb
         if not len(nb):
             return -1
         lv = self.average(top, nb)
@@ -855,18 +862,24 @@ class _Agglomerator:
         if not len(cand):
             return -1
         cand = cand[np.argsort(lv[cand], kind="stable")]
+        dropped: list[int] = []  # x still lists top; it drops it when it finds the conflict
+        found = -1
         for idx in cand.tolist():
             x = int(nb[idx])
             if self.compatible(top, x):
-                if prev >= 0 and x != prev and prev in raw:
+                found = x
+                if prev >= 0 and x != prev and prev not in dropped:
                     at = np.flatnonzero(nb == prev)
-                    lp = float(lv[at[0]])
                     # ties go to the chain (no cycles)
-                    if lp < float(thr[at[0]]) and lp <= float(lv[idx]) + 1e-12:
-                        return prev
-                return x
-            raw.discard(x)  # x still lists top; it drops it when it finds the conflict itself
-        return -1
+                    if len(at):
+                        lp = float(lv[at[0]])
+                        if lp < float(thr[at[0]]) and lp <= float(lv[idx]) + 1e-12:
+                            found = prev
+                break
+            dropped.append(x)
+        if dropped:
+            adj[top] = nb[~np.isin(nb, dropped)]
+        return found
 
     def run_complete(self, a: np.ndarray, b: np.ndarray, w: np.ndarray, trivial: bool) -> None:
         """Complete linkage with a lazily invalidated heap of candidate merges.
@@ -1076,11 +1089,11 @@ def agglomerate(
         if dist.shape != ids.shape or len(ids) != n:
             raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {ids.shape}")
     threshold, pair_threshold = config.thresholds(xb, nn_d=dist[:, 0] if dist.shape[1] else None)
-    a, b, w = _edges(dist, ids, max_d=threshold + _SLACK)  # _run keeps only these
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
-    roots = _run(
-        xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold, rejections
-    )
+    roots = _run(  # the edges are passed on, not kept here (memory at 1M faces)
+        xb, *_edges(dist, ids, max_d=threshold + _SLACK), init, [labels], photo_ids, config,
+        threshold, pair_threshold, rejections,
+    )  # fmt: skip
     out = _number(roots, config.min_size)
     log.info(
         "clustered %d faces: %d clusters, %d left alone (%s linkage, threshold %.3f, single "
