@@ -295,6 +295,32 @@ def test_people_reject_and_unreject(col: dict[str, Any]) -> None:
     assert r.exit_code == 1 and "no person named 'Nobody'" in r.stderr
 
 
+def test_split_faces_out_and_unreject(col: dict[str, Any]) -> None:
+    args = col["args"]
+    penny = _by_person(_clusters(args), "BBT_Penny")
+    out_face = penny["faces"][0]["face_id"]
+    r = run_cli(["cluster", "split", penny["id"], out_face, *args])
+    assert (
+        r.stdout
+        == f"took 1 faces out of cluster {penny['id']}; cluster {penny['id']} keeps the others\n"
+    )
+    rows = json.loads(run_cli(["people", "rejections", "--json", *args]).stdout)
+    assert [(r["face_id"], r["cluster"]) for r in rows] == [(out_face, penny["id"])]
+    for extra in ((), ("--full",)):
+        [kept] = [e for e in _clusters(args, *extra) if e["id"] == penny["id"]]
+        assert out_face not in {f["face_id"] for f in kept["faces"]}
+    r = run_cli(["people", "unreject", out_face, "--cluster", penny["id"], *args])
+    assert r.stdout.strip() == f"face {out_face} may be in cluster {penny['id']} again"
+    assert run_cli(["people", "rejections", *args]).stdout.strip() == "no rejections"
+    for bad in ([], ["Raj", "--cluster", penny["id"]]):
+        r = run_cli(["people", "unreject", out_face, *bad, *args], ok=False)
+        assert r.exit_code == 2 and "give PERSON or --cluster ID" in r.stderr
+    r = run_cli(["cluster", "split", penny["id"], 10**9, *args], ok=False)
+    assert r.exit_code == 1 and "not in cluster" in r.stderr
+    r = run_cli(["cluster", "split", penny["id"], out_face, "--threshold", "0.9", *args], ok=False)
+    assert r.exit_code == 2 and "not both" in r.stderr
+
+
 def test_export(col: dict[str, Any], tmp_path: Path) -> None:
     out_dir = tmp_path / "export"
     r = run_cli(["cluster", "--json", "--export", out_dir, *col["args"]])

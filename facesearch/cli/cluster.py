@@ -206,6 +206,7 @@ def cluster_name(
 
 @cluster.command("split")
 @click.argument("cluster_id", metavar="ID", type=int)
+@click.argument("face_ids", metavar="[FACE_ID]...", type=int, nargs=-1)
 @_threshold_option
 @click.option("--linkage", type=click.Choice(LINKAGES), default="average", show_default=True)
 @collection_options
@@ -213,6 +214,7 @@ def cluster_name(
 def cluster_split(
     ctx: click.Context,
     cluster_id: int,
+    face_ids: tuple[int, ...],
     threshold: float | None,
     linkage: str,
     home: str,
@@ -220,10 +222,21 @@ def cluster_split(
     db_url: str | None,
 ) -> None:
     """Split cluster ID: its faces go back to being alone, or with --threshold (smaller than
-    the one that made it) are re-clustered at it into new clusters kept by later runs."""
+    the one that made it) are re-clustered at it into new clusters kept by later runs.
+
+    With FACE_IDs, only those faces leave it, for good: they are alone afterwards and no later
+    run puts them back (nor gives them the cluster's person); `people unreject FACE_ID
+    --cluster ID` undoes that."""
+    if face_ids and threshold is not None:
+        raise click.UsageError("give FACE_IDs or --threshold, not both")
     with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
-        made = api.split_cluster(col, cluster_id, threshold=threshold, linkage=linkage)
-    if made:
+        made = api.split_cluster(
+            col, cluster_id, face_ids=face_ids or None, threshold=threshold, linkage=linkage
+        )
+    if face_ids:
+        left = f"cluster {cluster_id} keeps the others" if made else f"cluster {cluster_id} is gone"
+        click.echo(f"took {len(set(face_ids))} faces out of cluster {cluster_id}; {left}")
+    elif made:
         click.echo(f"split cluster {cluster_id} into clusters {', '.join(map(str, made))}")
     else:
         click.echo(f"split cluster {cluster_id}: its faces are alone")

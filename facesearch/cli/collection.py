@@ -316,16 +316,30 @@ def people_reject(
 
 @people.command("unreject")
 @click.argument("face_id", type=int)
-@click.argument("person")
+@click.argument("person", required=False)
+@click.option(
+    "--cluster", "cluster_id", type=int, default=None,
+    help="Lift instead the taking of the face out of cluster ID (`cluster split ID FACE_ID`).",
+)  # fmt: skip
 @collection_options
 @click.pass_context
 def people_unreject(
-    ctx: click.Context, face_id: int, person: str, home: str, collection: str, db_url: str | None
+    ctx: click.Context,
+    face_id: int,
+    person: str | None,
+    cluster_id: int | None,
+    home: str,
+    collection: str,
+    db_url: str | None,
 ) -> None:
-    """Lift `people reject FACE_ID PERSON` (labels and clusters stay as they are)."""
+    """Lift `people reject FACE_ID PERSON`, or with --cluster ID the taking of the face out of
+    that cluster (labels and clusters stay as they are; the next run may place it there)."""
+    if (person is None) == (cluster_id is None):
+        raise click.UsageError("give PERSON or --cluster ID (one of them)")
     with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
-        api.unreject_face(col, face_id, person)
-    click.echo(f"face {face_id} may be {person!r} again")
+        api.unreject_face(col, face_id, person, cluster_id=cluster_id)
+    what = f"{person!r}" if person is not None else f"in cluster {cluster_id}"
+    click.echo(f"face {face_id} may be {what} again")
 
 
 @people.command("rejections")
