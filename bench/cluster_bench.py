@@ -556,6 +556,12 @@ def render_quality(q: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _refreshed(results: dict[str, Any]) -> str:
+    """The note on a partial re-run of the quality part, if the last one was partial."""
+    last = results.get("quality_refreshed")
+    return f" (some rows, the ids and cohesion refreshed since by `{last}`)" if last else ""
+
+
 def render(results: dict[str, Any]) -> str:
     """``cluster.md`` from the figures of ``cluster.json``."""
     lines = ["# Clustering benchmark", "", "Written by `bench/cluster_bench.py`.", ""]
@@ -567,7 +573,7 @@ def render(results: dict[str, Any]) -> str:
             f"{results.get('quality_machine', '')} Embeddings: facesearch's own pipeline (numpy "
             "engine, YuNet + SFace), made by `python bench/cluster_data.py --threads 2`.",
             "",
-            f"Command: `{results.get('quality_command', '')}`",
+            f"Command: `{results.get('quality_command', '')}`{_refreshed(results)}",
             "",
             "Distances are d = |a-b|^2 (cosine distance = d / 2); tau = "
             f"{TAU:.3f} is SFace's verification threshold. Label-free rows run each method at "
@@ -590,7 +596,7 @@ def render(results: dict[str, Any]) -> str:
             "name a cluster; 'faces still under it' = median share of a kept cluster's old "
             "faces that the full re-run keeps under its id.",
             "",
-            f"Command: `{results.get('quality_command', '')}`",
+            f"Command: `{results.get('quality_command', '')}`{_refreshed(results)}",
             "",
             "| set | faces before + added | clusters before | kept (full re-run) | faces still "
             "under it | kept (incremental) | BCubed F before / full / incremental |",
@@ -738,7 +744,12 @@ def main() -> None:
             results["ids"] = {n: ids[n] for n in SET_KEYS.values() if n in ids}
             results["cohesion"] = {n: coh[n] for n in SET_KEYS.values() if n in coh}
             results["quality_machine"] = machine(args.threads)
-            results["quality_command"] = command()
+            if pats is None and keys == set(SET_KEYS):
+                results["quality_command"] = command()
+                results.pop("quality_refreshed", None)
+            else:  # a partial run: the table's command stays the whole run's
+                results.setdefault("quality_command", command())
+                results["quality_refreshed"] = command()
             write_atomic(jpath, json.dumps(results, indent=1))
             write_atomic(args.out / "cluster.md", render(results))
     if args.scale:
