@@ -899,7 +899,9 @@ def main() -> None:
             key=lambda r: (r["faces"], r["index"]),
         )
     if args.collection:
-        results["collection_machine"] = machine(args.threads)
+        results["collection_machine"] = machine(0).replace(
+            ", 0 FAISS/BLAS thread(s)", ", the command's own threads (both cores)"
+        )
         results["collection_command"] = command()
         old_c = [c for c in results.get("collection", []) if c["faces"] not in args.collection]
         new_c = [collection_run(n, args.cache) for n in args.collection]
