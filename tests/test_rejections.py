@@ -168,6 +168,23 @@ def test_rejections_hold_in_incremental_runs(
     assert [r.face_id for r in remaining.items] == ids["look"][1:]
 
 
+def test_a_full_run_keeps_the_ids_of_clusters_that_barely_changed(
+    col: tuple[Collection, dict[str, list[int]]], people: dict[str, np.ndarray]
+) -> None:
+    c, ids = col
+    where = _cluster_of(api.cluster(c))
+    amy, carl = where[ids["amy"][2]], where[ids["carl"][1]]
+    assert amy != carl
+    new_amy = _add(c, people["amy_new"])
+    rep = api.cluster(c, full=True)
+    assert rep.stats is not None and rep.stats.mode == "full"
+    assert rep.stats.clusters_before == 2 and rep.stats.ids_kept == 2
+    after = _cluster_of(rep)
+    assert {after[f] for f in ids["amy"][2:] + new_amy} == {amy}
+    assert {after[f] for f in ids["carl"][1:]} == {carl}
+    assert [e.to_dict()["id"] for e in rep.clusters] == [e.id for e in rep.clusters]
+
+
 def test_a_face_taken_out_of_a_cluster_never_goes_back(
     col: tuple[Collection, dict[str, list[int]]], people: dict[str, np.ndarray]
 ) -> None:
