@@ -79,6 +79,26 @@ def cluster(c: api.ClusterInfo) -> dict[str, Any]:
     }
 
 
+def rejection(r: api.RejectionInfo) -> dict[str, Any]:
+    return r.to_dict()
+
+
+def suggestion(s: api.Suggestion, person_face_ids: Sequence[int]) -> dict[str, Any]:
+    """A suggestion of the queue: ``id`` is the cluster's id for a cluster, the face's for a
+    face alone; ``face_id`` the face to show first."""
+    return {
+        "kind": s.kind,
+        "id": s.cluster_id if s.cluster_id is not None else s.face_ids[0],
+        "face_id": s.face_ids[0],
+        "face_ids": list(s.face_ids),
+        "size": s.size,
+        "person": {"id": s.person_id, "name": s.person},
+        "d": rounded(s.distance),
+        "threshold": rounded(s.threshold),
+        "person_face_ids": list(person_face_ids),
+    }
+
+
 def identified(result: api.IdentifyResult) -> dict[str, Any]:
     faces = []
     for ident in result.faces:
