@@ -288,7 +288,7 @@ def unassign_face(face_id: int, server: ServerDep) -> dict[str, Any]:
 
 @router.post("/faces/{face_id}/reject", response_model=sc.FaceOut, tags=["faces"])
 def reject_face(face_id: int, body: sc.RejectBody, server: ServerDep) -> dict[str, Any]:
-    """"Not this person", for good: the face loses that label, leaves a cluster named so, and
+    """Not this person, for good: the face loses that label, leaves a cluster named so, and
     no later clustering, suggestion or identification verdict gives it to them again (giving
     the face to them by hand lifts it). The person must exist (404 otherwise)."""
     with server.collection() as col:
@@ -475,7 +475,7 @@ def split_cluster(cluster_id: int, body: sc.SplitCluster, server: ServerDep) -> 
 
 @router.post("/clusters/{cluster_id}/reject", response_model=sc.RejectedCluster, tags=["clusters"])
 def reject_cluster(cluster_id: int, body: sc.RejectBody, server: ServerDep) -> dict[str, Any]:
-    """"This group is not that person": every face of the cluster is rejected for them, in one
+    """This group is not that person: every face of the cluster is rejected for them, in one
     transaction (the answer no to a suggestion). Refused (409) for the cluster named so."""
     with server.collection() as col:
         n = api.reject_cluster(col, cluster_id, body.person)
@@ -516,7 +516,7 @@ def list_suggestions(
         int, Query(ge=1, le=24, description="faces of the cluster and of the person shown")
     ] = SUGGESTION_SAMPLES,
 ) -> dict[str, Any]:
-    """"Is this Ada?": unnamed clusters and faces alone whose nearest person is within the
+    """Is this Ada? Unnamed clusters and faces alone whose nearest person is within the
     suggestion threshold, most confident first (smallest ``d / threshold``); a person a face
     was rejected for is never suggested for it, nor for a cluster holding it. Answer yes with
     ``/clusters/{id}/name`` or ``/faces/{id}/assign``, no with ``/clusters/{id}/reject`` or
