@@ -11,14 +11,25 @@
   scikit-learn does; neighbourhoods ``d <= eps`` from a FAISS range search; clusters are the
   connected components of the core points; a border point joins the cluster of its nearest
   core point; noise points are left alone (``-1``).
+* :func:`hdbscan`: scikit-learn's HDBSCAN (Campello et al. 2013) on the Euclidean distance of the
+  unit vectors (``sqrt(d)``, the same order as ``d``); noise is left alone.
+* :func:`infomap` and :func:`leiden`: community detection on the k-NN graph, as the face
+  clustering work that uses them builds it (e.g. "face clustering by Infomap"): the ``k``
+  nearest neighbours of every face, the edges with ``d < threshold`` kept, weighted by the cosine
+  similarity ``1 - d / 2``. Infomap (the map equation, two-level, ``infomap`` package) and Leiden
+  (modularity, ``leidenalg`` on ``igraph``), seeded; a face without an edge is alone.
+* :func:`exact_average_tree`: scipy's exact average-linkage dendrogram on ``d`` (dense,
+  ``O(N^2)`` memory), cut by :func:`cut`.
 
-Both take ``(N, D) float32`` unit embeddings and thresholds in ``d = |a - b|^2`` units, and return
-``(N,) int64`` labels (``-1`` = alone for DBSCAN). Benchmark-only: needs scipy (the ``dev`` extra).
+All take ``(N, D) float32`` unit embeddings and thresholds in ``d = |a - b|^2`` units, and return
+``(N,) int64`` labels (``-1`` = alone). Benchmark-only: scipy (the ``dev`` extra), dlib-bin,
+scikit-learn, infomap, leidenalg and igraph (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
 import faiss
 import numpy as np
@@ -94,3 +105,82 @@ def dbscan(xb: np.ndarray, eps: float, min_samples: int = 3) -> np.ndarray:
         first = np.r_[True, bs[1:] != bs[:-1]]
         out[bs[first]] = comp[bi[first]]
     return out
+
+
+def hdbscan(xb: np.ndarray, min_cluster_size: int = 5, **kw: Any) -> np.ndarray:
+    """scikit-learn's HDBSCAN on ``xb`` -> ``(N,) int64`` labels, ``-1`` for noise."""
+    from sklearn.cluster import HDBSCAN
+
+    model = HDBSCAN(min_cluster_size=min_cluster_size, metric="euclidean", copy=True, **kw)
+    return np.asarray(model.fit_predict(np.asarray(xb, dtype=np.float64)), dtype=np.int64)
+
+
+def knn_edges(
+    graph: tuple[np.ndarray, np.ndarray], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges ``(a, b, sim)`` (``a < b``, each once) of a k-NN table ``(D, I)`` (from
+    :func:`facesearch.cluster_algorithms.knn_graph`) with ``d < threshold``; ``sim = 1 - d / 2``."""
+    dist, ids = graph
+    n = len(ids)
+    src = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
+    dst, w = ids.ravel(), dist.ravel().astype(np.float64)
+    ok = (dst >= 0) & (w < threshold)
+    a, b, w = np.minimum(src, dst)[ok], np.maximum(src, dst)[ok], w[ok]
+    key, first = np.unique(a * n + b, return_index=True)
+    return key // n, key % n, 1.0 - w[first] / 2.0
+
+
+def infomap(graph: tuple[np.ndarray, np.ndarray], threshold: float, seed: int = 0) -> np.ndarray:
+    """Two-level Infomap on the k-NN graph's edges below ``threshold`` -> ``(N,) int64``."""
+    import infomap as im
+
+    n = len(graph[1])
+    a, b, w = knn_edges(graph, threshold)
+    if not len(a):
+        return np.full(n, -1, dtype=np.int64)
+    m = coo_matrix((w, (a, b)), shape=(n, n)).tocsr()
+    res = im.run(m, two_level=True, seed=seed + 1, silent=True)
+    modules = res.modules()
+    out = np.full(n, -1, dtype=np.int64)
+    nodes = np.fromiter(modules.keys(), dtype=np.int64, count=len(modules))
+    out[nodes] = np.fromiter(modules.values(), dtype=np.int64, count=len(modules))
+    return _alone_apart(out, a, b)
+
+
+def leiden(graph: tuple[np.ndarray, np.ndarray], threshold: float, seed: int = 0) -> np.ndarray:
+    """Leiden (modularity) on the k-NN graph's edges below ``threshold`` -> ``(N,) int64``."""
+    import igraph
+    import leidenalg
+
+    n = len(graph[1])
+    a, b, w = knn_edges(graph, threshold)
+    g = igraph.Graph(n=n, edges=np.stack([a, b], axis=1).tolist())
+    part = leidenalg.find_partition(
+        g, leidenalg.ModularityVertexPartition, weights=w.tolist(), seed=seed
+    )
+    return _alone_apart(np.asarray(part.membership, dtype=np.int64), a, b)
+
+
+def _alone_apart(labels: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``labels`` with every face that has no edge set to ``-1`` (alone)."""
+    has = np.zeros(len(labels), dtype=bool)
+    has[a] = has[b] = True
+    out = labels.copy()
+    out[~has] = -1
+    return out
+
+
+def exact_average_tree(xb: np.ndarray) -> np.ndarray:
+    """scipy's exact average-linkage dendrogram on ``d`` (``(N - 1, 4)`` linkage matrix)."""
+    from scipy.cluster.hierarchy import linkage
+    from scipy.spatial.distance import pdist
+
+    return np.asarray(linkage(pdist(xb.astype(np.float64), "sqeuclidean"), "average"))
+
+
+def cut(tree: np.ndarray, threshold: float) -> np.ndarray:
+    """Flat clusters of a scipy dendrogram: merges at a height ``< threshold`` -> ``(N,) int64``."""
+    from scipy.cluster.hierarchy import fcluster
+
+    t = float(np.nextafter(threshold, 0.0))  # fcluster keeps merges <= t
+    return np.asarray(fcluster(tree, t, "distance"), dtype=np.int64)

@@ -1,31 +1,39 @@
-"""Clustering benchmark: quality on LFW, time and memory at scale.
+"""Clustering benchmark: every method on sets of different shapes; ids across re-runs; scale.
 
-Quality (``--embeddings``): LFW embeddings from an ``.npz`` with ``paths`` ``(N,) str`` (relative
-to ``lfw/images``, ``Name/Name_NNNN.jpg``) and ``embeddings`` ``(N, 128) float32``. With
-``--compute`` and a missing file, facesearch's own pipeline makes that file first. Two sets:
+Quality (``--quality``): the sets of :func:`cluster_data.load_sets` (LFW all, LFW >= 10 clean,
+degraded and of mixed quality, AT&T, ``data/photos``, two mixtures of a few people with many
+photos among thousands with 1-3), embedded by facesearch's own pipeline into the ignored cache
+(``python bench/cluster_data.py`` first). On each set, side by side, BCubed P / R / F:
 
-1. LFW people with at least 10 images (158 people, 4,324 images);
-2. all of LFW (5,749 people, 13,233 images).
+* label-free, each method at its natural default: facesearch's default (thresholds from the
+  faces' own statistics, :func:`facesearch.cluster_algorithms.default_thresholds`); facesearch's
+  previous default (two thresholds from tau under a symmetric model, reproduced here); exact
+  average linkage cut at tau (scipy); Chinese whispers at tau (dlib); DBSCAN (eps tau,
+  min_samples 5: scikit-learn's default); HDBSCAN at scikit-learn's defaults (min_cluster_size
+  5) and with min_cluster_size 2 (a person with two photos is a cluster); Infomap and Leiden
+  over the k-NN graph (k 32, edges d < tau, weights cosine similarity). tau is SFace's
+  verification threshold, the one distance scale these methods can be given without labels.
+* with the labels (marked): every threshold method at its best threshold of a sweep (d 0.80 to
+  1.50 by 0.05, then by 0.01 around the best), HDBSCAN at its best of min_samples 1/2/3 and
+  eom/leaf selection (min_cluster_size 2).
 
-On each: facesearch's default (:class:`facesearch.cluster_algorithms.ClusterConfig`, chosen without
-the labels: average linkage, ``default_thresholds``), single and complete linkage with the same
-thresholds, and facesearch at every threshold of the sweep, as a plain dendrogram cut and with the
-default's pair threshold for two single faces (to show where the default sits); Chinese whispers
-(dlib's own when dlib is installed, else the port in ``baselines.py``) and DBSCAN (min_samples 3) at
-every threshold of the sweep, reporting their best; exact average linkage with scipy (set 1 only);
-and facesearch given one labelled face per person (must-link + cannot-link), which is not
-label-free. The sweep: ``d`` from 0.60 to 1.60 by 0.05, then by 0.01 around each method's best.
+Then: ids across re-runs (10% of the faces held out, the rest clustered, then a full re-run
+over all and an incremental one, ids carried over by
+:func:`facesearch.cluster_algorithms.stable_ids`), and cohesion (how well
+:func:`facesearch.cluster_algorithms.cohesion` ranks the impure clusters first).
 
-Scale (``--scale N ...``): seeded synthetic faces (many identities of Zipf-distributed sizes on the
-sphere, spreads calibrated on SFace's LFW distances, a few blurred faces, many singletons);
-each size runs in a fresh process, timing the k-NN search and the agglomeration and reading the
-process's peak resident memory (``ru_maxrss``).
+Scale (``--scale N ...``): seeded synthetic faces (many identities of Zipf-distributed sizes on
+the sphere, spreads calibrated on SFace's LFW distances, a few blurred faces, many singletons)
+with the real LFW faces of the cache mixed in; each size runs in a fresh process, timing the
+k-NN search and the agglomeration and reading the process's peak resident memory.
 
 Writes ``cluster.json`` (every figure) and ``cluster.md`` (tables) into ``--out``; a run that
-measures only one part keeps the other part's earlier figures. Examples::
+measures only some parts or methods keeps the others' earlier figures. Examples::
 
-    python bench/cluster_bench.py --embeddings lfw_embeddings.npz
-    python bench/cluster_bench.py --scale 10000 100000 --threads 2
+    python bench/cluster_data.py --threads 2
+    python bench/cluster_bench.py --quality --threads 2
+    python bench/cluster_bench.py --quality --methods facesearch --sets lfw10,att
+    python bench/cluster_bench.py --scale 100000 1000000 --threads 2
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -50,20 +59,36 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cluster_data import DEFAULT_CACHE, FaceSet, load_sets, load_source  # noqa: E402
+
 from facesearch.cluster_algorithms import (  # noqa: E402
     ClusterConfig,
     agglomerate,
+    assign_new,
     bcubed_prf,
+    cohesion,
     default_thresholds,
     knn_graph,
     n_clusters,
     pairwise_prf,
+    stable_ids,
 )
-from facesearch.distance import DEFAULT_THRESHOLD  # noqa: E402
+from facesearch.distance import DEFAULT_THRESHOLD as TAU  # noqa: E402
 
 log = logging.getLogger("cluster_bench")
 
-COARSE = [round(0.60 + 0.05 * i, 2) for i in range(21)]  # 0.60 .. 1.60
+COARSE = [round(0.80 + 0.05 * i, 2) for i in range(15)]  # 0.80 .. 1.50
+K = 32  # the k-NN graph of facesearch's default, shared by the graph methods
+SET_KEYS = {
+    "lfw_all": "LFW all",
+    "lfw10": "LFW >= 10",
+    "lfw10_degraded": "LFW >= 10 degraded",
+    "lfw10_mixed": "LFW >= 10 mixed quality",
+    "att": "AT&T",
+    "photos": "photos",
+    "mixture": "mixture",
+    "mixture_mixed": "mixture, mixed quality",
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -96,36 +121,52 @@ def synthetic_faces(n: int, seed: int = 0, dim: int = 128) -> tuple[np.ndarray, 
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     spread = 0.06 * np.exp(0.15 * rng.standard_normal(m))
     ident = np.repeat(np.arange(m), sizes)
-    face_spread = spread[ident] * np.where(rng.random(n) < 0.03, 2.0, 1.0)
-    x = centres[ident] + face_spread[:, None] * rng.standard_normal((n, dim))
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x.astype(np.float32), ident.astype(np.int64)
+    x = np.empty((n, dim), dtype=np.float32)
+    noisy = rng.random(n) < 0.03
+    for s in range(0, n, 1 << 16):  # in chunks: bounded float64 temporaries at 1M faces
+        e = min(n, s + (1 << 16))
+        sp = spread[ident[s:e]] * np.where(noisy[s:e], 2.0, 1.0)
+        xc = centres[ident[s:e]] + sp[:, None] * rng.standard_normal((e - s, dim))
+        x[s:e] = xc / np.linalg.norm(xc, axis=1, keepdims=True)
+    return x, ident.astype(np.int64)
 
 
-def load_lfw(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``paths (N,) str`` and unit ``embeddings (N, D) float32`` from an ``.npz``."""
-    with np.load(path, allow_pickle=False) as z:
-        paths = np.asarray(z["paths"]).astype(str)
-        xb = np.asarray(z["embeddings"], dtype=np.float32)
-    xb /= np.linalg.norm(xb, axis=1, keepdims=True)
-    return paths, np.ascontiguousarray(xb)
+def with_real_faces(
+    x: np.ndarray, ident: np.ndarray, cache: Path
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The synthetic faces with their first rows replaced (in place) by every real LFW face of
+    the cache (identities of their own); returns the faces, identities and how many are real."""
+    path = cache / "lfw.npz"
+    if not path.exists():
+        log.warning("%s not found: synthetic faces only", path)
+        return x, ident, 0
+    _, people, real = load_source(cache, "lfw")
+    m = min(len(real), len(x) // 2)
+    _, rid = np.unique(people[:m], return_inverse=True)
+    x[:m] = real[:m]  # in place: a copy of 1M faces is 512 MB of peak memory
+    ident[:m] = ident.max() + 1 + rid
+    return x, ident, m
 
 
-def compute_lfw(lfw: Path, out: Path, threads: int) -> None:
-    """Embed every LFW image with facesearch's pipeline into ``out`` (``.npz``, atomically)."""
-    from facesearch.lfw import embed_images
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+def previous_thresholds(xb: np.ndarray, pairs: int = 200_000, seed: int = 0) -> tuple[float, float]:
+    """The previous default's two thresholds: tau moved to the Bayes boundary ``T(p)`` for
+    the priors ``pi`` (share of random pairs below tau) and ``1 / N``, same- and different-person
+    ``d`` modelled as normals of equal spread with tau halfway between their means."""
+    n = len(xb)
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
+    keep = i != j
+    d = ((xb[i[keep]].astype(np.float64) - xb[j[keep]]) ** 2).sum(1)
+    mu = float(np.median(d))
+    sigma = 1.4826 * float(np.median(np.abs(d - mu)))
+    pi = max(float(np.mean(d < TAU)), 1.0 / n)
+    if mu <= TAU or pi >= 0.5 or sigma == 0.0:
+        return TAU, TAU
 
-    files = sorted(lfw.glob("*/*.jpg"))
-    log.info("embedding %d LFW images with facesearch", len(files))
-    emb = embed_images(FacePipeline(PipelineConfig(threads=threads)), files)
-    found = {str(p) for p in emb.paths} - {str(p) for p in emb.missing}
-    keep = [i for i, p in enumerate(emb.paths) if str(p) in found]
-    rel = np.array([str(Path(emb.paths[i]).relative_to(lfw)) for i in keep])
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=out.parent)
-    os.close(fd)
-    np.savez(tmp, paths=rel, embeddings=emb.xb[keep])
-    os.replace(tmp, out)
+    def boundary(p: float) -> float:
+        return float(min(TAU, max(TAU - sigma**2 / (2 * (mu - TAU)) * math.log((1 - p) / p), 0)))
+
+    return boundary(pi), min(boundary(1.0 / n), boundary(pi))
 
 
 # --------------------------------------------------------------------------- methods
@@ -141,122 +182,252 @@ def score(pred: np.ndarray, true: np.ndarray, seconds: float) -> dict[str, float
     }  # fmt: skip
 
 
-def sweep(run: Callable[[float], np.ndarray], true: np.ndarray) -> dict[str, Any]:
-    """Best BCubed F of ``run(threshold)`` over the coarse grid, refined by 0.01 around the best."""
-    seen: dict[float, dict[str, float]] = {}
+def timed(run: Callable[[], np.ndarray], true: np.ndarray, setting: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    pred = run()
+    return score(pred, true, time.perf_counter() - t0) | {"setting": setting}
 
-    def at(t: float) -> float:
+
+def sweep(run: Callable[[float], np.ndarray], true: np.ndarray, fmt: str) -> dict[str, Any]:
+    """Best BCubed F of ``run(threshold)`` over the coarse grid, refined by 0.01 around it."""
+    seen: dict[float, dict[str, Any]] = {}
+
+    def at(t: float) -> None:
         t = round(t, 2)
-        if t not in seen:
-            t0 = time.perf_counter()
-            pred = run(t)
-            seen[t] = score(pred, true, time.perf_counter() - t0)
-            log.info("  %.2f  BCubed F %.4f", t, seen[t]["bcubed_f"])
-        return seen[t]["bcubed_f"]
+        if t not in seen and 0.0 < t <= 4.0:
+            seen[t] = timed(lambda: run(t), true, fmt.format(t=t))
 
     for t in COARSE:
         at(t)
     best = max(seen, key=lambda t: seen[t]["bcubed_f"])
     for i in range(-4, 5):
-        if 0.0 < best + 0.01 * i <= 4.0:
-            at(best + 0.01 * i)
+        at(best + 0.01 * i)
     best = max(seen, key=lambda t: seen[t]["bcubed_f"])
+    out = dict(seen[best])
+    out["curve"] = {f"{t:.2f}": round(seen[t]["bcubed_f"], 4) for t in sorted(seen)}
+    return out
+
+
+class Context:
+    """One set's faces with what several methods share (k-NN graph, dendrogram, dense matrix)."""
+
+    def __init__(self, s: FaceSet) -> None:
+        self.s = s
+        self.xb, self.true = s.xb, s.true
+        self._graph: tuple[np.ndarray, np.ndarray] | None = None
+        self._tree: np.ndarray | None = None
+
+    @property
+    def graph(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._graph is None:
+            self._graph = knn_graph(self.xb, K)
+        return self._graph
+
+    @property
+    def tree(self) -> np.ndarray:
+        from baselines import exact_average_tree
+
+        if self._tree is None:
+            self._tree = exact_average_tree(self.xb)
+        return self._tree
+
+    def dense(self) -> np.ndarray:
+        """``(N, N) float64`` Euclidean distances ``sqrt(d)`` (HDBSCAN's precomputed input)."""
+        x = self.xb.astype(np.float64)
+        m = np.sqrt(np.clip(2.0 - 2.0 * (x @ x.T), 0.0, None))
+        np.fill_diagonal(m, 0.0)
+        return m
+
+
+def _hdbscan(c: Context, **kw: Any) -> np.ndarray:
+    from sklearn.cluster import HDBSCAN
+
+    model = HDBSCAN(metric="precomputed", copy=False, **kw)
+    return np.asarray(model.fit_predict(c.dense()), dtype=np.int64)
+
+
+def label_free(c: Context) -> dict[str, Callable[[], dict[str, Any]]]:
+    """The label-free methods at their natural defaults, by name (each returns its figures)."""
+    import baselines as bl
+
+    xb, true = c.xb, c.true
+
+    def ours() -> dict[str, Any]:
+        t0 = time.perf_counter()
+        pred = agglomerate(xb, ClusterConfig(k=K))  # its own graph search is timed too
+        sec = time.perf_counter() - t0
+        t, tp = default_thresholds(xb, nn_d=c.graph[0][:, 0])
+        return score(pred, true, sec) | {
+            "setting": f"average, groups d < {t:.3f}, single faces d < {tp:.3f} (auto), k {K}"
+        }
+
+    def previous() -> dict[str, Any]:
+        t, tp = previous_thresholds(xb)
+        cfg = ClusterConfig(threshold=t, pair_threshold=tp, k=K)
+        return timed(
+            lambda: agglomerate(xb, cfg, graph=c.graph),
+            true,
+            f"average, d < {t:.3f}, single faces d < {tp:.3f}",
+        )
+
     return {
-        "best_threshold": best,
-        "best": seen[best],
-        "curve": {f"{t:.2f}": seen[t]["bcubed_f"] for t in sorted(seen)},
+        "facesearch (default)": ours,
+        "facesearch, previous default": previous,
+        "average linkage at tau (scipy, exact)": lambda: timed(
+            lambda: bl.cut(c.tree, TAU), true, f"d < {TAU:.3f}"
+        ),
+        "Chinese whispers at tau (dlib)": lambda: timed(
+            lambda: bl.dlib_chinese_whispers(xb, TAU), true, f"d < {TAU:.3f}"
+        ),
+        "DBSCAN (scikit-learn's min_samples)": lambda: timed(
+            lambda: bl.dbscan(xb, TAU, min_samples=5), true, f"eps d <= {TAU:.3f}, min_samples 5"
+        ),
+        "HDBSCAN (scikit-learn's defaults)": lambda: timed(
+            lambda: _hdbscan(c, min_cluster_size=5), true, "min_cluster_size 5"
+        ),
+        "HDBSCAN, min_cluster_size 2": lambda: timed(
+            lambda: _hdbscan(c, min_cluster_size=2), true, "min_cluster_size 2"
+        ),
+        "Infomap, k-NN graph": lambda: timed(
+            lambda: bl.infomap(c.graph, TAU), true, f"k {K}, edges d < {TAU:.3f}"
+        ),
+        "Leiden (modularity), k-NN graph": lambda: timed(
+            lambda: bl.leiden(c.graph, TAU), true, f"k {K}, edges d < {TAU:.3f}"
+        ),
     }
 
 
-def one_label_per_person(true: np.ndarray, seed: int = 0) -> np.ndarray:
-    """``(N,) int64`` labels: one face of every person (seeded choice) labelled, the rest ``-1``."""
-    rng = np.random.default_rng(seed)
-    labels = np.full(len(true), -1, dtype=np.int64)
-    order = rng.permutation(len(true))
-    _, first = np.unique(true[order], return_index=True)
-    labels[order[first]] = true[order[first]]
-    return labels
+def with_labels(c: Context) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Every method at its best setting, chosen with the labels, by name."""
+    import baselines as bl
 
+    xb, true = c.xb, c.true
 
-def run_set(name: str, xb: np.ndarray, true: np.ndarray, exact: bool) -> dict[str, Any]:
-    """Every method on one set of faces."""
-    from baselines import chinese_whispers, dbscan, dlib_chinese_whispers
+    def hdb_best() -> dict[str, Any]:
+        best: dict[str, Any] | None = None
+        for ms in (1, 2, 3):
+            for sel in ("eom", "leaf"):
+                r = timed(
+                    lambda ms=ms, sel=sel: _hdbscan(
+                        c, min_cluster_size=2, min_samples=ms, cluster_selection_method=sel
+                    ),
+                    true,
+                    f"min_cluster_size 2, min_samples {ms}, {sel}",
+                )
+                if best is None or r["bcubed_f"] > best["bcubed_f"]:
+                    best = r
+        assert best is not None
+        return best
 
-    log.info("%s: %d faces, %d people", name, len(xb), len(np.unique(true)))
-    res: dict[str, Any] = {"faces": len(xb), "people": int(len(np.unique(true)))}
-    t0 = time.perf_counter()
-    default = ClusterConfig()
-    pred = agglomerate(xb, default)
-    t_auto, t_pair = default_thresholds(xb)
-    res["ours_default"] = score(pred, true, time.perf_counter() - t0) | {
-        "threshold": t_auto, "pair_threshold": t_pair, "k": default.k, "linkage": default.linkage,
-    }  # fmt: skip
-    t0 = time.perf_counter()
-    pred = agglomerate(xb, ClusterConfig(threshold=DEFAULT_THRESHOLD))
-    res["ours_tau"] = score(pred, true, time.perf_counter() - t0)
-    graph = knn_graph(xb, default.k)
-    for method in ("single", "complete"):
-        t0 = time.perf_counter()
-        pred = agglomerate(xb, ClusterConfig(linkage=method), graph=graph)  # auto threshold
-        res[f"ours_{method}"] = score(pred, true, time.perf_counter() - t0)
-    labels = one_label_per_person(true)
-    t0 = time.perf_counter()
-    pred = agglomerate(xb, default, labels=labels, graph=graph)
-    res["ours_one_label_per_person"] = score(pred, true, time.perf_counter() - t0)
-    log.info("ours, threshold sweep")
-    res["ours_sweep"] = sweep(
-        lambda t: agglomerate(xb, ClusterConfig(threshold=t), graph=graph), true
-    )
-    log.info("ours with the default pair threshold %.3f, threshold sweep", t_pair)
-    res["ours_pair_sweep"] = sweep(
-        lambda t: agglomerate(
-            xb, ClusterConfig(threshold=t, pair_threshold=min(t, t_pair)), graph=graph
+    return {
+        "average linkage, best cut (scipy, exact)": lambda: sweep(
+            lambda t: bl.cut(c.tree, t), true, "d < {t:.2f}"
         ),
-        true,
-    )
-    try:
-        import dlib  # noqa: F401
+        "Chinese whispers, best (dlib)": lambda: sweep(
+            lambda t: bl.dlib_chinese_whispers(xb, t), true, "d < {t:.2f}"
+        ),
+        "DBSCAN, best": lambda: sweep(
+            lambda t: bl.dbscan(xb, t, min_samples=3), true, "eps d <= {t:.2f}, min_samples 3"
+        ),
+        "HDBSCAN, best": hdb_best,
+        "Infomap, best": lambda: sweep(
+            lambda t: bl.infomap(c.graph, t), true, "k 32, edges d < {t:.2f}"
+        ),
+        "Leiden, best": lambda: sweep(
+            lambda t: bl.leiden(c.graph, t), true, "k 32, edges d < {t:.2f}"
+        ),
+    }
 
-        log.info("Chinese whispers (dlib), threshold sweep")
-        res["cw_impl"] = "dlib " + str(dlib.__version__)
-        res["cw_sweep"] = sweep(lambda t: dlib_chinese_whispers(xb, t), true)
-        best_t = float(res["cw_sweep"]["best_threshold"])
-        t0 = time.perf_counter()
-        pred = chinese_whispers(xb, best_t)
-        res["cw_port_at_dlib_best"] = score(pred, true, time.perf_counter() - t0)
-    except ImportError:
-        log.info("Chinese whispers (port, dlib not installed), threshold sweep")
-        res["cw_impl"] = "port (baselines.py), seed 0"
-        res["cw_sweep"] = sweep(lambda t: chinese_whispers(xb, t), true)
-    log.info("DBSCAN, eps sweep")
-    res["dbscan_sweep"] = sweep(lambda t: dbscan(xb, t, min_samples=3), true)
-    if exact:
-        from scipy.cluster.hierarchy import fcluster, linkage
-        from scipy.spatial.distance import pdist
 
-        log.info("exact average linkage (scipy), threshold sweep")
-        t0 = time.perf_counter()
-        tree = linkage(pdist(xb.astype(np.float64), "sqeuclidean"), "average")
-        tree_s = time.perf_counter() - t0
-        ref = fcluster(tree, t_auto, "distance")
-        res["exact_default"] = score(ref, true, tree_s)
-        res["exact_sweep"] = sweep(lambda t: fcluster(tree, t, "distance"), true)
-        ours = agglomerate(xb, ClusterConfig(threshold=t_auto, min_size=1), graph=graph)
-        res["ours_vs_exact_bcubed_f"] = bcubed_prf(ours, ref).f
+def run_set(c: Context, wanted: Callable[[str], bool], old: dict[str, Any]) -> dict[str, Any]:
+    """The figures of every wanted method on one set (the others kept from ``old``)."""
+    res: dict[str, Any] = {
+        "faces": len(c.xb), "people": c.s.people, "kind": c.s.kind,
+        "label_free": dict(old.get("label_free", {})), "labelled": dict(old.get("labelled", {})),
+    }  # fmt: skip
+    for part, methods in (("label_free", label_free(c)), ("labelled", with_labels(c))):
+        for name, fn in methods.items():
+            if wanted(name):
+                log.info("%s: %s", c.s.name, name)
+                res[part][name] = fn()
+                log.info("  BCubed F %.4f", res[part][name]["bcubed_f"])
     return res
+
+
+# --------------------------------------------------------------------------- ids and cohesion
+
+
+def id_survival(c: Context, share: float = 0.1, seed: int = 0) -> dict[str, Any]:
+    """Cluster all but a held-out ``share`` of the faces, then all of them (a full re-run and an
+    incremental one); how many ids of the first run's clusters live on, and BCubed F of each."""
+    n = len(c.xb)
+    rng = np.random.default_rng(seed)
+    late = np.zeros(n, dtype=bool)
+    late[rng.choice(n, int(round(share * n)), replace=False)] = True
+    order = np.concatenate([np.flatnonzero(~late), np.flatnonzero(late)])  # old faces first
+    xb, true = c.xb[order], c.true[order]
+    n_old = int((~late).sum())
+    first = agglomerate(xb[:n_old], ClusterConfig(k=K))
+    full = agglomerate(xb, ClusterConfig(k=K))
+    old_all = np.concatenate([first, np.full(n - n_old, -1, dtype=np.int64)])
+    full_ids = stable_ids(old_all, full)
+    inc = assign_new(first, xb[:n_old], xb[n_old:], ClusterConfig(k=K))
+    old_c = set(np.unique(first[first >= 0]).tolist())
+    kept_full = old_c & set(np.unique(full_ids[full_ids >= 0]).tolist())
+    kept_inc = old_c & set(np.unique(inc[inc >= 0]).tolist())
+    # a kept id shows (mostly) the same faces: the share of its old faces still under it
+    same = [float(np.mean(full_ids[:n_old][first == cid] == cid)) for cid in kept_full]
+    return {
+        "faces_before": n_old, "faces_added": n - n_old, "clusters_before": len(old_c),
+        "kept_full": len(kept_full), "kept_incremental": len(kept_inc),
+        "kept_faces_share_median": float(np.median(same)) if same else float("nan"),
+        "f_full": bcubed_prf(full, true).f, "f_incremental": bcubed_prf(inc, true).f,
+        "f_before": bcubed_prf(first, true[:n_old]).f,
+    }  # fmt: skip
+
+
+def cohesion_check(c: Context) -> dict[str, Any]:
+    """How well cohesion ranks the default's impure clusters (two or more people) first: the AUC
+    of ``mean_d`` and of ``1 - nn_inside`` for impure against pure clusters of 2+ faces."""
+    pred = agglomerate(c.xb, ClusterConfig(k=K), graph=c.graph)
+    coh = cohesion(pred, c.xb, graph=c.graph)
+    impure = np.array(
+        [len(np.unique(c.true[pred == cid])) > 1 for cid in coh.ids.tolist()], dtype=bool
+    )
+    big = coh.size >= 2
+
+    def auc(score: np.ndarray) -> float:
+        pos, neg = score[big & impure], score[big & ~impure]
+        if not len(pos) or not len(neg):
+            return float("nan")
+        greater = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        return float(greater)
+
+    return {
+        "clusters": int(big.sum()), "impure": int((big & impure).sum()),
+        "auc_mean_d": auc(coh.mean_d), "auc_nn_outside": auc(1.0 - coh.nn_inside),
+        "auc_margin": auc(-coh.margin),
+        "mean_d_pure": float(np.median(coh.mean_d[big & ~impure])) if (big & ~impure).any()
+        else float("nan"),
+        "mean_d_impure": float(np.median(coh.mean_d[big & impure])) if (big & impure).any()
+        else float("nan"),
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- scale
 
 
-def scale_child(n: int, threads: int, index: str) -> dict[str, Any]:
-    """Generate ``n`` faces, build the graph and cluster them in this process; figures as a dict."""
+def scale_child(n: int, threads: int, index: str, cache: Path) -> dict[str, Any]:
+    """Generate ``n`` faces (real LFW ones mixed in), build the graph and cluster them in this
+    process; figures as a dict."""
     import faiss
 
     faiss.omp_set_num_threads(threads)
     xb, ident = synthetic_faces(n, seed=0)
+    xb, ident, real = with_real_faces(xb, ident, cache)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    config = ClusterConfig(exact_max=n if index == "flat" else 0)
+    exact = {"flat": n, "hnsw": 0}
+    config = ClusterConfig(exact_max=exact[index]) if index in exact else ClusterConfig()
 
     def cpu() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
@@ -267,22 +438,26 @@ def scale_child(n: int, threads: int, index: str) -> dict[str, Any]:
     t1, c1 = time.perf_counter(), cpu()
     pred = agglomerate(xb, config, graph=graph)
     t2, c2 = time.perf_counter(), cpu()
+    cohesion(pred, xb, graph=graph)  # timed: what a run adds for the scores
+    t3 = time.perf_counter()
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
-        "faces": n, "identities": int(ident.max() + 1), "threads": threads, "index": index,
-        "knn_s": t1 - t0, "agglomerate_s": t2 - t1, "total_s": t2 - t0,
+        "faces": n, "real_faces": real, "identities": int(len(np.unique(ident))),
+        "threads": threads, "index": index,
+        "knn_s": t1 - t0, "agglomerate_s": t2 - t1, "cohesion_s": t3 - t2, "total_s": t2 - t0,
         "knn_cpu_s": c1 - c0, "agglomerate_cpu_s": c2 - c1,
         "load": os.getloadavg()[0], "rss_before_mb": rss0, "peak_rss_mb": rss1,
         "clusters": n_clusters(pred), "bcubed_f": bcubed_prf(pred, ident).f,
+        "bcubed_f_real": bcubed_prf(pred[:real], ident[:real]).f if real else float("nan"),
     }  # fmt: skip
 
 
-def run_scale(sizes: list[int], threads: int, index: str) -> list[dict[str, Any]]:
+def run_scale(sizes: list[int], threads: int, index: str, cache: Path) -> list[dict[str, Any]]:
     out = []
     for n in sizes:
         log.info("scale: %d faces (%s index, %d threads)", n, index, threads)
         cmd = [sys.executable, __file__, "--scale-child", str(n), "--threads", str(threads)]
-        cmd += ["--index", index]
+        cmd += ["--index", index, "--cache", str(cache)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
         row = json.loads(proc.stdout.strip().splitlines()[-1])
         log.info("  %s", row)
@@ -293,124 +468,183 @@ def run_scale(sizes: list[int], threads: int, index: str) -> list[dict[str, Any]
 # --------------------------------------------------------------------------- report
 
 
-def _row(name: str, setting: str, r: dict[str, Any]) -> str:
-    return (
-        f"| {name} | {setting} | {r['bcubed_p']:.4f} | {r['bcubed_r']:.4f} "
-        f"| **{r['bcubed_f']:.4f}** | {r['pairwise_p']:.4f} | {r['pairwise_r']:.4f} "
-        f"| {r['pairwise_f']:.4f} | {int(r['clusters'])} | {r['seconds']:.1f} |"
+def _f(r: dict[str, Any] | None) -> str:
+    return "–" if r is None else f"{r['bcubed_f']:.4f}"
+
+
+def render_quality(q: dict[str, Any]) -> list[str]:
+    """The summary table (BCubed F, method by set), then every set's details."""
+    names = list(q)
+    free = [m for m in next(iter(q.values()))["label_free"]]
+    for r in q.values():
+        free += [m for m in r["label_free"] if m not in free]
+    lab: list[str] = []
+    for r in q.values():
+        lab += [m for m in r["labelled"] if m not in lab]
+    head = "| method | " + " | ".join(names) + " | mean |"
+    sep = "|---" * (len(names) + 2) + "|"
+    lines = ["### BCubed F, every method on every set", "", head, sep]
+
+    def row(label: str, part: str, m: str) -> str:
+        cells, vals = [], []
+        for s in names:
+            r = q[s][part].get(m)
+            cells.append(_f(r))
+            if r is not None:
+                vals.append(r["bcubed_f"])
+        mean = f"{np.mean(vals):.4f}" if len(vals) == len(names) else "–"
+        return f"| {label} | " + " | ".join(cells) + f" | {mean} |"
+
+    ours = "facesearch (default)"
+    for m in free:
+        label = f"**{m}**" if m == ours else m
+        lines.append(row(label, "label_free", m))
+    # the best label-free alternative per set and the default's margin over it
+    best_cells, margin_cells, margins, bests = [], [], [], []
+    for s in names:
+        alts = {m: r for m, r in q[s]["label_free"].items() if not m.startswith("facesearch")}
+        if not alts or ours not in q[s]["label_free"]:
+            best_cells.append("–")
+            margin_cells.append("–")
+            continue
+        m_best = max(alts, key=lambda m: alts[m]["bcubed_f"])
+        b = alts[m_best]["bcubed_f"]
+        d = q[s]["label_free"][ours]["bcubed_f"] - b
+        bests.append(b)
+        margins.append(d)
+        best_cells.append(f"{b:.4f} ({m_best.split(' (')[0].split(',')[0]})")
+        margin_cells.append(f"{d:+.4f}")
+    lines.append(
+        "| *best label-free alternative* | "
+        + " | ".join(best_cells)
+        + (f" | {np.mean(bests):.4f} |" if len(bests) == len(names) else " | – |")
     )
-
-
-HEAD = (
-    "| method | setting | BCubed P | BCubed R | BCubed F | pairwise P | pairwise R "
-    "| pairwise F | clusters | s |\n|---|---|---|---|---|---|---|---|---|---|"
-)
-
-
-def render_set(name: str, r: dict[str, Any]) -> list[str]:
-    """The table and sweep curves of one LFW set."""
-    tau = f"d < {DEFAULT_THRESHOLD:.3f}"
-    d = r["ours_default"]
-    pair = f", single faces d < {d['pair_threshold']:.3f}" if "pair_threshold" in d else ""
-    rows = [
-        (
-            "**facesearch (default)**",
-            f"average, d < {d['threshold']:.3f}{pair} (auto), k {d['k']}",
-            d,
-        ),
-        ("facesearch", f"average, {tau} (tau itself)", r["ours_tau"]),
-        ("facesearch", "single, auto threshold", r["ours_single"]),
-        ("facesearch", "complete, auto threshold", r["ours_complete"]),
+    lines.append(
+        "| *default minus best alternative* | "
+        + " | ".join(margin_cells)
+        + (f" | {np.mean(margins):+.4f} |" if len(margins) == len(names) else " | – |")
+    )
+    lines.append("| *with the labels (best setting):* |" + " |" * (len(names) + 1))
+    for m in lab:
+        lines.append(row(f"{m} *(labels)*", "labelled", m))
+    lines.append("")
+    sets = [
+        f"**{s}**: {q[s]['faces']} faces, {q[s]['people']} people ({q[s]['kind']})" for s in names
     ]
-    best = r["ours_sweep"]
-    rows.append(
-        ("facesearch, best plain cut", f"average, d < {best['best_threshold']:.2f}", best["best"])
+    lines += ["Sets: " + "; ".join(sets) + ".", ""]
+    head2 = (
+        "| method | setting | BCubed P | BCubed R | BCubed F | pairwise P | pairwise R "
+        "| pairwise F | clusters | s |\n|---|---|---|---|---|---|---|---|---|---|"
     )
-    if "ours_pair_sweep" in r and "pair_threshold" in d:
-        pb = r["ours_pair_sweep"]
-        rows.append(
-            (
-                "facesearch, best threshold with the default pair threshold",
-                f"average, d < {pb['best_threshold']:.2f}, single faces d < "
-                f"{d['pair_threshold']:.3f}",
-                pb["best"],
-            )
-        )
-    cw = r["cw_sweep"]
-    cw_t = f"d < {cw['best_threshold']:.2f}"
-    rows.append((f"Chinese whispers, best ({r['cw_impl']})", cw_t, cw["best"]))
-    if "cw_port_at_dlib_best" in r:
-        rows.append(("Chinese whispers (port, seed 0)", cw_t, r["cw_port_at_dlib_best"]))
-    db = r["dbscan_sweep"]
-    rows.append(("DBSCAN, best", f"min_samples 3, d <= {db['best_threshold']:.2f}", db["best"]))
-    if "exact_sweep" in r:
-        ex = r["exact_sweep"]
-        same_t = f"d < {d['threshold']:.3f} (the default's threshold, no pair rule)"
-        rows.append(("exact average linkage (scipy)", same_t, r["exact_default"]))
-        rows.append(
-            ("exact average linkage (scipy), best", f"d < {ex['best_threshold']:.2f}", ex["best"])
-        )
-    rows.append(
-        (
-            "facesearch + 1 labelled face per person",
-            "default; uses labels",
-            r["ours_one_label_per_person"],
-        )
-    )
-    lines = [f"## {name}: {r['faces']} faces, {r['people']} people", "", HEAD]
-    lines += [_row(*row) for row in rows] + [""]
-    if "ours_vs_exact_bcubed_f" in r:
-        lines += [
-            "facesearch (sparse k-NN graph) against exact average linkage at the default "
-            "threshold, both as a plain cut (no pair rule): BCubed F of one scored against the "
-            f"other {r['ours_vs_exact_bcubed_f']:.4f} (1 = the same clusters).",
-            "",
-        ]
-    lines += ["BCubed F along each sweep (threshold F):", ""]
-    names = {
-        "ours_sweep": "facesearch (plain cut)",
-        "ours_pair_sweep": "facesearch (default pair threshold)",
-        "cw_sweep": "Chinese whispers",
-        "dbscan_sweep": "DBSCAN",
-    }
-    names["exact_sweep"] = "exact"
-    for key, label in names.items():
-        if key in r:
-            lines.append(
-                f"- {label}: " + ", ".join(f"{t} {f:.4f}" for t, f in r[key]["curve"].items())
-            )
-    return lines + [""]
+    for s in names:
+        lines += [f"#### {s}: {q[s]['faces']} faces, {q[s]['people']} people", "", head2]
+        for part, suffix in (("label_free", ""), ("labelled", " *(labels)*")):
+            for m, r in q[s][part].items():
+                lines.append(
+                    f"| {m}{suffix} | {r.get('setting', '')} | {r['bcubed_p']:.4f} "
+                    f"| {r['bcubed_r']:.4f} | **{r['bcubed_f']:.4f}** | {r['pairwise_p']:.4f} "
+                    f"| {r['pairwise_r']:.4f} | {r['pairwise_f']:.4f} | {int(r['clusters'])} "
+                    f"| {r['seconds']:.1f} |"
+                )
+        curves = [(m, r["curve"]) for m, r in q[s]["labelled"].items() if "curve" in r]
+        if curves:
+            lines += ["", "BCubed F along each sweep (threshold F):", ""]
+            lines += [
+                f"- {m}: " + ", ".join(f"{t} {f:.4f}" for t, f in cv.items()) for m, cv in curves
+            ]
+        lines.append("")
+    return lines
+
+
+def _refreshed(results: dict[str, Any]) -> str:
+    """The note on a partial re-run of the quality part, if the last one was partial."""
+    last = results.get("quality_refreshed")
+    return f" (some rows, the ids and cohesion refreshed since by `{last}`)" if last else ""
 
 
 def render(results: dict[str, Any]) -> str:
     """``cluster.md`` from the figures of ``cluster.json``."""
     lines = ["# Clustering benchmark", "", "Written by `bench/cluster_bench.py`.", ""]
-    sets = results.get("sets", {})
-    if sets:
+    q = results.get("quality", {})
+    if q:
         lines += [
-            f"Embeddings: {results.get('embeddings', '?')}. {results.get('lfw_machine', '')}",
+            "## Quality on sets of different shapes",
             "",
-            f"Command: `{results.get('lfw_command', 'python bench/cluster_bench.py')}`",
+            f"{results.get('quality_machine', '')} Embeddings: facesearch's own pipeline (numpy "
+            "engine, YuNet + SFace), made by `python bench/cluster_data.py --threads 2`.",
             "",
-            "Thresholds are distances d = |a-b|^2 (cosine distance = d / 2). 'best' = the "
-            "threshold of the sweep with the highest BCubed F, i.e. chosen with the labels; "
-            "the facesearch default is chosen without them (average linkage, k = 32, "
-            "`default_thresholds`: tau moved to the Bayes boundary T(p) for the prior p that "
-            "two faces are one person, estimated from random pairs of the faces themselves: "
-            "p = pi, the share of random pairs below tau, for a merge with a group; p = 1/N "
-            "for a merge of two single faces). 'plain cut': one threshold for every merge "
-            "(a cut of the exact average-linkage dendrogram).",
+            f"Command: `{results.get('quality_command', '')}`{_refreshed(results)}",
+            "",
+            "Distances are d = |a-b|^2 (cosine distance = d / 2); tau = "
+            f"{TAU:.3f} is SFace's verification threshold. Label-free rows run each method at "
+            "its natural default (see the script's docstring); rows marked *(labels)* take the "
+            "best setting of a sweep, chosen with the labels. 'best label-free alternative' is "
+            "the best label-free row other than facesearch's own.",
             "",
         ]
-    for name, r in sets.items():
-        lines += render_set(name, r)
+        lines += render_quality(q)
+    ids = results.get("ids", {})
+    if ids:
+        lines += [
+            "## Cluster ids across re-runs",
+            "",
+            "10% of each set's faces (seeded) held out; the rest clustered with the default; "
+            "then all faces clustered again from scratch (full, ids carried over by "
+            "`stable_ids`: a new cluster keeps the id of the old cluster it overlaps with "
+            "Jaccard >= 0.5) and incrementally (`assign_new`: old clusters keep their ids by "
+            "construction). 'kept' = ids of the first run's clusters (2+ faces) that still "
+            "name a cluster; 'faces still under it' = median share of a kept cluster's old "
+            "faces that the full re-run keeps under its id.",
+            "",
+            f"Command: `{results.get('quality_command', '')}`{_refreshed(results)}",
+            "",
+            "| set | faces before + added | clusters before | kept (full re-run) | faces still "
+            "under it | kept (incremental) | BCubed F before / full / incremental |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s, r in ids.items():
+            cb = r["clusters_before"]
+            lines.append(
+                f"| {s} | {r['faces_before']} + {r['faces_added']} | {cb} "
+                f"| {r['kept_full']} ({100 * r['kept_full'] / max(cb, 1):.1f}%) "
+                f"| {r['kept_faces_share_median']:.3f} "
+                f"| {r['kept_incremental']} ({100 * r['kept_incremental'] / max(cb, 1):.1f}%) "
+                f"| {r['f_before']:.4f} / {r['f_full']:.4f} / {r['f_incremental']:.4f} |"
+            )
+        lines.append("")
+    coh = results.get("cohesion", {})
+    if coh:
+        lines += [
+            "## Cohesion",
+            "",
+            "The default's clusters of 2+ faces; 'impure' = holding faces of two or more "
+            "people. AUC = the chance that an impure cluster ranks as more doubtful than a pure "
+            "one, by mean intra-cluster d, by the share of members whose nearest face lies "
+            "outside (1 - nn_inside) and by the margin (smallest: a member's nearest outsider "
+            "minus its mean d to the cluster; k = 32 graph); 0.5 = no better than chance. Most "
+            "impure clusters on the sets with many people seen once are pairs of two strangers "
+            "who are each other's nearest face at a d like one person's: no score computed from "
+            "the faces tells them apart.",
+            "",
+            "| set | clusters | impure | AUC mean d | AUC nearest outside | AUC margin "
+            "| median mean d, pure / impure |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for s, r in coh.items():
+            lines.append(
+                f"| {s} | {r['clusters']} | {r['impure']} | {r['auc_mean_d']:.3f} "
+                f"| {r['auc_nn_outside']:.3f} | {r.get('auc_margin', float('nan')):.3f} "
+                f"| {r['mean_d_pure']:.3f} / {r['mean_d_impure']:.3f} |"
+            )
+        lines.append("")
     scale = results.get("scale", [])
     if scale:
         lines += [
-            "## Time and memory (synthetic faces)",
+            "## Time and memory",
             "",
             "Seeded synthetic embeddings (`synthetic_faces`: Zipf identity sizes, SFace-like "
-            "distances), default settings, each size in a fresh process. Peak RSS is the whole "
+            "distances) with every real LFW face of the cache mixed in (13,233; 'F real' scores "
+            "them alone), default settings, each size in a fresh process. Peak RSS is the whole "
             "process (Python, numpy, FAISS, the data); 'before' is after generating the data. "
             "Wall-clock seconds depend on the other jobs sharing the cores (load = 1-minute load "
             "average at the end); CPU seconds (user + system, all threads) are less affected. "
@@ -419,17 +653,19 @@ def render(results: dict[str, Any]) -> str:
             f"Command: `{results.get('scale_command', 'python bench/cluster_bench.py --scale')}`",
             "",
             "| faces | identities | index | threads | k-NN s (CPU s) | agglomerate s (CPU s) "
-            "| total s | load | RSS before MB | peak RSS MB | clusters | BCubed F |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            "| total s | cohesion s | load | RSS before MB | peak RSS MB | clusters | BCubed F "
+            "| F real |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in scale:
             lines.append(
                 f"| {r['faces']} | {r['identities']} | {r['index']} | {r['threads']} "
-                f"| {r['knn_s']:.1f} ({r.get('knn_cpu_s', float('nan')):.1f}) "
-                f"| {r['agglomerate_s']:.1f} ({r.get('agglomerate_cpu_s', float('nan')):.1f}) "
-                f"| {r['total_s']:.1f} | {r.get('load', float('nan')):.1f} "
-                f"| {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} | {r['clusters']} "
-                f"| {r['bcubed_f']:.4f} |"
+                f"| {r['knn_s']:.1f} ({r['knn_cpu_s']:.1f}) "
+                f"| {r['agglomerate_s']:.1f} ({r['agglomerate_cpu_s']:.1f}) "
+                f"| {r['total_s']:.1f} | {r.get('cohesion_s', float('nan')):.1f} "
+                f"| {r['load']:.1f} | {r['rss_before_mb']:.0f} | {r['peak_rss_mb']:.0f} "
+                f"| {r['clusters']} | {r['bcubed_f']:.4f} "
+                f"| {r.get('bcubed_f_real', float('nan')):.4f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -454,7 +690,7 @@ def machine(threads: int) -> str:
     load = os.getloadavg()[0]
     return (
         f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-        f"(load average {load:.1f} at the start), {threads} FAISS thread(s)."
+        f"(load average {load:.1f} at the start), {threads} FAISS/BLAS thread(s)."
     )
 
 
@@ -462,21 +698,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--embeddings", type=Path, help="LFW embeddings (.npz: paths, embeddings)")
-    ap.add_argument("--compute", action="store_true", help="make --embeddings if missing")
-    ap.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "data" / "lfw" / "images")
-    ap.add_argument("--sets", default="1,2", help="which LFW sets (1: >= 10 images, 2: all)")
+    ap.add_argument("--quality", action="store_true", help="every method on every set")
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="cluster_data.py's cache")
+    ap.add_argument("--sets", default=",".join(SET_KEYS), help="which sets (keys, comma-separated)")
+    ap.add_argument("--methods", help="only methods whose name contains one of these (comma-sep.)")
+    ap.add_argument("--no-ids", action="store_true", help="skip the id and cohesion checks")
     ap.add_argument("--scale", type=int, nargs="*", default=[], help="synthetic sizes to time")
-    ap.add_argument("--index", choices=["flat", "hnsw"], default="flat", help="k-NN for --scale")
+    ap.add_argument("--index", choices=["flat", "hnsw", "auto"], default="auto",
+                    help="k-NN for --scale (auto: facesearch's choice by size)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="FAISS / BLAS threads")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
-    ap.add_argument("--note", help="where the embeddings come from (printed under the tables)")
     ap.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
     if args.scale_child:
-        print(json.dumps(scale_child(args.scale_child, args.threads, args.index)))
+        print(json.dumps(scale_child(args.scale_child, args.threads, args.index, args.cache)))
         return
     import faiss
 
@@ -484,39 +721,52 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     jpath = args.out / "cluster.json"
     results: dict[str, Any] = json.loads(jpath.read_text()) if jpath.exists() else {}
-    if args.embeddings:
-        if not args.embeddings.exists():
-            if not args.compute:
-                raise SystemExit(f"{args.embeddings} not found (add --compute to make it)")
-            compute_lfw(args.lfw, args.embeddings, args.threads)
-        paths, xb = load_lfw(args.embeddings)
-        people = np.array([p.split("/")[0] for p in paths])
-        _, true = np.unique(people, return_inverse=True)
-        if args.lfw.is_dir():  # set 1 is defined by LFW's own image counts
-            count = {d.name: len(list(d.glob("*.jpg"))) for d in args.lfw.iterdir() if d.is_dir()}
-            n_images = np.array([count.get(p, 0) for p in people])
-        else:
-            n_images = np.bincount(true)[true]
-        sets: dict[str, Any] = dict(results.get("sets", {}))
-        results["embeddings"] = f"`{args.embeddings.name}`, {len(xb)} faces"
-        if args.note:
-            results["embeddings"] += f" ({args.note})"
-        results["lfw_machine"] = machine(args.threads)
-        results["lfw_command"] = command()
-        wanted = args.sets.split(",")
-        if "1" in wanted:
-            sel = n_images >= 10
-            name = "Set 1: LFW people with >= 10 images"
-            sets[name] = run_set("set 1", xb[sel], true[sel], exact=True)
-        if "2" in wanted:
-            sets["Set 2: all of LFW"] = run_set("set 2", xb, true, exact=False)
-        results["sets"] = sets
+    if args.quality:
+        keys = set(args.sets.split(","))
+        unknown = keys - set(SET_KEYS)
+        if unknown:
+            raise SystemExit(f"unknown sets {sorted(unknown)}; known: {', '.join(SET_KEYS)}")
+        pats = args.methods.split(",") if args.methods else None
+
+        def wanted(name: str) -> bool:
+            return pats is None or any(p.lower() in name.lower() for p in pats)
+
+        q = dict(results.get("quality", {}))
+        ids, coh = dict(results.get("ids", {})), dict(results.get("cohesion", {}))
+        for s in load_sets(args.cache, lambda k: k in keys):
+            c = Context(s)
+            q[s.name] = run_set(c, wanted, q.get(s.name, {}))
+            if not args.no_ids:
+                ids[s.name] = id_survival(c)
+                coh[s.name] = cohesion_check(c)
+            # keep the table's order of sets
+            results["quality"] = {n: q[n] for n in SET_KEYS.values() if n in q}
+            results["ids"] = {n: ids[n] for n in SET_KEYS.values() if n in ids}
+            results["cohesion"] = {n: coh[n] for n in SET_KEYS.values() if n in coh}
+            results["quality_machine"] = machine(args.threads)
+            if pats is None and keys == set(SET_KEYS):
+                results["quality_command"] = command()
+                results.pop("quality_refreshed", None)
+            else:  # a partial run: the table's command stays the whole run's
+                results.setdefault("quality_command", command())
+                results["quality_refreshed"] = command()
+            write_atomic(jpath, json.dumps(results, indent=1))
+            write_atomic(args.out / "cluster.md", render(results))
     if args.scale:
         results["scale_machine"] = machine(args.threads)
         results["scale_command"] = command()
         redo = {(n, args.index) for n in args.scale}
-        old = [r for r in results.get("scale", []) if (r["faces"], r["index"]) not in redo]
-        results["scale"] = old + run_scale(args.scale, args.threads, args.index)
+        old = [
+            r
+            for r in results.get("scale", [])
+            if (r["faces"], r["index"]) not in redo and "real_faces" in r  # this layout only
+        ]
+        results["scale"] = sorted(
+            old + run_scale(args.scale, args.threads, args.index, args.cache),
+            key=lambda r: (r["faces"], r["index"]),
+        )
+    for stale in ("sets", "lfw_machine", "lfw_command", "embeddings"):  # the former layout
+        results.pop(stale, None)
     write_atomic(jpath, json.dumps(results, indent=1))
     write_atomic(args.out / "cluster.md", render(results))
     log.info("wrote %s and %s", jpath, args.out / "cluster.md")

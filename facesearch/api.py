@@ -51,7 +51,12 @@ from facesearch.types import Detection, Face, Match
 if TYPE_CHECKING:
     from facesearch.cluster_algorithms import ClusterConfig
     from facesearch.collection import Collection
-    from facesearch.collection_clusters import ClusterEvaluation, ClusterReport, RunStats
+    from facesearch.collection_clusters import (
+        ClusterEvaluation,
+        ClusterReport,
+        RunStats,
+        Suggestion,
+    )
     from facesearch.indexer import IndexReport, Progress
     from facesearch.model_upgrade import ReindexProgress, ReindexReport
     from facesearch.store import ClusterSummary, FaceRecord
@@ -214,6 +219,28 @@ class ClusterInfo:
             else {"id": self.person_id, "name": self.person},
             "manual": self.manual,
             "sample_face_ids": list(self.sample_face_ids),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionInfo:
+    """A rejection: face ``face_id`` is not ``person`` (id and name), or was taken out of
+    cluster ``cluster_id`` by hand (the other is ``None``); ``created_at`` UTC."""
+
+    face_id: int
+    person_id: int | None
+    person: str | None
+    cluster_id: int | None
+    created_at: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "face_id": self.face_id,
+            "person": None
+            if self.person_id is None
+            else {"id": self.person_id, "name": self.person},
+            "cluster": self.cluster_id,
+            "created_at": self.created_at,
         }
 
 
@@ -684,8 +711,75 @@ def _identify(
         raise NoFaceError(_source(image))
     tau = m.threshold("identify") if threshold is None else float(threshold)
     faces.sort(key=lambda f: (f.detection.box[0], f.detection.box[1]))
-    results = identify_faces(col, faces, k=k, threshold=tau)
+    rejected = _stored_rejections(col, image, faces)
+    results = identify_faces(col, faces, k=k, threshold=tau, rejected=rejected)
     return IdentifyResult(tuple(results), tau, faces[0].model)
+
+
+def _iou(a: Sequence[float], b: Sequence[float]) -> float:
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = w * h
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _stored_rejections(col: Collection, image: ImageInput, faces: Sequence[Face]) -> list[set[str]]:
+    """Per query face, the people it was rejected for, when the photo is one of the collection's
+    (same bytes) and the face is a stored face of it (box overlap at least 0.5)."""
+    import hashlib
+
+    from facesearch import store as st
+
+    none: list[set[str]] = [set() for _ in faces]
+    if isinstance(image, bytes):
+        data = image
+    elif isinstance(image, (str, os.PathLike)):
+        try:
+            data = Path(image).read_bytes()
+        except OSError:
+            return none
+    else:
+        return none
+    digest = hashlib.sha256(data).hexdigest()
+    with col.session() as s:
+        stored = [r for p in st.photos_by_hash(s, digest) for r in st.faces_of_photo(s, p.id)]
+        rejected = st.rejected_people(s, [r.face_id for r in stored]) if stored else {}
+    if not rejected:
+        return none
+    out = []
+    for f in faces:
+        best = max(stored, key=lambda r: _iou(r.box, f.detection.box))
+        same = _iou(best.box, f.detection.box) >= 0.5
+        out.append(set(rejected.get(best.face_id, ())) if same else set())
+    return out
+
+
+def identify_face(
+    collection: Collection, face_id: int, *, k: int = 5, threshold: float | None = None
+) -> Identification:
+    """Who is this stored face? :func:`identify` for a face of the collection: its ``k``
+    nearest other faces (not of its own photo) and a verdict (nearest labelled face within
+    ``threshold``, default the active model's identification tau), never a person the face was
+    rejected for."""
+    from facesearch import store as st
+    from facesearch.collection_clusters import identify_threshold
+    from facesearch.identify import identify_vectors
+
+    if k < 1 or k > MAX_LIMIT:
+        raise ArgumentError(f"k must be in 1..{MAX_LIMIT}, got {k}")
+    with collection.session() as s:
+        rec = st.face_record(s, int(face_id))
+        own = {r.face_id for r in st.faces_of_photo(s, rec.photo_id)}
+        rejected = st.rejected_people(s, [rec.face_id]).get(rec.face_id, set())
+    xq, model = collection.embedding(rec.face_id)
+    collection.check_query_models([model])
+    tau = identify_threshold(collection) if threshold is None else float(threshold)
+    (res,) = identify_vectors(
+        collection, xq[None, :], k=k, threshold=tau, exclude=[own], rejected=[rejected]
+    )
+    return res
 
 
 def search_faces(
@@ -859,6 +953,88 @@ def unassign_face(collection: Collection, face_id: int) -> FaceInfo:
     return get_face(collection, face_id)
 
 
+def reject_face(collection: Collection, face_id: int, person: PersonRef) -> FaceInfo:
+    """ "Face ``face_id`` is not ``person``", for good: the face loses that label and leaves a
+    cluster named so; no later clustering run (full or incremental), proposal, ``assign``,
+    identification verdict or suggestion gives it to them again. Giving the face to the
+    person by hand (:func:`assign_face`) lifts it. Returns the face."""
+    from facesearch.collection_clusters import reject_face as run
+
+    run(collection, int(face_id), person)
+    return get_face(collection, face_id)
+
+
+def unreject_face(
+    collection: Collection,
+    face_id: int,
+    person: PersonRef | None = None,
+    *,
+    cluster_id: int | None = None,
+) -> FaceInfo:
+    """Lift a rejection: of ``person``, or (``cluster_id``) of a cluster the face was taken
+    out of. Labels and clusters stay as they are. :class:`NotFoundError` when there is no such
+    rejection. Returns the face."""
+    from facesearch.collection_clusters import unreject_face as run
+
+    if (person is None) == (cluster_id is None):
+        raise ArgumentError("give exactly one of person and cluster_id")
+    run(collection, int(face_id), person, cluster_id=cluster_id)
+    return get_face(collection, face_id)
+
+
+def list_rejections(
+    collection: Collection,
+    *,
+    face_id: int | None = None,
+    person: PersonRef | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> Page[RejectionInfo]:
+    """Rejections by face id, optionally only those of one face or of one person."""
+    from facesearch import store as st
+
+    _check_page(limit, offset)
+    with collection.session() as s:
+        pid = None if person is None else st.find_person(s, person).id
+        fid = None if face_id is None else st.face_record(s, int(face_id)).face_id
+        rows = st.rejection_records(s, face_id=fid, person_id=pid, limit=limit, offset=offset)
+        total = st.rejection_count(s, face_id=fid, person_id=pid)
+    items = tuple(
+        RejectionInfo(r.face_id, r.person_id, r.person, r.cluster_id, r.created_at.isoformat())
+        for r in rows
+    )
+    return Page(items, total, limit, offset)
+
+
+def suggestions(
+    collection: Collection,
+    *,
+    limit: int = 50,
+    offset: int = 0,
+    samples: int = 6,
+    cluster_threshold: float | None = None,
+    face_threshold: float | None = None,
+) -> Page[Suggestion]:
+    """The queue of "is this P?" questions, most confident first: unnamed clusters within
+    ``cluster_threshold`` (average linkage; default the verification tau) of a labelled
+    person, and unlabelled faces in no cluster whose nearest labelled face is within
+    ``face_threshold`` (default the identification tau); rejections honoured. Computed from
+    every face on each call (as a report)."""
+    from facesearch.collection_clusters import suggestions as run
+
+    _check_page(limit, offset)
+    if not 0 <= samples <= MAX_LIMIT:
+        raise ArgumentError(f"samples must be in 0..{MAX_LIMIT}, got {samples}")
+    for name, t in (("cluster_threshold", cluster_threshold), ("face_threshold", face_threshold)):
+        if t is not None and not 0.0 < t <= 4.0:
+            raise ArgumentError(f"{name} is a distance d in (0, 4], got {t}")
+    items = run(
+        collection, cluster_threshold=cluster_threshold, face_threshold=face_threshold,
+        samples=samples,
+    )  # fmt: skip
+    return Page(tuple(items[offset : offset + limit]), len(items), limit, offset)
+
+
 def delete_face(collection: Collection, face_id: int) -> None:
     """Delete a face: its row and its vector (the photo stays)."""
     _ = get_face(collection, face_id)
@@ -972,8 +1148,11 @@ def cluster(
     assign: bool = False,
 ) -> ClusterReport:
     """Cluster the faces without a person; incremental (only faces new since the last run)
-    unless ``full``. ``assign``: label the clusters proposed as a person. Returns the report
-    (every face once) with the run's ``stats`` and ``assigned``."""
+    unless ``full``. ``assign``: label the clusters proposed as a person. Cluster ids are
+    stable: a full run keeps the id of a cluster it finds again (Jaccard >= 0.5), an
+    incremental one every id; rejections (:func:`reject_face`) are honoured by both. Returns
+    the report (every face once, clusters with their cohesion) with the run's ``stats`` and
+    ``assigned``."""
     import dataclasses
 
     from facesearch import collection_clusters as clustering
@@ -1073,9 +1252,11 @@ def split_cluster(
     threshold: float | None = None,
     linkage: str = "average",
 ) -> list[int]:
-    """Split a cluster. ``face_ids``: those faces leave it (alone); else without
-    ``threshold`` every face goes back to being alone, with it they are re-clustered at that
-    stricter threshold into new clusters. Returns the ids of the clusters made or kept."""
+    """Split a cluster. ``face_ids``: those faces leave it for good (alone; later runs never
+    put them back, and when the cluster is named they are not its person either); else
+    without ``threshold`` every face goes back to being alone, with it they are re-clustered
+    at that stricter threshold into new clusters. Returns the ids of the clusters made or
+    kept."""
     from facesearch.collection_clusters import remove_from_cluster
     from facesearch.collection_clusters import split_cluster as run
 
@@ -1305,6 +1486,7 @@ __all__ = [
     "PhotoDetections",
     "PhotoInfo",
     "PipelineConfig",
+    "RejectionInfo",
     "SchemaUpgrade",
     "SimilarFaces",
     "StopSignal",
@@ -1330,11 +1512,13 @@ __all__ = [
     "get_person",
     "get_photo",
     "identify",
+    "identify_face",
     "index_paths",
     "iterate",
     "list_clusters",
     "list_models",
     "list_people",
+    "list_rejections",
     "load",
     "merge_clusters",
     "merge_people",
@@ -1344,12 +1528,15 @@ __all__ = [
     "photo_faces",
     "photo_of_face",
     "reindex",
+    "reject_face",
     "rename_person",
     "search_faces",
     "split_cluster",
+    "suggestions",
     "train",
     "train_layers",
     "unassign_face",
+    "unreject_face",
     "upgrade_schema",
     "use_model",
 ]

@@ -18,7 +18,7 @@ How it scales
     * ``single``: Kruskal over the edges sorted by ``d``, with a union-find (edges held back by
       the pair threshold are passed over again until nothing merges).
 
-    Measured: 100,000 faces in a few minutes within about 1 GB (``bench/results/cluster.md``).
+    Time and memory at 100,000 and 1,000,000 faces: ``bench/results/cluster.md``.
 
 What a missing edge means
     The graph only restricts *which* pairs of clusters are candidates; the linkage of a candidate
@@ -50,37 +50,46 @@ Constraints (cannot-link and must-link)
       start as one cluster; unlabelled faces can then join that person's cluster by the same
       linkage rule as any other cluster (label propagation). The faces of one labelled person are
       kept together even if two of them are in the same photo (the label is the user's word).
-    Constraints are monotone (a cluster only gains photos and labels), so a pair of clusters that
-    conflicts once is dropped from the graph for good.
+    * Rejections ("not this person"): ``(face, label)`` pairs; the face is never in one
+      cluster with a face of that label (a person, or a group the caller kept together under
+      a label of its own). Unlabelled faces grouped with the rejected face inherit the
+      constraint, so the face cannot reach the label through them either.
+    Constraints are monotone (a cluster only gains photos, labels and rejections), so a pair of
+    clusters that conflicts once is dropped from the graph for good.
 
 Thresholds
     Merge while the linkage distance is ``< threshold``; but two *single* faces (each in no group
-    yet) only while their ``d < pair_threshold`` (stricter). Both defaults are derived from the
-    verification threshold tau, :data:`facesearch.distance.DEFAULT_THRESHOLD` (d = 1.274, cosine
-    0.363, SFace's own "same person" threshold), and follow it when tau is recalibrated. tau
-    is a 1:1 decision for pairs that are as often the same person as not; in a collection a
-    random pair of faces is rarely the same person (one in 40 among LFW's 158 people with 10 or
-    more images, one in 360 over all of LFW), and at tau the nearest stranger of a face seen only
-    once is often closer than tau. :func:`default_thresholds` moves tau to the Bayes boundary
-    ``T(p)`` for a prior ``p`` of "same person", from the faces themselves (no labels):
+    yet) only while their ``d < pair_threshold`` (stricter). :func:`default_thresholds` derives
+    both from the faces being clustered, without labels and without assuming where one person's
+    faces lie (:func:`face_statistics`): the different-person distances from random pairs, the
+    one-person distances from the pairs in excess of those, and the share of faces that are
+    alone (whose nearest neighbour is as far as a nearest stranger). A single threshold fitted
+    on one kind of collection fails on another: where people have many photos of mixed quality
+    one person's faces lie far apart (mean ``d`` 0.63 on clean LFW photos, 0.87 with every
+    photo degraded) and a strict threshold splits them; where most people appear once, a loose
+    one joins strangers. So:
 
-    * ``threshold = T(pi)``, ``pi`` the share of random pairs below tau: ``d = 1.157`` on the
-      first LFW set above, ``1.110`` on all of LFW. With average linkage, a face or group joins
-      a group when their faces, on average, would be judged the same person at that prior.
-    * ``pair_threshold = T(1 / N)``: ``pi`` is dominated by the people with many photos (a
-      person with ``m`` faces makes ``m^2 / 2`` of the pairs), but two faces that joined no
-      group are, as far as the clustering knows, of people seen once, for whom one given other
-      face of the ``N`` is theirs with probability ``1 / N``: ``d = 0.999`` and ``0.998`` on
-      the two LFW sets. It guards against the commonest error in a collection where most
-      people appear once: two strangers who happen to be each other's nearest face.
+    * ``pair_threshold``: the Bayes boundary for two single faces at the prior ``1 / N`` (two
+      faces that joined no group are, as far as the clustering knows, of people seen once);
+    * ``threshold``: where a face is no longer more likely with its own person than alone next
+      to the nearest of its ``N - 1`` strangers, weighed by the share of faces alone, and at
+      most the even-odds boundary between one person and two.
 
-    An explicit ``threshold`` alone is a plain cut (``pair_threshold = threshold``), hence the
-    guarantee above. With the pair rule the merge rule depends on the clusters' sizes, which the
-    nearest-neighbour chain's proof does not cover (two single faces that may not merge can
-    later, once one of them joined a group; the chain then goes back, see ``run_chain``); its
-    results equalled a greedy agglomeration that always merges the globally closest allowed
-    pair, dense in the tests and over the same graph on both LFW sets. The same rule is used
-    for ``single`` and ``complete`` (single linkage chains more, complete splits more).
+    The figures they give on sets of different shapes, beside the other methods, are in
+    ``bench/results/cluster.md``. An explicit ``threshold`` alone is a plain cut
+    (``pair_threshold = threshold``), hence the guarantee above. With the pair rule the merge
+    rule depends on the clusters' sizes, which the nearest-neighbour chain's proof does not
+    cover (two single faces that may not merge can later, once one of them joined a group; the
+    chain then goes back, see ``run_chain``); its results equal a greedy agglomeration that
+    always merges the globally closest allowed pair (dense oracle in the tests). The same rule
+    is used for ``single`` and ``complete`` (single linkage chains more, complete splits more).
+
+Cluster quality and ids
+    :func:`cohesion` scores every cluster (mean intra-cluster ``d``, share of members whose
+    nearest face is inside, the margin between a member's nearest outsider and its own
+    cluster) so that doubtful clusters can be shown first. :func:`stable_ids`
+    carries cluster ids over a re-run: a new cluster keeps the id of the old one it overlaps
+    with a Jaccard index of at least 0.5 (:func:`match_clusters`), others get fresh ids.
 
 Output
     ``(N,) int64`` cluster ids: ``0 .. C-1`` numbered by decreasing size (ties: smallest face
@@ -118,8 +127,8 @@ class ClusterConfig:
     """Settings of one clustering run.
 
     ``threshold``: merge while the linkage distance (in ``d`` units) is ``< threshold``; ``None``
-    (default) takes :func:`default_thresholds` of the faces being clustered, tau adjusted for how
-    rare same-person pairs are among them. ``pair_threshold``: the stricter bound for a merge of
+    (default) takes :func:`default_thresholds` of the faces being clustered (from their own
+    statistics). ``pair_threshold``: the stricter bound for a merge of
     two *single* faces (each in no group yet), ``d < pair_threshold``; ``None`` takes the default
     rule's when ``threshold`` is ``None`` too, else ``threshold`` itself (an explicit
     ``threshold`` alone is a plain cut of the dendrogram). It is never above ``threshold``.
@@ -153,12 +162,15 @@ class ClusterConfig:
         if self.exact_max < 0:
             raise ValueError(f"exact_max must be >= 0, got {self.exact_max}")
 
-    def thresholds(self, xb: np.ndarray) -> tuple[float, float]:
+    def thresholds(
+        self, xb: np.ndarray, nn_d: np.ndarray | None = None, index: faiss.Index | None = None
+    ) -> tuple[float, float]:
         """``(threshold, pair_threshold)`` for clustering ``xb`` ``(N, D) float32`` under these
-        settings: the ones given, the default rule's (:func:`default_thresholds`) for those left
-        ``None``; the pair threshold is capped at the threshold."""
+        settings: the ones given, the default rule's (:func:`default_thresholds`, with the
+        optional ``nn_d`` / ``index`` it takes) for those left ``None``; the pair threshold is
+        capped at the threshold."""
         if self.threshold is None:
-            t, t_pair = default_thresholds(xb)
+            t, t_pair = default_thresholds(xb, nn_d=nn_d, index=index)
             if self.pair_threshold is not None:
                 t_pair = self.pair_threshold
         else:
@@ -194,7 +206,9 @@ def _check_embeddings(xb: np.ndarray, name: str = "xb") -> np.ndarray:
     if xb.ndim != 2:
         raise ValueError(f"{name} must be (N, D), got shape {xb.shape}")
     if len(xb):
-        norms = np.linalg.norm(xb, axis=1)
+        norms = np.concatenate(  # by chunks: no (N, D) temporary
+            [np.linalg.norm(xb[s : s + _CHUNK], axis=1) for s in range(0, len(xb), _CHUNK)]
+        )
         bad = np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE
         if bad.any():
             i = int(np.argmax(bad))
@@ -204,6 +218,27 @@ def _check_embeddings(xb: np.ndarray, name: str = "xb") -> np.ndarray:
                 "L2-normalise them first"
             )
     return xb
+
+
+def _check_rejections(r: np.ndarray | None, n: int) -> np.ndarray:
+    """Optional ``(M, 2)`` ``(face position, label)`` pairs as ``int64``; ``None``: none."""
+    if r is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    r = np.asarray(r)
+    if r.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    if r.ndim != 2 or r.shape[1] != 2:
+        raise ValueError(f"rejections must be (M, 2) (face position, label), got {r.shape}")
+    if r.dtype.kind not in "iu":
+        raise ValueError(f"rejections must be integers, got dtype {r.dtype}")
+    r = r.astype(np.int64, copy=False)
+    bad = (r[:, 0] < 0) | (r[:, 0] >= n) | (r[:, 1] < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"rejection {i} is {r[i].tolist()}: face positions are 0..{n - 1}, labels >= 0"
+        )
+    return r
 
 
 def _check_ids(a: np.ndarray | None, n: int, name: str) -> np.ndarray:
@@ -221,73 +256,193 @@ def _check_ids(a: np.ndarray | None, n: int, name: str) -> np.ndarray:
 # --------------------------------------------------------------------------- threshold
 
 
-def default_thresholds(
-    xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
-) -> tuple[float, float]:
-    """The merge thresholds for these faces: tau, shifted by the prior of "same person".
+@dataclass(frozen=True)
+class FaceStatistics:
+    """What the default thresholds are made of, estimated from the faces alone (no labels).
 
-    tau is a 1:1 verification threshold: the point where a pair is as likely the same person as
-    not when both are equally common (LFW's protocol). Among the faces of a collection a pair is
-    the same person with a small prior probability ``p``, so the Bayes decision moves below tau.
-    With same- and different-person distances modelled as two normals of equal spread ``sigma``,
-    tau halfway between their means (``mu_same = 2 tau - mu_diff``), the boundary for a prior
-    ``p`` is
+    ``mu_diff``, ``sigma_diff``: median and MAD-based spread of ``d`` over random pairs (almost
+    all of two different people). ``mu_same``, ``sigma_same``: mean and spread of ``d`` for two
+    faces of one person, from the pairs in excess of the different-person normal below
+    ``mu_diff - 2.5 sigma_diff`` (``measured`` False: too few such pairs to tell, and tau's
+    symmetric model ``mu_same = 2 tau - mu_diff``, ``sigma_same = sigma_diff`` stands in).
+    ``same_share``: that excess as a share of all pairs. ``lone_share``: the share of faces whose
+    person has no other face here, from how many faces have their nearest neighbour as far as
+    a nearest stranger usually is. ``n``: number of faces. ``crowd`` False: the faces do not look
+    like several people (``mu_diff <= tau`` or no spread), and tau is used as it is.
+    """
 
-        ``T(p) = tau - sigma^2 / (2 (mu_diff - tau)) * ln((1 - p) / p)``.
+    n: int
+    mu_diff: float
+    sigma_diff: float
+    mu_same: float
+    sigma_same: float
+    same_share: float
+    lone_share: float
+    measured: bool
+    crowd: bool
 
-    ``mu_diff`` and ``sigma`` are the median and the MAD-based spread of ``d`` over random pairs
-    of ``xb`` (almost all different people). Two priors, both from the faces, no labels:
 
-    * ``threshold = T(pi)`` for every merge that involves a group: ``pi`` is the fraction of
-      random pairs below tau (at least ``1 / N``; slightly more than the true share, as it
-      counts the false accepts too), the chance that two faces taken at random are one person.
-    * ``pair_threshold = T(1 / N)`` for a merge of two single faces. ``pi`` is dominated by the
-      people with many photos (a person with ``m`` faces makes ``m^2 / 2`` of the pairs); a face
-      that matched no group yet is, as far as the clustering knows, of a person seen once, and
-      the chance that one given other face of the ``N`` is that person is ``1 / N``.
+def _norm_logpdf(t: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    z = (t - mu) / sigma
+    return np.asarray(-0.5 * z * z - math.log(sigma * math.sqrt(2.0 * math.pi)))
 
-    Both are never above tau; tau itself is returned for both when the faces do not look like a
-    collection of several people (fewer than 2 faces, ``mu_diff <= tau``, ``pi >= 0.5``).
-    ``xb``: ``(N, D) float32`` unit rows; all pairs when ``N (N - 1) / 2 <= pairs``, else
-    ``pairs`` random ones (seeded). On SFace LFW embeddings with tau = 1.274: ``(1.157, 0.999)``
-    for the 158 people with at least 10 images, ``(1.110, 0.998)`` for all of LFW.
+
+def _norm_logsf(t: np.ndarray, mu: float, sigma: float) -> np.ndarray:
+    """``log P(X > t)`` for ``X ~ N(mu, sigma)``, accurate far into the lower tail too."""
+    z = np.asarray((t - mu) / (sigma * math.sqrt(2.0)), dtype=np.float64)
+    return np.log(np.maximum([0.5 * math.erfc(float(v)) for v in z.ravel()], 1e-300)).reshape(
+        z.shape
+    )
+
+
+def _sample_nn_d(xb: np.ndarray, m: int, seed: int, index: faiss.Index | None) -> np.ndarray:
+    """Nearest-neighbour ``d`` (itself excluded) of up to ``m`` seeded faces ``(m,) float64``."""
+    n = len(xb)
+    pos = np.sort(np.random.default_rng(seed).choice(n, min(n, m), replace=False))
+    q = xb[pos]
+    if index is not None and index.ntotal == n:
+        sims, ids = index.search(q, 2)
+        other = ids != pos[:, None]
+        best = np.where(other[:, 0], sims[:, 0], sims[:, 1])
+    else:  # brute force in chunks of faces (bounded memory)
+        best = np.full(len(q), -np.inf, dtype=np.float32)
+        for s in range(0, n, 1 << 14):
+            sims = q @ xb[s : s + (1 << 14)].T  # (m, chunk)
+            own = (pos >= s) & (pos < s + sims.shape[1])
+            sims[np.flatnonzero(own), pos[own] - s] = -np.inf
+            best = np.maximum(best, sims.max(axis=1))
+    return np.clip(2.0 - 2.0 * best.astype(np.float64), 0.0, 4.0)
+
+
+def face_statistics(
+    xb: np.ndarray,
+    tau: float = DEFAULT_THRESHOLD,
+    nn_d: np.ndarray | None = None,
+    index: faiss.Index | None = None,
+    sample: int = 3000,
+    seed: int = 0,
+) -> FaceStatistics:
+    """:class:`FaceStatistics` of ``xb`` ``(N, D) float32`` unit rows.
+
+    The pairs are all pairs of ``min(N, sample)`` faces drawn with ``seed`` (3,000 faces: 4.5
+    million pairs, ~0.1 s; the estimates are shares and spreads, which a uniform sample of faces
+    keeps). ``nn_d``: the nearest-neighbour ``d`` of every face (e.g. the first column of
+    :func:`knn_graph`); without it, that of up to 2,000 seeded faces is searched (in ``index``
+    when it holds exactly ``xb``, else by brute force).
     """
     xb = _check_embeddings(xb)
     n = len(xb)
-    if n < 2:
-        return tau, tau
-    if n * (n - 1) // 2 <= pairs:
-        i, j = np.triu_indices(n, 1)
-    else:
-        rng = np.random.default_rng(seed)
-        i, j = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
-        keep = i != j
-        i, j = i[keep], j[keep]
-    d = _exact_d(xb, i.astype(np.int64), j.astype(np.int64))
+    if n < 3:
+        return FaceStatistics(n, 4.0, 0.0, 0.0, 0.0, 0.0, 1.0, False, False)
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(n, min(n, sample), replace=False))
+    xs = xb[pos]
+    iu = np.triu_indices(len(pos), 1)
+    d = np.clip(2.0 - 2.0 * (xs @ xs.T)[iu].astype(np.float64), 0.0, 4.0)
     mu = float(np.median(d))
     sigma = 1.4826 * float(np.median(np.abs(d - mu)))
-    pi = max(float(np.mean(d < tau)), 1.0 / n)
-    if mu <= tau or pi >= 0.5 or sigma == 0.0:
+    if mu <= tau or sigma == 0.0:
+        return FaceStatistics(n, mu, sigma, 0.0, 0.0, 0.0, 0.0, False, False)
+    # same-person pairs: the histogram's excess over the different-person normal
+    edges = np.arange(0.0, mu - 2.5 * sigma + 1e-9, 0.01)
+    counts = np.histogram(d, edges)[0].astype(np.float64)
+    expected = -len(d) * np.diff(np.exp(_norm_logsf(edges, mu, sigma)))
+    # a bin counts when it holds clearly more than the normal's tail: twice as many (its shape
+    # is only roughly right there) and beyond Poisson noise
+    excess = np.where(counts > 2.0 * expected + 3.0 * np.sqrt(expected), counts - expected, 0.0)
+    mid = (edges[1:] + edges[:-1]) / 2.0
+    total = float(excess.sum())
+    measured = total >= 20.0  # a few dozen pairs of one person, at least
+    if measured:
+        mu_s = float((excess * mid).sum() / total)
+        sigma_s = max(math.sqrt(float((excess * (mid - mu_s) ** 2).sum() / total)), 0.01)
+    else:
+        mu_s, sigma_s = 2.0 * tau - mu, sigma
+    # lone faces: nearest neighbour beyond the lower quartile of the nearest of N-1 strangers
+    if nn_d is None:
+        nn_d = _sample_nn_d(xb, 2000, seed, index)
+    grid = np.linspace(0.0, mu, 4001)
+    p_min_above = np.exp((n - 1) * _norm_logsf(grid, mu, sigma))  # P(nearest stranger > t)
+    q25 = float(grid[np.argmax(p_min_above <= 0.75)])
+    lone = float(np.mean(np.asarray(nn_d) > q25)) / 0.75
+    lone = min(max(lone, 1.0 / n), 1.0 - 1.0 / n)
+    return FaceStatistics(n, mu, sigma, mu_s, sigma_s, total / len(d), lone, measured, True)
+
+
+def _first_failure(ok: np.ndarray, grid: np.ndarray) -> float:
+    """The first ``grid`` value where ``ok`` is False (the grid's end when it never is)."""
+    bad = np.flatnonzero(~ok)
+    return float(grid[bad[0]]) if len(bad) else float(grid[-1])
+
+
+def thresholds_from(stats: FaceStatistics, tau: float = DEFAULT_THRESHOLD) -> tuple[float, float]:
+    """``(threshold, pair_threshold)`` from :class:`FaceStatistics` (:func:`default_thresholds`)."""
+    if not stats.crowd:
         return tau, tau
+    n, mu, sigma = stats.n, stats.mu_diff, stats.sigma_diff
+    grid = np.linspace(stats.mu_same, mu, 4001)
+    log_same = _norm_logpdf(grid, stats.mu_same, stats.sigma_same)
+    log_diff = _norm_logpdf(grid, mu, sigma)
+    # a pair at even odds, and two faces of people seen once (prior 1 / N)
+    even = _first_failure(log_same >= log_diff, grid)
+    p = 1.0 / n
+    pair = _first_failure(log_same + math.log(p) >= log_diff + math.log(1.0 - p), grid)
+    # a face against the nearest of its N - 1 strangers, a share `lone` of faces being alone
+    lam = stats.lone_share
+    log_nearest = math.log(n - 1) + log_diff + (n - 2) * _norm_logsf(grid, mu, sigma)
+    alone = _first_failure(log_same + math.log(1.0 - lam) >= log_nearest + math.log(lam), grid)
+    t = max(min(even, alone), pair)
+    return t, pair
 
-    def boundary(p: float) -> float:
-        t = tau - sigma**2 / (2.0 * (mu - tau)) * math.log((1.0 - p) / p)
-        return float(min(tau, max(t, 0.0)))
 
-    t, t_pair = boundary(pi), boundary(1.0 / n)
+def default_thresholds(
+    xb: np.ndarray,
+    tau: float = DEFAULT_THRESHOLD,
+    nn_d: np.ndarray | None = None,
+    index: faiss.Index | None = None,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """The merge thresholds for these faces, from their own statistics (no labels).
+
+    Two normals model ``d``: different people ``N(mu_diff, sigma_diff)`` from random pairs, one
+    person ``N(mu_same, sigma_same)`` from the pairs in excess of it
+    (:func:`face_statistics`). Nothing assumes where one person's faces lie: photos of mixed
+    quality move ``mu_same`` up (0.63 on clean LFW, 0.87 with every photo degraded, measured),
+    and the thresholds move with it. Then, for ``N`` faces of which a share ``lone`` are of
+    people seen once:
+
+    * ``pair_threshold``: the Bayes boundary for two single faces at the prior ``1 / N`` (as far
+      as the clustering knows, both are of people seen once, and one given other face of the
+      ``N`` is theirs with probability ``1 / N``). It guards against the commonest error where
+      most people appear once: two strangers who are each other's nearest face.
+    * ``threshold`` (any merge with a group): the largest ``d`` at which a face is still more
+      likely with its own person (prior ``1 - lone``) than alone with the nearest of its
+      ``N - 1`` strangers there (prior ``lone``; the nearest of ``N - 1`` normal draws), and at
+      most the even-odds boundary between the two normals (never merge what a single pair at
+      even odds would call two people). Where nearly every face has company (``lone`` ~ 0)
+      this is the even-odds boundary; where many faces are alone, it drops towards the
+      strangers' nearest distances.
+
+    ``threshold >= pair_threshold``. Both are tau when the faces do not look like several people
+    (fewer than 3 faces, ``mu_diff <= tau``); tau also supplies the one-person normal when too
+    few same-person pairs show (``mu_same = 2 tau - mu_diff``). ``xb``: ``(N, D) float32``
+    unit rows; ``nn_d`` / ``index``: see :func:`face_statistics`. Measured values:
+    ``bench/results/cluster.md``.
+    """
+    stats = face_statistics(xb, tau, nn_d=nn_d, index=index, seed=seed)
+    t, t_pair = thresholds_from(stats, tau)
     log.info(
-        "default thresholds %.3f, single faces %.3f (tau %.3f, mu_diff %.3f, sigma %.3f, "
-        "pi %.4f, N %d)",
-        t, t_pair, tau, mu, sigma, pi, n,
+        "default thresholds %.3f, single faces %.3f (mu_diff %.3f, sigma_diff %.3f, mu_same "
+        "%.3f, sigma_same %.3f%s, same-person pairs %.4f, lone faces %.3f, N %d)",
+        t, t_pair, stats.mu_diff, stats.sigma_diff, stats.mu_same, stats.sigma_same,
+        "" if stats.measured else " from tau", stats.same_share, stats.lone_share, stats.n,
     )  # fmt: skip
-    return t, min(t_pair, t)
+    return t, t_pair
 
 
-def default_threshold(
-    xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, pairs: int = 200_000, seed: int = 0
-) -> float:
+def default_threshold(xb: np.ndarray, tau: float = DEFAULT_THRESHOLD, seed: int = 0) -> float:
     """The first of :func:`default_thresholds`: the merge threshold for a merge with a group."""
-    return default_thresholds(xb, tau, pairs, seed)[0]
+    return default_thresholds(xb, tau, seed=seed)[0]
 
 
 # --------------------------------------------------------------------------- k-NN graph
@@ -347,26 +502,42 @@ def knn_graph(
             f"{int(lost.sum())} of {n} faces are not their own nearest neighbour in the index; "
             "it does not hold these embeddings in this order (ids must be positions 0..N-1)"
         )
-    keep = np.argsort(is_self, axis=1, kind="stable")[:, :kk]  # non-self slots, in order
-    ids = np.take_along_axis(ids, keep, axis=1)
-    sims = np.take_along_axis(sims, keep, axis=1)
-    dist = np.clip(2.0 - 2.0 * sims, 0.0, 4.0).astype(np.float32)
+    # non-self slots, in order; most rows have themselves first (a slice, no sort)
+    first = is_self[:, 0]
+    out_ids = np.ascontiguousarray(ids[:, 1:])
+    out_sims = np.ascontiguousarray(sims[:, 1:])
+    other = np.flatnonzero(~first)
+    if len(other):
+        keep = np.argsort(is_self[other], axis=1, kind="stable")[:, :kk]
+        out_ids[other] = np.take_along_axis(ids[other], keep, axis=1)
+        out_sims[other] = np.take_along_axis(sims[other], keep, axis=1)
+    del ids, sims, is_self
+    ids = out_ids
+    dist = np.clip(2.0 - 2.0 * out_sims, 0.0, 4.0).astype(np.float32)
+    del out_sims
     dist[ids < 0] = np.inf
     return dist, ids
 
 
-def _edges(dist: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Undirected edges ``(a, b, d)`` with ``a < b``, each once, from a k-NN table."""
+def _edges(
+    dist: np.ndarray, ids: np.ndarray, max_d: float = np.inf
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Undirected edges ``(a, b, d)`` with ``a < b`` and ``d < max_d``, each once, from a k-NN
+    table. Only the selected slots are ever expanded (at 1M faces x 32 neighbours the whole
+    table would make several 256 MB temporaries)."""
     n = len(ids)
-    src = np.repeat(np.arange(n, dtype=np.int64), ids.shape[1])
-    dst = ids.ravel()
-    w = dist.ravel()
-    ok = (dst >= 0) & (dst != src)
+    keep = (ids >= 0) & (dist < max_d)
+    src = np.nonzero(keep)[0].astype(np.int64)
+    dst = ids[keep].astype(np.int64, copy=False)
+    w = dist[keep]
+    del keep
+    ok = dst != src
     src, dst, w = src[ok], dst[ok], w[ok]
-    a, b = np.minimum(src, dst), np.maximum(src, dst)
-    key = a * n + b
+    key = np.minimum(src, dst) * n + np.maximum(src, dst)
+    del src, dst
     order = np.lexsort((w, key))  # by pair, smallest d first
     key, w = key[order], w[order]
+    del order
     first = np.ones(len(key), dtype=bool)
     first[1:] = key[1:] != key[:-1]
     key, w = key[first], w[first]
@@ -383,7 +554,8 @@ class _Agglomerator:
     ``tags``: cannot-link arrays ``(N,)``; two clusters with different non-negative values of one
     array never merge. ``photo_ids``: ``(N,)``, ``-1`` for unknown. ``threshold``: merge while
     the linkage is below it; ``pair_threshold`` (``<= threshold``): the bound instead when both
-    clusters are single faces.
+    clusters are single faces. ``rejections``: ``(M, 2)`` ``(face, label)`` pairs; a cluster
+    holding the face never merges with one whose ``tags[0]`` (the labels) is that label.
     """
 
     def __init__(
@@ -395,6 +567,7 @@ class _Agglomerator:
         threshold: float,
         linkage: str,
         pair_threshold: float | None = None,
+        rejections: np.ndarray | None = None,
     ) -> None:
         n = len(xb)
         self.threshold = threshold
@@ -402,19 +575,29 @@ class _Agglomerator:
             threshold if pair_threshold is None else min(pair_threshold, threshold)
         )
         self.linkage = linkage
-        self.x64 = xb.astype(np.float64)
+        self.x = xb  # (N, D) float32; rows are read in float64 where linkages are computed
         self.parent = init.copy()
         self.alive = np.zeros(n, dtype=bool)
         self.alive[np.unique(init)] = True
         self.size = np.bincount(init, minlength=n).astype(np.int64)
         self.version = np.zeros(n, dtype=np.int64)
-        # average linkage: sum vectors and sums of squared norms per root
-        if np.array_equal(init, np.arange(n)):
-            self.sums = self.x64.copy()
-        else:
-            self.sums = np.zeros_like(self.x64)
-            np.add.at(self.sums, init, self.x64)
-        self.sqn = np.bincount(init, weights=(self.x64 * self.x64).sum(1), minlength=n)
+        # average linkage: float64 sum vectors of the roots of groups only (a single face's sum
+        # is its own row), in slots that are reused as groups merge: at 1M faces this is a small
+        # share of N x D, where a sum per face took 1 GB
+        self.slot = np.full(n, -1, dtype=np.int64)
+        groups = np.flatnonzero(self.size > 1)
+        self.sums = np.zeros((max(16, 2 * len(groups)), xb.shape[1]), dtype=np.float64)
+        self.free: list[int] = []
+        self.used = len(groups)
+        if len(groups):
+            self.slot[groups] = np.arange(len(groups))
+            member = self.size[init] > 1
+            np.add.at(self.sums, self.slot[init[member]], xb[member].astype(np.float64))
+        sq = np.empty(n, dtype=np.float64)
+        for s in range(0, n, _CHUNK):
+            rows = xb[s : s + _CHUNK].astype(np.float64)
+            sq[s : s + _CHUNK] = np.einsum("ij,ij->i", rows, rows)
+        self.sqn = np.bincount(init, weights=sq, minlength=n)
         self.msq = self.sqn / np.maximum(self.size, 1)  # mean squared norm per root
         # cannot-link state per root
         self.tags = [self._root_tags(t, init, n) for t in tags]
@@ -425,6 +608,11 @@ class _Agglomerator:
             shared = np.isin(photo_ids, uniq[counts > 1]) & valid
             for i in np.flatnonzero(shared).tolist():
                 self.photos.setdefault(int(init[i]), set()).add(int(photo_ids[i]))
+        # rejected labels per root (a rejection of the group's own label is moot: ignored)
+        self.forbid: dict[int, set[int]] = {}
+        if rejections is not None and len(rejections):
+            for face, label in rejections.tolist():
+                self.forbid.setdefault(int(init[face]), set()).add(int(label))
         # members per root (complete linkage needs them)
         self.members: dict[int, list[int]] = {}
         if linkage == "complete":
@@ -447,6 +635,13 @@ class _Agglomerator:
             ta, tb = t[a], t[b]
             if ta >= 0 and tb >= 0 and ta != tb:
                 return False
+        if self.forbid:
+            lab = self.tags[0]
+            fa, fb = self.forbid.get(a), self.forbid.get(b)
+            if (fa and lab[b] >= 0 and int(lab[b]) in fa) or (
+                fb and lab[a] >= 0 and int(lab[a]) in fb
+            ):
+                return False
         pa, pb = self.photos.get(a), self.photos.get(b)
         if pa and pb:
             small, large = (pa, pb) if len(pa) <= len(pb) else (pb, pa)
@@ -458,13 +653,27 @@ class _Agglomerator:
         self.parent[gone] = keep
         self.alive[gone] = False
         self.size[keep] += self.size[gone]
-        self.sums[keep] += self.sums[gone]
+        total = self._sum(keep)
+        total += self._sum(gone)
+        if self.slot[gone] >= 0:
+            self.free.append(int(self.slot[gone]))
+            self.slot[gone] = -1
+        if self.slot[keep] < 0:
+            self.slot[keep] = self._new_slot()
+        self.sums[self.slot[keep]] = total
         self.sqn[keep] += self.sqn[gone]
         self.msq[keep] = self.sqn[keep] / self.size[keep]
         self.version[keep] += 1
         for t in self.tags:
             if t[keep] < 0:
                 t[keep] = t[gone]
+        fg = self.forbid.pop(gone, None)
+        if fg:
+            fk = self.forbid.get(keep)
+            if fk is None:
+                self.forbid[keep] = fg
+            else:
+                fk |= fg
         pg = self.photos.pop(gone, None)
         if pg:
             pk = self.photos.get(keep)
@@ -483,16 +692,43 @@ class _Agglomerator:
             else:
                 mk.extend(mg)
 
+    def _new_slot(self) -> int:
+        if self.free:
+            return self.free.pop()
+        if self.used == len(self.sums):
+            grown = np.zeros((2 * len(self.sums), self.sums.shape[1]), dtype=np.float64)
+            grown[: self.used] = self.sums
+            self.sums = grown
+        self.used += 1
+        return self.used - 1
+
+    def _sum(self, r: int) -> np.ndarray:
+        """A copy of the float64 sum vector of root ``r`` ``(D,)``."""
+        k = self.slot[r]
+        return self.sums[k].copy() if k >= 0 else self.x[r].astype(np.float64)
+
+    def _sums(self, roots: np.ndarray) -> np.ndarray:
+        """The float64 sum vectors of ``roots`` ``(m,)`` -> ``(m, D)``."""
+        out = self.x[roots].astype(np.float64)
+        k = self.slot[roots]
+        grp = k >= 0
+        if grp.any():
+            out[grp] = self.sums[k[grp]]
+        return out
+
     # -- linkages
 
     def average(self, a: int, nb: np.ndarray) -> np.ndarray:
         """Exact average linkage between root ``a`` and roots ``nb`` ``(m,)`` -> ``(m,)``."""
-        dot = self.sums[nb] @ self.sums[a]
+        k = self.slot[a]
+        sa = self.sums[k] if k >= 0 else self.x[a].astype(np.float64)
+        dot = self._sums(nb) @ sa
         return np.asarray(self.msq[a] + self.msq[nb] - 2.0 * dot / (self.size[a] * self.size[nb]))
 
     def complete_exact(self, a: int, b: int) -> float:
         """Exact complete linkage: largest ``d`` over the members of roots ``a`` and ``b``."""
-        xa, xb = self.x64[self.members[a]], self.x64[self.members[b]]
+        xa = self.x[self.members[a]].astype(np.float64)
+        xb = self.x[self.members[b]].astype(np.float64)
         d = (xa * xa).sum(1)[:, None] + (xb * xb).sum(1)[None, :] - 2.0 * xa @ xb.T
         return float(d.max())
 
@@ -534,15 +770,25 @@ class _Agglomerator:
         merging them gives the same clusters as always merging the globally closest pair, and a
         cluster whose nearest neighbour is at ``>= threshold`` can never merge again.
         """
-        adj: dict[int, set[int]] = {}
-        for i, j in zip(a.tolist(), b.tolist(), strict=True):
-            adj.setdefault(i, set()).add(j)
-            adj.setdefault(j, set()).add(i)
-        # Neighbour sets are merged lazily: they may hold faces that have since joined another
-        # cluster, and are resolved through ``parent`` (and compacted) when read.
+        n = len(self.alive)
+        # Neighbour lists as int64 arrays (views into one CSR array of 2E entries: Python sets
+        # of ints took 3 GB at 1M faces). They are merged lazily: they may hold faces that have
+        # since joined another cluster, and are resolved through ``parent`` (and compacted)
+        # when read.
+        src = np.concatenate([a, b])
+        dst = np.concatenate([b, a])
+        order = np.argsort(src, kind="stable")
+        dst = dst[order]
+        bounds = np.searchsorted(src[order], np.arange(n + 1))
+        del src, order
+        empty = np.zeros(0, dtype=np.int64)
+        adj: list[np.ndarray] = [
+            dst[bounds[i] : bounds[i + 1]] if bounds[i + 1] > bounds[i] else empty for i in range(n)
+        ]
         alive = self.alive
-        done = np.zeros(len(alive), dtype=bool)
-        todo = sorted(adj)  # clusters without any edge can never merge
+        done = np.zeros(n, dtype=bool)
+        todo = np.flatnonzero(np.diff(bounds) > 0).tolist()  # no edge: can never merge
+        del bounds
         pos = 0
         chain: list[int] = []
         on_chain: set[int] = set()
@@ -577,7 +823,8 @@ class _Agglomerator:
             merges += 1
             keep, gone = (top, prev) if len(adj[top]) >= len(adj[prev]) else (prev, top)
             self._absorb(keep, gone)
-            adj[keep] |= adj.pop(gone)
+            adj[keep] = np.concatenate([adj[keep], adj[gone]])
+            adj[gone] = empty
             todo.append(keep)
         log.debug("average linkage: %d merges", merges)
 
@@ -593,21 +840,17 @@ class _Agglomerator:
         parent[ids] = r
         return r
 
-    def _nearest(self, top: int, prev: int, adj: dict[int, set[int]]) -> int:
+    def _nearest(self, top: int, prev: int, adj: list[np.ndarray]) -> int:
         """Nearest compatible neighbour of ``top`` below the threshold, ``prev`` on ties; or -1.
 
         Incompatible neighbours are dropped from the graph for good (constraints are monotone).
         """
         raw = adj[top]
-        if not raw:
+        if not len(raw):
             return -1
-        ids = np.fromiter(raw, dtype=np.int64, count=len(raw))
-        nb = self._resolve(ids)
-        if not np.array_equal(nb, ids):  # some neighbours merged since: duplicates possible
-            nb = np.unique(nb)
+        nb = np.unique(self._resolve(raw))  # merged neighbours: duplicates and stale ids
         nb = nb[nb != top]
-        if len(nb) < len(raw):
-            raw = adj[top] = set(nb.tolist())
+        adj[top] = nb
         if not len(nb):
             return -1
         lv = self.average(top, nb)
@@ -619,18 +862,24 @@ class _Agglomerator:
         if not len(cand):
             return -1
         cand = cand[np.argsort(lv[cand], kind="stable")]
+        dropped: list[int] = []  # x still lists top; it drops it when it finds the conflict
+        found = -1
         for idx in cand.tolist():
             x = int(nb[idx])
             if self.compatible(top, x):
-                if prev >= 0 and x != prev and prev in raw:
+                found = x
+                if prev >= 0 and x != prev and prev not in dropped:
                     at = np.flatnonzero(nb == prev)
-                    lp = float(lv[at[0]])
                     # ties go to the chain (no cycles)
-                    if lp < float(thr[at[0]]) and lp <= float(lv[idx]) + 1e-12:
-                        return prev
-                return x
-            raw.discard(x)  # x still lists top; it drops it when it finds the conflict itself
-        return -1
+                    if len(at):
+                        lp = float(lv[at[0]])
+                        if lp < float(thr[at[0]]) and lp <= float(lv[idx]) + 1e-12:
+                            found = prev
+                break
+            dropped.append(x)
+        if dropped:
+            adj[top] = nb[~np.isin(nb, dropped)]
+        return found
 
     def run_complete(self, a: np.ndarray, b: np.ndarray, w: np.ndarray, trivial: bool) -> None:
         """Complete linkage with a lazily invalidated heap of candidate merges.
@@ -723,6 +972,7 @@ def _run(
     config: ClusterConfig,
     threshold: float,
     pair_threshold: float,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Map the face edges onto the starting groups and agglomerate; ``(N,)`` root per face.
 
@@ -750,7 +1000,9 @@ def _run(
         first[1:] = key[1:] != key[:-1]
         key, w = key[first], w[first]
         a, b = key // n, key % n
-    agg = _Agglomerator(xb, init, tags, photo_ids, threshold, config.linkage, pair_threshold)
+    agg = _Agglomerator(
+        xb, init, tags, photo_ids, threshold, config.linkage, pair_threshold, rejections
+    )
     if config.linkage == "single":
         agg.run_single(a, b, w)
     elif config.linkage == "average":
@@ -807,6 +1059,7 @@ def agglomerate(
     labels: np.ndarray | None = None,
     index: faiss.Index | None = None,
     graph: tuple[np.ndarray, np.ndarray] | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Cluster faces into people.
 
@@ -816,7 +1069,9 @@ def agglomerate(
     start together when ``config.premerge_labels``. ``index``: optional FAISS inner-product index
     holding exactly ``xb`` (ids = positions) to take the neighbours from. ``graph``: optional
     ``(D, I)`` from :func:`knn_graph` (then ``config.k`` and ``index`` are not used), to cluster
-    the same faces at several settings with one search.
+    the same faces at several settings with one search. ``rejections``: ``(M, 2)`` int
+    ``(face position, label)`` pairs: that face never shares a cluster with a face labelled
+    ``label`` ("not this person").
     Returns ``(N,) int64`` cluster ids, ``0 .. C-1`` by decreasing size, ``-1`` = left alone.
     """
     config = config or ClusterConfig()
@@ -824,18 +1079,21 @@ def agglomerate(
     n = len(xb)
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
     labels = _check_ids(labels, n, "labels")
+    rejections = _check_rejections(rejections, n)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    threshold, pair_threshold = config.thresholds(xb)
     if graph is None:
         dist, ids = knn_graph(xb, config.k, index=index, exact_max=config.exact_max)
     else:
         dist, ids = graph
         if dist.shape != ids.shape or len(ids) != n:
             raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {ids.shape}")
-    a, b, w = _edges(dist, ids)
+    threshold, pair_threshold = config.thresholds(xb, nn_d=dist[:, 0] if dist.shape[1] else None)
     init = _label_groups(labels) if config.premerge_labels else np.arange(n, dtype=np.int64)
-    roots = _run(xb, a, b, w, init, [labels], photo_ids, config, threshold, pair_threshold)
+    roots = _run(  # the edges are passed on, not kept here (memory at 1M faces)
+        xb, *_edges(dist, ids, max_d=threshold + _SLACK), init, [labels], photo_ids, config,
+        threshold, pair_threshold, rejections,
+    )  # fmt: skip
     out = _number(roots, config.min_size)
     log.info(
         "clustered %d faces: %d clusters, %d left alone (%s linkage, threshold %.3f, single "
@@ -853,12 +1111,14 @@ def assign_new(
     config: ClusterConfig | None = None,
     photo_ids: np.ndarray | None = None,
     labels: np.ndarray | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add new faces to an existing clustering without starting over.
 
     ``cluster_ids``: ``(N,) int`` the existing ids of the old faces ``xb`` ``(N, D)`` (``-1`` =
-    alone). ``xq``: ``(M, D) float32`` unit embeddings of the new faces. ``photo_ids`` and
-    ``labels``: ``(N + M,)``, old faces first, as in :func:`agglomerate`.
+    alone). ``xq``: ``(M, D) float32`` unit embeddings of the new faces. ``photo_ids``,
+    ``labels`` (``(N + M,)``) and ``rejections`` (positions in ``N + M``): old faces first,
+    as in :func:`agglomerate`.
 
     Existing clusters stay as they are and never merge with each other (they may have been named,
     merged or split by hand); a new face joins one when the linkage between them is below the
@@ -883,6 +1143,7 @@ def assign_new(
     n = n_old + m
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
     labels = _check_ids(labels, n, "labels")
+    rejections = _check_rejections(rejections, n)
     xall = np.concatenate([xb, xq]) if n_old else xq
     kk = min(config.k, n - 1)
     init = np.arange(n, dtype=np.int64)
@@ -895,6 +1156,7 @@ def assign_new(
                 cluster_ids[clustered], return_index=True, return_inverse=True
             )
             init[clustered] = clustered[first][inv]
+    index: faiss.Index | None = None
     if kk > 0:
         index = build_index(xall, exact=n <= config.exact_max)
         sims, nbr = index.search(xq, kk + 1)
@@ -916,10 +1178,11 @@ def assign_new(
     else:
         a = b = np.zeros(0, dtype=np.int64)
         w = np.zeros(0, dtype=np.float64)
-    threshold, pair_threshold = config.thresholds(xall)
+    threshold, pair_threshold = config.thresholds(xall, index=index)
     roots = _run(
-        xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold
-    )
+        xall, a, b, w, init, [labels, old_tag], photo_ids, config, threshold, pair_threshold,
+        rejections,
+    )  # fmt: skip
     out = np.full(n, -1, dtype=np.int64)
     # faces whose final cluster holds an old cluster take that cluster's id
     root_tag = np.full(n, -1, dtype=np.int64)
@@ -943,21 +1206,25 @@ def propose_people(
     labels: np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
     photo_ids: np.ndarray | None = None,
+    rejections: np.ndarray | None = None,
 ) -> list[Proposal]:
     """Propose a labelled person for every cluster that has no labelled face.
 
     ``cluster_ids``: ``(N,) int`` (``-1`` = alone, never proposed); ``xb``: ``(N, D) float32``
     unit embeddings; ``labels``: ``(N,) int`` person per face, ``-1`` unlabelled. The person
     proposed is the one with the smallest average-linkage distance (mean ``d`` between the
-    cluster's faces and the person's labelled faces), if it is ``< threshold`` (tau) and no face of
-    the person is in a photo with a face of the cluster. Returns the proposals, by cluster id;
-    clusters with no person close enough get none.
+    cluster's faces and the person's labelled faces), if it is ``< threshold`` (tau), no face of
+    the person is in a photo with a face of the cluster, and no face of the cluster was rejected
+    for the person (``rejections``: ``(M, 2)`` ``(face position, label)``; a cluster is one
+    person, so a face that is not P makes the cluster not P). Returns the proposals, by cluster
+    id; clusters with no person close enough get none.
     """
     xb = _check_embeddings(xb)
     n = len(xb)
     cluster_ids = _check_ids(cluster_ids, n, "cluster_ids")
     labels = _check_ids(labels, n, "labels")
     photo_ids = _check_ids(photo_ids, n, "photo_ids")
+    rejections = _check_rejections(rejections, n)
     clustered = cluster_ids >= 0
     labelled = labels >= 0
     if not clustered.any() or not labelled.any():
@@ -999,6 +1266,13 @@ def propose_people(
                 ci = np.searchsorted(cids, cs)
                 pi = np.searchsorted(people, ps)
                 link[np.ix_(ci, pi)] = np.inf
+    if len(rejections):
+        rc = cluster_ids[rejections[:, 0]]
+        ok = np.isin(rc, cids) & np.isin(rejections[:, 1], people)
+        if ok.any():
+            ci = np.searchsorted(cids, rc[ok])
+            pi = np.searchsorted(people, rejections[ok, 1])
+            link[ci, pi] = np.inf
     best = np.argmin(link, axis=1)
     dbest = link[np.arange(len(cids)), best]
     out = [
@@ -1006,6 +1280,192 @@ def propose_people(
         for c, p, d in zip(cids.tolist(), best.tolist(), dbest.tolist(), strict=True)
         if d < threshold
     ]
+    return out
+
+
+# --------------------------------------------------------------------------- cluster quality
+
+
+@dataclass(frozen=True)
+class Cohesion:
+    """How tight each cluster is, for showing the doubtful ones first. Arrays ``(C,)``, by id.
+
+    ``ids`` ``int64``: the cluster ids (``>= 0``, ascending). ``size`` ``int64``. ``mean_d``
+    ``float64``: the mean ``d`` over all pairs of the cluster's faces (exact, from its sum
+    vector; ``0`` for a cluster of one face). ``nn_inside`` ``float64``: the share of its faces
+    whose nearest other face (of all ``N``) is in the cluster (``1`` for a cluster of one face:
+    nothing of it is elsewhere). ``margin`` ``float64``: over the cluster's faces, the smallest
+    ``d`` to the nearest face outside the cluster minus the mean ``d`` to the cluster's other
+    faces (for a single face, its nearest-neighbour ``d``); negative when some face is closer to
+    an outsider than to its own cluster on average: the most telling of the three for a cluster
+    that holds a stranger (``bench/results/cluster.md``). A cluster of one person has a small
+    ``mean_d`` (clean SFace photos of one person: ~0.6), ``nn_inside`` near 1 and a large
+    ``margin``.
+    """
+
+    ids: np.ndarray
+    size: np.ndarray
+    mean_d: np.ndarray
+    nn_inside: np.ndarray
+    margin: np.ndarray
+
+    def as_dict(self) -> dict[int, dict[str, float]]:
+        """``{cluster id: {"size", "mean_d", "nn_inside", "margin"}}`` of plain Python values."""
+        return {
+            int(c): {"size": int(s), "mean_d": float(m), "nn_inside": float(i), "margin": float(g)}
+            for c, s, m, i, g in zip(
+                self.ids, self.size, self.mean_d, self.nn_inside, self.margin, strict=True
+            )
+        }
+
+
+def cohesion(
+    cluster_ids: np.ndarray,
+    xb: np.ndarray,
+    nn: np.ndarray | None = None,
+    graph: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Cohesion:
+    """:class:`Cohesion` of every cluster of ``cluster_ids`` ``(N,) int`` (``-1`` = alone, not
+    scored) over ``xb`` ``(N, D) float32`` unit rows.
+
+    ``graph``: ``(D, I)`` ``(N, k)`` the nearest other faces of every face, nearest first (e.g.
+    :func:`knn_graph`; ``I = -1`` for an empty slot); searched exactly (``k = 8``) when ``None``.
+    A face whose ``k`` neighbours are all in its cluster counts its ``k``-th distance as the
+    nearest outsider's (a lower bound). ``nn``: ``(N,) int64`` instead of ``graph``, when only
+    ``nn_inside`` is wanted (``margin`` is then NaN). ``O(N (D + k))`` besides the search.
+    """
+    xb = _check_embeddings(xb)
+    n = len(xb)
+    cluster_ids = _check_ids(cluster_ids, n, "cluster_ids")
+    inside = cluster_ids >= 0
+    ids, pos = np.unique(cluster_ids[inside], return_inverse=True)
+    c = len(ids)
+    size = np.bincount(pos, minlength=c).astype(np.int64)
+    x = xb[inside].astype(np.float64)
+    sums = np.zeros((c, xb.shape[1]), dtype=np.float64)
+    np.add.at(sums, pos, x)
+    sq = np.einsum("ij,ij->i", x, x)
+    sqn = np.bincount(pos, weights=sq, minlength=c)
+    # sum over ordered pairs i != j of |xi - xj|^2 = 2 m sum|x|^2 - 2 |S|^2
+    pairs = size * (size - 1)
+    total = 2.0 * size * sqn - 2.0 * (sums * sums).sum(1)
+    mean_d = np.where(pairs > 0, np.maximum(total, 0.0) / np.maximum(pairs, 1), 0.0)
+    dist: np.ndarray | None = None
+    nbrs = np.zeros((n, 0), dtype=np.int64)
+    if graph is None and nn is None:
+        graph = knn_graph(xb, 8)
+    if graph is not None:
+        dist, nbrs = graph
+        if dist.shape != nbrs.shape or len(nbrs) != n:
+            raise ValueError(f"graph must be two (N={n}, k) arrays, got {dist.shape}, {nbrs.shape}")
+        nn = nbrs[:, 0] if nbrs.shape[1] else np.full(n, -1, dtype=np.int64)
+    nn = np.asarray(nn, dtype=np.int64)
+    if nn.shape != (n,):
+        raise ValueError(f"nn must have shape ({n},), got {nn.shape}")
+    ok = nn >= 0
+    same = np.zeros(n, dtype=bool)
+    same[ok] = cluster_ids[nn[ok]] == cluster_ids[ok]
+    hits = np.bincount(pos, weights=same[inside].astype(np.float64), minlength=c)
+    nn_inside = np.where(size > 1, hits / np.maximum(size, 1), 1.0)
+    margin = np.full(c, np.nan)
+    if dist is not None and dist.shape[1]:
+        nb = nbrs[inside]
+        dn = np.asarray(dist[inside], dtype=np.float64)
+        valid = nb >= 0
+        out = valid & (cluster_ids[np.where(valid, nb, 0)] != cluster_ids[inside][:, None])
+        last = np.where(valid, dn, -np.inf).max(axis=1)  # the k-th (farthest known) distance
+        d_out = np.where(out, dn, np.inf).min(axis=1)
+        d_out = np.where(np.isfinite(d_out), d_out, np.maximum(last, 0.0))
+        m = size[pos].astype(np.float64)
+        # mean d to the cluster's other faces, from its sum vector
+        d_in = np.where(
+            m > 1,
+            sq
+            + (sqn[pos] - sq) / np.maximum(m - 1, 1)
+            - 2.0 * (np.einsum("ij,ij->i", x, sums[pos]) - sq) / np.maximum(m - 1, 1),
+            0.0,
+        )
+        margin = np.full(c, np.inf)
+        np.minimum.at(margin, pos, d_out - d_in)
+    return Cohesion(ids.astype(np.int64), size, mean_d, nn_inside, margin)
+
+
+# --------------------------------------------------------------------------- stable ids
+
+
+def match_clusters(
+    old_ids: np.ndarray, new_ids: np.ndarray, min_jaccard: float = 0.5
+) -> dict[int, int]:
+    """Which new cluster continues which old one: ``{new id: old id}``.
+
+    ``old_ids``, ``new_ids``: ``(N,) int`` the cluster of every face before and after a re-run,
+    aligned face by face (``-1`` = alone, or a face that did not exist before). A new cluster
+    takes the id of the old cluster it overlaps most when their Jaccard index (shared faces
+    over faces in either) is at least ``min_jaccard``: with ``min_jaccard >= 0.5`` each old
+    cluster is continued by at most one new one and vice versa (two clusters that share more
+    than half of their union cannot both overlap a third that much), so the matching is
+    one-to-one; pairs are taken greedily by decreasing Jaccard, ties by ids, for any value.
+    Cost ``O(N log N)``.
+    """
+    old_ids = np.asarray(old_ids, dtype=np.int64)
+    new_ids = np.asarray(new_ids, dtype=np.int64)
+    if old_ids.shape != new_ids.shape or old_ids.ndim != 1:
+        raise ValueError(
+            f"old_ids and new_ids must be (N,) alike, got {old_ids.shape} and {new_ids.shape}"
+        )
+    if not 0.0 < min_jaccard <= 1.0:
+        raise ValueError(f"min_jaccard must be in (0, 1], got {min_jaccard}")
+    both = (old_ids >= 0) & (new_ids >= 0)
+    if not both.any():
+        return {}
+    o_u, o_n = np.unique(old_ids[old_ids >= 0], return_counts=True)
+    n_u, n_n = np.unique(new_ids[new_ids >= 0], return_counts=True)
+    pairs, inter = np.unique(
+        np.stack([old_ids[both], new_ids[both]], axis=1), axis=0, return_counts=True
+    )
+    so = o_n[np.searchsorted(o_u, pairs[:, 0])]
+    sn = n_n[np.searchsorted(n_u, pairs[:, 1])]
+    jac = inter / (so + sn - inter)
+    keep = jac >= min_jaccard
+    pairs, jac = pairs[keep], jac[keep]
+    order = np.lexsort((pairs[:, 1], pairs[:, 0], -jac))
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for o, c in pairs[order].tolist():
+        if c not in out and o not in used:
+            out[c] = o
+            used.add(o)
+    return out
+
+
+def stable_ids(
+    old_ids: np.ndarray,
+    new_ids: np.ndarray,
+    min_jaccard: float = 0.5,
+    next_id: int | None = None,
+) -> np.ndarray:
+    """``new_ids`` renumbered so that clusters that barely changed keep their old id.
+
+    Matching by :func:`match_clusters`; the other new clusters get fresh ids from ``next_id``
+    (default ``max(old_ids) + 1``) upwards in the order of ``new_ids``, so an id that
+    disappeared is never reused for other faces. ``-1`` stays ``-1``. Returns ``(N,) int64``.
+    """
+    old_ids = np.asarray(old_ids, dtype=np.int64)
+    new_ids = np.asarray(new_ids, dtype=np.int64)
+    match = match_clusters(old_ids, new_ids, min_jaccard)
+    start = int(old_ids.max(initial=-1)) + 1 if next_id is None else int(next_id)
+    uniq = np.unique(new_ids[new_ids >= 0])
+    table = np.empty(len(uniq), dtype=np.int64)
+    fresh = start
+    for i, c in enumerate(uniq.tolist()):
+        if c in match:
+            table[i] = match[c]
+        else:
+            table[i] = fresh
+            fresh += 1
+    out = np.full(len(new_ids), -1, dtype=np.int64)
+    has = new_ids >= 0
+    out[has] = table[np.searchsorted(uniq, new_ids[has])]
     return out
 
 

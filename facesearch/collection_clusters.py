@@ -23,16 +23,35 @@ Persistence and re-runs
     saw. A re-run (:func:`cluster_collection`, ``full=False``) only places the faces added since:
     :func:`~facesearch.cluster_algorithms.assign_new` puts them into existing clusters where they
     belong (existing clusters never merge with each other) and clusters the rest among themselves
-    and with the faces that were left alone. ``full=True`` drops the automatic clusters and starts
-    over. Clusters the user named, merged or split by hand (``clusters.manual``) are kept by both:
-    their faces stay together as a group of their own (a cannot-link against every other person or
-    manual cluster), and new faces may still join them.
+    and with the faces that were left alone. ``full=True`` clusters every face again; a new
+    cluster keeps the id of the automatic cluster it continues
+    (:func:`~facesearch.cluster_algorithms.match_clusters`: Jaccard >= 0.5), so that a page
+    showing cluster 7 still shows the same people; ids are never handed out twice. Clusters the
+    user named, merged or split by hand (``clusters.manual``) are kept by both: their faces stay
+    together as a group of their own (a cannot-link against every other person or manual
+    cluster), and new faces may still join them.
+
+"Not this person"
+    A rejection (``rejections`` table) says face F is not person P (:func:`reject_face`), or
+    that F was taken out of cluster C by hand (:func:`remove_from_cluster`; for a named
+    cluster, F is not its person either). Every run, full or incremental, honours them as
+    cannot-links (:func:`~facesearch.cluster_algorithms.agglomerate`): F never shares a group
+    with P's labelled faces, with a cluster named P, or with the faces of C; proposals
+    (hence ``--assign``) never propose P for a cluster holding F, a derived label never gives F
+    to P (:func:`facesearch.store.assign`), identification's verdict skips P for F
+    (:mod:`facesearch.identify`), and :func:`suggestions` leaves the pair out.
 
 Corrections
     :func:`name_cluster` (cluster -> person, ``LabelSource.MANUAL``), :func:`split_cluster` (back
     to singletons, or re-clustered at a stricter threshold into manual clusters),
     :func:`merge_clusters`. Labels given by ``name`` stay after a split (use ``people``
-    commands to change them).
+    commands to change them). Faces rejected for a cluster or its person leave it when it is
+    named or merged.
+
+Quality
+    Each cluster of a report carries its :func:`~facesearch.cluster_algorithms.cohesion`
+    (mean intra-cluster ``d``, share of members whose nearest face is inside, margin), the
+    nearest faces taken from the collection's vector index.
 
 Nothing here prints; the CLI renders :class:`ClusterReport`.
 """
@@ -51,9 +70,16 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
-from facesearch.cluster_algorithms import ClusterConfig, agglomerate, assign_new, propose_people
+from facesearch.cluster_algorithms import (
+    ClusterConfig,
+    agglomerate,
+    assign_new,
+    cohesion,
+    match_clusters,
+    propose_people,
+)
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
-from facesearch.distance import DEFAULT_THRESHOLD
+from facesearch.distance import DEFAULT_THRESHOLD, shipped_threshold
 from facesearch.errors import CollectionError, NotFoundError
 
 log = logging.getLogger(__name__)
@@ -90,7 +116,9 @@ class Entry:
     of ``person`` that are in no cluster, ``id`` None) or ``single`` (an unlabelled face in no
     cluster, ``id`` None). ``person``: the cluster's person (named) or the person's name.
     ``proposed`` / ``distance``: the person proposed for an unnamed cluster and the average
-    linkage distance to that person's labelled faces.
+    linkage distance to that person's labelled faces. ``cohesion`` (clusters): ``mean_d``,
+    ``nn_inside``, ``margin`` (:class:`~facesearch.cluster_algorithms.Cohesion`; ``margin`` is
+    NaN without a vector index).
     """
 
     kind: str
@@ -101,6 +129,7 @@ class Entry:
     manual: bool = False
     proposed: str | None = None
     distance: float | None = None
+    cohesion: dict[str, float] | None = None
 
     @property
     def size(self) -> int:
@@ -115,6 +144,9 @@ class Entry:
             "manual": self.manual,
             "proposed": self.proposed,
             "proposed_distance": None if self.distance is None else round(self.distance, 4),
+            "cohesion": None
+            if self.cohesion is None
+            else {k: round(v, 4) for k, v in self.cohesion.items()},
             "faces": [f.to_dict() for f in self.faces],
         }
 
@@ -129,6 +161,8 @@ class RunStats:
     clusters_created: int
     joined_existing: int  # new faces that joined an existing cluster
     seconds: float
+    clusters_before: int = 0  # clusters stored before the run
+    ids_kept: int = 0  # of those, the ones whose id still names a cluster after it
 
 
 @dataclass(frozen=True)
@@ -161,52 +195,114 @@ class ClusterReport:
 @dataclass(frozen=True)
 class _Faces:
     """Faces of the active space, aligned, sorted by face id. All ``(N,) int64`` but ``xb``
-    ``(N, D) float32``; ``-1`` for none. ``manual``: SQL ids of manual clusters."""
+    ``(N, D) float32``; ``-1`` for none. ``manual``: SQL ids of manual clusters, with their
+    person id (or ``None``). ``rej_pos``, ``rej_person``, ``rej_cluster``: ``(M,) int64`` the
+    rejections of these faces (face position, person id or -1, cluster id or -1)."""
 
     face_ids: np.ndarray
     photo_ids: np.ndarray
     person_ids: np.ndarray
     cluster_ids: np.ndarray
     xb: np.ndarray
-    manual: frozenset[int]
+    manual: dict[int, int | None]
+    rej_pos: np.ndarray
+    rej_person: np.ndarray
+    rej_cluster: np.ndarray
 
 
 def _load(s: Session) -> _Faces:
     active = st.get_meta(s, ACTIVE_MODEL_KEY)
     arrays = st.face_arrays(s)
+    empty = np.empty(0, dtype=np.int64)
     if active is None:
-        empty = np.empty(0, dtype=np.int64)
-        return _Faces(empty, empty, empty, empty, np.empty((0, 0), np.float32), frozenset())
+        return _Faces(
+            empty, empty, empty, empty, np.empty((0, 0), np.float32), {}, empty, empty, empty
+        )  # fmt: skip
     space = st.model_space(s, active)[1]
     ids, xb = st.load_all_embeddings(s, models=list(space))
     keep = np.isin(arrays.face_ids, ids)
-    manual = st.manual_cluster_ids(s)
+    face_ids = arrays.face_ids[keep]
+    manual = {cid: c.person_id for cid, c in st.cluster_records(s).items() if c.manual}
+    rej = st.rejection_arrays(s)
+    at = np.searchsorted(face_ids, rej.face_ids)
+    found = at < len(face_ids)
+    found[found] = face_ids[at[found]] == rej.face_ids[found]
     return _Faces(
-        arrays.face_ids[keep],
+        face_ids,
         arrays.photo_ids[keep],
         arrays.person_ids[keep],
         arrays.cluster_ids[keep],
         xb,
         manual,
+        at[found].astype(np.int64),
+        rej.person_ids[found],
+        rej.cluster_ids[found],
     )
 
 
-def _group_labels(f: _Faces) -> np.ndarray:
-    """``(N,) int64`` labels for the algorithm: the person, else a label of its own for each
-    manual cluster's unlabelled faces (kept together, never merged with another group)."""
+def _constraints(f: _Faces) -> tuple[np.ndarray, np.ndarray]:
+    """``(labels (N,) int64, rejections (M, 2) int64)`` for the algorithm.
+
+    Labels: the person, else a label of its own for each manual cluster's unlabelled faces
+    (kept together, never merged with another group; faces of a named manual cluster are
+    labelled, their person keeps them together). Rejections, as ``(face position, label)``:
+    "F is not P" rules out P and every manual cluster named P; "F was taken out of C" rules out
+    C's label and C's person."""
     labels = f.person_ids.copy()
-    base = int(labels.max(initial=-1)) + 1
+    base = 1 + max(
+        int(labels.max(initial=-1)),
+        int(f.rej_person.max(initial=-1)),
+        max((p for p in f.manual.values() if p is not None), default=-1),
+    )
     for cid in f.manual:
         sel = (f.cluster_ids == cid) & (labels < 0)
         labels[sel] = base + cid
-    # faces of a named manual cluster are labelled: their person keeps them together
-    return labels
+    named: dict[int, list[int]] = {}
+    for cid, pid in f.manual.items():
+        if pid is not None:
+            named.setdefault(pid, []).append(cid)
+    pairs: list[tuple[int, int]] = []
+    for pos, pid, cid in zip(
+        f.rej_pos.tolist(), f.rej_person.tolist(), f.rej_cluster.tolist(), strict=True
+    ):
+        people = [pid] if pid >= 0 else []
+        if cid in f.manual:
+            pairs.append((pos, base + cid))
+            owner = f.manual[cid]
+            if owner is not None:
+                people.append(owner)
+        for person in people:
+            pairs.append((pos, person))
+            pairs += [(pos, base + c) for c in named.get(person, [])]
+    return labels, np.array(sorted(set(pairs)), dtype=np.int64).reshape(-1, 2)
 
 
-def _store_groups(s: Session, f: _Faces, groups: np.ndarray, positions: np.ndarray) -> int:
+def _person_rejections(f: _Faces) -> np.ndarray:
+    """``(M, 2) int64`` ``(face position, person id)``: the people each face is not (its own
+    rejections, and the person of a named cluster it was taken out of)."""
+    pairs = {
+        (p, q) for p, q in zip(f.rej_pos.tolist(), f.rej_person.tolist(), strict=True) if q >= 0
+    }
+    for pos, cid in zip(f.rej_pos.tolist(), f.rej_cluster.tolist(), strict=True):
+        owner = f.manual.get(cid) if cid >= 0 else None
+        if owner is not None:
+            pairs.add((pos, owner))
+    return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)
+
+
+def _store_groups(
+    s: Session,
+    f: _Faces,
+    groups: np.ndarray,
+    positions: np.ndarray,
+    previous: np.ndarray | None = None,
+) -> int:
     """Store the groups ``groups`` (``(len(positions),)`` ids, ``-1`` alone) of the faces at
     ``positions``: a group holding a manual cluster's faces adds its other unlabelled faces to
-    it; else its unlabelled faces become a new cluster. Returns the clusters created."""
+    it; else its unlabelled faces become a new cluster. ``previous`` (a full run): ``(N,)``
+    the automatic cluster of every face before the run (``-1``: none); the automatic clusters
+    are emptied, and a new cluster that continues one of them (Jaccard >= 0.5) takes its id.
+    Returns the clusters created (ids kept not counted)."""
     ok = groups >= 0
     pos, g = positions[ok], groups[ok]
     order = np.argsort(g, kind="stable")
@@ -225,13 +321,21 @@ def _store_groups(s: Session, f: _Faces, groups: np.ndarray, positions: np.ndarr
             joins.append((free, int(kept.min())))
         else:
             fresh.append(free)
-    ids = st.new_clusters(s, len(fresh))
+    reuse: dict[int, int] = {}
+    if previous is not None:
+        new_of = np.full(len(f.face_ids), -1, dtype=np.int64)
+        for j, members in enumerate(fresh):
+            new_of[members] = j
+        reuse = match_clusters(previous, new_of)
+        st.clear_automatic_clusters(s)
+    made = iter(st.new_clusters(s, len(fresh) - len(reuse)))
+    ids = [reuse[j] if j in reuse else next(made) for j in range(len(fresh))]
     parts = [(p, c) for p, c in joins] + list(zip(fresh, ids, strict=True))
     if parts:
         where = np.concatenate([p for p, _ in parts])
         cids = np.concatenate([np.full(len(p), c, dtype=np.int64) for p, c in parts])
         st.set_clusters(s, f.face_ids[where], cids)
-    return len(fresh)
+    return len(fresh) - len(reuse)
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -253,11 +357,12 @@ def cluster_collection(
     with col.lock(), col.session() as s:
         f = _load(s)
         n = len(f.face_ids)
+        before = set(st.cluster_records(s))
         raw = st.get_meta(s, LAST_FACE_KEY)
         last = int(raw) if raw is not None else None
         new_mask = f.face_ids > last if last is not None else np.ones(n, dtype=bool)
         incremental = not full and last is not None
-        labels = _group_labels(f)
+        labels, rejections = _constraints(f)
         created = joined = 0
         if n == 0 or (incremental and not new_mask.any()):
             mode = "none"
@@ -271,15 +376,18 @@ def cluster_collection(
             has = f.cluster_ids[old] >= 0
             dense[has] = np.searchsorted(sql_ids, f.cluster_ids[old][has])
             pos = np.concatenate([old, new])
+            at = np.empty(n, dtype=np.int64)
+            at[pos] = np.arange(n)
+            rej = np.stack([at[rejections[:, 0]], rejections[:, 1]], axis=1)
             out = assign_new(
                 dense, f.xb[old], f.xb[new], config,
-                photo_ids=f.photo_ids[pos], labels=labels[pos],
+                photo_ids=f.photo_ids[pos], labels=labels[pos], rejections=rej,
             )  # fmt: skip
             start = len(sql_ids)
             # faces that joined an existing cluster: new ones, or old ones that were alone
             # (unlabelled ones are stored there)
-            before = np.concatenate([dense, np.full(len(new), -1, dtype=np.int64)])
-            into = np.flatnonzero((out >= 0) & (out < start) & (before < 0))
+            was = np.concatenate([dense, np.full(len(new), -1, dtype=np.int64)])
+            into = np.flatnonzero((out >= 0) & (out < start) & (was < 0))
             into = into[f.person_ids[pos[into]] < 0]
             st.set_clusters(s, f.face_ids[pos[into]], sql_ids[out[into]])
             joined = len(into)
@@ -291,20 +399,155 @@ def cluster_collection(
         else:
             mode = "full"
             auto = (f.cluster_ids >= 0) & ~np.isin(f.cluster_ids, list(f.manual))
-            st.delete_clusters(s, automatic=True)
-            f = _Faces(
-                f.face_ids, f.photo_ids, f.person_ids,
-                np.where(auto, -1, f.cluster_ids), f.xb, f.manual,
-            )  # fmt: skip
-            groups = agglomerate(f.xb, config, photo_ids=f.photo_ids, labels=labels)
-            created = _store_groups(s, f, groups, np.arange(n, dtype=np.int64))
+            previous = np.where(auto, f.cluster_ids, -1)
+            f = dataclasses.replace(f, cluster_ids=np.where(auto, -1, f.cluster_ids))
+            groups = agglomerate(
+                f.xb, config, photo_ids=f.photo_ids, labels=labels, rejections=rejections
+            )
+            created = _store_groups(s, f, groups, np.arange(n, dtype=np.int64), previous)
         st.delete_empty_clusters(s)
         if n:
             st.set_meta(s, LAST_FACE_KEY, str(int(f.face_ids.max())))
         placed = int(new_mask.sum()) if mode == "incremental" else (n if mode == "full" else 0)
-    stats = RunStats(mode, n, placed, created, joined, time.perf_counter() - t0)
+        kept = len(before & set(st.cluster_records(s)))
+    stats = RunStats(mode, n, placed, created, joined, time.perf_counter() - t0, len(before), kept)
     log.info("cluster run: %s", stats)
     return stats
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """Who an unnamed cluster or a face alone might be: the nearest person, within the
+    threshold.
+
+    ``kind``: ``cluster`` (``cluster_id``; ``face_ids``: up to ``samples`` of its faces;
+    ``distance``: average linkage to the person's labelled faces, as a proposal) or ``face``
+    (an unlabelled face in no cluster, ``face_ids = (it,)``; ``distance``: ``d`` to the
+    person's nearest labelled face). ``threshold``: the one it is within (``distance /
+    threshold`` orders the queue, most confident first).
+    """
+
+    kind: str
+    cluster_id: int | None
+    face_ids: tuple[int, ...]
+    size: int
+    person_id: int
+    person: str
+    distance: float
+    threshold: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "cluster": self.cluster_id,
+            "face_ids": list(self.face_ids),
+            "size": self.size,
+            "person": {"id": self.person_id, "name": self.person},
+            "distance": round(self.distance, 4),
+            "threshold": round(self.threshold, 4),
+        }
+
+
+def identify_threshold(col: Collection) -> float:
+    """tau for a face's nearest labelled face: the shipped SFace's identification tau, else the
+    active model's calibrated threshold (a model file's verification tau serves both)."""
+    model = col.active_model
+    if model is None or model.name == "sface" or model.threshold is None:
+        return shipped_threshold("identify")
+    return float(model.threshold)
+
+
+def _proposals(
+    f: _Faces, clusters: dict[int, st.ClusterRecord], tau: float
+) -> dict[int, tuple[int, float]]:
+    """``{cluster id: (person id, distance)}`` for the clusters without a person, over their
+    unlabelled faces; rejections honoured."""
+    if not len(f.face_ids):
+        return {}
+    unnamed = [cid for cid, c in clusters.items() if c.person_id is None]
+    cl = np.where(np.isin(f.cluster_ids, unnamed) & (f.person_ids < 0), f.cluster_ids, -1)
+    props = propose_people(
+        cl.astype(np.int64), f.xb, f.person_ids, tau, photo_ids=f.photo_ids,
+        rejections=_person_rejections(f),
+    )  # fmt: skip
+    return {p.cluster: (p.label, p.distance) for p in props}
+
+
+def _nearest_people(f: _Faces, rows: np.ndarray, tau: float) -> list[tuple[int, int, float]]:
+    """``(position, person id, d)`` for the faces at ``rows`` whose nearest labelled face
+    (not of a person they were rejected for, not in their photo) is within ``tau``."""
+    import faiss
+
+    labelled = np.flatnonzero(f.person_ids >= 0)
+    if not len(rows) or not len(labelled):
+        return []
+    index = faiss.IndexFlatIP(f.xb.shape[1])
+    index.add(f.xb[labelled])
+    banned: dict[int, set[int]] = {}
+    for pos, person in _person_rejections(f).tolist():
+        banned.setdefault(pos, set()).add(person)
+    out: list[tuple[int, int, float]] = []
+    todo, k = rows, min(len(labelled), 16)
+    while len(todo):
+        sims, at = index.search(f.xb[todo], k)
+        still = []
+        for pos, srow, arow in zip(todo.tolist(), sims, at, strict=True):
+            found = None
+            for sim, j in zip(srow.tolist(), arow.tolist(), strict=True):
+                d = max(0.0, 2.0 - 2.0 * sim)
+                if j < 0 or d >= tau:
+                    break
+                face = labelled[j]
+                if f.photo_ids[face] == f.photo_ids[pos] or f.person_ids[face] in banned.get(
+                    pos, ()
+                ):
+                    continue
+                found = (pos, int(f.person_ids[face]), d)
+                break
+            else:
+                if k < len(labelled):  # every neighbour so far was ruled out: look further
+                    still.append(pos)
+            if found is not None:
+                out.append(found)
+        todo, k = np.array(still, dtype=np.int64), min(len(labelled), 4 * k)
+    return out
+
+
+def suggestions(
+    col: Collection,
+    *,
+    cluster_threshold: float | None = None,
+    face_threshold: float | None = None,
+    samples: int = 6,
+) -> list[Suggestion]:
+    """The queue of "is this P?" questions: unnamed clusters proposed as a person (average
+    linkage within ``cluster_threshold``, default :func:`proposal_threshold`) and unlabelled
+    faces in no cluster whose nearest labelled face is within ``face_threshold`` (default
+    :func:`identify_threshold`), most confident first (``distance / threshold``); a person a
+    face was rejected for is never suggested for it, or for a cluster holding it."""
+    tau_c = proposal_threshold(col) if cluster_threshold is None else float(cluster_threshold)
+    tau_f = identify_threshold(col) if face_threshold is None else float(face_threshold)
+    with col.session(snapshot=True) as s:
+        f = _load(s)
+        clusters = st.cluster_records(s)
+        names = st.person_names(s)
+    out: list[Suggestion] = []
+    props = _proposals(f, clusters, tau_c)
+    members: dict[int, list[int]] = {}
+    for fid, cid in zip(f.face_ids.tolist(), f.cluster_ids.tolist(), strict=True):
+        if cid in props:
+            members.setdefault(cid, []).append(fid)
+    for cid, (pid, d) in props.items():
+        fids = members.get(cid, [])
+        out.append(
+            Suggestion("cluster", cid, tuple(fids[:samples]), len(fids), pid, names[pid], d, tau_c)
+        )
+    alone = np.flatnonzero((f.person_ids < 0) & (f.cluster_ids < 0))
+    for pos, pid, d in _nearest_people(f, alone, tau_f):
+        fid = int(f.face_ids[pos])
+        out.append(Suggestion("face", None, (fid,), 1, pid, names[pid], d, tau_f))
+    out.sort(key=lambda x: (x.distance / x.threshold, x.kind, x.cluster_id or 0, x.face_ids[:1]))
+    return out
 
 
 def proposal_threshold(col: Collection) -> float:
@@ -326,14 +569,8 @@ def report(col: Collection, *, threshold: float | None = None) -> ClusterReport:
         clusters = st.cluster_records(s)
         names = st.person_names(s)
     # proposals: clusters without a person, over their unlabelled faces
-    unnamed = [cid for cid, c in clusters.items() if c.person_id is None]
-    cl = np.where(np.isin(f.cluster_ids, unnamed) & (f.person_ids < 0), f.cluster_ids, -1).astype(
-        np.int64
-    )
-    props = {}
-    if len(f.face_ids):
-        for p in propose_people(cl, f.xb, f.person_ids, tau, photo_ids=f.photo_ids):
-            props[p.cluster] = (names.get(p.label), p.distance)
+    props = {c: (names.get(p), d) for c, (p, d) in _proposals(f, clusters, tau).items()}
+    quality = _cohesion(col, f)
 
     def ref(fid: int) -> FaceRef:
         r = records[fid]
@@ -364,12 +601,50 @@ def report(col: Collection, *, threshold: float | None = None) -> ClusterReport:
                 person=names.get(c.person_id) if c.person_id is not None else None,
                 name=c.name, manual=bool(c.manual),
                 proposed=prop[0] if prop else None, distance=prop[1] if prop else None,
+                cohesion=quality.get(cid),
             )
         )  # fmt: skip
     for pid, fids in sorted(by_person.items(), key=lambda kv: names.get(kv[0], "")):
         entries.append(Entry("person", None, tuple(ref(i) for i in fids), person=names.get(pid)))
     entries += [Entry("single", None, (ref(i),)) for i in singles]
     return ClusterReport(tuple(entries), threshold=tau)
+
+
+#: Neighbours per face searched for the cohesion of a report's clusters.
+COHESION_K = 8
+
+
+def _cohesion(col: Collection, f: _Faces) -> dict[int, dict[str, float]]:
+    """``{cluster id: {"mean_d", "nn_inside", "margin"}}`` of the stored clusters, the nearest
+    faces of their members from the collection's vector index (``margin`` NaN without one)."""
+    inside = np.flatnonzero(f.cluster_ids >= 0)
+    if not len(inside):
+        return {}
+    n, k = len(f.face_ids), COHESION_K
+    dist = np.full((n, k), np.inf, dtype=np.float32)
+    nbrs = np.full((n, k), -1, dtype=np.int64)
+    try:
+        vectors = col.vectors
+    except CollectionError:
+        vectors = None
+    if vectors is not None and vectors.count > 1:
+        for start in range(0, len(inside), 4096):
+            rows = inside[start : start + 4096]
+            d, ids = vectors.search(f.xb[rows], k + 1)
+            at = np.searchsorted(f.face_ids, ids)
+            at = np.minimum(at, n - 1)
+            known = (ids >= 0) & (f.face_ids[at] == ids) & (at != rows[:, None])
+            order = np.argsort(~known, axis=1, kind="stable")[:, :k]  # known first, in order
+            dk = np.take_along_axis(np.where(known, d, np.inf), order, axis=1)
+            ik = np.take_along_axis(np.where(known, at, -1), order, axis=1)
+            dist[rows], nbrs[rows] = dk, ik
+        coh = cohesion(f.cluster_ids, f.xb, graph=(dist, nbrs))
+    else:
+        coh = cohesion(f.cluster_ids, f.xb, nn=np.full(n, -1, dtype=np.int64))
+    return {
+        c: {"mean_d": v["mean_d"], "nn_inside": v["nn_inside"], "margin": v["margin"]}
+        for c, v in coh.as_dict().items()
+    }
 
 
 def apply_proposals(col: Collection, rep: ClusterReport) -> int:
@@ -407,6 +682,11 @@ def name_cluster(col: Collection, cluster_id: int, name: str) -> int:
     with col.lock(), col.session() as s:
         c = st.require_cluster(s, cluster_id)
         person = st.ensure_person(s, name)
+        # the faces taken out of the cluster are not its person either; faces said not to be
+        # the person leave the cluster
+        st.add_rejections(s, st.cluster_rejected_faces(s, c.id), person_id=person.id)
+        st.update_cluster(s, c.id, person_id=person.id)
+        _evict_rejected(s, [c.id])
         rows = st.cluster_labels(s, c.id)
         # faces labelled by hand as someone else than the cluster's person keep their label;
         # unlabelled faces, labels from a cluster or a proposal, and the cluster's own person
@@ -437,6 +717,7 @@ def split_cluster(
         f = _load(s)
         pos = np.flatnonzero(f.cluster_ids == c.id)
         person_id = c.person_id
+        kept_out = st.cluster_rejected_faces(s, c.id)
         st.delete_clusters(s, [c.id])
         if threshold is not None and len(pos) > 1:
             config = ClusterConfig(threshold=threshold, linkage=linkage)  # type: ignore[arg-type]
@@ -447,14 +728,17 @@ def split_cluster(
             for g in range(int(groups.max(initial=-1)) + 1):
                 new = st.create_cluster(s, person_id=person_id, manual=True)
                 st.set_cluster(s, f.face_ids[pos[groups == g]].tolist(), new)
+                st.add_rejections(s, kept_out, cluster_id=new)  # out of every part of it
                 made.append(new)
     return made
 
 
 def remove_from_cluster(col: Collection, cluster_id: int, face_ids: Sequence[int]) -> list[int]:
-    """Take faces out of a cluster (they are alone afterwards; their labels stay). The cluster
-    becomes manual (kept by re-runs) or, emptied, is deleted. Returns ``[cluster_id]`` while
-    it still has faces, else ``[]``. Faces not in the cluster raise :class:`NotFoundError`."""
+    """Take faces out of a cluster, for good: they are alone afterwards, and no later run puts
+    them back (a rejection for the cluster; when it is named, for its person too, whose label
+    they lose; other labels stay). The cluster becomes manual (kept by re-runs) or, emptied,
+    is deleted. Returns ``[cluster_id]`` while it still has faces, else ``[]``. Faces not in
+    the cluster raise :class:`NotFoundError`."""
     ids = sorted({int(i) for i in face_ids})
     with col.lock(), col.session() as s:
         c = st.require_cluster(s, cluster_id)
@@ -465,17 +749,81 @@ def remove_from_cluster(col: Collection, cluster_id: int, face_ids: Sequence[int
                 "face", stray[0], f"faces {stray[:10]} are not in cluster {cluster_id}"
             )
         st.set_cluster(s, ids, None)
+        if c.person_id is not None:
+            _reject(s, ids, c.person_id)
         if len(members) > len(ids):
             st.update_cluster(s, c.id, manual=True)
+            st.add_rejections(s, ids, cluster_id=c.id)
             return [c.id]
         st.delete_clusters(s, [c.id])
     return []
 
 
+def _reject(s: Session, face_ids: Sequence[int], person_id: int) -> None:
+    """Record that the faces are not ``person_id`` and take that label away from them."""
+    st.add_rejections(s, face_ids, person_id=person_id)
+    recs = st.faces_by_ids(s, face_ids)
+    st.unassign(s, [i for i, r in recs.items() if r.person_id == person_id])
+
+
+def _evict_rejected(s: Session, cluster_ids: Sequence[int]) -> list[int]:
+    """Take out of these clusters the faces rejected for them or for their person (alone
+    afterwards); a cluster left empty is deleted. Returns the faces taken out."""
+    rows = st.rejected_members(s, cluster_ids)
+    gone = [f for f, _ in rows]
+    if gone:
+        log.info("%d faces rejected for their cluster or its person left it", len(gone))
+        st.set_cluster(s, gone, None)
+        st.delete_empty_clusters(s)
+    return gone
+
+
+def reject_face(col: Collection, face_id: int, person: int | str) -> bool:
+    """Face ``face_id`` is not ``person`` (id or name), for good: it loses that label, leaves
+    a cluster named so (alone afterwards; the cluster is kept by later runs), and no later
+    run, proposal, derived label or identification verdict gives it to them again. Returns
+    False when it was recorded already. :class:`NotFoundError` for an unknown face or person."""
+    with col.lock(), col.session() as s:
+        face = st.face_record(s, face_id)
+        p = st.find_person(s, person)
+        added = st.add_rejections(s, [face.face_id], person_id=p.id) > 0
+        _reject(s, [face.face_id], p.id)
+        if face.cluster_id is not None and st.require_cluster(s, face.cluster_id).person_id == p.id:
+            st.update_cluster(s, face.cluster_id, manual=True)
+            _evict_rejected(s, [face.cluster_id])
+    return added
+
+
+def unreject_face(
+    col: Collection, face_id: int, person: int | str | None = None, *, cluster_id: int | None = None
+) -> None:
+    """Forget a rejection: that ``face_id`` is not ``person``, or (``cluster_id``) that it was
+    taken out of that cluster. Labels and clusters are not changed (the next run may place the
+    face with them again). :class:`NotFoundError` when there is no such rejection."""
+    if (person is None) == (cluster_id is None):
+        raise CollectionError("give the person or the cluster the face was rejected for")
+    with col.lock(), col.session() as s:
+        fid = st.face_record(s, face_id).face_id
+        if person is not None:
+            p = st.find_person(s, person)
+            n = st.delete_rejections(s, [fid], person_id=p.id)
+            what = f"person {p.name!r}"
+        else:
+            n = st.delete_rejections(s, [fid], cluster_id=cluster_id)
+            what = f"cluster {cluster_id}"
+        if not n:
+            raise NotFoundError(
+                "rejection", f"{face_id}/{person if person is not None else cluster_id}",
+                f"face {face_id} was not rejected for {what}",
+            )  # fmt: skip
+
+
 def merge_clusters(col: Collection, cluster_ids: Sequence[int]) -> int:
     """Merge clusters into the first of ``cluster_ids``, which becomes manual. Refused when two
-    of them have faces in one photo or belong to different people. When the result has a
-    person, its unlabelled faces are labelled (``MANUAL``). Returns the merged cluster's size."""
+    of them have faces in one photo or belong to different people. Faces rejected for the
+    result (taken out of one of the parts, or not its person) are left out, alone. When the
+    result has a person, its unlabelled faces are labelled (``MANUAL``). Returns the merged
+    cluster's size."""
     ids = [int(c) for c in cluster_ids]
     if len(ids) < 2 or len(set(ids)) != len(ids):
         raise CollectionError(f"give two or more different cluster ids to merge, got {ids}")
@@ -502,7 +850,11 @@ def merge_clusters(col: Collection, cluster_ids: Sequence[int]) -> int:
         st.update_cluster(s, target.id, person_id=person_id, manual=True)
         fids = [r[0] for r in rows]
         st.set_cluster(s, fids, target.id)
+        for c in clusters[1:]:  # a face kept out of a part stays out of the whole
+            st.copy_cluster_rejections(s, c.id, [target.id])
         st.delete_clusters(s, [c.id for c in clusters[1:]])
+        gone = set(_evict_rejected(s, [target.id]))
+        fids = [i for i in fids if i not in gone]
         if person_id is not None:
             name = st.find_person(s, person_id).name
             st.assign(s, fids, name, st.LabelSource.MANUAL, replace=False)
@@ -629,12 +981,13 @@ def evaluate_clusters(
     int`` (person per face): pairwise and BCubed P/R/F, clusters vs people."""
     import time
 
-    from facesearch.cluster_algorithms import bcubed_prf, n_clusters, pairwise_prf
+    from facesearch.cluster_algorithms import bcubed_prf, knn_graph, n_clusters, pairwise_prf
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
     if config.threshold is None:  # report the thresholds the default rule gives these faces
-        t, t_pair = config.thresholds(xb)
+        nn_d = knn_graph(xb, 1, exact_max=config.exact_max)[0][:, 0] if len(xb) > 1 else None
+        t, t_pair = config.thresholds(xb, nn_d=nn_d)
         config = dataclasses.replace(config, threshold=t, pair_threshold=t_pair)
     pred = agglomerate(xb, config, photo_ids=photo_ids)
     secs = time.perf_counter() - t0
@@ -717,5 +1070,11 @@ __all__ = [
     "name_cluster",
     "proposal_threshold",
     "report",
+    "Suggestion",
+    "identify_threshold",
+    "reject_face",
+    "remove_from_cluster",
     "split_cluster",
+    "suggestions",
+    "unreject_face",
 ]

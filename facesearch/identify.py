@@ -7,7 +7,9 @@ For every query face:
 - the same faces grouped by person (best distance, count, the photo of the best one);
 - a verdict: the person of the **nearest labelled face** when its distance is below the
   threshold tau (``d < tau``, as :func:`facesearch.distance.same_person`), else unknown
-  (``person = None``).
+  (``person = None``). When the query is a stored face that was rejected for some people
+  ("not this person", ``rejected``), their faces are passed over: the verdict is the nearest
+  labelled face of anyone else.
 
 The nearest labelled face is often among the ``k`` nearest; when it is not, the search is
 widened (``k`` x 8 per round, up to :data:`MAX_WIDE_K`) until a labelled face is found or the
@@ -128,11 +130,13 @@ def identify_vectors(
     k: int = 5,
     threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
     exclude: AbstractSet[int] | Sequence[AbstractSet[int]] = frozenset(),
+    rejected: Sequence[AbstractSet[str]] | None = None,
 ) -> list[Identification]:
     """Identify query embeddings ``xq`` ``(nq, D) float32`` (unit, the collection's space).
 
     ``exclude``: face ids never returned (one set for every query, or one set per query), e.g.
-    a photo's own faces in a leave-one-out evaluation.
+    a photo's own faces in a leave-one-out evaluation. ``rejected``: one set of names per
+    query, people its verdict must not be (the query face was said not to be them).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -144,6 +148,9 @@ def identify_vectors(
         excl: list[AbstractSet[int]] = list(exclude)
     else:
         excl = [exclude] * nq
+    if rejected is not None and len(rejected) != nq:
+        raise ValueError(f"rejected has {len(rejected)} sets for {nq} queries")
+    rej: list[AbstractSet[str]] = list(rejected) if rejected is not None else [frozenset()] * nq
     n_index = collection.vectors.count
     top: list[list[Match] | None] = [None] * nq
     nearest_labelled: list[Match | None] = [None] * nq
@@ -158,7 +165,9 @@ def identify_vectors(
             kept = [m for m in row if m.face_id not in excl[qi]]
             if top[qi] is None:
                 top[qi] = kept[:k]
-            labelled = next((m for m in kept if m.person is not None), None)
+            labelled = next(
+                (m for m in kept if m.person is not None and m.person not in rej[qi]), None
+            )
             exhausted = k_search >= n_index
             beyond = bool(row) and row[-1].distance >= threshold
             if labelled is not None or exhausted or beyond:
@@ -167,7 +176,7 @@ def identify_vectors(
                 still.append(qi)
         todo = still
         if todo and k_cur * _GROWTH > MAX_WIDE_K:
-            _restricted(collection, xq, todo, excl, nearest_labelled)
+            _restricted(collection, xq, todo, excl, rej, nearest_labelled)
             break
         k_cur *= _GROWTH
     out = []
@@ -192,14 +201,24 @@ def _restricted(
     xq: np.ndarray,
     todo: list[int],
     excl: list[AbstractSet[int]],
+    rej: list[AbstractSet[str]],
     nearest_labelled: list[Match | None],
 ) -> None:
-    """The nearest labelled face by a search restricted to labelled ids (reads them from SQL)."""
+    """The nearest labelled face by a search restricted to labelled ids (reads them from SQL);
+    widened while every face found is of a rejected person."""
     extra = max(len(excl[i]) for i in todo)
     logger.debug("no labelled face among the %d nearest: restricted search", MAX_WIDE_K)
-    rows = collection.search(xq[todo], 1 + extra, labelled_only=True)
-    for qi, row in zip(todo, rows, strict=True):
-        nearest_labelled[qi] = next((m for m in row if m.face_id not in excl[qi]), None)
+    k = 1 + extra + (16 if any(rej[i] for i in todo) else 0)
+    while todo:
+        rows = collection.search(xq[todo], k, labelled_only=True)
+        still = []
+        for qi, row in zip(todo, rows, strict=True):
+            ok = [m for m in row if m.face_id not in excl[qi] and m.person not in rej[qi]]
+            if ok or len(row) < k:  # found, or every labelled face was seen
+                nearest_labelled[qi] = ok[0] if ok else None
+            else:
+                still.append(qi)
+        todo, k = still, k * _GROWTH
 
 
 def identify_faces(
@@ -208,8 +227,10 @@ def identify_faces(
     *,
     k: int = 5,
     threshold: float = DEFAULT_IDENTIFY_THRESHOLD,
+    rejected: Sequence[AbstractSet[str]] | None = None,
 ) -> list[Identification]:
     """:func:`identify_vectors` for detected faces; each result carries its face (box).
+    ``rejected``: per face, people its verdict must not be.
 
     Raises :class:`~facesearch.errors.IncompatibleModelError` when the faces were embedded by
     a model whose vectors cannot be compared with the collection's
@@ -219,7 +240,7 @@ def identify_faces(
         return []
     collection.check_query_models(sorted({f.model for f in faces}))
     xq = np.stack([np.asarray(f.embedding, dtype=np.float32) for f in faces])
-    results = identify_vectors(collection, xq, k=k, threshold=threshold)
+    results = identify_vectors(collection, xq, k=k, threshold=threshold, rejected=rejected)
     return [
         Identification(r.person, r.distance, r.threshold, r.matches, r.groups, face)
         for r, face in zip(results, faces, strict=True)

@@ -12,6 +12,10 @@ Tables
                  (``folder`` | ``csv`` | ``manual`` | ``enroll`` | ``propagated`` | ``cluster``).
 ``clusters``     groups of faces found by ``facesearch cluster``; optional person and name;
                  ``manual`` marks clusters the user named or merged, which re-clustering keeps.
+                 Ids are never handed out twice (a page showing cluster 7 keeps showing it).
+``rejections``   "not this person": face -> person (the face is not them), or face -> cluster
+                 (taken out of it by hand); clustering, proposals, ``--assign`` and
+                 identification's verdict honour them.
 ``models``       embedding models registered in the collection: name, dim, the model it is
                  compatible with (harmonic training), file hash, file path, threshold tau.
 ``meta``         key/value text; ``generation`` is bumped in the same transaction as every change
@@ -91,8 +95,8 @@ logger = logging.getLogger(__name__)
 
 #: The Alembic revision this code reads and writes, and every revision it knows (oldest first).
 #: ``tests/test_migrations.py`` checks them against the scripts in ``migrations/versions``.
-SCHEMA_HEAD: str = "0002"
-SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002")
+SCHEMA_HEAD: str = "0003"
+SCHEMA_REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")
 #: Where the Alembic scripts live: ``facesearch/_migrations`` in an installed wheel, else the
 #: repository's top-level ``migrations/`` folder (source tree, editable install).
 _PACKAGED_MIGRATIONS = Path(__file__).resolve().parent / "_migrations"
@@ -131,6 +135,11 @@ class LabelSource(str, enum.Enum):
     ENROLL = "enroll"  #: ``facesearch enroll NAME IMG...``
     PROPAGATED = "propagated"  #: copied from a labelled neighbour within tau
     CLUSTER = "cluster"  #: the person of the face's cluster (``cluster --assign``)
+
+
+#: Label sources that follow from other labels (a proposal, a cluster's person), not from
+#: someone's word about this face: they never override a rejection.
+DERIVED_SOURCES: frozenset[LabelSource] = frozenset({LabelSource.PROPAGATED, LabelSource.CLUSTER})
 
 
 def _utcnow() -> datetime:
@@ -197,6 +206,8 @@ class Person(Base):
 
 class Cluster(Base):
     __tablename__ = "clusters"
+    # Ids are never reused: clustering keeps cluster ids across runs (migration 0003).
+    __table_args__ = {"sqlite_autoincrement": True}
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     person_id: Mapped[int | None] = mapped_column(
@@ -256,6 +267,28 @@ class Assignment(Base):
 
     face: Mapped[FaceRow] = relationship(back_populates="assignment")
     person: Mapped[Person] = relationship()
+
+
+class Rejection(Base):
+    """Face ``face_id`` is not person ``person_id``, or must not go back into cluster
+    ``cluster_id`` (taken out of it by hand): exactly one of the two is set."""
+
+    __tablename__ = "rejections"
+    __table_args__ = (
+        sa.CheckConstraint("(person_id IS NULL) <> (cluster_id IS NULL)", name="one_target"),
+        sa.UniqueConstraint("face_id", "cluster_id"),
+        sa.UniqueConstraint("face_id", "person_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    face_id: Mapped[int] = mapped_column(ForeignKey("faces.id", ondelete="CASCADE"))
+    person_id: Mapped[int | None] = mapped_column(
+        ForeignKey("people.id", ondelete="CASCADE"), index=True
+    )
+    cluster_id: Mapped[int | None] = mapped_column(
+        ForeignKey("clusters.id", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=_utcnow)
 
 
 class Meta(Base):
@@ -370,6 +403,27 @@ class ClusterSummary:
     name: str | None
     manual: bool
     sample_face_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    """A stored rejection: the face is not ``person`` (id and name), or was taken out of
+    cluster ``cluster_id``; one of the two is ``None``."""
+
+    face_id: int
+    person_id: int | None
+    person: str | None
+    cluster_id: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionArrays:
+    """Every rejection as aligned ``(M,) int64`` arrays (``-1`` for NULL), sorted by face."""
+
+    face_ids: np.ndarray
+    person_ids: np.ndarray
+    cluster_ids: np.ndarray
 
 
 @dataclass(frozen=True, slots=True)
@@ -1418,7 +1472,10 @@ def assign(
     """Give faces to ``person`` (created if needed). Returns the number of faces assigned.
 
     ``replace=False`` leaves faces that already have a person alone (e.g. propagation must
-    not override a manual label). Unknown face ids raise :class:`CollectionError`.
+    not override a manual label). Rejections: a face rejected for ``person`` is skipped by the
+    derived sources (:data:`DERIVED_SOURCES`: a proposal or a cluster's person is never given
+    to a face said not to be them); any other source is someone's explicit word and lifts the
+    rejection. Unknown face ids raise :class:`CollectionError`.
     """
     source = LabelSource(source)
     p = ensure_person(s, person)
@@ -1429,6 +1486,11 @@ def assign(
         if len(found) != len(part):
             missing = sorted(set(part) - found)
             raise NotFoundError("face", missing[0], f"no faces with ids {missing[:10]}")
+        rejected = Rejection.face_id.in_(part) & (Rejection.person_id == p.id)
+        if source in DERIVED_SOURCES:
+            part = sorted(set(part) - set(s.scalars(select(Rejection.face_id).where(rejected))))
+        else:
+            s.execute(sa.delete(Rejection).where(rejected))
         taken = set(s.scalars(select(Assignment.face_id).where(Assignment.face_id.in_(part))).all())
         if replace and taken:
             s.execute(sa.delete(Assignment).where(Assignment.face_id.in_(sorted(taken))))
@@ -1483,6 +1545,17 @@ def merge_people(s: Session, source: str, target: str) -> int:
         )
     )
     s.execute(sa.update(Cluster).where(Cluster.person_id == src.id).values(person_id=dst.id))
+    # a face that is not the source is not the target either (one person now); kept once, and
+    # dropped for faces the target's own labels say are theirs
+    theirs = select(Assignment.face_id).where(Assignment.person_id == dst.id)
+    already = select(Rejection.face_id).where(Rejection.person_id == dst.id)
+    s.execute(
+        sa.delete(Rejection).where(
+            Rejection.person_id == src.id,
+            Rejection.face_id.in_(theirs) | Rejection.face_id.in_(already),
+        )
+    )
+    s.execute(sa.update(Rejection).where(Rejection.person_id == src.id).values(person_id=dst.id))
     s.execute(sa.delete(Person).where(Person.id == src.id))
     s.expire_all()
     return int(n)
@@ -1691,6 +1764,16 @@ def delete_clusters(
     s.expire_all()
 
 
+def clear_automatic_clusters(s: Session) -> None:
+    """Take every face out of the automatic clusters (a full run places them again); the rows
+    stay, without person or name, for the run to reuse their ids
+    (:func:`delete_empty_clusters` drops those it did not)."""
+    auto = select(Cluster.id).where(Cluster.manual.is_(False))
+    s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(auto)).values(cluster_id=None))
+    s.execute(sa.update(Cluster).where(Cluster.manual.is_(False)).values(person_id=None, name=None))
+    s.expire_all()
+
+
 def delete_empty_clusters(s: Session) -> None:
     used = select(FaceRow.cluster_id).where(FaceRow.cluster_id.is_not(None)).distinct()
     s.execute(sa.delete(Cluster).where(Cluster.id.not_in(used)))
@@ -1768,6 +1851,163 @@ def cluster_face_page(
         .limit(limit)
     )
     return [int(i) for i in s.scalars(stmt)]
+
+
+# -- rejections -------------------------------------------------------------------------------
+
+
+def _rejection_target(person_id: int | None, cluster_id: int | None) -> Any:
+    if (person_id is None) == (cluster_id is None):
+        raise ValueError("a rejection names a person or a cluster, exactly one of them")
+    if person_id is not None:
+        return Rejection.person_id == int(person_id)
+    return Rejection.cluster_id == int(cluster_id)  # type: ignore[arg-type]
+
+
+def add_rejections(
+    s: Session,
+    face_ids: Sequence[int] | np.ndarray,
+    *,
+    person_id: int | None = None,
+    cluster_id: int | None = None,
+) -> int:
+    """Record that the faces are not person ``person_id`` (or must not go back into cluster
+    ``cluster_id``); pairs already recorded are left as they are. Returns the rows added."""
+    target = _rejection_target(person_id, cluster_id)
+    ids = sorted({int(i) for i in np.asarray(face_ids, dtype=np.int64).reshape(-1)})
+    n = 0
+    for part in _chunks(ids):
+        have = set(s.scalars(select(Rejection.face_id).where(target, Rejection.face_id.in_(part))))
+        rows = [
+            {
+                "face_id": f,
+                "person_id": person_id,
+                "cluster_id": cluster_id,
+                "created_at": _utcnow(),
+            }
+            for f in part
+            if f not in have
+        ]
+        if rows:
+            s.execute(sa.insert(Rejection), rows)
+        n += len(rows)
+    return n
+
+
+def delete_rejections(
+    s: Session,
+    face_ids: Sequence[int] | np.ndarray,
+    *,
+    person_id: int | None = None,
+    cluster_id: int | None = None,
+) -> int:
+    """Forget that the faces are not ``person_id`` (or not of ``cluster_id``). Returns the rows
+    deleted."""
+    target = _rejection_target(person_id, cluster_id)
+    n = 0
+    for part in _chunks(face_ids):
+        n += _rowcount(s.execute(sa.delete(Rejection).where(target, Rejection.face_id.in_(part))))
+    return n
+
+
+def _rejection_filter(stmt: Any, face_id: int | None, person_id: int | None) -> Any:
+    if face_id is not None:
+        stmt = stmt.where(Rejection.face_id == int(face_id))
+    if person_id is not None:
+        stmt = stmt.where(Rejection.person_id == int(person_id))
+    return stmt
+
+
+def rejection_records(
+    s: Session,
+    *,
+    face_id: int | None = None,
+    person_id: int | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+) -> list[RejectionRecord]:
+    """Rejections by face id (then person, then cluster), one page; ``face_id`` /
+    ``person_id``: only those of that face / person."""
+    stmt = (
+        select(
+            Rejection.face_id, Rejection.person_id, Person.name, Rejection.cluster_id,
+            Rejection.created_at,
+        )
+        .outerjoin(Person, Person.id == Rejection.person_id)
+        .order_by(Rejection.face_id, Rejection.person_id, Rejection.cluster_id)
+        .offset(offset)
+        .limit(limit)
+    )  # fmt: skip
+    return [
+        RejectionRecord(int(f), p, name, c, at)
+        for f, p, name, c, at in s.execute(_rejection_filter(stmt, face_id, person_id))
+    ]
+
+
+def rejection_count(s: Session, *, face_id: int | None = None, person_id: int | None = None) -> int:
+    stmt = _rejection_filter(select(func.count(Rejection.id)), face_id, person_id)
+    return int(s.scalar(stmt) or 0)
+
+
+def rejection_arrays(s: Session) -> RejectionArrays:
+    """Every rejection, for the clustering (:class:`RejectionArrays`)."""
+    rows = s.execute(
+        select(Rejection.face_id, Rejection.person_id, Rejection.cluster_id).order_by(
+            Rejection.face_id, Rejection.id
+        )
+    ).all()
+    a = np.array(
+        [[f, -1 if p is None else p, -1 if c is None else c] for f, p, c in rows], dtype=np.int64
+    ).reshape(-1, 3)
+    return RejectionArrays(*(np.ascontiguousarray(a[:, j]) for j in range(3)))
+
+
+def rejected_people(s: Session, face_ids: Sequence[int] | np.ndarray) -> dict[int, set[str]]:
+    """``face id -> names of the people it was rejected for``, for the faces that have any."""
+    out: dict[int, set[str]] = {}
+    for part in _chunks(face_ids):
+        rows = s.execute(
+            select(Rejection.face_id, Person.name)
+            .join(Person, Person.id == Rejection.person_id)
+            .where(Rejection.face_id.in_(part))
+        )
+        for f, name in rows:
+            out.setdefault(int(f), set()).add(name)
+    return out
+
+
+def cluster_rejected_faces(s: Session, cluster_id: int) -> list[int]:
+    """Ids of the faces taken out of cluster ``cluster_id`` by hand, ascending."""
+    stmt = select(Rejection.face_id).where(Rejection.cluster_id == int(cluster_id))
+    return [int(f) for f in s.scalars(stmt.order_by(Rejection.face_id))]
+
+
+def copy_cluster_rejections(s: Session, source: int, targets: Sequence[int]) -> int:
+    """Give clusters ``targets`` the rejections of cluster ``source`` (its faces went there).
+    Returns the rows added."""
+    faces = cluster_rejected_faces(s, source)
+    return sum(add_rejections(s, faces, cluster_id=int(t)) for t in targets if t != source)
+
+
+def rejected_members(s: Session, cluster_ids: Sequence[int]) -> list[tuple[int, int]]:
+    """``(face id, cluster id)`` of the faces of these clusters rejected for the cluster itself
+    or for its person: faces that must leave it."""
+    ids = [int(c) for c in cluster_ids]
+    if not ids:
+        return []
+    own = sa.and_(Rejection.face_id == FaceRow.id, Rejection.cluster_id == FaceRow.cluster_id)
+    person = sa.and_(
+        Rejection.face_id == FaceRow.id,
+        Rejection.person_id.is_not(None),
+        Rejection.person_id == Cluster.person_id,
+    )
+    stmt = (
+        select(FaceRow.id, FaceRow.cluster_id)
+        .join(Cluster, Cluster.id == FaceRow.cluster_id)
+        .where(FaceRow.cluster_id.in_(ids), sa.exists().where(own) | sa.exists().where(person))
+        .order_by(FaceRow.id)
+    )
+    return [(int(f), int(c)) for f, c in s.execute(stmt) if c is not None]
 
 
 # -- counts -----------------------------------------------------------------------------------

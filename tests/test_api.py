@@ -238,6 +238,39 @@ def test_assign_unassign_and_delete_a_face(fresh: Any) -> None:
         api.delete_face(fresh, face.id)
 
 
+def test_identify_a_stored_photo_honours_its_rejections(
+    fresh: Any, indexed: dict[str, Any]
+) -> None:
+    """A photo of the collection identified again: its face was said not to be Raj, so the
+    verdict is not Raj, for the photo as a path, as bytes, and for the stored face itself."""
+    path = indexed["lib"] / "BBT_Raj" / "raj1.png"
+    res = api.identify(fresh, path, models=shared_models(), k=3)
+    assert res.faces[0].person == "BBT_Raj"
+    (face,) = [f for f in api.person_faces(fresh, "BBT_Raj").items if f.photo_path == str(path)]
+    assert api.reject_face(fresh, face.id, "BBT_Raj").person is None
+    for image in (path, path.read_bytes()):
+        verdict = api.identify(fresh, image, models=shared_models(), k=3).faces[0]
+        assert verdict.person != "BBT_Raj"
+        assert verdict.matches[1].person == "BBT_Raj"  # itself (now unlabelled), then Raj
+    assert api.identify_face(fresh, face.id).person != "BBT_Raj"
+    # another photo of Raj is Raj still; the rejection is listed, and can be lifted
+    other = indexed["lib"] / "BBT_Raj" / "raj2.png"
+    assert api.identify(fresh, other, models=shared_models()).faces[0].person == "BBT_Raj"
+    (rej,) = api.list_rejections(fresh).items
+    assert (rej.face_id, rej.person) == (face.id, "BBT_Raj")
+    assert rej.to_dict()["person"]["name"] == "BBT_Raj"
+    assert not any(
+        s.face_ids == (face.id,) and s.person == "BBT_Raj"
+        for s in api.iterate(api.suggestions, fresh)
+    )
+    api.unreject_face(fresh, face.id, "BBT_Raj")
+    assert api.identify_face(fresh, face.id).person == "BBT_Raj"
+    assert any(
+        s.face_ids == (face.id,) and s.person == "BBT_Raj"
+        for s in api.iterate(api.suggestions, fresh)
+    )
+
+
 def test_clusters(fresh: Any) -> None:
     for p in list(api.iterate(api.list_people, fresh)):
         api.delete_person(fresh, p.id)  # every face unlabelled: clustering has work

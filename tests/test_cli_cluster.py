@@ -261,6 +261,66 @@ def test_proposal_and_assign(col: dict[str, Any]) -> None:
     assert ids == _all_face_ids(col["home"])
 
 
+def test_people_reject_and_unreject(col: dict[str, Any]) -> None:
+    args = col["args"]
+    entries = _clusters(args)
+    raj = _by_person(entries, "BBT_Raj")
+    run_cli(["cluster", "name", raj["id"], "Raj", *args])
+    # the group photo's face of Raj is in the cluster; say it is not Raj
+    portraits = [f for f in raj["faces"] if Path(f["photo"]).name != GROUP]
+    face = portraits[0]["face_id"]
+    out = run_cli(["people", "reject", face, "Raj", *args]).stdout
+    assert out.strip() == f"face {face} is not 'Raj'"
+    rows = json.loads(run_cli(["people", "rejections", "--json", *args]).stdout)
+    assert [(r["face_id"], r["person"]["name"]) for r in rows] == [(face, "Raj")]
+    assert run_cli(["people", "rejections", "Raj", *args]).stdout.split() == [
+        "face", str(face), "not", "'Raj'",
+    ]  # fmt: skip
+    for extra in ((), ("--full",)):
+        entries = _clusters(args, *extra)
+        named = [e for e in entries if e["id"] == raj["id"]][0]
+        assert named["person"] == "Raj" and face not in {f["face_id"] for f in named["faces"]}
+        assert not any(
+            e["proposed"] == "Raj" and face in {f["face_id"] for f in e["faces"]} for e in entries
+        )
+        for e in entries:
+            if e["kind"] == "cluster":
+                assert set(e["cohesion"]) == {"mean_d", "nn_inside", "margin"}
+    r = run_cli(["people", "unreject", face, "Raj", *args])
+    assert r.stdout.strip() == f"face {face} may be 'Raj' again"
+    assert run_cli(["people", "rejections", *args]).stdout.strip() == "no rejections"
+    r = run_cli(["people", "unreject", face, "Raj", *args], ok=False)
+    assert r.exit_code == 1 and f"face {face} was not rejected for person 'Raj'" in r.stderr
+    r = run_cli(["people", "reject", face, "Nobody", *args], ok=False)
+    assert r.exit_code == 1 and "no person named 'Nobody'" in r.stderr
+
+
+def test_split_faces_out_and_unreject(col: dict[str, Any]) -> None:
+    args = col["args"]
+    penny = _by_person(_clusters(args), "BBT_Penny")
+    out_face = penny["faces"][0]["face_id"]
+    r = run_cli(["cluster", "split", penny["id"], out_face, *args])
+    assert (
+        r.stdout
+        == f"took 1 faces out of cluster {penny['id']}; cluster {penny['id']} keeps the others\n"
+    )
+    rows = json.loads(run_cli(["people", "rejections", "--json", *args]).stdout)
+    assert [(r["face_id"], r["cluster"]) for r in rows] == [(out_face, penny["id"])]
+    for extra in ((), ("--full",)):
+        [kept] = [e for e in _clusters(args, *extra) if e["id"] == penny["id"]]
+        assert out_face not in {f["face_id"] for f in kept["faces"]}
+    r = run_cli(["people", "unreject", out_face, "--cluster", penny["id"], *args])
+    assert r.stdout.strip() == f"face {out_face} may be in cluster {penny['id']} again"
+    assert run_cli(["people", "rejections", *args]).stdout.strip() == "no rejections"
+    for bad in ([], ["Raj", "--cluster", penny["id"]]):
+        r = run_cli(["people", "unreject", out_face, *bad, *args], ok=False)
+        assert r.exit_code == 2 and "give PERSON or --cluster ID" in r.stderr
+    r = run_cli(["cluster", "split", penny["id"], 10**9, *args], ok=False)
+    assert r.exit_code == 1 and "not in cluster" in r.stderr
+    r = run_cli(["cluster", "split", penny["id"], out_face, "--threshold", "0.9", *args], ok=False)
+    assert r.exit_code == 2 and "not both" in r.stderr
+
+
 def test_export(col: dict[str, Any], tmp_path: Path) -> None:
     out_dir = tmp_path / "export"
     r = run_cli(["cluster", "--json", "--export", out_dir, *col["args"]])

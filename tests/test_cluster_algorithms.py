@@ -19,12 +19,16 @@ from facesearch.cluster_algorithms import (
     assign_new,
     bcubed_prf,
     build_index,
+    cohesion,
     default_threshold,
     default_thresholds,
+    face_statistics,
     knn_graph,
+    match_clusters,
     n_clusters,
     pairwise_prf,
     propose_people,
+    stable_ids,
 )
 from facesearch.distance import DEFAULT_THRESHOLD, pairwise_distance
 from facesearch.errors import IndexMismatchError
@@ -67,9 +71,11 @@ def greedy_oracle(
     photo: np.ndarray,
     labels: np.ndarray,
     pair_threshold: float | None = None,
+    rejections: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dense average linkage with cannot-link: always merge the closest allowed pair; two
-    single faces are allowed only below ``pair_threshold`` (default: ``threshold``)."""
+    single faces are allowed only below ``pair_threshold`` (default: ``threshold``); a group
+    holding a face of ``rejections`` ``(face, label)`` never holds that label."""
     d = pairwise_distance(x, x).astype(np.float64)
     pair_t = threshold if pair_threshold is None else pair_threshold
     groups = [[i] for i in range(len(x))]
@@ -82,6 +88,10 @@ def greedy_oracle(
             li, lj = set(labels[gi]) - {-1}, set(labels[gj]) - {-1}
             if li and lj and li != lj:
                 continue
+            if rejections is not None:
+                banned = {int(lab) for f, lab in rejections if f in gi or f in gj}
+                if banned & (li | lj):
+                    continue
             link = d[np.ix_(gi, gj)].mean()
             if link < (pair_t if len(gi) == len(gj) == 1 else threshold) and link < best:
                 best, pair = link, (i, j)
@@ -228,6 +238,76 @@ def test_cannot_link_is_never_broken(method: str) -> None:
         assert len(set(labels[members].tolist()) - {-1}) <= 1, "two people in one cluster"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rejections_equal_dense_greedy_oracle(seed: int) -> None:
+    rng = np.random.default_rng(100 + seed)
+    x, ident = faces(6, 8, 0.09, seed=seed, dim=32)
+    n = len(x)
+    labels = np.full(n, -1, dtype=np.int64)
+    some = rng.choice(n, n // 5, replace=False)
+    labels[some] = ident[some]
+    free = np.flatnonzero(labels < 0)
+    faces_rej = rng.choice(free, 6, replace=False)
+    rejections = np.stack([faces_rej, ident[faces_rej]], axis=1)  # "not this person": wrong
+    photo = np.arange(n)
+    config = ClusterConfig(DEFAULT_THRESHOLD, k=n, min_size=1, premerge_labels=False)
+    got = agglomerate(x, config, photo_ids=photo, labels=labels, rejections=rejections)
+    ref = greedy_oracle(x, DEFAULT_THRESHOLD, photo, labels, rejections=rejections)
+    assert same_partition(got, ref)
+    for f, lab in rejections.tolist():
+        assert lab not in set(labels[got == got[f]].tolist())
+
+
+@pytest.mark.parametrize("method", ["average", "single", "complete"])
+def test_a_rejected_lookalike_leaves_the_person(method: str) -> None:
+    """Person A (10 faces, 2 labelled 0), a lookalike B (3 faces) that plain clustering puts
+    with A, person C (8 faces, 1 labelled 1). B's faces rejected for A end apart from A;
+    nothing else moves."""
+    rng = np.random.default_rng(21)
+    c_a = unit(rng.standard_normal((1, 128)))
+    c_b = unit(c_a + 0.09 * rng.standard_normal((1, 128)))
+    c_c = unit(rng.standard_normal((1, 128)))
+    x = unit(
+        np.concatenate(
+            [c + 0.06 * rng.standard_normal((m, 128)) for c, m in ((c_a, 10), (c_b, 3), (c_c, 8))]
+        )
+    )
+    labels = np.full(len(x), -1, dtype=np.int64)
+    labels[[0, 1]] = 0
+    labels[13] = 1
+    config = ClusterConfig(linkage=method)  # type: ignore[arg-type]
+    plain = agglomerate(x, config, labels=labels)
+    assert (plain[:13] == plain[0]).all(), "the lookalike joins A without the rejections"
+    rejections = np.array([[10, 0], [11, 0], [12, 0]])
+    out = agglomerate(x, config, labels=labels, rejections=rejections)
+    assert (out[:10] == out[0]).all() and (out[13:] == out[13]).all()
+    assert len({out[0], out[10], out[13]}) == 3 and (out[10:13] == out[10]).all()
+    # one rejected face is enough when the others are closer to it than to A
+    one = agglomerate(x, config, labels=labels, rejections=np.array([[10, 0]]))
+    assert one[10] != one[0]
+    with pytest.raises(ValueError, match="rejections must be"):
+        agglomerate(x, config, rejections=np.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="face positions are 0"):
+        agglomerate(x, config, rejections=np.array([[len(x), 0]]))
+
+
+def test_assign_new_honours_rejections() -> None:
+    x, ident = faces(2, 8, 0.06, seed=22, fixed=True)
+    old = np.flatnonzero(np.arange(len(x)) % 8 < 6)
+    new = np.setdiff1d(np.arange(len(x)), old)
+    labels = np.full(len(x), -1, dtype=np.int64)
+    labels[old] = ident[old]  # every old face is labelled: person 0 and person 1
+    lab = np.concatenate([labels[old], labels[new]])
+    out0 = assign_new(np.full(len(old), -1), x[old], x[new], labels=lab)
+    pos_new0 = len(old) + int(np.flatnonzero(ident[new] == 0)[0])
+    assert 0 in set(lab[out0 == out0[pos_new0]].tolist())
+    out = assign_new(
+        np.full(len(old), -1), x[old], x[new], labels=lab,
+        rejections=np.array([[pos_new0, 0]]),
+    )  # fmt: skip
+    assert out[pos_new0] < 0 or 0 not in set(lab[out == out[pos_new0]].tolist())
+
+
 def test_two_faces_of_one_photo_split_even_when_identical() -> None:
     x, _ = faces(1, 1, 0.0, seed=12)
     xb = np.repeat(x, 4, axis=0)
@@ -331,6 +411,17 @@ def test_propose_people() -> None:
     assert all(isinstance(p, Proposal) for p in props)
 
 
+def test_proposals_skip_a_person_a_face_of_the_cluster_was_rejected_for() -> None:
+    x, ident = faces(2, 8, 0.07, seed=23, fixed=True)
+    labels = np.where(np.arange(len(x)) % 8 < 2, 100 + ident, -1)
+    clusters = np.where(labels < 0, ident, -1)
+    props = {p.cluster: p.label for p in propose_people(clusters, x, labels)}
+    assert props == {0: 100, 1: 101}
+    face = int(np.flatnonzero(clusters == 0)[0])
+    props = propose_people(clusters, x, labels, rejections=np.array([[face, 100]]))
+    assert {p.cluster: p.label for p in props} == {1: 101}
+
+
 def test_no_proposal_for_clusters_with_a_person() -> None:
     x, ident = faces(2, 6, 0.07, seed=20)
     labels = np.where(np.arange(len(x)) == 0, ident, -1)
@@ -393,38 +484,60 @@ def test_metrics_on_known_cases() -> None:
 # --------------------------------------------------------------------------- default threshold
 
 
-def test_default_threshold_moves_below_tau_as_same_person_pairs_get_rare() -> None:
-    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)  # 10 people: 1 pair in 10 is the same
-    many, _ = faces(600, 1, 0.08, seed=21, fixed=True)  # 600 people seen once
-    t_few, t_many = default_threshold(few), default_threshold(many)
-    assert t_many < t_few < DEFAULT_THRESHOLD
-    assert default_threshold(few) == t_few, "seeded: the same faces give the same threshold"
-    assert default_threshold(few, tau=1.4) > t_few, "it follows tau"
+def test_statistics_find_the_people_without_labels() -> None:
+    tight, ident = faces(40, 30, 0.07, seed=21, fixed=True)  # 40 people x 30 faces
+    loose, _ = faces(40, 30, 0.10, seed=21, fixed=True)  # the same people, worse photos
+    st = face_statistics(tight)
+    assert st.crowd and st.measured
+    d = pairwise_distance(tight, tight)
+    same = ident[:, None] == ident[None, :]
+    off = ~np.eye(len(tight), dtype=bool)
+    assert abs(st.mu_same - d[same & off].mean()) < 0.05, "the one-person normal, unlabelled"
+    assert abs(st.same_share - (same & off).sum() / off.sum()) < 0.01
+    assert st.lone_share < 0.05, "every face has company"
+    assert face_statistics(loose).mu_same > st.mu_same + 0.1
+    lone = face_statistics(faces(800, 1, 0.07, seed=22, fixed=True)[0])
+    assert lone.lone_share > 0.9 and not lone.measured, "nobody seen twice"
+    assert face_statistics(tight) == st, "seeded: the same faces give the same statistics"
+
+
+def test_thresholds_follow_the_photos_and_the_lonely_faces() -> None:
+    tight = faces(40, 30, 0.07, seed=21, fixed=True)[0]
+    loose = faces(40, 30, 0.10, seed=21, fixed=True)[0]
+    crowd = np.concatenate([tight, faces(1500, 1, 0.07, seed=23, fixed=True)[0]])
+    t_tight, p_tight = default_thresholds(tight)
+    t_loose, p_loose = default_thresholds(loose)
+    t_crowd, p_crowd = default_thresholds(crowd)
+    assert p_tight < t_tight and p_loose < t_loose and p_crowd <= t_crowd
+    assert t_loose > t_tight + 0.1, "one person's faces spread out: the thresholds follow"
+    assert t_crowd < t_tight - 0.05, "many faces alone: merges with groups get stricter"
+    assert default_threshold(tight) == t_tight
 
 
 def test_default_threshold_is_tau_without_a_crowd() -> None:
     x, _ = faces(1, 1, 0.0, seed=22)
-    assert default_threshold(x) == DEFAULT_THRESHOLD
-    assert default_threshold(np.repeat(x, 5, axis=0)) == DEFAULT_THRESHOLD  # one person only
-
-
-def test_single_faces_get_the_stricter_prior_of_a_person_seen_once() -> None:
-    many, _ = faces(600, 3, 0.08, seed=24)
-    t, t_pair = default_thresholds(many)
-    assert t == default_threshold(many)
-    assert t_pair < t < DEFAULT_THRESHOLD
-    # T(p) = tau - c ln((1 - p) / p): the gap between p = pi and p = 1 / N
-    few, _ = faces(10, 60, 0.08, seed=21, fixed=True)
-    t_few, t_few_pair = default_thresholds(few)
-    assert t_few_pair < t_few
-    x, _ = faces(1, 1, 0.0, seed=22)
     assert default_thresholds(x) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    one = faces(1, 40, 0.07, seed=22, fixed=True)[0]  # one person only
+    assert default_thresholds(one) == (DEFAULT_THRESHOLD, DEFAULT_THRESHOLD)
+    assert default_thresholds(one, tau=1.4) == (1.4, 1.4)
+
+
+def test_sampled_statistics_hold_without_the_graph() -> None:
+    x, _ = faces(300, 6, 0.08, seed=26)
+    nn_d = knn_graph(x, 1)[0][:, 0]
+    full = face_statistics(x, nn_d=nn_d)
+    sampled = face_statistics(x, sample=600)  # nearest neighbours of 2,000 faces, brute force
+    index = build_index(x)
+    assert face_statistics(x, sample=600, index=index) == sampled
+    assert abs(full.lone_share - sampled.lone_share) < 0.05
+    assert abs(full.mu_diff - sampled.mu_diff) < 0.02
+    assert abs(full.mu_same - sampled.mu_same) < 0.05
 
 
 def test_default_config_uses_the_default_thresholds() -> None:
     x, _ = faces(60, 4, 0.09, seed=23)
-    t, t_pair = default_thresholds(x)
-    assert ClusterConfig().thresholds(x) == (t, t_pair)
+    t, t_pair = default_thresholds(x, nn_d=knn_graph(x, 1)[0][:, 0])
+    assert ClusterConfig().thresholds(x, nn_d=knn_graph(x, 1)[0][:, 0]) == (t, t_pair)
     auto = agglomerate(x)
     explicit = agglomerate(x, ClusterConfig(threshold=t, pair_threshold=t_pair))
     np.testing.assert_array_equal(auto, explicit)
@@ -471,3 +584,77 @@ def test_two_single_faces_need_the_pair_threshold_but_join_a_group_at_the_thresh
     assert n_clusters(agglomerate(x, ClusterConfig(1.2, linkage=method))) == 1  # type: ignore[arg-type]
     x3 = unit(np.stack([at(0.0), at(0.9), at(0.9) + 0.05 * other]))
     assert n_clusters(agglomerate(x3, alone)) == 1
+
+
+# --------------------------------------------------------------------------- cohesion
+
+
+def test_cohesion_equals_brute_force() -> None:
+    x, ident = faces(12, 8, 0.09, seed=27)
+    ids = ident.copy()
+    ids[::7] = -1  # some faces alone
+    ids[ident == 3] = 2  # one cluster of two people
+    coh = cohesion(ids, x)
+    d = pairwise_distance(x, x).astype(np.float64)
+    np.fill_diagonal(d, np.inf)
+    nn = np.argmin(d, axis=1)
+    np.fill_diagonal(d, 0.0)
+    for c, size, mean_d, inside in zip(coh.ids, coh.size, coh.mean_d, coh.nn_inside, strict=True):
+        m = np.flatnonzero(ids == c)
+        assert size == len(m)
+        ref = d[np.ix_(m, m)].sum() / (len(m) * (len(m) - 1)) if len(m) > 1 else 0.0
+        assert mean_d == pytest.approx(ref, abs=1e-6)
+        assert inside == (np.mean(ids[nn[m]] == c) if len(m) > 1 else 1.0)
+    assert -1 not in coh.ids
+    mixed = int(np.flatnonzero(coh.ids == 2)[0])
+    assert coh.mean_d[mixed] == coh.mean_d.max(), "two people in one cluster: the least cohesive"
+    np.testing.assert_array_equal(cohesion(ids, x, nn=nn).nn_inside, coh.nn_inside)
+    assert np.isnan(cohesion(ids, x, nn=nn).margin).all()
+    assert coh.as_dict()[2]["size"] == int((ids == 2).sum())
+    # margin: exact with every other face in the graph
+    full = cohesion(ids, x, graph=knn_graph(x, len(x) - 1))
+    np.testing.assert_array_equal(full.nn_inside, coh.nn_inside)
+    for c, margin in zip(full.ids, full.margin, strict=True):
+        m = np.flatnonzero(ids == c)
+        others = np.setdiff1d(np.arange(len(x)), m)
+        d_out = d[np.ix_(m, others)].min(axis=1)
+        d_in = d[np.ix_(m, m)].sum(axis=1) / max(len(m) - 1, 1)
+        assert margin == pytest.approx((d_out - d_in).min(), abs=1e-5)
+    assert full.margin[mixed] < np.median(full.margin), "a stranger inside: a small margin"
+    # with k = 8 (the default search) the nearest outsider is found, or stands in as the 8th
+    # distance, which is smaller: the margin is exact or errs on the doubtful side
+    assert (coh.margin <= full.margin + 1e-6).all()
+    assert np.isclose(coh.margin, full.margin, atol=1e-6).mean() > 0.5
+
+
+# --------------------------------------------------------------------------- stable ids
+
+
+def test_match_clusters_by_overlap() -> None:
+    old = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, -1, -1])
+    new = np.array([5, 5, 5, 6, 7, 7, 7, 8, 9, 7, 10])
+    # 5 = three of old 0's four faces (J 0.75); 7 = old 1 plus a face alone before (J 0.75);
+    # old 2 split in two halves (J 0.5 each: only one continues it); 6 and 10 are new
+    assert match_clusters(old, new) == {5: 0, 7: 1, 8: 2}
+    assert match_clusters(old, new, min_jaccard=0.8) == {}
+    ids = stable_ids(old, new)
+    np.testing.assert_array_equal(ids, [0, 0, 0, 3, 1, 1, 1, 2, 4, 1, 5])
+    assert stable_ids(old, new, next_id=100).max() == 102
+    with pytest.raises(ValueError, match="alike"):
+        match_clusters(old, new[:-1])
+
+
+def test_ids_survive_a_full_rerun_with_ten_percent_more_faces() -> None:
+    x, _ = faces(80, 12, 0.08, seed=28)
+    rng = np.random.default_rng(28)
+    late = rng.random(len(x)) < 0.1
+    order = np.concatenate([np.flatnonzero(~late), np.flatnonzero(late)])
+    x = x[order]
+    n_old = int((~late).sum())
+    first = agglomerate(x[:n_old])
+    again = stable_ids(np.concatenate([first, np.full(len(x) - n_old, -1)]), agglomerate(x))
+    old_c = np.unique(first[first >= 0])
+    kept = np.isin(old_c, again)
+    assert kept.mean() > 0.9, f"{kept.sum()} of {len(old_c)} ids kept"
+    for c in old_c[kept]:  # a kept id still shows mostly the same faces
+        assert np.mean(again[:n_old][first == c] == c) >= 0.5

@@ -95,7 +95,7 @@ def _schema_dump(engine: sa.Engine) -> dict[str, object]:
             "meta": sorted(conn.execute(sa.text("SELECT key, value FROM meta")).all()),
             "version": conn.execute(sa.text("SELECT version_num FROM alembic_version")).all(),
         }
-        if engine.dialect.name == "sqlite":  # AUTOINCREMENT (migration 0002) is in the DDL
+        if engine.dialect.name == "sqlite":  # AUTOINCREMENT (migrations 0002, 0003) in the DDL
             ddl = conn.execute(sa.text("SELECT name, sql FROM sqlite_master WHERE type='table'"))
             out["autoincrement"] = sorted(n for n, sql in ddl if "AUTOINCREMENT" in (sql or ""))
     return out
@@ -121,7 +121,7 @@ def test_create_schema_builds_what_the_migrations_build(
             "version": [(st.SCHEMA_HEAD,)],
         }
         if engine.dialect.name == "sqlite":
-            assert migrated["autoincrement"] == ["faces"]
+            assert migrated["autoincrement"] == ["clusters", "faces"]
         assert st.upgrade_database(engine) == st.SCHEMA_HEAD  # nothing to do
         assert st.downgrade_database(engine, "base") is None  # and the scripts can go down
         assert _tables(engine) <= {"alembic_version"}
@@ -146,11 +146,11 @@ def test_check_schema_messages(db_url: str, monkeypatch: pytest.MonkeyPatch) -> 
         with engine.begin() as conn:
             conn.exec_driver_sql("DROP TABLE stranger")
         st.upgrade_database(engine)
-        # A newer facesearch would know revision "0003": this database is then older.
-        monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
-        monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
+        # A newer facesearch would know revision "0004": this database is then older.
+        monkeypatch.setattr(st, "SCHEMA_HEAD", "0004")
+        monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003", "0004"))
         with pytest.raises(
-            CollectionError, match="revision 0002.*needs 0003.*facesearch db upgrade"
+            CollectionError, match="revision 0003.*needs 0004.*facesearch db upgrade"
         ):
             st.check_schema(engine, "collection 'x'")
         monkeypatch.undo()
@@ -166,10 +166,10 @@ def test_older_collection_asks_for_db_upgrade(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Collection.open(tmp_path, "old", create=True).close()
-    monkeypatch.setattr(st, "SCHEMA_HEAD", "0003")
-    monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003"))
+    monkeypatch.setattr(st, "SCHEMA_HEAD", "0004")
+    monkeypatch.setattr(st, "SCHEMA_REVISIONS", ("0001", "0002", "0003", "0004"))
     with pytest.raises(
-        CollectionError, match="collection 'old' has schema revision 0002.*db upgrade"
+        CollectionError, match="collection 'old' has schema revision 0003.*db upgrade"
     ):
         Collection.open(tmp_path, "old")
     monkeypatch.undo()
@@ -187,11 +187,12 @@ def test_older_collection_asks_for_db_upgrade(
 
 def _insert_face(conn: sa.Connection, photo_id: int, face_id: int | None = None) -> int:
     cols = "photo_id, x1, y1, x2, y2, landmarks, score, embedding, model"
-    vals = ":p, 0, 0, 1, 1, '[]', 0.9, x'00', 'm'"
+    vals = ":p, 0, 0, 1, 1, '[]', 0.9, :e, 'm'"
     if face_id is not None:
         cols, vals = "id, " + cols, ":i, " + vals
     conn.execute(
-        sa.text(f"INSERT INTO faces ({cols}) VALUES ({vals})"), {"p": photo_id, "i": face_id}
+        sa.text(f"INSERT INTO faces ({cols}) VALUES ({vals})"),
+        {"p": photo_id, "i": face_id, "e": b"\x00"},
     )
     return int(conn.execute(sa.text("SELECT MAX(id) FROM faces")).scalar() or 0)
 
@@ -225,7 +226,7 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert _insert_face(conn, 1) == 3
             # clustering had seen faces up to id 5 (4 and 5 deleted since)
             conn.execute(sa.text("INSERT INTO meta (key, value) VALUES ('cluster.last_face', '5')"))
-        assert st.upgrade_database(engine) == st.SCHEMA_HEAD == "0002"
+        assert st.upgrade_database(engine, "0002") == "0002"
         with engine.begin() as conn:
             sql = conn.execute(
                 sa.text("SELECT sql FROM sqlite_master WHERE name = 'faces'")
@@ -238,6 +239,7 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert _insert_face(conn, 1) == 6  # above cluster.last_face
             conn.execute(sa.text("DELETE FROM faces WHERE id = 6"))
             assert _insert_face(conn, 1) == 7  # a deleted id is not handed out again
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD
         st.check_schema(engine)
         assert st.downgrade_database(engine, "0001") == "0001"
         with engine.begin() as conn:
@@ -247,5 +249,80 @@ def test_0002_faces_ids_are_not_reused_on_sqlite(tmp_path: Path) -> None:
             assert "AUTOINCREMENT" not in str(sql)
             assert conn.execute(sa.text("SELECT COUNT(*) FROM faces")).scalar() == 4
             assert conn.execute(sa.text("SELECT face_id FROM assignments")).scalars().all() == [2]
+    finally:
+        engine.dispose()
+
+
+def test_0003_keeps_clusters_and_adds_rejections(db_url: str) -> None:  # noqa: F811
+    """From 0002 with clusters in use: memberships survive (SQLite rebuilds ``clusters``, which
+    would set ``faces.cluster_id`` to NULL), cluster ids are not handed out again, and the
+    rejections table takes one target per row, once, and goes with its face."""
+    engine = st.make_engine(db_url)
+    try:
+        assert st.upgrade_database(engine, "0002") == "0002"
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text("INSERT INTO models (name, dim, created_at) VALUES ('m', 1, :t)"),
+                {"t": "2026-01-01"},
+            )
+            conn.execute(
+                sa.text(
+                    "INSERT INTO photos (id, path, content_hash, size, mtime, status, indexed_at) "
+                    "VALUES (1, 'a.jpg', 'h', 1, 0, 'ok', :t)"
+                ),
+                {"t": "2026-01-01"},
+            )
+            conn.execute(
+                sa.text("INSERT INTO people (id, name, created_at) VALUES (1, 'Amy', :t)"),
+                {"t": "2026-01-01"},
+            )
+            for manual in (False, True, False):  # the sequence's ids (PostgreSQL keeps count)
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO clusters (manual, created_at, updated_at) VALUES (:m, :t, :t)"
+                    ),
+                    {"m": manual, "t": "2026-01-01"},
+                )
+            ids = conn.execute(sa.text("SELECT id FROM clusters ORDER BY id")).scalars().all()
+            assert ids == [1, 2, 3]
+            for _ in range(4):
+                _insert_face(conn, 1)
+            conn.execute(sa.text("UPDATE faces SET cluster_id = 1 WHERE id IN (1, 2)"))
+            conn.execute(sa.text("UPDATE faces SET cluster_id = 3 WHERE id = 3"))
+        assert st.upgrade_database(engine) == st.SCHEMA_HEAD == "0003"
+        with engine.begin() as conn:
+            rows = conn.execute(sa.text("SELECT id, cluster_id FROM faces ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(1, 1), (2, 1), (3, 3), (4, None)]
+            manual = conn.execute(sa.text("SELECT id FROM clusters WHERE manual")).scalars()
+            assert manual.all() == [2]
+            conn.execute(sa.text("DELETE FROM clusters WHERE id = 3"))
+        store = st.Store.open(db_url)
+        with store.session() as s:
+            new = st.new_clusters(s, 1)
+            assert new[0] > 3, "a deleted cluster id is handed out again"
+            assert st.add_rejections(s, [1, 2], person_id=1) == 2
+            assert st.add_rejections(s, [1], person_id=1) == 0  # once
+            assert st.add_rejections(s, [4], cluster_id=1) == 1
+        store.engine.dispose()
+        # both targets, or none: refused by the database
+        with pytest.raises(sa.exc.IntegrityError), engine.begin() as conn:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO rejections (face_id, person_id, cluster_id, created_at) "
+                    "VALUES (3, 1, 1, :t)"
+                ),
+                {"t": "2026-01-01"},
+            )
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+            conn.execute(sa.text("DELETE FROM faces WHERE id = 1"))
+            left = conn.execute(sa.text("SELECT face_id FROM rejections ORDER BY face_id"))
+            assert left.scalars().all() == [2, 4]
+        assert st.downgrade_database(engine, "0002") == "0002"
+        with engine.begin() as conn:
+            rows = conn.execute(sa.text("SELECT id, cluster_id FROM faces ORDER BY id")).all()
+            assert [tuple(r) for r in rows] == [(2, 1), (3, None), (4, None)]
+            assert "rejections" not in _tables(engine)
     finally:
         engine.dispose()

@@ -323,6 +323,7 @@ def test_tables_are_the_documented_ones(store: st.Store) -> None:
         "people",
         "assignments",
         "clusters",
+        "rejections",
         "models",
         "meta",
         "alembic_version",
@@ -366,3 +367,45 @@ def test_recorded_face_count_follows_every_change(store: st.Store, rng) -> None:
         assert st.recorded_face_count(s) == st.face_count(s) == 4
         st.set_meta(s, st.FACE_COUNT_KEY, "99")  # changed behind our back
         assert st.recount_faces(s) == 4 and st.recorded_face_count(s) == 4
+
+
+def test_rejections(store: st.Store, rng) -> None:
+    with store.session() as s:
+        f = list(st.add_photo(s, make_photo(rng, "/r/a.jpg", 4)).face_ids)
+        amy, bob = st.ensure_person(s, "Amy").id, st.ensure_person(s, "Bob").id
+        c = st.new_clusters(s, 1)[0]
+        st.set_cluster(s, f[:3], c)
+        assert st.add_rejections(s, f[:2], person_id=amy) == 2
+        assert st.add_rejections(s, f[:2], person_id=amy) == 0  # recorded once
+        assert st.add_rejections(s, [f[3]], cluster_id=c) == 1
+        with pytest.raises(ValueError, match="exactly one"):
+            st.add_rejections(s, [f[0]], person_id=amy, cluster_id=c)
+        arrays = st.rejection_arrays(s)
+        assert arrays.face_ids.tolist() == [f[0], f[1], f[3]]
+        assert arrays.person_ids.tolist() == [amy, amy, -1]
+        assert arrays.cluster_ids.tolist() == [-1, -1, c]
+        assert st.rejected_people(s, f) == {f[0]: {"Amy"}, f[1]: {"Amy"}}
+        assert st.rejection_count(s) == 3 and st.rejection_count(s, person_id=amy) == 2
+        recs = st.rejection_records(s, face_id=f[0])
+        assert [(r.face_id, r.person, r.cluster_id) for r in recs] == [(f[0], "Amy", None)]
+        # derived labels skip a rejected face; an explicit label lifts the rejection
+        assert st.assign(s, f[:3], "Amy", st.LabelSource.PROPAGATED) == 1
+        assert st.faces_by_ids(s, [f[0]])[f[0]].person is None
+        assert st.assign(s, [f[0]], "Amy", st.LabelSource.MANUAL) == 1
+        assert st.rejected_people(s, [f[0]]) == {}
+        # the cluster's person makes the faces rejected for it leave: f[1]
+        st.update_cluster(s, c, person_id=amy)
+        assert st.rejected_members(s, [c]) == [(f[1], c)]
+        st.set_cluster(s, [f[3]], c)
+        assert st.rejected_members(s, [c]) == [(f[1], c), (f[3], c)]
+        # a rejection for Amy becomes one for Bob when Amy is merged into Bob
+        assert st.delete_rejections(s, [f[3]], cluster_id=c) == 1
+        st.merge_people(s, "Amy", "Bob")
+        assert st.rejected_people(s, f) == {f[1]: {"Bob"}}
+        assert st.rejection_arrays(s).person_ids.tolist() == [bob]
+        # rows go with their face and with their person
+        st.delete_faces(s, [f[1]])
+        assert st.rejection_count(s) == 0
+        st.add_rejections(s, [f[2]], person_id=bob)
+        st.delete_person(s, "Bob")
+        assert st.rejection_count(s) == 0

@@ -38,9 +38,10 @@ def _threshold_option(f: F) -> F:
         "--threshold",
         type=click.FloatRange(0.0, 4.0, min_open=True),
         default=None,
-        help="Merge while the linkage distance d = |f(a)-f(b)|^2 is below this. Default: the "
-        "verification tau moved to the Bayes boundary for the share pi of same-person pairs "
-        "among these faces (random pairs below tau); given alone, it is used for every merge.",
+        help="Merge while the linkage distance d = |f(a)-f(b)|^2 is below this. Default: from "
+        "the faces' own statistics (no labels): where a face stops being more likely with its "
+        "own person than alone, weighed by the share of faces alone, at most the even-odds "
+        "boundary; given alone, it is used for every merge.",
     )(f)
 
 
@@ -50,8 +51,8 @@ def _pair_threshold_option(f: F) -> F:
         type=click.FloatRange(0.0, 4.0, min_open=True),
         default=None,
         help="Two single faces (neither in a group yet) merge only below this. Default: the "
-        "same Bayes boundary for a prior of 1/N (a person seen once among N faces) when "
-        "--threshold is not given, else --threshold.",
+        "Bayes boundary for a prior of 1/N (a person seen once among N faces), from the same "
+        "statistics, when --threshold is not given, else --threshold.",
     )(f)
 
 
@@ -79,6 +80,10 @@ def _print_report(rep: ClusterReport) -> None:
             f"run:       {st.mode}, {st.new_faces} faces placed, {st.clusters_created} clusters "
             f"created, {st.joined_existing} faces joined existing clusters ({st.seconds:.1f} s)"
         )
+        if st.clusters_before:
+            click.echo(
+                f"ids:       {st.ids_kept} of the {st.clusters_before} clusters kept their id"
+            )
     click.echo(
         f"faces:     {rep.faces} ({sum(sizes)} in {len(clusters)} clusters, "
         f"{sum(e.size for e in people)} labelled in no cluster, {len(singles)} alone)"
@@ -93,7 +98,7 @@ def _print_report(rep: ClusterReport) -> None:
     if not clusters:
         return
     click.echo("")
-    click.echo(f"{'id':>6}  {'size':>5}  {'photos':>6}  person")
+    click.echo(f"{'id':>6}  {'size':>5}  {'photos':>6}  {'margin':>6}  person")
     for e in clusters[:MAX_ROWS]:
         if e.person is not None:
             who = f"{e.person}" + (" (manual)" if e.manual else "")
@@ -102,7 +107,8 @@ def _print_report(rep: ClusterReport) -> None:
         else:
             who = "(manual)" if e.manual else "-"
         photos = len({r.photo for r in e.faces})
-        click.echo(f"{e.id:>6}  {e.size:>5}  {photos:>6}  {who}")
+        margin = (e.cohesion or {}).get("margin", float("nan"))
+        click.echo(f"{e.id:>6}  {e.size:>5}  {photos:>6}  {margin:>6.3f}  {who}")
     if len(clusters) > MAX_ROWS:
         click.echo(f"... and {len(clusters) - MAX_ROWS} more clusters (--json lists them all)")
 
@@ -148,19 +154,23 @@ def cluster(
     """Group the faces that have no person into clusters, one per person.
 
     Agglomerative clustering (average linkage by default) over a k-nearest-neighbour graph
-    (k = 32). Thresholds, derived from the verification tau without labels: groups merge while
-    their average distance is below tau moved to the Bayes boundary for the share of
-    same-person pairs among the faces (1.11 on all of LFW); two single faces only below the
-    boundary for a prior of 1/N, a person seen once (1.00 on LFW). Two faces of one photo are
-    never in one cluster; faces labelled as different people never merge.
+    (k = 32). Thresholds from the faces' own distances, without labels (different people from
+    random pairs, one person from the pairs in excess of them, the share of faces alone from
+    nearest neighbours): groups merge below where a face stops being more likely with its own
+    person than alone (0.97 on all of LFW, 1.31 on degraded LFW photos); two single faces only
+    below the boundary for a prior of 1/N, a person seen once. Two faces of one photo are
+    never in one cluster; faces labelled as different people never merge; a face rejected
+    for a person (`people reject`) or taken out of a cluster never joins them.
 
     Clusters are stored: a re-run places only the faces indexed since (into existing clusters
-    where they belong) unless --full; clusters named, merged or split by hand are kept.
-    A cluster within tau of a labelled person is proposed as that person (--assign applies it).
+    where they belong) unless --full, which keeps the id of every cluster it finds again;
+    clusters named, merged or split by hand are kept. A cluster within tau of a labelled
+    person is proposed as that person (--assign applies it).
 
-    Output lists every face once: stored clusters (unlabelled faces), labelled faces in no
-    cluster under their person (kind 'person', id null), and faces alone (kind 'single').
-    Subcommands name, split and merge clusters.
+    Output lists every face once: stored clusters (unlabelled faces, with their cohesion:
+    mean d, share of faces whose nearest face is inside, margin; the smallest margins are
+    the most doubtful), labelled faces in no cluster under their person (kind 'person', id
+    null), and faces alone (kind 'single'). Subcommands name, split and merge clusters.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -196,6 +206,7 @@ def cluster_name(
 
 @cluster.command("split")
 @click.argument("cluster_id", metavar="ID", type=int)
+@click.argument("face_ids", metavar="[FACE_ID]...", type=int, nargs=-1)
 @_threshold_option
 @click.option("--linkage", type=click.Choice(LINKAGES), default="average", show_default=True)
 @collection_options
@@ -203,6 +214,7 @@ def cluster_name(
 def cluster_split(
     ctx: click.Context,
     cluster_id: int,
+    face_ids: tuple[int, ...],
     threshold: float | None,
     linkage: str,
     home: str,
@@ -210,10 +222,21 @@ def cluster_split(
     db_url: str | None,
 ) -> None:
     """Split cluster ID: its faces go back to being alone, or with --threshold (smaller than
-    the one that made it) are re-clustered at it into new clusters kept by later runs."""
+    the one that made it) are re-clustered at it into new clusters kept by later runs.
+
+    With FACE_IDs, only those faces leave it, for good: they are alone afterwards and no later
+    run puts them back (nor gives them the cluster's person); `people unreject FACE_ID
+    --cluster ID` undoes that."""
+    if face_ids and threshold is not None:
+        raise click.UsageError("give FACE_IDs or --threshold, not both")
     with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
-        made = api.split_cluster(col, cluster_id, threshold=threshold, linkage=linkage)
-    if made:
+        made = api.split_cluster(
+            col, cluster_id, face_ids=face_ids or None, threshold=threshold, linkage=linkage
+        )
+    if face_ids:
+        left = f"cluster {cluster_id} keeps the others" if made else f"cluster {cluster_id} is gone"
+        click.echo(f"took {len(set(face_ids))} faces out of cluster {cluster_id}; {left}")
+    elif made:
         click.echo(f"split cluster {cluster_id} into clusters {', '.join(map(str, made))}")
     else:
         click.echo(f"split cluster {cluster_id}: its faces are alone")

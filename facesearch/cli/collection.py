@@ -228,7 +228,8 @@ def people(
 ) -> None:
     """List the people of a collection with their face and photo counts.
 
-    Subcommands rename, merge and delete people.
+    Subcommands rename, merge and delete people, and reject / unreject a face for a person
+    ("not this person").
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -291,6 +292,82 @@ def people_delete(
         click.echo(f"deleted {name!r} and {done.faces_deleted} faces")
     else:
         click.echo(f"deleted {name!r}; {done.faces_unlabelled} faces are now unlabelled")
+
+
+@people.command("reject")
+@click.argument("face_id", type=int)
+@click.argument("person")
+@collection_options
+@click.pass_context
+def people_reject(
+    ctx: click.Context, face_id: int, person: str, home: str, collection: str, db_url: str | None
+) -> None:
+    """Face FACE_ID is not PERSON, for good.
+
+    The face loses that label and leaves a cluster named PERSON; no later clustering run
+    (full or incremental), proposal, --assign or identification verdict gives it to PERSON
+    again. Giving the face to PERSON by hand lifts the rejection, as does `people unreject`.
+    """
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        face = api.reject_face(col, face_id, person)
+    where = f", now in cluster {face.cluster_id}" if face.cluster_id is not None else ""
+    click.echo(f"face {face_id} is not {person!r}{where}")
+
+
+@people.command("unreject")
+@click.argument("face_id", type=int)
+@click.argument("person", required=False)
+@click.option(
+    "--cluster", "cluster_id", type=int, default=None,
+    help="Lift instead the taking of the face out of cluster ID (`cluster split ID FACE_ID`).",
+)  # fmt: skip
+@collection_options
+@click.pass_context
+def people_unreject(
+    ctx: click.Context,
+    face_id: int,
+    person: str | None,
+    cluster_id: int | None,
+    home: str,
+    collection: str,
+    db_url: str | None,
+) -> None:
+    """Lift `people reject FACE_ID PERSON`, or with --cluster ID the taking of the face out of
+    that cluster (labels and clusters stay as they are; the next run may place it there)."""
+    if (person is None) == (cluster_id is None):
+        raise click.UsageError("give PERSON or --cluster ID (one of them)")
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        api.unreject_face(col, face_id, person, cluster_id=cluster_id)
+    what = f"{person!r}" if person is not None else f"in cluster {cluster_id}"
+    click.echo(f"face {face_id} may be {what} again")
+
+
+@people.command("rejections")
+@click.argument("person", required=False)
+@json_option
+@collection_options
+@click.pass_context
+def people_rejections(
+    ctx: click.Context,
+    person: str | None,
+    as_json: bool,
+    home: str,
+    collection: str,
+    db_url: str | None,
+) -> None:
+    """List the rejections (of PERSON only, when given): faces that are not a person, or that
+    were taken out of a cluster by hand."""
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        rows = list(api.iterate(api.list_rejections, col, person=person))
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=1))
+        return
+    if not rows:
+        click.echo("no rejections")
+        return
+    for r in rows:
+        what = f"not {r.person!r}" if r.person is not None else f"out of cluster {r.cluster_id}"
+        click.echo(f"face {r.face_id:>7}  {what}")
 
 
 # -- enroll -------------------------------------------------------------------------------------
@@ -409,4 +486,15 @@ def db_upgrade(home: str, collection: str, db_url: str | None) -> None:
 if TYPE_CHECKING:
     from facesearch.indexer import IndexReport
 
-__all__ = ["INDEX_TYPES", "db", "enroll", "index", "info", "people", "query"]
+__all__ = [
+    "INDEX_TYPES",
+    "db",
+    "enroll",
+    "index",
+    "info",
+    "people",
+    "people_reject",
+    "people_rejections",
+    "people_unreject",
+    "query",
+]
