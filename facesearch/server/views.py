@@ -7,9 +7,12 @@ HTML pages render the very same dicts, so a page always shows what the API says.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from facesearch import api
+
+if TYPE_CHECKING:
+    from facesearch.collection_clusters import Suggestion
 
 T = TypeVar("T")
 
@@ -83,7 +86,7 @@ def rejection(r: api.RejectionInfo) -> dict[str, Any]:
     return r.to_dict()
 
 
-def suggestion(s: api.Suggestion, person_face_ids: Sequence[int]) -> dict[str, Any]:
+def suggestion(s: Suggestion, person_face_ids: Sequence[int]) -> dict[str, Any]:
     """A suggestion of the queue: ``id`` is the cluster's id for a cluster, the face's for a
     face alone; ``face_id`` the face to show first."""
     return {
