@@ -27,6 +27,10 @@ the sphere, spreads calibrated on SFace's LFW distances, a few blurred faces, ma
 with the real LFW faces of the cache mixed in; each size runs in a fresh process, timing the
 k-NN search and the agglomeration and reading the process's peak resident memory.
 
+Collection (``--collection N ...``): ``facesearch cluster`` itself, each run its own process,
+on an SQLite collection of ``N`` such faces: the first run, an incremental run after 10% more
+faces, then ``--full`` (wall and CPU seconds, peak RSS, ids kept, BCubed F).
+
 Writes ``cluster.json`` (every figure) and ``cluster.md`` (tables) into ``--out``; a run that
 measures only some parts or methods keeps the others' earlier figures. Examples::
 
@@ -34,6 +38,7 @@ measures only some parts or methods keeps the others' earlier figures. Examples:
     python bench/cluster_bench.py --quality --threads 2
     python bench/cluster_bench.py --quality --methods facesearch --sets lfw10,att
     python bench/cluster_bench.py --scale 100000 1000000 --threads 2
+    python bench/cluster_bench.py --collection 100000
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import logging
 import math
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -465,6 +471,103 @@ def run_scale(sizes: list[int], threads: int, index: str, cache: Path) -> list[d
     return out
 
 
+# --------------------------------------------------------------------------- collection
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("facesearch")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "facesearch.cli"]
+
+
+def _timed_command(cmd: list[str]) -> tuple[str, float, float, float]:
+    """Run ``cmd``; its stdout, wall seconds, CPU seconds and peak RSS (MB) of that process."""
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if proc.returncode:
+            raise RuntimeError(f"{cmd} failed ({proc.returncode}): {err.read()[-2000:]}")
+        return out.read(), wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+
+
+def _add_faces(col: Any, xb: np.ndarray, start: int, model: str) -> None:
+    """Store ``xb`` as one face per made-up photo (paths ``synthetic/START+i.jpg``)."""
+    from facesearch.store import NewPhoto
+    from facesearch.types import Detection, Face
+
+    det = Detection((0.0, 0.0, 10.0, 10.0), ((2.0, 3.0), (8.0, 3.0), (5.0, 5.0), (3.0, 8.0),
+                                             (7.0, 8.0)), 0.99)  # fmt: skip
+    for b in range(0, len(xb), 20_000):
+        photos = [
+            NewPhoto(
+                path=f"synthetic/{start + i:07d}.jpg",
+                content_hash=f"{start + i:064x}",
+                size=0,
+                mtime=0.0,
+                width=10,
+                height=10,
+                faces=(Face(det, xb[i], model),),
+            )  # fmt: skip
+            for i in range(b, min(len(xb), b + 20_000))
+        ]
+        col.add_photos(photos)
+
+
+def collection_run(n: int, cache: Path, share: float = 0.1) -> dict[str, Any]:
+    """``facesearch cluster`` as users run it, on a collection (SQLite) of ``n`` faces (the
+    synthetic faces of :func:`synthetic_faces` with the real LFW faces mixed in, one per
+    photo): the first run, then ``share`` more faces added and an incremental run, then
+    ``--full``. Each command in its own process: wall and CPU seconds, peak RSS, the ids kept
+    (the command's own count) and BCubed F of the stored clusters."""
+    from facesearch import api
+    from facesearch import store as st
+    from facesearch.collection import Collection
+
+    total = n + int(round(share * n))
+    xb, ident = synthetic_faces(total, seed=0)
+    xb, ident, real = with_real_faces(xb, ident, cache)
+    rng = np.random.default_rng(1)
+    order = rng.permutation(total)  # the late faces: a random 10%, real ones among them
+    xb, ident = xb[order], ident[order]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="cluster-bench-") as tmp:
+        home = Path(tmp) / "home"
+        t0 = time.perf_counter()
+        with Collection.open(home, create=True) as col:
+            col.register_model("sface", xb.shape[1])
+            _add_faces(col, xb[:n], 0, "sface")
+        build_s = time.perf_counter() - t0
+        log.info("collection of %d faces built in %.0f s", n, build_s)
+        steps = [("first run", []), ("+10% faces, incremental", []), ("--full", ["--full"])]
+        for step, extra in steps:
+            if step.startswith("+"):
+                with Collection.open(home) as col:
+                    _add_faces(col, xb[n:], n, "sface")
+            out, wall, cpu, rss = _timed_command([*_cli(), "cluster", *extra, "--home", str(home)])
+            with Collection.open(home) as col, col.session() as s:
+                rep = api.cluster_report(col)
+                fids = st.face_ids(s)
+            pos = {int(f): i for i, f in enumerate(fids.tolist())}  # face ids follow xb's order
+            pred = np.full(len(fids), -1, dtype=np.int64)
+            for e in rep.clusters:
+                pred[[pos[r.face_id] for r in e.faces]] = e.id
+            kept = [ln for ln in out.splitlines() if ln.startswith("ids:")]
+            row = {
+                "step": step, "faces": len(fids), "wall_s": wall, "cpu_s": cpu,
+                "peak_rss_mb": rss, "clusters": len(rep.clusters),
+                "ids": "/".join(re.findall(r"\d+", kept[0])[:2]) if kept else "",
+                "bcubed_f": bcubed_prf(pred, ident[: len(fids)]).f,
+                "load": os.getloadavg()[0],
+            }  # fmt: skip
+            log.info("  %s", row)
+            rows.append(row)
+    return {"faces": n, "real_faces": real, "build_s": build_s, "runs": rows}
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -668,6 +771,34 @@ def render(results: dict[str, Any]) -> str:
                 f"| {r.get('bcubed_f_real', float('nan')):.4f} |"
             )
         lines.append("")
+    colls = results.get("collection", [])
+    if colls:
+        lines += [
+            "## `facesearch cluster` on a collection",
+            "",
+            "The whole command as users run it (SQL read, k-NN graph, clustering, cohesion, "
+            "clusters and ids written back), each run its own process, on an SQLite collection "
+            "of the same synthetic faces with the real LFW faces mixed in (one face per photo): "
+            "the first run; then 10% more faces (a random tenth of the set, stored after the "
+            "first run) and an incremental run; then `--full`. 'ids' is the command's own "
+            "count (kept / clusters before it) of the clusters whose id still names a cluster "
+            "after it. "
+            f"{results.get('collection_machine', '')}",
+            "",
+            f"Command: `{results.get('collection_command', '')}`",
+            "",
+            "| faces | run | faces after | wall s | CPU s | peak RSS MB | clusters | ids kept "
+            "| BCubed F | load |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for c in colls:
+            for r in c["runs"]:
+                lines.append(
+                    f"| {c['faces']} | {r['step']} | {r['faces']} | {r['wall_s']:.1f} "
+                    f"| {r['cpu_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['clusters']} "
+                    f"| {r['ids'] or '–'} | {r['bcubed_f']:.4f} | {r['load']:.1f} |"
+                )
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -708,6 +839,8 @@ def main() -> None:
                     help="k-NN for --scale (auto: facesearch's choice by size)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1, help="FAISS / BLAS threads")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    ap.add_argument("--collection", type=int, nargs="*", default=[],
+                    help="collection sizes to time facesearch cluster on")  # fmt: skip
     ap.add_argument("--scale-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -765,6 +898,12 @@ def main() -> None:
             old + run_scale(args.scale, args.threads, args.index, args.cache),
             key=lambda r: (r["faces"], r["index"]),
         )
+    if args.collection:
+        results["collection_machine"] = machine(args.threads)
+        results["collection_command"] = command()
+        old_c = [c for c in results.get("collection", []) if c["faces"] not in args.collection]
+        new_c = [collection_run(n, args.cache) for n in args.collection]
+        results["collection"] = sorted(old_c + new_c, key=lambda c: c["faces"])
     for stale in ("sets", "lfw_machine", "lfw_command", "embeddings"):  # the former layout
         results.pop(stale, None)
     write_atomic(jpath, json.dumps(results, indent=1))
