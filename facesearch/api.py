@@ -1212,6 +1212,15 @@ def reject_face(collection: Collection, face_id: int, person: PersonRef) -> Face
     return get_face(collection, face_id)
 
 
+def reject_cluster(collection: Collection, cluster_id: int, person: PersonRef) -> int:
+    """ "Cluster ``cluster_id`` is not ``person``": :func:`reject_face` for each of its faces,
+    in one transaction (no to the suggestion "is this group P?"; the faces stay together).
+    :class:`CollectionError` for the cluster named so. Returns the rejections added."""
+    from facesearch.collection_clusters import reject_cluster as run
+
+    return run(collection, int(cluster_id), person)
+
+
 def unreject_face(
     collection: Collection,
     face_id: int,
@@ -1790,6 +1799,7 @@ __all__ = [
     "photo_of_face",
     "read_pairs_csv",
     "reindex",
+    "reject_cluster",
     "reject_face",
     "rename_person",
     "search_faces",

@@ -804,6 +804,25 @@ def reject_face(col: Collection, face_id: int, person: int | str) -> bool:
     return added
 
 
+def reject_cluster(col: Collection, cluster_id: int, person: int | str) -> int:
+    """Cluster ``cluster_id`` is not ``person`` (the answer no to "is this group P?"): every
+    face of it is rejected for them, as :func:`reject_face` does, in one transaction; the
+    faces stay together. Refused (:class:`CollectionError`) for a cluster named ``person``:
+    take faces out of it or name it again. Returns the rejections added."""
+    with col.lock(), col.session() as s:
+        c = st.require_cluster(s, cluster_id)
+        p = st.find_person(s, person)
+        if c.person_id == p.id:
+            raise CollectionError(
+                f"cluster {cluster_id} is {p.name!r}: take the faces that are not out of it, "
+                "or name it again"
+            )
+        fids = st.cluster_face_page(s, c.id, limit=None)
+        added = st.add_rejections(s, fids, person_id=p.id)
+        _reject(s, fids, p.id)
+    return added
+
+
 def unreject_face(
     col: Collection, face_id: int, person: int | str | None = None, *, cluster_id: int | None = None
 ) -> None:

@@ -1,8 +1,10 @@
 """Regenerate the screenshots of the server's pages in ``docs/screenshots/`` (for the README).
 
 Indexes the demo photos (``examples/photos``, no labels) into a temporary collection, clusters
-them, names three groups as a person would, and photographs each main page in headless Chromium
-(Debian's ``chromium`` and ``chromium-driver``, as the browser tests use)::
+them, names three groups as a person would, indexes two more photos (whose faces, alone, are
+then suggested as the people they look like), and photographs each main page in headless
+Chromium (Debian's ``chromium`` and ``chromium-driver``, as the browser tests use), with a face
+selected on the pages that act on a selection::
 
     python scripts/screenshots.py
 """
@@ -42,19 +44,30 @@ def main() -> None:
                 if folder in names:
                     api.name_cluster(col, c.id, names[folder])
             shown = api.get_person(col, "Barack Obama").id
+            # photos indexed after the naming: their faces are in no group yet, and those that
+            # look like someone named are suggested
+            later = tmp / "later"
+            later.mkdir()
+            for f in ("two_people.jpg", "kit_with_rose.jpg"):
+                shutil.copy(REPO / "examples" / "query" / f, later / f)
+            api.index_paths(col, [later], models=server_models())
         app = create_app(ServerSettings(home=home), models=server_models())
         OUT.mkdir(parents=True, exist_ok=True)
         with live_server(app) as url, chromium() as d:
             d.set_window_size(1280, 860)
 
-            def shot(path: str, name: str) -> None:
+            def shot(path: str, name: str, select: str | None = None) -> None:
                 d.get(url + path)
                 time.sleep(1.0)  # lazy thumbnails
+                if select is not None:  # show the buttons that act on a selection
+                    d.find_element("css selector", select).click()
+                    time.sleep(0.2)
                 d.save_screenshot(str(OUT / f"{name}.png"))
 
-            shot("/", "unnamed")
+            shot("/", "unnamed", select="section.cluster button.face")
             shot("/people", "people")
-            shot(f"/people/{shown}", "person")
+            shot(f"/people/{shown}", "person", select="button.face")
+            shot("/suggestions", "suggestions")
             d.get(url + "/identify")
             d.find_element("id", "photo-input").send_keys(
                 str(REPO / "examples" / "query" / "two_people.jpg")
@@ -68,7 +81,9 @@ def main() -> None:
             d.save_screenshot(str(OUT / "identify.png"))
             d.get(url + "/jobs")
             more = tmp / "Pictures"
-            shutil.copytree(REPO / "examples" / "query", more)
+            more.mkdir()
+            for f in ("bbt2.jpg", "unknown_person.jpg"):
+                shutil.copy(REPO / "examples" / "query" / f, more / f)
             d.find_element("id", "paths").send_keys(str(more))
             d.find_element("id", "start-index").click()
             for _ in range(300):

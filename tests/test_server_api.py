@@ -131,7 +131,8 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/clusters/{cluster_id}", "/clusters/{cluster_id}/name", "/clusters/merge",
         "/clusters/{cluster_id}/split", "/cluster", "/faces/{face_id}/assign",
         "/faces/{face_id}/thumbnail", "/photos/{photo_id}/image", "/jobs/index",
-        "/jobs/reindex", "/jobs/{job_id}",
+        "/jobs/reindex", "/jobs/{job_id}", "/faces/{face_id}/reject", "/faces/{face_id}/unreject",
+        "/rejections", "/clusters/{cluster_id}/reject", "/suggestions",
     ):  # fmt: skip
         assert V1 + p in paths, p
     assert "ErrorBody" in doc["components"]["schemas"]
@@ -462,6 +463,165 @@ def test_merge_and_split_clusters(fresh: TestClient) -> None:
     r = fresh.post(f"{V1}/clusters/{a['id']}/split", json={"face_ids": a["sample_face_ids"]})
     assert r.json()["cluster"] is None  # emptied: gone
     _error(fresh.get(f"{V1}/clusters/{a['id']}"), 404, "not_found")
+
+
+# -- "not this person" and suggestions ----------------------------------------------------------
+
+
+def _person_faces(c: TestClient, pid: int) -> list[int]:
+    return [f["id"] for f in c.get(f"{V1}/people/{pid}").json()["faces"]["items"]]
+
+
+def test_reject_a_face_for_a_person_and_undo(fresh: TestClient, built: dict[str, Any]) -> None:
+    """A face rejected for its person loses the label, is listed, is never the verdict for its
+    own photo again, and the undo lifts the rejection (the label stays off)."""
+    amy = _person_id(fresh, "BBT_Amy")
+    fid = next(
+        f for f in _person_faces(fresh, amy)
+        if fresh.get(f"{V1}/faces/{f}").json()["photo"]["path"].endswith("amy1.png")
+    )  # fmt: skip
+    photo = (built["labelled"] / "BBT_Amy" / "amy1.png").read_bytes()
+    first = fresh.post(f"{V1}/identify", files={"image": ("a.png", photo)}).json()["faces"][0]
+    assert first["person"] == "BBT_Amy"
+    r = fresh.post(f"{V1}/faces/{fid}/reject", json={"person": amy})
+    assert r.status_code == 200, r.text
+    assert r.json()["person"] is None and r.json()["id"] == fid
+    assert fid not in _person_faces(fresh, amy)
+    again = fresh.post(f"{V1}/faces/{fid}/reject", json={"person": "BBT_Amy"})  # by name, twice
+    assert again.status_code == 200
+    page = fresh.get(f"{V1}/rejections", params={"face_id": fid}).json()
+    assert page["total"] == 1 and page["next_offset"] is None
+    (row,) = page["items"]
+    assert row["face_id"] == fid and row["person"] == {"id": amy, "name": "BBT_Amy"}
+    assert row["cluster"] is None and row["created_at"]
+    assert fresh.get(f"{V1}/rejections", params={"person": amy}).json()["total"] == 1
+    # the stored photo's face is not Amy any more (her other faces are the nearest)
+    out = fresh.post(f"{V1}/identify", files={"image": ("a.png", photo)}).json()["faces"][0]
+    assert out["person"] != "BBT_Amy"
+    # nor is it suggested as Amy
+    items = fresh.get(f"{V1}/suggestions", params={"limit": 1000}).json()["items"]
+    assert not [s for s in items if s["kind"] == "face" and s["id"] == fid]
+    # undo
+    r = fresh.post(f"{V1}/faces/{fid}/unreject", json={"person": amy})
+    assert r.status_code == 200 and r.json()["person"] is None
+    assert fresh.get(f"{V1}/rejections", params={"face_id": fid}).json()["total"] == 0
+    _error(fresh.post(f"{V1}/faces/{fid}/unreject", json={"person": amy}), 404, "not_found")
+    items = fresh.get(f"{V1}/suggestions", params={"limit": 1000}).json()["items"]
+    assert [s["person"]["name"] for s in items if s["kind"] == "face" and s["id"] == fid] == [
+        "BBT_Amy"
+    ]
+
+
+def test_reject_errors(fresh: TestClient) -> None:
+    amy = _person_id(fresh, "BBT_Amy")
+    fid = _person_faces(fresh, amy)[0]
+    _error(fresh.post(f"{V1}/faces/999999/reject", json={"person": amy}), 404, "not_found")
+    _error(fresh.post(f"{V1}/faces/{fid}/reject", json={"person": 999999}), 404, "not_found")
+    _error(fresh.post(f"{V1}/faces/{fid}/reject", json={"person": "Nobody"}), 404, "not_found")
+    _error(fresh.post(f"{V1}/faces/{fid}/reject", json={}), 422, "invalid_request", "person")
+    r = fresh.post(f"{V1}/faces/{fid}/reject", json={"person": amy, "why": "x"})
+    _error(r, 422, "invalid_request", "why")
+    _error(fresh.post(f"{V1}/faces/abc/reject", json={"person": amy}), 422, "invalid_request")
+    r = fresh.post(f"{V1}/faces/{fid}/unreject", json={})
+    _error(r, 422, "invalid_argument", "exactly one")
+    r = fresh.post(f"{V1}/faces/{fid}/unreject", json={"person": amy, "cluster": 1})
+    _error(r, 422, "invalid_argument", "exactly one")
+    _error(fresh.post(f"{V1}/faces/999999/unreject", json={"person": amy}), 404, "not_found")
+    _error(fresh.get(f"{V1}/rejections", params={"face_id": 999999}), 404, "not_found")
+    _error(fresh.get(f"{V1}/rejections", params={"person": 999999}), 404, "not_found")
+    _error(fresh.get(f"{V1}/rejections", params={"limit": 0}), 422, "invalid_request", "limit")
+    # nothing changed by the refused requests
+    assert fid in _person_faces(fresh, amy)
+    assert fresh.get(f"{V1}/rejections").json()["total"] == 0
+
+
+def test_split_faces_are_listed_and_the_undo_takes_a_cluster(fresh: TestClient) -> None:
+    c = _clusters(fresh)[0]
+    fid = c["sample_face_ids"][0]
+    assert fresh.post(f"{V1}/clusters/{c['id']}/split", json={"face_ids": [fid]}).status_code == 200
+    (row,) = fresh.get(f"{V1}/rejections", params={"face_id": fid}).json()["items"]
+    assert row["cluster"] == c["id"] and row["person"] is None
+    r = fresh.post(f"{V1}/faces/{fid}/unreject", json={"cluster": c["id"]})
+    assert r.status_code == 200 and r.json()["cluster"] is None
+    assert fresh.get(f"{V1}/rejections", params={"face_id": fid}).json()["total"] == 0
+
+
+def _make_suggestions(c: TestClient) -> tuple[int, dict[str, Any], int]:
+    """One face of Amy unlabelled (a face alone that looks like Amy) and one face of the first
+    cluster given to a new person (the rest of that cluster looks like them). Returns the face,
+    the cluster and the new person's id."""
+    amy = _person_id(c, "BBT_Amy")
+    fid = _person_faces(c, amy)[0]
+    assert c.post(f"{V1}/faces/{fid}/unassign").status_code == 200
+    cluster = _clusters(c)[0]
+    r = c.post(f"{V1}/faces/{cluster['sample_face_ids'][0]}/assign", json={"person": "Leo"})
+    return fid, cluster, r.json()["person"]["id"]
+
+
+def test_suggestions_most_confident_first_and_answered(fresh: TestClient) -> None:
+    empty = fresh.get(f"{V1}/suggestions").json()
+    assert empty == {"items": [], "total": 0, "limit": 20, "offset": 0, "next_offset": None}
+    fid, cluster, leo = _make_suggestions(fresh)
+    amy = _person_id(fresh, "BBT_Amy")
+    page = fresh.get(f"{V1}/suggestions").json()
+    assert page["total"] == 2
+    face, group = page["items"]  # the face is surer (d / threshold smaller)
+    assert face["d"] / face["threshold"] <= group["d"] / group["threshold"]
+    assert face["kind"] == "face" and face["id"] == face["face_id"] == fid
+    assert face["face_ids"] == [fid] and face["size"] == 1
+    assert face["person"] == {"id": amy, "name": "BBT_Amy"}
+    assert 0 < face["d"] < face["threshold"]
+    assert len(face["person_face_ids"]) == 2 and fid not in face["person_face_ids"]
+    assert group["kind"] == "cluster" and group["id"] == cluster["id"]
+    assert group["person"] == {"id": leo, "name": "Leo"} and group["size"] == cluster["size"]
+    assert group["face_id"] == group["face_ids"][0] and set(group["face_ids"]) <= set(
+        cluster["sample_face_ids"]
+    )
+    assert group["person_face_ids"] == [cluster["sample_face_ids"][0]]
+    # paginated
+    second = fresh.get(f"{V1}/suggestions", params={"limit": 1, "offset": 1}).json()
+    assert second["items"] == [group] and second["next_offset"] is None
+    assert fresh.get(f"{V1}/suggestions", params={"limit": 1}).json()["next_offset"] == 1
+    # no to the group: every face of it is not Leo, the faces stay together
+    r = fresh.post(f"{V1}/clusters/{cluster['id']}/reject", json={"person": leo})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["person"] == {"id": leo, "name": "Leo"} and out["cluster"]["size"] == cluster["size"]
+    assert out["rejected"] == cluster["size"]
+    assert fresh.get(f"{V1}/rejections", params={"person": leo}).json()["total"] == cluster["size"]
+    assert fresh.get(f"{V1}/people/{leo}").json()["person"]["faces"] == 0  # Leo's face is not
+    # yes to the face: it is Amy's again; nothing is left to ask
+    assert fresh.post(f"{V1}/faces/{fid}/assign", json={"person": amy}).status_code == 200
+    assert fresh.get(f"{V1}/suggestions").json()["total"] == 0
+    # a full clustering run keeps honouring the answers
+    assert fresh.post(f"{V1}/cluster", json={"full": True}).status_code == 200
+    assert fresh.get(f"{V1}/suggestions").json()["total"] == 0
+
+
+def test_suggestions_and_cluster_reject_errors(fresh: TestClient) -> None:
+    _error(fresh.get(f"{V1}/suggestions", params={"limit": 0}), 422, "invalid_request", "limit")
+    _error(fresh.get(f"{V1}/suggestions", params={"offset": -1}), 422, "invalid_request")
+    _error(fresh.get(f"{V1}/suggestions", params={"samples": 0}), 422, "invalid_request")
+    c = _clusters(fresh)[0]
+    amy = _person_id(fresh, "BBT_Amy")
+    r = fresh.post(f"{V1}/clusters/999999/reject", json={"person": amy})
+    _error(r, 404, "not_found")
+    _error(fresh.post(f"{V1}/clusters/{c['id']}/reject", json={"person": 999999}), 404, "not_found")
+    _error(fresh.post(f"{V1}/clusters/{c['id']}/reject", json={}), 422, "invalid_request")
+    fresh.post(f"{V1}/clusters/{c['id']}/name", json={"name": "Ada"})
+    r = fresh.post(f"{V1}/clusters/{c['id']}/reject", json={"person": "Ada"})
+    _error(r, 409, "collection_state", "Ada")
+    assert fresh.get(f"{V1}/clusters/{c['id']}").json()["cluster"]["size"] == c["size"]
+    assert fresh.get(f"{V1}/rejections").json()["total"] == 0
+
+
+def test_a_rejection_waits_for_the_writer_lock(fresh: TestClient) -> None:
+    amy = _person_id(fresh, "BBT_Amy")
+    fid = _person_faces(fresh, amy)[0]
+    with api.open_collection(fresh.home, db_url=fresh.db) as col, col.lock():  # type: ignore[attr-defined]
+        r = fresh.post(f"{V1}/faces/{fid}/reject", json={"person": amy})
+        _error(r, 409, "writer_busy")
+    assert fid in _person_faces(fresh, amy)
 
 
 # -- jobs ---------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The people page in a real headless Chromium (Selenium): flows 1-5, 7 and 8 of the page,
+"""The people page in a real headless Chromium (Selenium): flows 1-8 of the page,
 done with the mouse and keyboard as a person would, each checked afterwards in the store.
 
 One collection (SQLite; the API tests cover PostgreSQL) is built for the module from the shared
@@ -229,6 +229,113 @@ def test_person_page_remove_rename_merge(site: Site) -> None:
         assert api.get_person(col, raj.id).faces == 3 + 2
         with pytest.raises(api.NotFoundError):
             api.get_person(col, amy.id)
+
+
+def _rejected_for(col: Any, face_id: int) -> set[str]:
+    """The people a face was rejected for, and ``cluster N`` for a cluster it was taken out of."""
+    return {
+        r.person if r.person is not None else f"cluster {r.cluster_id}"
+        for r in api.list_rejections(col, face_id=face_id).items
+    }
+
+
+def test_not_this_person_in_a_group(site: Site) -> None:
+    """Flow 3, "not this person": select faces of a group, type who they are not, press Not …:
+    they leave the group and are rejected for that person, for good."""
+    site.open("/")
+    card = site.all("section.cluster")[0]
+    cid = int(card.get_attribute("data-cluster-id"))
+    site.wait(lambda d: site.find("#people-names").get_attribute("data-loaded") == "1")
+    tile = site.all("button.face", card)[0]
+    fid = int(tile.get_attribute("data-face-id"))
+    tile.click()
+    reject = site.find("button.reject", card)
+    assert reject.text == "Not this person (1)"
+    reject.click()  # nobody named yet: the page asks for a name, nothing changes
+    assert "name box" in site.toast()
+    box = site.find("input.name", card)
+    box.send_keys("Somebody New")
+    assert reject.text == "Not Somebody New (1)"
+    reject.click()
+    site.wait(lambda d: "nobody yet" in site.find("#toast").text)
+    with site.col() as col:
+        assert api.get_face(col, fid).cluster_id == cid and not _rejected_for(col, fid)
+    box.clear()
+    box.send_keys("BBT_Amy")
+    assert reject.text == "Not BBT_Amy (1)"
+    reject.click()
+    site.wait(lambda d: len(site.all("button.face", card)) == 2)
+    assert "not BBT_Amy" in site.toast()
+    assert site.find(".size", card).text == "2" and box.get_attribute("value") == ""
+    with site.col() as col:
+        f = api.get_face(col, fid)
+        assert f.cluster_id is None and f.person_id is None
+        assert _rejected_for(col, fid) == {"BBT_Amy", f"cluster {cid}"}
+        assert len(_cluster_faces(col, cid)) == 2
+        api.cluster(col, full=True)  # a later run does not put it back
+        assert fid not in _cluster_faces(col, cid)
+
+
+def test_person_page_not_this_person(site: Site) -> None:
+    """Flow 5, "not this person": on a person's page, select a wrong face and press Not {name}:
+    it leaves the person for good (never suggested as them again)."""
+    with site.col() as col:
+        amy = api.get_person(col, "BBT_Amy")
+    site.open(f"/people/{amy.id}")
+    wrong = site.all("button.face")[1]
+    fid = int(wrong.get_attribute("data-face-id"))
+    wrong.click()
+    button = site.find("button.reject")
+    assert button.text == "Not BBT_Amy (1)"
+    button.click()
+    site.wait(ec.staleness_of(wrong))
+    assert site.find("#face-count").text == "2"
+    assert "not BBT_Amy" in site.toast()
+    with site.col() as col:
+        assert api.get_face(col, fid).person_id is None
+        assert _rejected_for(col, fid) == {"BBT_Amy"}
+        assert not [s for s in api.suggestions(col, limit=100).items if fid in s.face_ids]
+
+
+def test_answer_suggestions_yes_no_skip(site: Site) -> None:
+    """Flow 6: "Is this Ada?" one by one, the candidate beside a few of the person's faces;
+    skip (S), no (N), then yes (the button); each answer checked in the store."""
+    with site.col() as col:
+        amy = api.get_person(col, "BBT_Amy")
+        alone = api.person_faces(col, amy.id, limit=1).items[0].id
+        api.unassign_face(col, alone)  # a face alone that looks like Amy
+        group = api.list_clusters(col, limit=1).items[0]
+        leo = api.assign_face(col, group.sample_face_ids[0], "Leo").person_id  # and a group
+    site.open("/")
+    site.find("nav a[href='/suggestions']").click()
+    site.wait(lambda d: site.find("#suggestion").is_displayed())
+    question = site.find("#question")
+    assert question.text == "Is this BBT_Amy?"  # the surer one first
+    assert (
+        site.find("#candidate").get_attribute("src").endswith(f"/faces/{alone}/thumbnail?size=192")
+    )
+    known = [int(i.get_attribute("data-face-id")) for i in site.all("#known img")]
+    assert len(known) == 2 and alone not in known
+    assert site.find("#remaining").text == "2 questions left"
+    body = site.find("body")
+    body.send_keys("s")
+    site.wait(lambda d: question.text == "Is this Leo?")
+    assert "a group of 3 faces" in site.find("#candidate-caption").text
+    assert len(site.all("#candidate-more img")) == 2
+    body.send_keys("n")
+    site.wait(lambda d: site.find("#no-suggestions").is_displayed())  # Amy was skipped
+    with site.col() as col:
+        for fid in _cluster_faces(col, group.id):
+            assert _rejected_for(col, fid) == {"Leo"}
+        assert api.get_person(col, leo).faces == 0
+    site.open("/suggestions")  # a new visit asks the skipped question again
+    site.wait(lambda d: site.find("#question").text == "Is this BBT_Amy?")
+    assert site.find("#remaining").text == "1 question left"
+    site.find("#answer-yes").click()
+    site.wait(lambda d: site.find("#no-suggestions").is_displayed())
+    with site.col() as col:
+        assert api.get_face(col, alone).person_id == amy.id
+        assert api.suggestions(col).total == 0
 
 
 def test_drop_a_photo_to_see_every_face_named(site: Site, data: Path) -> None:

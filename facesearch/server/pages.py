@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import jinja2
-from fastapi import APIRouter, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from facesearch.server import routes
@@ -48,7 +48,6 @@ def _render(request: Request, name: str, status: int = 200, **context: Any) -> H
         collection=server.name,
         csrf_header=CSRF_HEADER,
         auth=server.settings.auth_required,
-        rejections=routes.REJECTIONS,
         **context,
     )
     return HTMLResponse(html, status_code=status)
@@ -142,8 +141,6 @@ def person_page(
 @router.get("/suggestions", response_class=HTMLResponse)
 def suggestions_page(request: Request) -> HTMLResponse:
     """Flow 6: "Is this Ada?", one question at a time (loaded by the script)."""
-    if not routes.REJECTIONS:
-        raise HTTPException(404, "suggestions need the library's rejections (not in this version)")
     return _render(request, "suggestions.html", title="Suggestions")
 
 

@@ -43,15 +43,12 @@ router = APIRouter(prefix="/api/v1", responses=_ERRORS)
 JPEG_CROP: dict[int | str, dict[str, Any]] = {
     200: {"content": {"image/jpeg": {}}, "description": "a JPEG crop"}
 }
-#: "Not this person" (``POST /faces/{id}/reject``) and ``GET /suggestions`` need the library's
-#: rejections (``api.reject_face``, ``api.suggestions``), which it does not have yet: until
-#: then those endpoints are absent and the page hides what uses them (``static/app.js`` has
-#: the flows: reject buttons, the suggestions page).
-REJECTIONS = False
 #: Nearest people shown per identified face.
 DEFAULT_K = 5
 #: Faces of a cluster shown as samples in a listing.
 DEFAULT_SAMPLES = 8
+#: Faces of the candidate cluster, and of the person, shown with a suggestion.
+SUGGESTION_SAMPLES = 6
 
 
 def get_server(request: Request) -> Server:
@@ -292,6 +289,37 @@ def unassign_face(face_id: int, server: ServerDep) -> dict[str, Any]:
         return views.face(api.unassign_face(col, face_id))
 
 
+@router.post("/faces/{face_id}/reject", response_model=sc.FaceOut, tags=["faces"])
+def reject_face(face_id: int, body: sc.RejectBody, server: ServerDep) -> dict[str, Any]:
+    """Not this person, for good: the face loses that label, leaves a cluster named so, and
+    no later clustering, suggestion or identification verdict gives it to them again (giving
+    the face to them by hand lifts it). The person must exist (404 otherwise)."""
+    with server.collection() as col:
+        return views.face(api.reject_face(col, face_id, body.person))
+
+
+@router.post("/faces/{face_id}/unreject", response_model=sc.FaceOut, tags=["faces"])
+def unreject_face(face_id: int, body: sc.UnrejectBody, server: ServerDep) -> dict[str, Any]:
+    """Undo a rejection: of ``person``, or of the ``cluster`` the face was taken out of (404
+    when there is no such rejection). Labels and clusters stay as they are."""
+    with server.collection() as col:
+        return views.face(api.unreject_face(col, face_id, body.person, cluster_id=body.cluster))
+
+
+@router.get("/rejections", response_model=sc.Page[sc.RejectionOut], tags=["faces"])
+def list_rejections(
+    server: ServerDep,
+    face_id: Annotated[int | None, Query(description="only this face's")] = None,
+    person: Annotated[int | None, Query(description="only those of this person (id)")] = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """The rejections ("not this person", and faces taken out of a cluster), by face id."""
+    with server.collection() as col:
+        rows = api.list_rejections(col, face_id=face_id, person=person, limit=limit, offset=offset)
+    return views.page(rows, views.rejection)
+
+
 @router.delete("/faces/{face_id}", status_code=204, response_class=Response, tags=["faces"])
 def delete_face(face_id: int, server: ServerDep) -> Response:
     """Delete the face for good: its row, its vector and its cached crops (the photo stays)."""
@@ -448,6 +476,17 @@ def split_cluster(cluster_id: int, body: sc.SplitCluster, server: ServerDep) -> 
     }
 
 
+@router.post("/clusters/{cluster_id}/reject", response_model=sc.RejectedCluster, tags=["clusters"])
+def reject_cluster(cluster_id: int, body: sc.RejectBody, server: ServerDep) -> dict[str, Any]:
+    """This group is not that person: every face of the cluster is rejected for them, in one
+    transaction (the answer no to a suggestion). Refused (409) for the cluster named so."""
+    with server.collection() as col:
+        n = api.reject_cluster(col, cluster_id, body.person)
+        c = api.get_cluster(col, cluster_id, samples=DEFAULT_SAMPLES)
+        p = api.get_person(col, body.person)
+    return {"cluster": views.cluster(c), "person": {"id": p.id, "name": p.name}, "rejected": n}
+
+
 @router.post("/cluster", response_model=sc.ClusterRunOut, tags=["clusters"])
 def run_clustering(server: ServerDep, body: sc.ClusterRun | None = None) -> dict[str, Any]:
     """Cluster the faces (only those new since the last run, unless ``full``)."""
@@ -466,6 +505,32 @@ def run_clustering(server: ServerDep, body: sc.ClusterRun | None = None) -> dict
         "seconds": round(stats.seconds, 3),
         "unnamed_clusters": unnamed,
     }
+
+
+# -- suggestions --------------------------------------------------------------------------------
+
+
+@router.get("/suggestions", response_model=sc.Page[sc.Suggestion], tags=["suggestions"])
+def list_suggestions(
+    server: ServerDep,
+    limit: Limit = 20,
+    offset: Offset = 0,
+    samples: Annotated[
+        int, Query(ge=1, le=24, description="faces of the cluster and of the person shown")
+    ] = SUGGESTION_SAMPLES,
+) -> dict[str, Any]:
+    """Is this Ada? Unnamed clusters and faces alone whose nearest person is within the
+    suggestion threshold, most confident first (smallest ``d / threshold``); a person a face
+    was rejected for is never suggested for it, nor for a cluster holding it. Answer yes with
+    ``/clusters/{id}/name`` or ``/faces/{id}/assign``, no with ``/clusters/{id}/reject`` or
+    ``/faces/{id}/reject``."""
+    with server.collection() as col:
+        found = api.suggestions(col, limit=limit, offset=offset, samples=samples)
+        known = {
+            pid: [f.id for f in api.person_faces(col, pid, limit=samples).items]
+            for pid in {s.person_id for s in found.items}
+        }
+    return views.page(found, lambda s: views.suggestion(s, known[s.person_id]))
 
 
 # -- jobs ---------------------------------------------------------------------------------------

@@ -157,7 +157,22 @@ class AssignBody(_Body):
 
 
 class RejectBody(_Body):
-    person: int | str = Field(description="person id or name this face is not")
+    person: int | str = Field(description="person id or name this face (or cluster) is not")
+
+
+class UnrejectBody(_Body):
+    """Exactly one of the two: the person the face was rejected for, or the cluster it was
+    taken out of."""
+
+    person: int | str | None = Field(None, description="person id or name")
+    cluster: int | None = Field(None, description="cluster id")
+
+
+class RejectionOut(BaseModel):
+    face_id: int
+    person: PersonRef | None = Field(description="the person the face is not (or null)")
+    cluster: int | None = Field(description="the cluster it was taken out of (or null)")
+    created_at: str = Field(description="UTC, ISO 8601")
 
 
 class PhotoOut(BaseModel):
@@ -269,12 +284,21 @@ class ClusterRunOut(BaseModel):
     unnamed_clusters: int
 
 
-class Suggestion(BaseModel):
-    kind: Literal["face", "cluster"]
-    id: int = Field(description="face id or cluster id")
-    face_id: int = Field(description="the face to show")
+class RejectedCluster(BaseModel):
+    cluster: ClusterOut
     person: PersonRef
-    d: float
+    rejected: int = Field(description="rejections added (faces not rejected for them before)")
+
+
+class Suggestion(BaseModel):
+    kind: Literal["face", "cluster"] = Field(description="an unnamed cluster, or a face alone")
+    id: int = Field(description="cluster id (kind cluster) or face id (kind face)")
+    face_id: int = Field(description="the face to show first")
+    face_ids: list[int] = Field(description="a few of the cluster's faces (the face alone)")
+    size: int = Field(description="faces in the cluster (1 for a face)")
+    person: PersonRef = Field(description="who it might be")
+    d: float = Field(description="cluster: average d to the person's faces; face: nearest d")
+    threshold: float = Field(description="the suggestion threshold d is within")
     person_face_ids: list[int] = Field(description="a few of the person's faces to compare")
 
 

@@ -7,9 +7,12 @@ HTML pages render the very same dicts, so a page always shows what the API says.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from facesearch import api
+
+if TYPE_CHECKING:
+    from facesearch.collection_clusters import Suggestion
 
 T = TypeVar("T")
 
@@ -76,6 +79,26 @@ def cluster(c: api.ClusterInfo) -> dict[str, Any]:
         "person": None if c.person_id is None else {"id": c.person_id, "name": c.person},
         "manual": c.manual,
         "sample_face_ids": list(c.sample_face_ids),
+    }
+
+
+def rejection(r: api.RejectionInfo) -> dict[str, Any]:
+    return r.to_dict()
+
+
+def suggestion(s: Suggestion, person_face_ids: Sequence[int]) -> dict[str, Any]:
+    """A suggestion of the queue: ``id`` is the cluster's id for a cluster, the face's for a
+    face alone; ``face_id`` the face to show first."""
+    return {
+        "kind": s.kind,
+        "id": s.cluster_id if s.cluster_id is not None else s.face_ids[0],
+        "face_id": s.face_ids[0],
+        "face_ids": list(s.face_ids),
+        "size": s.size,
+        "person": {"id": s.person_id, "name": s.person},
+        "d": rounded(s.distance),
+        "threshold": rounded(s.threshold),
+        "person_face_ids": list(person_face_ids),
     }
 
 

@@ -82,8 +82,22 @@
     if (actions) actions.hidden = n === 0;
     $$(".selection-actions button", root).forEach((b) => {
       if (!b.dataset.label) b.dataset.label = b.textContent;
+      if (b.classList.contains("reject") && root.classList.contains("cluster")) {
+        const who = rejectTarget(root);
+        b.dataset.label = who ? "Not " + who.name : "Not this person";
+      }
       b.textContent = n ? b.dataset.label + " (" + n + ")" : b.dataset.label;
     });
+  }
+
+  // who "Not …" in a group means: the group's person when it is named, else the name typed
+  function rejectTarget(card) {
+    if (card.dataset.personId) {
+      return { person: Number(card.dataset.personId), name: card.dataset.personName, named: true };
+    }
+    const input = $("input.name", card);
+    const name = input ? input.value.trim() : "";
+    return name ? { person: name, name, named: false } : null;
   }
 
   let lastTile = null;
@@ -152,6 +166,10 @@
   }
 
   function dropCard(card) {
+    if (card.dataset.single) {
+      window.location.href = "/";  // the group is gone: back to the others
+      return;
+    }
     const next = nextCard(card);
     card.remove();
     if (next) {
@@ -230,6 +248,10 @@
     }
   });
 
+  document.addEventListener("input", (e) => {
+    if (e.target.matches(".cluster input.name")) refreshSelection(container(e.target));
+  });
+
   document.addEventListener("change", (e) => {
     if (e.target.classList.contains("merge-pick")) {
       const n = $$(".merge-pick:checked").length;
@@ -255,21 +277,51 @@
     });
   }
 
+  function knownName(name) {
+    const list = document.getElementById("people-names");
+    if (!list || list.dataset.loaded !== "1") return true;  // not loaded yet: the server says
+    return $$("option", list).some((o) => o.value === name);
+  }
+
+  // "Not this person" in a group: the faces are rejected for the person (so never suggested,
+  // grouped or identified as them), then taken out of the group. An unnamed group names the
+  // person in its name box; the person must exist (a new name: Remove is what is meant).
   function rejectFromCluster(c, ids) {
-    const input = $("input.name", c.card);
-    const name = input ? input.value.trim() : "";
     if (!ids.length) return;
-    if (!name) {
-      toast("Type the name these faces are not, then press “Not this person”", "error");
+    const who = rejectTarget(c.card);
+    const input = $("input.name", c.card);
+    if (!who) {
+      toast("Type who these faces are not in the name box, then press “Not …”", "error");
       if (input) input.focus();
       return;
     }
+    if (!who.named && !knownName(who.name)) {
+      toast("“" + who.name + "” is nobody yet: to take the faces out of the group, press "
+            + "Remove (they never go back, and are not " + who.name + " when you name it)", "error");
+      return;
+    }
     attempt(async () => {
-      const out = await call("POST", "/clusters/" + c.id + "/split", { face_ids: ids });
-      for (const id of ids) await call("POST", "/faces/" + id + "/reject", { person: name });
+      const finished = [];
+      try {
+        for (const id of ids) {
+          await call("POST", "/faces/" + id + "/reject", { person: who.person });
+          finished.push(id);
+        }
+      } finally {
+        if (finished.length && !who.named) {
+          // rejected for a person, the faces are still in this (unnamed) group: take them out
+          await call("POST", "/clusters/" + c.id + "/split", { face_ids: finished });
+        }
+      }
       removeTiles(c.card, ids);
-      toast(ids.length + " faces marked as not " + name);
-      if (out.cluster) setSize(c.card, out.cluster.size);
+      toast(ids.length + " faces marked as not " + who.name);
+      if (input && !who.named) input.value = "";
+      refreshSelection(c.card);
+      const left = await call("GET", "/clusters/" + c.id + "?limit=1").catch((err) => {
+        if (err.status === 404) return null;  // emptied: the group is gone
+        throw err;
+      });
+      if (left) setSize(c.card, left.cluster.size);
       else dropCard(c.card);
     });
   }
@@ -362,9 +414,18 @@
 
   const suggestions = { queue: [], skipped: new Set(), current: null, busy: false };
 
+  // the next questions not skipped on this page (the queue is computed afresh by the server)
   async function loadSuggestions() {
-    const data = await call("GET", "/suggestions?limit=50");
-    suggestions.queue = data.items.filter((s) => !suggestions.skipped.has(s.kind + s.id));
+    let offset = 0;
+    let total = 0;
+    suggestions.queue = [];
+    while (offset !== null && !suggestions.queue.length) {
+      const data = await call("GET", "/suggestions?limit=50&offset=" + offset);
+      suggestions.queue = data.items.filter((s) => !suggestions.skipped.has(s.kind + s.id));
+      total = data.total;
+      offset = data.next_offset;
+    }
+    suggestions.total = Math.max(suggestions.queue.length, total - suggestions.skipped.size);
     showSuggestion();
   }
 
@@ -379,20 +440,34 @@
     box.dataset.kind = s.kind;
     box.dataset.id = String(s.id);
     document.getElementById("question").textContent = "Is this " + s.person.name + "?";
+    const n = Math.max(1, suggestions.total);
+    document.getElementById("remaining").textContent = n + " question" + (n === 1 ? "" : "s") + " left";
     const img = document.getElementById("candidate");
     img.src = API + "/faces/" + s.face_id + "/thumbnail?size=192";
-    document.getElementById("candidate-caption").textContent =
-      (s.kind === "cluster" ? "a group of faces" : "face " + s.face_id) + " · d " + s.d.toFixed(2);
+    const caption = document.getElementById("candidate-caption");
+    caption.textContent = (s.kind === "cluster" ? "a group of " + s.size + " faces" : "a face alone")
+      + " · d " + s.d.toFixed(2) + " ";
+    if (s.kind === "cluster") {
+      const open = document.createElement("a");
+      open.href = "/clusters/" + s.id;
+      open.textContent = "open the group";
+      caption.appendChild(open);
+    }
+    const more = document.getElementById("candidate-more");
+    more.replaceChildren(...s.face_ids.slice(1).map((id) => thumb(id, 64, "")));
     const known = document.getElementById("known");
-    known.replaceChildren(...s.person_face_ids.map((id) => {
-      const im = document.createElement("img");
-      im.src = API + "/faces/" + id + "/thumbnail?size=160";
-      im.width = 96;
-      im.height = 96;
-      im.alt = s.person.name;
-      return im;
-    }));
+    known.replaceChildren(...s.person_face_ids.map((id) => thumb(id, 96, s.person.name)));
     document.getElementById("known-caption").textContent = s.person.name;
+  }
+
+  function thumb(id, side, alt) {
+    const im = document.createElement("img");
+    im.src = API + "/faces/" + id + "/thumbnail?size=160";
+    im.width = side;
+    im.height = side;
+    im.alt = alt || "face " + id;
+    im.dataset.faceId = String(id);
+    return im;
   }
 
   async function answer(kind) {
@@ -411,6 +486,7 @@
       } else {
         suggestions.skipped.add(s.kind + s.id);
       }
+      suggestions.total = Math.max(0, suggestions.total - 1);
       if (suggestions.queue.length) showSuggestion();
       else await loadSuggestions();
     } catch (err) {
