@@ -37,7 +37,7 @@ Input sets (``--sets``), copied into one temporary folder that every system read
 ``throughput``), so that a run of a few systems does not replace the full comparison.
 
 ``--memory`` instead measures the peak memory of ``facesearch index`` on 1,000 and 10,000 LFW
-photos (issue 6: it must stay flat).
+photos (it must stay flat as the collection grows).
 
 Usage::
 

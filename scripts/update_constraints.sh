@@ -11,7 +11,7 @@
 # regenerating them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${FACESEARCH_EXTRAS:-dev,bench,server,ray,milvus}"
+EXTRAS="${FACESEARCH_EXTRAS:-dev,bench,server,postgres}"
 ORACLE_OPENCV="opencv-python-headless==5.0.0.93"
 venv="$(mktemp -d)/venv"
 python3 -m venv "$venv"

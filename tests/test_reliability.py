@@ -463,14 +463,14 @@ def test_ctrl_c_at_any_moment_of_cluster_or_people_merge_is_all_or_nothing(
 
 
 def _dummy_args(cmd: click.Command, files: Path) -> list[str]:
-    """Values for ``cmd``'s required arguments and options (enough to reach the collection)."""
+    """Values for ``cmd``'s arguments and required options (enough to reach the collection)."""
     out: list[str] = []
     for p in cmd.params:
         if isinstance(p, click.Option) and p.required:
             out += [p.opts[0], "1"]
     for p in cmd.params:
-        if not isinstance(p, click.Argument) or not p.required:
-            continue
+        if not isinstance(p, click.Argument):
+            continue  # optional arguments too: some commands need one of them or an option
         if isinstance(p.type, click.types.IntParamType):
             values = ["1", "2"]
         elif isinstance(p.type, click.Path):
