@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from results_io import record  # noqa: E402 - beside this script
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SHARED = REPO.parent / "shared"
 RESULTS = REPO / "bench" / "results"
@@ -197,14 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.quick:
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, body in (
-        (RESULTS / "batch_query.json", json.dumps(res, indent=1) + "\n"),
-        (RESULTS / "batch_query.md", text + "\n"),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(body)
-        os.replace(tmp, path)
+    record("batch_query", res, text, RESULTS)
 
 
 if __name__ == "__main__":

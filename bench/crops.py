@@ -32,7 +32,6 @@ Numpy engine, one pipeline, ``--threads`` threads.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -51,6 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 from photosets import CROP_VARIANTS, lfw_sample, make_crops  # noqa: E402
+from results_io import record  # noqa: E402
 
 DEFAULT_SHARED = REPO.parent / "shared"
 RESULTS = REPO / "bench" / "results"
@@ -284,14 +284,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.quick:
         return
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, body in (
-        (RESULTS / "detection.json", json.dumps(res, indent=1) + "\n"),
-        (RESULTS / "detection.md", text + "\n"),
-    ):
-        tmp_path = path.with_name(path.name + ".tmp")
-        tmp_path.write_text(body)
-        os.replace(tmp_path, path)
+    record("detection", res, text, RESULTS)
 
 
 if __name__ == "__main__":

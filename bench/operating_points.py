@@ -27,9 +27,7 @@ Results: ``bench/results/operating_points.md`` and ``.json``, with the command l
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import shlex
 import sys
 import tempfile
@@ -41,6 +39,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from identify import DEFAULT_SHARED, RESULTS, _public, lfw_embeddings, lfw_people  # noqa: E402
+from results_io import record  # noqa: E402
 
 log = logging.getLogger("bench.operating_points")
 
@@ -155,14 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     res["command"] = "python bench/operating_points.py " + shlex.join(
         _public(a) for a in (argv if argv is not None else sys.argv[1:])
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for path, text in (
-        (RESULTS / "operating_points.json", json.dumps(res, indent=1) + "\n"),
-        (RESULTS / "operating_points.md", render(res) + "\n"),
-    ):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+    record("operating_points", res, render(res), RESULTS)
     print(render(res))
 
 
