@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import shutil
 import signal
 import sys
@@ -215,9 +216,14 @@ WRITE_STEPS: tuple[str, ...] = (
 #: Functions Python runs as finalizers (weakref callbacks, ``__del__``), where it drops an
 #: exception raised: a Ctrl-C landing there is lost to any program, so no moment is put there.
 _FINALIZERS = frozenset({"__del__", "_cleanup", "_fast_discard", "remove", "_remove"})
+#: Generator frames: one left unfinished (``next(gen, None)``) is closed when collected, and an
+#: exception raised while it closes is dropped the same way.
+_GENERATOR_FLAGS = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _in_finalizer(frame: Any, depth: int = 4) -> bool:
+    if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
+        return True
     while frame is not None and depth:
         if frame.f_code.co_name in _FINALIZERS:
             return True
