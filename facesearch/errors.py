@@ -56,3 +56,8 @@ class CollectionError(FacesearchError):
 
 class IndexMismatchError(CollectionError):
     """The vector index does not match the SQL store it is a cache of."""
+
+
+class OptionalDependencyError(FacesearchError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    ``pip install`` to run."""
