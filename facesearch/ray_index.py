@@ -1,0 +1,339 @@
+"""Index photo folders with the networks on a Ray cluster: the driver plans and writes, Ray
+Data reads and embeds.
+
+:func:`index_paths_ray` does what :func:`facesearch.indexer.index_paths` does, with the same
+plan and the same commits; only the decode + detect + embed step moves to Ray:
+
+- **Driver** (this process): walks the PATHs, compares them with SQL and hashes the changed
+  files (:func:`facesearch.indexer.plan`: unchanged, touched and moved photos are never sent),
+  holds the writer lock, and stores the results in the order of the files, ``batch_size``
+  photos per transaction, exactly as a local run (:class:`facesearch.indexer._Run`).
+- **Workers**: a Ray Data ``map_batches`` over the photos to decode, with an actor pool of
+  :class:`EmbedActor` (one CPU each): each actor builds its :class:`~facesearch.pipeline.
+  FacePipeline` once, on one thread, reads each file itself (so photos must be readable by the
+  workers at the same path: a shared file system), checks its content hash, decodes, detects and
+  embeds. Batches are dicts of numpy arrays; faces travel as packed float64 detections and
+  float32 embeddings, so the stored values are the worker's bits.
+
+Same faces and same vectors as a local run with the same engine (tested bit for bit). A worker
+that dies mid-run: Ray restarts the actor and runs its batches again; the driver receives each
+photo once (results in order), and stores it once. A driver that dies: the photos committed stay,
+and the next run (Ray or local) skips them as unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facesearch.errors import OptionalDependencyError
+from facesearch.indexer import (
+    IndexReport,
+    IndexSettings,
+    Progress,
+    WalkResult,
+    _handle,
+    _Job,
+    _Labeler,
+    _Read,
+    _read,
+    _Run,
+    drive,
+    finish_plan,
+    plan,
+    register_pipeline_model,
+)
+from facesearch.types import Detection, Face
+
+if TYPE_CHECKING:
+    from facesearch.collection import Collection
+    from facesearch.pipeline import FacePipeline, PipelineConfig
+
+logger = logging.getLogger(__name__)
+
+#: Photos per ``map_batches`` batch (one actor call). 8: the local run's task size on 2 workers.
+BATCH_PHOTOS: int = 8
+#: Object store of a local cluster started here (bytes): batches are a few MB.
+LOCAL_OBJECT_STORE: int = 256 << 20
+#: Columns of a detection row: box (4), landmarks (10), score (1), float64.
+_DET = 15
+_INSTALL = "pip install 'facesearch[ray]'"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as exc:
+        raise OptionalDependencyError(f"indexing on Ray needs Ray Data: {_INSTALL}") from exc
+    return ray
+
+
+@dataclass(frozen=True, slots=True)
+class RaySettings:
+    """Where and how wide to run.
+
+    ``address``: ``None`` starts a local cluster of ``workers`` CPUs in this machine (ended with
+    the run); ``"auto"`` joins the cluster running here (``ray start``); else a cluster address
+    (``host:port``, ``ray://host:10001``). A Ray already initialised in this process is used as
+    it is. ``workers``: actors, one CPU each (default: the cluster's CPUs). ``batch_photos``:
+    photos per actor call.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    batch_photos: int = BATCH_PHOTOS
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.batch_photos < 1:
+            raise ValueError(f"batch_photos must be >= 1, got {self.batch_photos}")
+
+
+# -- the workers --------------------------------------------------------------------------------
+
+
+class EmbedActor:
+    """A Ray Data ``map_batches`` callable: the networks, loaded once per actor, on one thread.
+
+    Input batch: ``path`` ``(n,)`` str, ``sha256`` ``(n,)`` str (the driver's hash).
+    Output batch: ``path``, ``sha256`` (of the bytes embedded), ``error`` (``""``: none),
+    ``width``/``height`` ``(n,) int64`` (``-1``: not decoded), ``faces`` ``(n,) int64``,
+    ``det`` bytes of ``(faces, 15) float64`` (box, landmarks, score) and ``emb`` bytes of
+    ``(faces, D) float32``.
+    """
+
+    def __init__(self, config: PipelineConfig) -> None:
+        from facesearch.pipeline import FacePipeline
+
+        self.pipe = FacePipeline(replace(config, threads=1))
+        self._blas: Callable[[], Any] | None = None
+        if self.pipe.config.engine == "numpy":
+            from facesearch.models import npengine
+
+            self._blas = npengine.single_threaded_blas
+        logger.info("embedding actor ready in pid %d", os.getpid())
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        reads = [_read(_Job(str(p), 0, 0.0, None, None), frozenset()) for p in batch["path"]]
+        decoded = [r for r in reads if r.image is not None]
+        if self._blas is None:
+            results = self._faces(decoded)
+        else:
+            with self._blas():
+                results = self._faces(decoded)
+        result_of: dict[int, list[Face] | str] = {
+            id(r): res for r, res in zip(decoded, results, strict=True)
+        }
+        n, dim = len(reads), int(self.pipe.embedder.dim)
+        out: dict[str, Any] = {
+            "path": np.array([r.job.path for r in reads], dtype=object),
+            "sha256": np.array([r.content_hash for r in reads], dtype=object),
+            "error": np.empty(n, dtype=object),
+            "width": np.full(n, -1, dtype=np.int64),
+            "height": np.full(n, -1, dtype=np.int64),
+            "faces": np.zeros(n, dtype=np.int64),
+            "det": np.empty(n, dtype=object),
+            "emb": np.empty(n, dtype=object),
+        }
+        for i, r in enumerate(reads):
+            res = result_of.get(id(r), r.error or "")
+            if r.image is not None:
+                out["height"][i], out["width"][i] = r.image.shape[:2]
+            faces = res if isinstance(res, list) else []
+            out["error"][i] = res if isinstance(res, str) else ""
+            out["faces"][i] = len(faces)
+            out["det"][i] = _pack_detections(faces).tobytes()
+            emb = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, dim))
+            out["emb"][i] = np.ascontiguousarray(emb, dtype=np.float32).tobytes()
+        return out
+
+    def _faces(self, reads: list[Any]) -> list[list[Face] | str]:
+        """Faces of the decoded photos in one batch; when the batch fails, photo by photo (the
+        one that fails gets the error), as :meth:`facesearch.indexer._Run._finish` does."""
+        if not reads:
+            return []
+        try:
+            return list(self.pipe.faces_batch([r.image for r in reads]))
+        except Exception as exc:  # noqa: BLE001 - isolate the photo that fails
+            logger.debug("batch of %d photos failed (%s): one by one", len(reads), exc)
+        out: list[list[Face] | str] = []
+        for r in reads:
+            try:
+                out.append(self.pipe.faces_batch([r.image])[0])
+            except Exception as one:  # noqa: BLE001
+                out.append(f"processing failed ({type(one).__name__}: {one})")
+        return out
+
+
+def _pack_detections(faces: Sequence[Face]) -> np.ndarray:
+    """``(n, 15) float64``: box, landmarks (x, y) x 5, score of each face."""
+    rows = [
+        [*f.detection.box, *(c for pt in f.detection.landmarks for c in pt), f.detection.score]
+        for f in faces
+    ]
+    return np.array(rows, dtype=np.float64).reshape(len(faces), _DET)
+
+
+def unpack_faces(det: bytes, emb: bytes, n: int, model: str) -> list[Face]:
+    """The faces an :class:`EmbedActor` packed: ``n`` detections and ``(n, D) float32``."""
+    d = np.frombuffer(det, dtype=np.float64).reshape(n, _DET).tolist()
+    xb = np.frombuffer(emb, dtype=np.float32).reshape(n, -1) if n else np.zeros((0, 0))
+    faces = []
+    for row, e in zip(d, xb, strict=True):
+        lm = row[4:14]
+        det_ = Detection(
+            box=(row[0], row[1], row[2], row[3]),
+            landmarks=(
+                (lm[0], lm[1]),
+                (lm[2], lm[3]),
+                (lm[4], lm[5]),
+                (lm[6], lm[7]),
+                (lm[8], lm[9]),
+            ),
+            score=row[14],
+        )
+        faces.append(Face(det_, np.array(e, dtype=np.float32), model))
+    return faces
+
+
+# -- the driver ---------------------------------------------------------------------------------
+
+
+class _RayRun(_Run):
+    """A run whose photos to decode are collected, then embedded on Ray in one dataset."""
+
+    def __init__(
+        self,
+        collection: Collection,
+        config: PipelineConfig,
+        settings: IndexSettings,
+        progress: Callable[[Progress], None] | None,
+        ray_settings: RaySettings,
+    ) -> None:
+        super().__init__(collection, _never_called, settings, progress)
+        self.config = config
+        self.ray_settings = ray_settings
+        self.to_embed: list[tuple[_Job, str]] = []  # (job, driver's sha256), in file order
+
+    def add_read(self, r: _Read) -> None:
+        """A photo to decode (hashed by the driver): kept for Ray, in file order (one the driver
+        could not read too: the worker records its error, so the order stays that of the
+        files, as in a local run)."""
+        if self.pipe is None:  # the first one: register the model as a local run does
+            from facesearch.pipeline import FacePipeline
+
+            pipe = FacePipeline(replace(self.config, threads=1))
+            register_pipeline_model(self.col, pipe)
+            self.pipe = pipe
+        r.image = None
+        self.to_embed.append((r.job, r.content_hash))
+
+    def embed_on_ray(self) -> None:
+        """Run the dataset and store its results, in file order, ``batch_size`` per commit."""
+        if not self.to_embed:
+            return
+        assert self.pipe is not None
+        model = self.pipe.model_name
+        jobs = {job.path: (job, sha) for job, sha in self.to_embed}
+        started = time.monotonic()
+        for out in _embedded(self.to_embed, self.config, self.ray_settings):
+            for i in range(len(out["path"])):
+                job, sha = jobs[str(out["path"][i])]
+                r = _Read(job, str(out["sha256"][i]), error=str(out["error"][i]) or None)
+                if sha and r.content_hash and r.content_hash != sha:
+                    logger.warning("%s changed while it was indexed: stored as read", job.path)
+                faces = unpack_faces(out["det"][i], out["emb"][i], int(out["faces"][i]), model)
+                w, h = int(out["width"][i]), int(out["height"][i])
+                self._queue_photo(r, tuple(faces), None if w < 0 else (w, h))
+                self._tick(1)
+        logger.info(
+            "%d photos embedded on Ray in %.1f s", len(self.to_embed), time.monotonic() - started
+        )
+
+
+def _never_called() -> FacePipeline:  # pragma: no cover - the Ray run builds no local loader
+    raise AssertionError("a Ray run does not load a local pipeline")
+
+
+def _embedded(
+    work: list[tuple[_Job, str]], config: PipelineConfig, rs: RaySettings
+) -> Iterator[dict[str, np.ndarray]]:
+    """Output batches of the actor pool over ``work``, in its order."""
+    ray = _ray()
+    started_here = not ray.is_initialized()
+    if started_here:
+        if rs.address is None:
+            cpus = rs.workers or os.cpu_count() or 1
+            ray.init(
+                num_cpus=cpus,
+                include_dashboard=False,
+                object_store_memory=LOCAL_OBJECT_STORE,
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=rs.address, log_to_driver=False)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # results in file order
+        ctx.enable_progress_bars = False
+        workers = rs.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        items = [{"path": job.path, "sha256": sha} for job, sha in work]
+        blocks = max(1, min(len(items) // rs.batch_photos, 4 * workers * 16))
+        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        ds = ds.map_batches(
+            EmbedActor,
+            fn_constructor_kwargs={"config": config},
+            batch_size=rs.batch_photos,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_cpus=1,
+        )
+        logger.info("embedding %d photos on %d Ray workers", len(items), workers)
+        yield from ds.iter_batches(batch_size=rs.batch_photos, batch_format="numpy")
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _ray_body(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
+    """:func:`facesearch.indexer.drive`'s body: hash on the driver, embed on Ray."""
+    assert isinstance(run, _RayRun)
+    p = plan(run, found, labeler)
+    with ThreadPoolExecutor(run.settings.workers, thread_name_prefix="facesearch-hash") as pool:
+        reads = pool.map(lambda job: _read(job, p.moved_hashes, decode=False), p.jobs)
+        for r in reads:
+            _handle(run, r, p.gone, p.claimed, p.relabel)  # touched, moved, or to embed
+    run.embed_on_ray()
+    run.commit()
+    finish_plan(run, p)
+
+
+def index_paths_ray(
+    collection: Collection,
+    paths: Sequence[str | os.PathLike[str]],
+    config: PipelineConfig,
+    settings: IndexSettings | None = None,
+    ray_settings: RaySettings | None = None,
+    *,
+    progress: Callable[[Progress], None] | None = None,
+) -> IndexReport:
+    """:func:`facesearch.indexer.index_paths` with the networks on Ray (see the module doc).
+
+    ``config``: the pipeline each actor builds (with one thread). Holds the collection's writer
+    lock for the whole run. Returns the report; on Ctrl-C it says ``interrupted``.
+    """
+    settings = settings or IndexSettings()
+    run = _RayRun(collection, config, settings, progress, ray_settings or RaySettings())
+    return drive(run, paths, _ray_body)
+
+
+__all__ = ["BATCH_PHOTOS", "EmbedActor", "RaySettings", "index_paths_ray", "unpack_faces"]
