@@ -1,0 +1,320 @@
+"""Scaling curve of indexing on Ray: photos/s with 1 and 2 Ray workers against `facesearch index`.
+
+Every run indexes the same copies of the first ``--photos`` LFW images (as ``speed.py``) into a
+new collection, in its own process, timed as a whole (wall clock from start to exit):
+
+* ``local``: ``facesearch index DIR`` (the pipeline's workers, one per core);
+* ``ray-N``: :func:`facesearch.ray_index.index_paths_ray` with ``N`` actors on a local Ray
+  cluster that the run starts itself (``ray.init``: what ``--ray`` without an address does);
+* ``ray-N-running``: the same on a cluster already running (started once by this script with 2
+  CPUs; what ``--ray auto`` does), so Ray's start-up is not in the figure.
+
+Runs are interleaved (round 1 of every system, then round 2, ...), medians reported. Each Ray
+run also reports the driver's CPU time per photo (hashing, Ray's client, commits) and the
+seconds from the first photo sent to Ray to the last stored (``embed s``). The per-photo overhead
+of Ray is worked out from the medians as ``N / rate(ray-N-running) - 2 / rate(local)`` core-ms:
+the core time a photo costs on Ray beyond what it costs in a local run of both cores (2 cores
+here). Every Ray run's stored faces are compared with the local run's (same photos, boxes and
+scores; embeddings bit for bit or within float32 rounding, see :mod:`facesearch.ray_index`).
+
+    python bench/ray_scaling.py --runs 3            # records bench/results/scale.{md,json}
+    python bench/ray_scaling.py --quick             # 200 photos, 1 run, printed only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from speed import (  # noqa: E402
+    DEFAULT_SHARED,
+    _atomic_write,
+    _facesearch_cmd,
+    lfw_selection,
+    machine,
+    materialise,
+)
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _driver(args: argparse.Namespace) -> None:
+    """One Ray run (in its own process): print a JSON line of its timings."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    from facesearch import ray_index
+    from facesearch.cli.faces import pipeline_config
+    from facesearch.collection import Collection
+    from facesearch.indexer import IndexSettings
+    from facesearch.ray_index import RaySettings, index_paths_ray
+
+    marks: dict[str, float] = {}
+    real = ray_index._RayRun.embed_on_ray
+
+    def timed(self: Any) -> None:
+        marks["embed_start"] = time.monotonic()
+        real(self)
+        marks["embed_end"] = time.monotonic()
+
+    ray_index._RayRun.embed_on_ray = timed  # type: ignore[method-assign]
+    cpu0 = time.process_time()
+    with Collection.open(args.home, "bench", create=True) as col:
+        rep = index_paths_ray(
+            col,
+            [args.photos_dir],
+            pipeline_config("sface"),
+            IndexSettings(),
+            RaySettings(address=args.address, workers=args.workers),
+        )
+    out = {
+        "photos": rep.processed,
+        "faces": rep.faces_added,
+        "driver_cpu_s": time.process_time() - cpu0,
+        "embed_s": marks.get("embed_end", 0.0) - marks.get("embed_start", 0.0),
+    }
+    print(json.dumps(out))
+
+
+def _stored(home: Path) -> dict[str, Any]:
+    """``path -> (faces' boxes and scores, embeddings)`` of the collection ``bench``."""
+    import numpy as np
+    from sqlalchemy import select
+
+    from facesearch import store as st
+    from facesearch.collection import Collection
+
+    with Collection.open(home, "bench") as col, col.session() as s:
+        rows = s.execute(
+            select(
+                st.Photo.path,
+                st.FaceRow.x1,
+                st.FaceRow.y1,
+                st.FaceRow.x2,
+                st.FaceRow.y2,
+                st.FaceRow.score,
+                st.FaceRow.embedding,
+            )
+            .join(st.FaceRow, st.FaceRow.photo_id == st.Photo.id)
+            .order_by(st.Photo.path, st.FaceRow.id)
+        ).all()
+    out: dict[str, Any] = {}
+    for r in rows:
+        boxes, xb = out.setdefault(r[0], ([], []))
+        boxes.append(tuple(r[1:6]))
+        xb.append(np.frombuffer(r[6], "<f4"))
+    return out
+
+
+def _compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+
+    same_faces = a.keys() == b.keys() and all(a[p][0] == b[p][0] for p in a)
+    diffs = [float(np.abs(np.array(a[p][1]) - np.array(b[p][1])).max()) for p in a if p in b]
+    return {
+        "same_faces": same_faces,
+        "bit_equal_embeddings": same_faces and max(diffs, default=0.0) == 0.0,
+        "max_abs_embedding_difference": max(diffs, default=0.0),
+    }
+
+
+def _run(system: str, photos_dir: Path, work: Path, address: str | None) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix=f"{system}.", dir=work))
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    if system == "local":
+        cmd = [
+            *_facesearch_cmd(),
+            "index",
+            str(photos_dir),
+            "--home",
+            str(home),
+            "--collection",
+            "bench",
+            "--json",
+        ]
+    else:
+        workers = system.split("-")[1]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--driver",
+            "--workers",
+            workers,
+            "--photos-dir",
+            str(photos_dir),
+            "--home",
+            str(home),
+        ]
+        if system.endswith("running"):
+            cmd += ["--address", str(address)]
+    load = os.getloadavg()[0]
+    started = time.monotonic()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.monotonic() - started
+    if proc.returncode:
+        raise SystemExit(f"{system} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    info = (
+        json.loads(proc.stdout[proc.stdout.find("{") :])
+        if system == "local"
+        else json.loads(line[-1])
+    )
+    photos = int(info.get("photos", info.get("new", 0) + info.get("failed", 0)))
+    return {
+        "system": system,
+        "wall_s": wall,
+        "photos": photos,
+        "load": load,
+        "photos_per_s": photos / wall,
+        "home": str(home),
+        **{k: info[k] for k in ("driver_cpu_s", "embed_s") if k in info},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shared", type=Path, default=DEFAULT_SHARED)
+    p.add_argument("--photos", type=int, default=2000)
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--systems", default="local,ray-1,ray-2,ray-1-running,ray-2-running")
+    p.add_argument("--quick", action="store_true", help="200 photos, 1 run, nothing recorded")
+    p.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--address", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--photos-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--home", type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.driver:
+        _driver(args)
+        return
+    if args.quick:
+        args.photos, args.runs = 200, 1
+    systems = args.systems.split(",")
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="ray-scaling.") as tmp:
+        work = Path(tmp)
+        photos_dir = work / "photos"
+        materialise(
+            args.shared / "data" / "lfw" / "images",
+            lfw_selection(args.shared / "data", args.photos),
+            photos_dir,
+        )
+        address = None
+        if any(s.endswith("running") for s in systems):
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                object_store_memory=256 << 20,
+                log_to_driver=False,
+            )
+            address = str(ray.get_runtime_context().gcs_address)
+        runs: list[dict[str, Any]] = []
+        try:
+            for rnd in range(args.runs):
+                for system in systems:
+                    r = _run(system, photos_dir, work, address)
+                    r["round"] = rnd
+                    runs.append(r)
+                    print(
+                        f"round {rnd + 1} {system}: {r['photos_per_s']:.1f} photos/s "
+                        f"({r['wall_s']:.1f} s, load {r['load']:.1f})",
+                        file=sys.stderr,
+                    )
+            reference = _stored(Path(next(r["home"] for r in runs if r["system"] == "local")))
+            agreement = {
+                s: _compare(
+                    _stored(Path(next(r["home"] for r in runs if r["system"] == s))), reference
+                )
+                for s in systems
+                if s != "local"
+            }
+        finally:
+            if address is not None:
+                ray.shutdown()
+    summary: dict[str, Any] = {}
+    for s in systems:
+        mine = [r for r in runs if r["system"] == s]
+        rates = [r["photos_per_s"] for r in mine]
+        summary[s] = {
+            "photos_per_s": statistics.median(rates),
+            "runs": [round(x, 2) for x in rates],
+            "wall_s": statistics.median(r["wall_s"] for r in mine),
+        }
+        if "driver_cpu_s" in mine[0]:
+            summary[s]["driver_cpu_ms_per_photo"] = statistics.median(
+                1000 * r["driver_cpu_s"] / r["photos"] for r in mine
+            )
+            summary[s]["embed_photos_per_s"] = statistics.median(
+                r["photos"] / r["embed_s"] for r in mine if r["embed_s"] > 0
+            )
+    local = summary["local"]["photos_per_s"] if "local" in summary else None
+    for s, v in summary.items():
+        if local and s != "local":
+            v["ratio_to_local"] = v["photos_per_s"] / local
+            n = int(s.split("-")[1])
+            v["overhead_core_ms_per_photo"] = 1000 * (n / v["photos_per_s"] - 2 / local)
+    payload = {
+        "command": "python bench/ray_scaling.py "
+        + " ".join(
+            a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("/")
+        ),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "photos": args.photos,
+        "machine": machine(),
+        "summary": summary,
+        "agreement": agreement,
+        "loads": [round(r["load"], 2) for r in runs],
+    }
+    print(json.dumps(payload, indent=1))
+    if not args.quick:
+        RESULTS.mkdir(exist_ok=True)
+        _atomic_write(RESULTS / "scale.json", json.dumps(payload, indent=2) + "\n")
+        _atomic_write(RESULTS / "scale.md", render(payload))
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [
+        "# Indexing on Ray: the scaling curve on this machine",
+        "",
+        f"Command: `{r['command']}`  ",
+        f"Date: {r['date']}. {r['machine']['cpu']}, {r['machine']['cores']} cores, shared with "
+        f"other work (load averages at the start of the runs: {r['loads']}). "
+        f"{r['photos']} LFW photos; whole processes, medians of the runs.",
+        "",
+        "| system | photos/s | runs | wall s | / local | overhead core-ms/photo | "
+        "driver CPU ms/photo | photos/s while embedding |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for s, v in r["summary"].items():
+
+        def f(key: str, nd: int = 2, v: dict[str, Any] = v) -> str:
+            return f"{v[key]:.{nd}f}" if key in v else "–"
+
+        lines.append(
+            f"| {s} | {v['photos_per_s']:.1f} | {v['runs']} | {v['wall_s']:.1f} | "
+            f"{f('ratio_to_local')} | {f('overhead_core_ms_per_photo', 1)} | "
+            f"{f('driver_cpu_ms_per_photo', 1)} | {f('embed_photos_per_s', 1)} |"
+        )
+    lines += ["", "Stored faces against the local run's:", ""]
+    for s, a in r["agreement"].items():
+        lines.append(
+            f"- {s}: same photos, boxes and scores: {a['same_faces']}; embeddings bit for bit: "
+            f"{a['bit_equal_embeddings']} "
+            f"(max |difference| {a['max_abs_embedding_difference']:.2g})"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
