@@ -4,8 +4,10 @@ Data reads and embeds.
 :func:`index_paths_ray` does what :func:`facesearch.indexer.index_paths` does, with the same
 plan and the same commits; only the decode + detect + embed step moves to Ray:
 
-- **Driver** (this process): walks the PATHs, compares them with SQL and hashes the changed
-  files (:func:`facesearch.indexer.plan`: unchanged, touched and moved photos are never sent),
+- **Driver** (this process): walks the PATHs, compares them with SQL and hashes the files that
+  could be touched or moved (:func:`facesearch.indexer.plan`: unchanged, touched and moved
+  photos are never sent; a new path while no stored photo has gone missing can be neither, so
+  its hash is taken by the worker from the bytes it embeds and the driver does not read it),
   holds the writer lock, and stores the results in the order of the files, ``batch_size``
   photos per transaction, exactly as a local run (:class:`facesearch.indexer._Run`).
 - **Workers**: a Ray Data ``map_batches`` over the photos to decode, with an actor pool of
@@ -113,7 +115,8 @@ class EmbedActor:
     Output batch: ``path``, ``sha256`` (of the bytes embedded), ``error`` (``""``: none),
     ``width``/``height`` ``(n,) int64`` (``-1``: not decoded), ``faces`` ``(n,) int64``,
     ``det`` bytes of ``(faces, 15) float64`` (box, landmarks, score) and ``emb`` bytes of
-    ``(faces, D) float32``.
+    ``(faces, D) float32``; CPU accounting: ``work_cpu`` (this call's thread, per photo),
+    ``pid``, ``proc_cpu0``/``proc_cpu1`` (the process's CPU clock at the call's start and end).
     """
 
     def __init__(self, config: PipelineConfig) -> None:
@@ -128,6 +131,7 @@ class EmbedActor:
         logger.info("embedding actor ready in pid %d", os.getpid())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        proc0, thread0 = time.process_time(), time.thread_time()
         reads = [_read(_Job(str(p), 0, 0.0, None, None), frozenset()) for p in batch["path"]]
         decoded = [r for r in reads if r.image is not None]
         if self._blas is None:
@@ -159,6 +163,12 @@ class EmbedActor:
             out["det"][i] = _pack_detections(faces).tobytes()
             emb = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, dim))
             out["emb"][i] = np.ascontiguousarray(emb, dtype=np.float32).tobytes()
+        # CPU accounting (seconds): this call's thread per photo (read, decode, networks), and
+        # the process's CPU clock at the call's start and end (Ray's own threads included)
+        out["work_cpu"] = np.full(n, (time.thread_time() - thread0) / max(n, 1))
+        out["pid"] = np.full(n, os.getpid(), dtype=np.int64)
+        out["proc_cpu0"] = np.full(n, proc0)
+        out["proc_cpu1"] = np.full(n, time.process_time())
         return out
 
     def _faces(self, reads: list[Any]) -> list[list[Face] | str]:
@@ -213,6 +223,18 @@ def unpack_faces(det: bytes, emb: bytes, n: int, model: str) -> list[Face]:
 # -- the driver ---------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerCpu:
+    """CPU seconds the workers spent on a run's ``photos``: ``work_s`` in the calls' threads
+    (read, decode, detect, embed), ``process_s`` in their processes from their first call to
+    their last (Ray's threads included), over ``workers`` processes."""
+
+    photos: int
+    work_s: float
+    process_s: float
+    workers: int
+
+
 class _RayRun(_Run):
     """A run whose photos to decode are collected, then embedded on Ray in one dataset."""
 
@@ -228,6 +250,7 @@ class _RayRun(_Run):
         self.config = config
         self.ray_settings = ray_settings
         self.to_embed: list[tuple[_Job, str]] = []  # (job, driver's sha256), in file order
+        self.worker_cpu: WorkerCpu | None = None
 
     def add_read(self, r: _Read) -> None:
         """A photo to decode (hashed by the driver): kept for Ray, in file order (one the driver
@@ -250,7 +273,13 @@ class _RayRun(_Run):
         model = self.pipe.model_name
         jobs = {job.path: (job, sha) for job, sha in self.to_embed}
         started = time.monotonic()
+        work = 0.0
+        spans: dict[int, tuple[float, float]] = {}  # worker pid -> process CPU clock span
         for out in _embedded(self.to_embed, self.config, self.ray_settings):
+            work += float(out["work_cpu"].sum())
+            for pid, c0, c1 in zip(out["pid"], out["proc_cpu0"], out["proc_cpu1"], strict=True):
+                a, b = spans.get(int(pid), (c0, c1))
+                spans[int(pid)] = (min(a, c0), max(b, c1))
             for i in range(len(out["path"])):
                 job, sha = jobs[str(out["path"][i])]
                 r = _Read(job, str(out["sha256"][i]), error=str(out["error"][i]) or None)
@@ -260,8 +289,15 @@ class _RayRun(_Run):
                 w, h = int(out["width"][i]), int(out["height"][i])
                 self._queue_photo(r, tuple(faces), None if w < 0 else (w, h))
                 self._tick(1)
+        n = len(self.to_embed)
+        self.worker_cpu = WorkerCpu(n, work, sum(b - a for a, b in spans.values()), len(spans))
         logger.info(
-            "%d photos embedded on Ray in %.1f s", len(self.to_embed), time.monotonic() - started
+            "%d photos embedded on Ray in %.1f s; workers: %.1f CPU-ms per photo reading and "
+            "embedding, %.1f in their processes in all",
+            n,
+            time.monotonic() - started,
+            1000 * work / n,
+            1000 * self.worker_cpu.process_s / n,
         )
 
 
@@ -313,9 +349,14 @@ def _ray_body(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     """:func:`facesearch.indexer.drive`'s body: hash on the driver, embed on Ray."""
     assert isinstance(run, _RayRun)
     p = plan(run, found, labeler)
+
+    def hashed(job: _Job) -> _Read:
+        if job.old is None and not p.gone:  # can be neither touched nor moved: the worker
+            return _Read(job)  # hashes what it embeds, the driver need not read it
+        return _read(job, p.moved_hashes, decode=False)
+
     with ThreadPoolExecutor(run.settings.workers, thread_name_prefix="facesearch-hash") as pool:
-        reads = pool.map(lambda job: _read(job, p.moved_hashes, decode=False), p.jobs)
-        for r in reads:
+        for r in pool.map(hashed, p.jobs):
             _handle(run, r, p.gone, p.claimed, p.relabel)  # touched, moved, or to embed
     run.embed_on_ray()
     run.commit()
