@@ -50,7 +50,11 @@ def face_like(n: int, seed: int, per: int = 10) -> np.ndarray:
 
 
 def _db_bytes(col: Any) -> int:
-    return int(col.info(check=False)["database_bytes"])
+    """The server's table bytes, or the SQLite files' (database and write-ahead log)."""
+    on_server = col.info(check=False)["database_bytes"]
+    if on_server is not None:
+        return int(on_server)
+    return sum(p.stat().st_size for p in col.folder.glob("faces.db*"))
 
 
 def sql_bytes(xb: np.ndarray, home: Path, db_url: str | None) -> dict[str, Any]:

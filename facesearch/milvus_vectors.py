@@ -36,7 +36,6 @@ found after a restart); :meth:`MilvusVectors.remove` returns how many of the ids
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import re
@@ -452,7 +451,7 @@ class MilvusVectors:
     def drop(self) -> None:
         """Drop the copy (alias and physical collections). The object is unusable after."""
         name = self.target.collection
-        with contextlib.suppress(_pymilvus().MilvusException):
+        if _alias_target(self._client, name) is not None:
             self._client.drop_alias(name)
         if self._client.has_collection(name):  # a plain collection of that name
             self._client.drop_collection(name)
@@ -479,12 +478,20 @@ def _connect(target: MilvusTarget) -> Any:
         raise CollectionError(f"cannot connect to Milvus at {target}: {exc.message}") from exc
 
 
+def _alias_target(client: Any, name: str) -> str | None:
+    """The collection the alias ``name`` points to, or ``None`` (no such alias). Looked up in
+    the list, not by describing it: pymilvus logs a failed call as an error."""
+    if name not in (client.list_aliases() or {}).get("aliases", []):
+        return None
+    return str(client.describe_alias(name)["collection_name"])
+
+
 def _resolve(client: Any, name: str) -> str | None:
     """The physical collection behind ``name`` (an alias, or an older plain collection)."""
-    try:
-        return str(client.describe_alias(name)["collection_name"])
-    except _pymilvus().MilvusException:
-        return name if client.has_collection(name) else None
+    target = _alias_target(client, name)
+    if target is not None:
+        return target
+    return name if client.has_collection(name) else None
 
 
 def _new_physical(client: Any, name: str, dim: int, model: str, *, generation: int) -> str:
@@ -511,10 +518,8 @@ def _new_physical(client: Any, name: str, dim: int, model: str, *, generation: i
 
 
 def _point_alias(client: Any, name: str, physical: str) -> None:
-    pymilvus = _pymilvus()
-    try:
-        current = str(client.describe_alias(name)["collection_name"])
-    except pymilvus.MilvusException:
+    current = _alias_target(client, name)
+    if current is None:
         if client.has_collection(name):  # a plain collection of that name: ours, made earlier
             client.drop_collection(name)
         client.create_alias(physical, name)
