@@ -327,9 +327,14 @@ def _embedded(
         ctx.execution_options.preserve_order = True  # results in file order
         ctx.enable_progress_bars = False
         workers = rs.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
-        items = [{"path": job.path, "sha256": sha} for job, sha in work]
-        blocks = max(1, min(len(items) // rs.batch_photos, 4 * workers * 16))
-        ds = ray.data.from_items(items, override_num_blocks=blocks)
+        # Blocks of whole batches: a batch never straddles two blocks, so the batches are the
+        # runs of batch_photos photos a local run embeds together (see the module doc)
+        paths = np.array([job.path for job, _ in work], dtype=object)
+        shas = np.array([sha for _, sha in work], dtype=object)
+        rows = rs.batch_photos * max(1, -(-len(work) // (rs.batch_photos * 16 * workers)))
+        ds = ray.data.from_arrow(
+            [_table(paths[s : s + rows], shas[s : s + rows]) for s in range(0, len(work), rows)]
+        )
         ds = ds.map_batches(
             EmbedActor,
             fn_constructor_kwargs={"config": config},
@@ -338,11 +343,20 @@ def _embedded(
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
         )
-        logger.info("embedding %d photos on %d Ray workers", len(items), workers)
+        logger.info("embedding %d photos on %d Ray workers", len(work), workers)
         yield from ds.iter_batches(batch_size=rs.batch_photos, batch_format="numpy")
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _table(paths: np.ndarray, shas: np.ndarray) -> Any:
+    """One input block: columns ``path`` and ``sha256`` (strings)."""
+    import pyarrow as pa
+
+    return pa.table(
+        {"path": pa.array(list(paths), pa.string()), "sha256": pa.array(list(shas), pa.string())}
+    )
 
 
 def _ray_body(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
