@@ -43,7 +43,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -580,6 +580,13 @@ def _id_chunks(ids: np.ndarray) -> Iterator[np.ndarray]:
 
 def _in_ids(ids: np.ndarray) -> str:
     return "id in [" + ",".join(str(int(i)) for i in ids) + "]"
+
+
+if TYPE_CHECKING:  # both stores are a VectorStore (mypy checks this)
+    from facesearch.vectors import VectorIndex
+
+    def _both_are_stores(a: VectorIndex, b: MilvusVectors) -> tuple[VectorStore, VectorStore]:
+        return a, b
 
 
 __all__ = [
