@@ -203,14 +203,13 @@ def numpy_stem_ab(repeats: int) -> None:
 
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     from facesearch.models import npengine
-    from facesearch.models.sface_arrays import WEIGHTS_FILE
+    from facesearch.models.sface_weights import WEIGHTS_FILE
     from facesearch.process import tune_malloc
 
     tune_malloc()
     if npengine._NATIVE is None:
         raise SystemExit("facesearch._native is not built: pip install -e . first")
-    npengine.set_threads(1)
-    net = npengine.NumpySFace(npengine._load_prepared_sface(WEIGHTS_FILE))
+    net = npengine.NumpySFace(npengine._load_prepared_sface(WEIGHTS_FILE))  # one thread
     rng = np.random.default_rng(0)
     batches = [(rng.random((8, 112, 112, 3)) * 255).astype(np.float32) for _ in range(2)]
     rounds = 10

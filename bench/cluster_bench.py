@@ -7,15 +7,14 @@ to ``lfw/images``, ``Name/Name_NNNN.jpg``) and ``embeddings`` ``(N, 128) float32
 1. LFW people with at least 10 images (158 people, 4,324 images);
 2. all of LFW (5,749 people, 13,233 images).
 
-On each: facesearch's default (:class:`facesearch.cluster.ClusterConfig`, chosen without the
-labels: average linkage, ``default_thresholds``), single and complete linkage with the same
-thresholds, and facesearch at every threshold of the sweep, as a plain dendrogram cut and with
-the default's pair threshold for two single faces (to show where the default sits); Chinese
-whispers (dlib's own when dlib is installed, else the port in ``baselines.py``) and DBSCAN
-(min_samples 3) at every threshold of the sweep, reporting their best; exact average linkage
-with scipy (set 1 only); and facesearch given one labelled face per person (must-link +
-cannot-link), which is not label-free.
-The sweep: ``d`` from 0.60 to 1.60 by 0.05, then by 0.01 around each method's best.
+On each: facesearch's default (:class:`facesearch.cluster_algorithms.ClusterConfig`, chosen without
+the labels: average linkage, ``default_thresholds``), single and complete linkage with the same
+thresholds, and facesearch at every threshold of the sweep, as a plain dendrogram cut and with the
+default's pair threshold for two single faces (to show where the default sits); Chinese whispers
+(dlib's own when dlib is installed, else the port in ``baselines.py``) and DBSCAN (min_samples 3) at
+every threshold of the sweep, reporting their best; exact average linkage with scipy (set 1 only);
+and facesearch given one labelled face per person (must-link + cannot-link), which is not
+label-free. The sweep: ``d`` from 0.60 to 1.60 by 0.05, then by 0.01 around each method's best.
 
 Scale (``--scale N ...``): seeded synthetic faces (many identities of Zipf-distributed sizes on the
 sphere, spreads calibrated on SFace's LFW distances, a few blurred faces, many singletons);
@@ -51,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from facesearch.cluster import (  # noqa: E402
+from facesearch.cluster_algorithms import (  # noqa: E402
     ClusterConfig,
     agglomerate,
     bcubed_prf,

@@ -118,7 +118,7 @@ def _sweep_taus() -> list[float]:
 def bench_photos(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from facesearch import store as st
     from facesearch.collection import Collection
-    from facesearch.search import identify_vectors
+    from facesearch.identify import identify_vectors
 
     photos = args.shared / "data" / "photos"
     home = work / "photos-home"
@@ -286,7 +286,7 @@ def lfw_embeddings(
 def bench_lfw(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from facesearch import store as st
     from facesearch.collection import Collection
-    from facesearch.search import identify_vectors
+    from facesearch.identify import identify_vectors
     from facesearch.types import Detection, Face
 
     images = args.shared / "data" / "lfw" / "images"

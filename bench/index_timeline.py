@@ -12,8 +12,6 @@ collection, with light hooks around the indexer, and prints:
 Usage::
 
     python bench/index_timeline.py PHOTOS_DIR [--runs 3] [--keep-home DIR]
-
-Set ``FACESEARCH_HEAD_START=0`` to compare without the head start (``facesearch/headstart.py``).
 """
 
 from __future__ import annotations

@@ -502,18 +502,16 @@ t = [("start", time.perf_counter(), time.process_time())]
 def mark(name): t.append((name, time.perf_counter(), time.process_time()))
 home, image = sys.argv[1], sys.argv[2]
 import facesearch.cli; mark("import facesearch.cli")
-from facesearch.cli.prefetch import EarlyFaces
+from facesearch.prefetch import EarlyFaces
 early = EarlyFaces(image); mark("fork the child (decode, detect, align, embed: numpy engine)")
 import faiss; mark("import faiss")
 from facesearch.collection import Collection; mark("import collection (sqlalchemy)")
-from facesearch.search import identify_faces
-from facesearch.types import Face
-from facesearch.upgrade import query_model; mark("import search, upgrade")
+from facesearch.identify import identify_faces
+from facesearch.model_upgrade import query_model; mark("import search, upgrade")
 col = Collection.open(home); mark("open collection (SQL)")
 vi = col.vectors; mark("load vector index (mmap, checks)")
 assert query_model(col) == "sface"
-_, dets, vecs = early.result(); mark("wait for the child's faces")
-faces = [Face(d, v, "sface") for d, v in zip(dets, vecs)]
+faces = early.faces(); mark("wait for the child's faces")
 identify_faces(col, faces, k=5); mark("identify (search, people)")
 col.close(); mark("close")
 print(json.dumps([(n, b - a, d - c) for (_, a, c), (n, b, d) in zip(t, t[1:])]))
@@ -528,7 +526,7 @@ def query_phases(
     A fresh interpreter does the command's steps in order with a clock between them (median
     of ``runs``); the phases sum to about the command's wall time minus interpreter start-up.
     As the command does, the photo's faces are computed in a forked child
-    (:mod:`facesearch.cli.prefetch`) while the parent imports and opens the collection, so
+    (:mod:`facesearch.prefetch`) while the parent imports and opens the collection, so
     "wait for the child's faces" is what is left of that work when the parent needs it. CPU
     seconds are the parent's only.
     """
@@ -717,18 +715,21 @@ def bench_e2e(args: argparse.Namespace) -> dict[str, Any]:
     """One-face photo queries in one process through the public Python API.
 
     Per query, what ``facesearch query`` does: decode (``load_image``), faces (detect, align,
-    embed: ``FacePipeline.faces``) and identification (``facesearch.search.identify_faces``:
+    embed: ``FacePipeline.faces``) and identification (``facesearch.identify.identify_faces``:
     the ``k`` = 5 nearest faces grouped by person and the nearest labelled face for the
     verdict). The collection and the networks are loaded once, before the clock starts.
     """
+    from facesearch import process
+
+    process.tune()  # as a long-running service does, before torch is imported
     import torch
 
     torch.set_num_threads(args.threads)
     from facesearch.collection import Collection
     from facesearch.distance import DEFAULT_THRESHOLD
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
     from facesearch.pipeline import FacePipeline, PipelineConfig
-    from facesearch.search import identify_faces
 
     t = time.perf_counter()
     pipe = FacePipeline(PipelineConfig(threads=args.threads))

@@ -144,6 +144,9 @@ def _thread_env(threads: int, extra: Sequence[str] = ()) -> dict[str, str]:
 def _make_system(name: str, threads: int, weights: Path, batch: int) -> Any:
     """The system under test, models loaded: an object with ``process_all(paths)``."""
     if name in ("facesearch", "facesearch-single"):
+        from facesearch import process
+
+        process.tune()  # as a service embedding photos does (before torch is imported)
         import torch
 
         from facesearch.image import load_image
@@ -677,9 +680,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                    help=f"comma-separated, from {', '.join(ALL_SYSTEMS)}")  # fmt: skip
     p.add_argument("--sets", default="lfw,photos", help="comma-separated: lfw, photos")
     p.add_argument("--lfw-count", type=int, default=2000)
-    p.add_argument(
-        "--batch", type=int, default=16, help="photos per faces_batch call (facesearch)"
-    )
+    p.add_argument("--batch", type=int, default=16, help="photos per faces_batch call (facesearch)")
     p.add_argument("--index-args", default="", help="extra arguments for `facesearch index`")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="environment setting for every system (repeatable), e.g. "

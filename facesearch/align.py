@@ -9,8 +9,8 @@ was used with), without OpenCV:
 - :func:`warp_affine` is ``cv2.warpAffine(..., INTER_LINEAR, BORDER_CONSTANT, 0)`` as OpenCV 5
   computes it: inverse map in float64, source coordinates and bilinear blend in float32 (fused
   multiply-adds), round half to even. It matches ``cv2.warpAffine`` bit for bit on tests. The
-  same arithmetic runs in C when ``facesearch._native`` is built (~3 ms -> ~0.55 ms per
-  crop), else in numpy; both give the same bytes (``tests/test_align.py``).
+  same arithmetic runs in C when ``facesearch._native`` is built (several times faster), else
+  in numpy; both give the same bytes (``tests/test_align.py``).
 
 Landmarks are in pixels of the image they are sampled from (the full-resolution photo), in
 YuNet / ArcFace order: image-left eye, other eye, nose tip, image-left mouth corner, other

@@ -71,17 +71,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
 from facesearch import vectors as vectors_module
-from facesearch.errors import CollectionError, IncompatibleModelError, IndexMismatchError
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    IndexMismatchError,
+    LockedError,
+    NotFoundError,
+)
 from facesearch.types import Match
 from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
     KINDS,
     VectorIndex,
+    VectorStore,
     resolve_kind,
     sidecar_path,
 )
@@ -92,6 +98,8 @@ CONFIG_NAME = "collection.json"
 DB_NAME = "faces.db"
 INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "write.lock"
+#: A long write (indexing, re-embedding) saves the vector index file at least this often (s).
+CHECKPOINT_SECONDS: float = 60.0
 #: Seconds a writer waits for another writer before giving up.
 DEFAULT_LOCK_TIMEOUT: float = 10.0
 #: An IVF index is rebuilt when the face count leaves [trained / F, trained * F].
@@ -135,6 +143,10 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+class StopRequested(Exception):
+    """A long write's ``should_stop`` said so after a commit: the run ends there."""
+
+
 class WriterLock:
     """An exclusive ``fcntl.flock`` on a lock file that records the holder's pid.
 
@@ -154,7 +166,7 @@ class WriterLock:
     def holder(self) -> int | None:
         """Pid recorded by the current (or last) holder, if readable."""
         try:
-            return int(self.path.read_text().split()[0])
+            return int(self.path.read_bytes().split()[0])
         except (OSError, ValueError, IndexError):
             return None
 
@@ -190,7 +202,7 @@ class WriterLock:
             if time.monotonic() >= deadline:
                 pid = self.holder()
                 who = f"pid {pid}" if pid is not None else "another process"
-                raise CollectionError(
+                raise LockedError(
                     f"{self.what} is being written by {who} (lock {self.path}); "
                     "wait for it to finish and try again"
                 )
@@ -246,7 +258,7 @@ class Collection:
     @classmethod
     def open(
         cls,
-        home: str | Path,
+        home: str | os.PathLike[str],
         name: str = "default",
         db_url: str | None = None,
         create: bool = False,
@@ -268,9 +280,11 @@ class Collection:
         config_path = folder / CONFIG_NAME
         if not config_path.is_file():
             if not create:
-                raise CollectionError(
+                raise NotFoundError(
+                    "collection",
+                    name,
                     f"no {what} in {home}: create it by indexing photos into it "
-                    f"(`facesearch index PATH --collection {name}`)"
+                    f"(`facesearch index PATH --collection {name}`)",
                 )
             folder.mkdir(parents=True, exist_ok=True)
             creating = WriterLock(folder / LOCK_NAME, what)
@@ -455,7 +469,7 @@ class Collection:
                 f"collection {self.name!r}: the active model {active!r} is not registered"
             )
         root, space = st.model_space(s, active)
-        every_model = set(s.scalars(select(st.ModelRecord.name)).all())
+        every_model = st.model_names(s)
         # O(1) recorded count when the index holds every model's faces (the usual case)
         count = st.recorded_face_count(s) if every_model <= set(space) else st.face_count(s, space)
         return _Expected(
@@ -625,7 +639,7 @@ class Collection:
 
     def _apply(
         self,
-        vi: VectorIndex,
+        vi: VectorStore,
         generation: int,
         *,
         removed: np.ndarray | None = None,
@@ -755,7 +769,7 @@ class Collection:
         if not dims:
             return
         with self.store.session() as s:
-            known = set(s.scalars(select(st.ModelRecord.name)).all())
+            known = st.model_names(s)
         for name, dim in dims.items():
             if name not in known:
                 logger.info("collection %r: registering model %r (dim %d)", self.name, name, dim)
@@ -851,7 +865,7 @@ class Collection:
         longer has (a stale index while a writer runs) are dropped, so a list can be shorter
         than ``k``.
         """
-        vi = self.vectors
+        vi: VectorStore = self.vectors
         restrict = None
         if labelled_only:
             with self.store.session() as s:
@@ -868,6 +882,11 @@ class Collection:
                     row.append(Match(int(fid), float(dist), rec.person, rec.photo))
             out.append(row)
         return out
+
+    def embedding(self, face_id: int) -> tuple[np.ndarray, str]:
+        """``(embedding (D,) float32, model)`` of a stored face (:class:`NotFoundError`)."""
+        with self.store.session() as s:
+            return st.face_embedding(s, face_id)
 
     def check_query_models(self, models: Sequence[str]) -> None:
         """Raise :class:`IncompatibleModelError` unless queries embedded by ``models`` can be
@@ -939,7 +958,7 @@ class Collection:
             active = st.get_meta(s, ACTIVE_MODEL_KEY)
             generation = st.get_generation(s)
             setting = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
-            db_bytes = self._database_bytes(s)
+            db_bytes = st.database_bytes(s)
         index: dict[str, Any] = {"setting": setting, "file": str(self.index_path)}
         try:
             meta = VectorIndex.read_metadata(self.index_path)
@@ -992,21 +1011,6 @@ class Collection:
             out["consistency"] = self.check()
         return out
 
-    def _database_bytes(self, s: Session) -> int | None:
-        """Size of the store's tables on a server database (``None`` for SQLite: in the folder)."""
-        if self.store.dialect != "postgresql":
-            return None
-        tables = [t.name for t in st.Base.metadata.sorted_tables] + ["alembic_version"]
-        total = s.execute(
-            text(
-                "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
-                "JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE n.nspname = current_schema() AND c.relname = ANY(:names)"
-            ),
-            {"names": tables},
-        ).scalar()
-        return int(total or 0)
-
 
 def _sqlite_url(folder: Path) -> str:
     return f"sqlite:///{(folder / DB_NAME).resolve()}"
@@ -1014,7 +1018,7 @@ def _sqlite_url(folder: Path) -> str:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        config = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise CollectionError(f"cannot read {path}: {exc}") from exc
     if not isinstance(config, dict) or config.get("format") != _CONFIG_FORMAT:
@@ -1026,7 +1030,7 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def upgrade_collection(
-    home: str | Path, name: str = "default", db_url: str | None = None
+    home: str | os.PathLike[str], name: str = "default", db_url: str | None = None
 ) -> tuple[str | None, str | None]:
     """``facesearch db upgrade``: bring a collection's database to the newest schema.
 
@@ -1057,12 +1061,14 @@ def upgrade_collection(
 
 
 __all__ = [
+    "CHECKPOINT_SECONDS",
     "CONFIG_NAME",
     "DB_NAME",
     "DEFAULT_LOCK_TIMEOUT",
     "INDEX_NAME",
     "LOCK_NAME",
     "Collection",
+    "StopRequested",
     "WriterLock",
     "upgrade_collection",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 #: The base operating point of the shipped SFace model: the distance at which the
 #: false-accept rate over all 174.6 million impostor pairs of LFW is 1e-3 (1.273; it is also
 #: SFace's published cosine threshold 0.363, d = 2 - 2 * 0.363). Clustering derives its merge
-#: threshold from it (see facesearch.cluster).
+#: threshold from it (see facesearch.cluster_algorithms).
 DEFAULT_THRESHOLD: float = 1.274
 
 #: Default 1:1 "same person" threshold for ``facesearch verify``: the mean of the ten
@@ -24,6 +24,15 @@ DEFAULT_VERIFY_THRESHOLD: float = 1.325
 #: where 99.2% of LFW's same-person pairs still match), i.e. about 1% false matches per query
 #: against a gallery of 100 people.
 DEFAULT_IDENTIFY_THRESHOLD: float = 1.147
+
+
+#: Embeddings are unit vectors: ``| |x| - 1 |`` above this is refused (store, index, clustering).
+UNIT_NORM_TOLERANCE: float = 1e-3
+
+
+def shipped_threshold(purpose: str = "verify") -> float:
+    """The shipped SFace's LFW-calibrated tau for ``verify`` (1:1) or ``identify`` (1:K)."""
+    return DEFAULT_IDENTIFY_THRESHOLD if purpose == "identify" else DEFAULT_VERIFY_THRESHOLD
 
 
 def distance(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:

@@ -42,6 +42,17 @@ class NoFaceError(FacesearchError):
         return (type(self), (self.source, self.detail))
 
 
+class ArgumentError(FacesearchError, ValueError):
+    """An argument of a library call is out of range or malformed (a server answers 422)."""
+
+
+def require_positive(**values: int) -> None:
+    """:class:`ArgumentError` naming the first of ``values`` (name=value) that is below 1."""
+    for name, value in values.items():
+        if value < 1:
+            raise ArgumentError(f"{name} must be >= 1, got {value}")
+
+
 class ModelError(FacesearchError):
     """A model file is missing, corrupt, or does not fit what it is used for."""
 
@@ -52,6 +63,26 @@ class IncompatibleModelError(ModelError):
 
 class CollectionError(FacesearchError):
     """A collection is missing, locked, of an older schema, or otherwise unusable."""
+
+
+class NotFoundError(CollectionError):
+    """An unknown face, photo, person or cluster (by id or name), or a missing collection.
+
+    ``kind`` names what was looked up (``face``, ``photo``, ``person``, ``cluster``,
+    ``collection``), ``key`` the id or name given.
+    """
+
+    def __init__(self, kind: str, key: object, message: str | None = None) -> None:
+        self.kind = kind
+        self.key = key
+        super().__init__(message or f"no {kind} {key!r}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, object, str]]:  # picklable across processes
+        return (type(self), (self.kind, self.key, str(self)))
+
+
+class LockedError(CollectionError):
+    """Another writer holds the collection's writer lock (a server answers 409)."""
 
 
 class IndexMismatchError(CollectionError):

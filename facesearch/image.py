@@ -132,6 +132,11 @@ _heif_registered = False
 # --------------------------------------------------------------------------- public API
 
 
+def default_workers() -> int:
+    """Threads reading and decoding photos: one per core, at most 4."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def load_image(source: Source, *, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``source`` (a path or the bytes of a file) at full resolution.
 

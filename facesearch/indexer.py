@@ -41,22 +41,14 @@ while the pipeline's workers (:meth:`FacePipeline.workers`, one per core, one th
 run the networks on tasks of a few photos: up to :data:`DETECT_BATCH` photos or
 :data:`DETECT_PIXELS` pixels per round, cut into one task per worker. Up to two tasks per
 worker are out at a time, and results are taken oldest first, so photos are stored in the order
-read while the workers never wait for one another or for a commit (measured on 2 cores: 167
-large photos 24.3 s -> 19.4 s against a barrier after every batch). Photos are decoded at full
+read while the workers never wait for one another or for a commit. Photos are decoded at full
 resolution: the detector downscales internally, and alignment samples the full-resolution
 pixels, which is what a query does too (so a photo indexed and the same photo queried give the
 same embedding).
 
-Given a function that builds the pipeline (the command line does this), the networks load only
-once a photo needs them, and the read threads read ahead meanwhile. With ``loader_config`` (the
-shipped model) and the native kernels built (:mod:`facesearch.native`), the numpy engine runs
-instead of the function's torch pipeline: as fast per face, and it loads in ~0.3 s instead of
-~2.5 s (500 LFW photos 12.2-12.9 s -> 8.8-9.2 s, 167 large photos 17.9 s -> 12.1 s, whole
-commands). Without the native kernels, a run with only a few photos to read
-(:data:`SMALL_RUN_SECONDS`) runs them with the numpy engine and never loads torch, and a larger
-one loads torch while a forked child runs the numpy engine on the smallest of the next photos
-(:mod:`facesearch.headstart`): 500 LFW photos 14.0 s -> 13.6 s, 167 large photos 19.3 s ->
-18.6 s (means of 4 and 3 alternating runs).
+Given :class:`~facesearch.pipeline.Models` (or a function that builds the pipeline), the
+networks load only once a photo needs them, and the read threads read ahead meanwhile; the
+engine is chosen then for the photos left (:meth:`PipelineConfig.resolved`).
 
 Commits and interruptions
 -------------------------
@@ -90,26 +82,26 @@ import csv
 import hashlib
 import logging
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch import headstart
-from facesearch.errors import FacesearchError, ImageError, IncompatibleModelError
-from facesearch.image import SUPPORTED_SUFFIXES, load_image
-from facesearch.native import native_available
+from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
+from facesearch.errors import FacesearchError, ImageError, require_positive
+from facesearch.image import SUPPORTED_SUFFIXES, default_workers, load_image
+from facesearch.model_upgrade import register_pipeline_model
+from facesearch.pipeline import Models
 from facesearch.types import Face
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.pipeline import FacePipeline
     from facesearch.store import NewPhoto, PhotoStat
 
 logger = logging.getLogger(__name__)
@@ -119,35 +111,17 @@ DOMINANCE_RATIO: float = 2.0
 #: Photos per round of tasks (at most; fewer when ``batch_size`` is smaller), cut into one task
 #: per pipeline worker.
 DETECT_BATCH: int = 16
-#: A round is closed early when its photos hold this many pixels (bounds memory). 24 MP (12 MP
-#: per task on 2 workers) against 48 MP: 167 large photos in 16.7 s against 18.2 s (mean of 4
-#: alternating runs, each pair in favour of 24 MP): smaller tasks keep both workers busy.
+#: A round is closed early when its photos hold this many pixels: bounds memory, and smaller
+#: tasks keep both workers busy (bench/results/history.md).
 DETECT_PIXELS: int = 24_000_000
 #: Default photos per SQL transaction.
 COMMIT_BATCH: int = 64
-#: The vector index file is saved at least this often during a run (seconds).
-CHECKPOINT_SECONDS: float = 60.0
-#: Without the native kernels: a run with a loader and the shipped model (``loader_config``) whose
-#: photos left to read (when the first one needs the networks) would take the numpy engine at most
-#: this many seconds runs them with it instead of loading torch (~2.5 s of one core); torch is then
-#: 2-4x faster per face, so larger runs load it. The estimate is NUMPY_SECONDS_PER_PHOTO per photo
-#: plus NUMPY_SECONDS_PER_MB per MB of file, measured on 2 cores: 8 LFW photos 2.3 s with the numpy
-#: engine against 3.2 s with torch, 1 photo 1.6 s against 3.3 s; 8 photos of 1-14 MP (8.9 MB) 7.4 s
-#: against 5.1 s (means of 3; whole commands).
-SMALL_RUN_SECONDS: float = 2.0
-NUMPY_SECONDS_PER_PHOTO: float = 0.15
-NUMPY_SECONDS_PER_MB: float = 0.7
 #: While the pipeline loads (index_paths with a loader), up to this many photos, or photos
 #: whose files hold this many bytes, are read and decoded ahead.
 READ_AHEAD_PHOTOS: int = 256
 READ_AHEAD_BYTES: int = 16 << 20
 #: Bytes read at a time when hashing.
 _READ_CHUNK = 1 << 20
-
-
-def default_workers() -> int:
-    """Decode threads: one per core, at most 4."""
-    return max(1, min(4, os.cpu_count() or 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +141,7 @@ class IndexSettings:
     index_type: str | None = None
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_positive(batch_size=self.batch_size, workers=self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,7 +218,7 @@ class WalkResult:
 
 
 def _supported(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in SUPPORTED_SUFFIXES
+    return Path(name).suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def walk(paths: Iterable[str | os.PathLike[str]]) -> WalkResult:
@@ -354,47 +325,6 @@ class _Labeler:
         return self.table.get(path)
 
 
-# -- models ---------------------------------------------------------------------------------------
-
-
-def register_pipeline_model(collection: Collection, pipeline: FacePipeline) -> None:
-    """Register the pipeline's embedding model in the collection (first one becomes active).
-
-    Raises :class:`IncompatibleModelError` when the collection already holds faces of a model
-    whose vectors cannot be compared with this one's.
-    """
-    from facesearch import store as st
-
-    emb: Any = pipeline.embedder
-    name = pipeline.model_name
-    meta = getattr(emb, "meta", None) or {}
-    cw = meta.get("compatible_with") if isinstance(meta, dict) else None
-    cw_name = str(cw["name"]) if isinstance(cw, dict) and cw.get("name") else None
-    with collection.session() as s:
-        active = st.get_meta(s, "active_model")
-        known = {m.name for m in st.list_models(s)}
-        space = set(st.model_space(s, active)[1]) if active is not None else set()
-    if active is not None and name not in space and (cw_name is None or cw_name not in space):
-        raise IncompatibleModelError(
-            f"collection {collection.name!r} holds faces of model {active!r}; the vectors of "
-            f"model {name!r} cannot be compared with them: index with --model {active} "
-            "(or make a new collection with --collection NAME)"
-        )
-    path = None
-    file_hash = None
-    if name != "sface":
-        path = os.path.abspath(str(pipeline.config.model))
-        file_hash = str(meta.get("weights_sha256")) if meta.get("weights_sha256") else None
-    collection.register_model(
-        name,
-        int(emb.dim),
-        compatible_with=cw_name if cw_name in known else None,
-        file_hash=file_hash,
-        path=path,
-        threshold=getattr(emb, "threshold", None) if name != "sface" else None,
-    )
-
-
 # -- the engine ---------------------------------------------------------------------------------
 
 
@@ -462,31 +392,33 @@ def _read(job: _Job, moved_hashes: frozenset[str] | set[str], *, decode: bool = 
     return out
 
 
+def _open_workers(
+    stack: contextlib.ExitStack, pipeline: FacePipeline
+) -> Callable[..., Future[object]]:
+    """The pipeline's workers, open until ``stack`` closes."""
+    workers = pipeline.workers()
+    submit = workers.__enter__()
+    stack.push(workers.__exit__)
+    return submit
+
+
 class _Run:
     """State of one :func:`index_paths` call (main thread only)."""
 
     def __init__(
         self,
         collection: Collection,
-        pipeline: FacePipeline | Callable[[], FacePipeline],
+        pipeline: FacePipeline | Models | Callable[[], FacePipeline],
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
-        loader_config: PipelineConfig | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
         self.col = collection
-        # a function that builds the pipeline is called by load_pipeline, when first needed
-        self.loader = pipeline if callable(pipeline) else None
+        # models or a function that builds the pipeline: load_pipeline, when first needed
+        self.loader = pipeline if isinstance(pipeline, Models) or callable(pipeline) else None
         self.pipe: FacePipeline | None = None
-        # the loader's pipeline configuration, when the numpy engine can stand in for it
-        self.shipped = (
-            loader_config
-            if self.loader is not None
-            and loader_config is not None
-            and loader_config.model == "sface"
-            else None
-        )
+        self.should_stop = should_stop
         self.jobs: list[_Job] = []  # every file to read, in order
-        self.early: dict[str, tuple[str, list[Face]]] = {}  # path -> (sha256, faces)
         self.settings = settings
         self.progress = progress
         self.report = IndexReport()
@@ -506,47 +438,19 @@ class _Run:
             self.set_pipeline(pipeline)  # type: ignore[arg-type]
 
     def load_pipeline(self, first: _Job) -> None:
-        """Build the pipeline with ``loader`` (the read threads go on meanwhile: the switch
-        interval is shortened so that they get the GIL between the import's bytecodes), register
-        its model and open its workers on ``stack``.
-
-        With the shipped model (``loader_config``): the numpy engine instead when the native
-        kernels are built, or for a small run (:data:`SMALL_RUN_SECONDS`); otherwise a head
-        start, a forked child computing the faces of the photos from ``first`` on while the
-        loader runs (:mod:`facesearch.headstart`; :meth:`add_read` uses them)."""
+        """Build the pipeline (for the photos from ``first`` on), register its model and open
+        its workers on ``stack``."""
         assert self.loader is not None
-        left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
-        left, left_bytes = len(left_jobs), sum(j.size for j in left_jobs)
-        numpy_seconds = left * NUMPY_SECONDS_PER_PHOTO + left_bytes / 1e6 * NUMPY_SECONDS_PER_MB
-        if self.shipped is not None and (native_available() or numpy_seconds <= SMALL_RUN_SECONDS):
-            from facesearch.pipeline import FacePipeline
-
-            logger.info("%d photos to read: the numpy engine runs them (torch not loaded)", left)
-            pipeline = FacePipeline(replace(self.shipped, engine="numpy"))
+        if isinstance(self.loader, Models):
+            left_jobs = self.jobs[self.jobs.index(first) :] if first in self.jobs else []
+            megabytes = sum(j.size for j in left_jobs) / 1e6
+            pipeline = self.loader.pipeline(photos=len(left_jobs), megabytes=megabytes)
         else:
-            pipeline = self._load_with_head_start(left_jobs)
+            pipeline = self.loader()
         register_pipeline_model(self.col, pipeline)
         self.set_pipeline(pipeline)
         assert self.stack is not None, "the pipeline is loaded inside _index"
-        self.submit = self.stack.enter_context(pipeline.workers())
-
-    def _load_with_head_start(self, jobs: list[_Job]) -> FacePipeline:
-        """Call the loader; with the shipped model, a head start on ``jobs``."""
-        assert self.loader is not None
-        shipped = self.shipped
-        head = None
-        if shipped is not None and headstart.enabled():
-            head = headstart.HeadStart([j.path for j in jobs], shipped, [j.size for j in jobs])
-        before = sys.getswitchinterval()
-        sys.setswitchinterval(min(before, 0.0005))
-        try:
-            pipeline = self.loader()
-        finally:
-            sys.setswitchinterval(before)
-            early = head.stop() if head is not None else {}
-        if shipped is not None and early and headstart.same_work(pipeline.config, shipped):
-            self.early = early
-        return pipeline
+        self.submit = _open_workers(self.stack, pipeline)
 
     def set_pipeline(self, pipeline: FacePipeline) -> None:
         """Photos go to the pipeline's workers in tasks of a few photos; up to
@@ -572,15 +476,6 @@ class _Run:
         results, behind the photos before it)."""
         if r.image is not None and self.pipe is None:
             self.load_pipeline(r.job)
-        if r.image is not None and self.early:
-            done = self.early.pop(r.job.path, None)
-            if done is not None and done[0] == r.content_hash:  # computed by the head start
-                self.send_task()  # keeps the order: the open task goes first
-                fut: Future[Any] = Future()
-                fut.set_result([done[1]])
-                self.inflight.append(([r], fut))
-                self.collect(wait=False)
-                return
         if r.image is None:
             self.send_task()
             self.inflight.append(([r], None))
@@ -707,37 +602,33 @@ class _Run:
         if time.monotonic() - self.last_checkpoint >= CHECKPOINT_SECONDS:
             self.col.save_index()
             self.last_checkpoint = time.monotonic()
+        if self.should_stop is not None and self.should_stop():
+            raise StopRequested
 
 
 def index_paths(
     collection: Collection,
-    pipeline: FacePipeline | Callable[[], FacePipeline],
+    pipeline: FacePipeline | Models | Callable[[], FacePipeline],
     paths: Sequence[str | os.PathLike[str]],
     settings: IndexSettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
-    loader_config: PipelineConfig | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> IndexReport:
     """Index the photos under ``paths`` into ``collection`` (see the module doc).
 
-    ``pipeline``: the pipeline, or a function that builds it. A function is called only when
-    the first photo that needs the networks has been read, while the next photos are read and
-    decoded in the background (loading torch and the models takes seconds); a run where every
-    photo is unchanged never calls it.
-
-    ``loader_config``: the configuration of the pipeline the function builds. With the
-    shipped model it lets the numpy engine (same networks, no torch) stand in: a run with at
-    most :data:`SMALL_RUN_SECONDS` of numpy work left runs them all on it and never calls the
-    function; in a larger run a forked child computes the faces of the first photos with it
-    while the function runs, stored as they are (:mod:`facesearch.headstart`; only if the
-    pipeline built has the same detector, model and flip settings).
+    ``pipeline``: the pipeline, the :class:`Models` to build it from, or a function that
+    builds it. Models or a function are used only when the first photo that needs the
+    networks has been read, while the next photos are read and decoded in the background; a
+    run where every photo is unchanged never loads them.
 
     Holds the collection's writer lock for the whole run. ``progress`` is called after every
-    photo or batch of photos processed. Returns the report; on Ctrl-C the report says
-    ``interrupted`` and holds what was committed.
+    photo or batch of photos processed; ``should_stop`` after every commit (``True``: stop
+    there). Returns the report; on Ctrl-C or a stop the report says ``interrupted`` and holds
+    what was committed.
     """
     settings = settings or IndexSettings()
-    run = _Run(collection, pipeline, settings, progress, loader_config)
+    run = _Run(collection, pipeline, settings, progress, should_stop)
     return drive(run, paths, _index)
 
 
@@ -776,7 +667,7 @@ def drive(
             register_pipeline_model(collection, run.pipe)
         try:
             body(run, found, labeler)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the photos committed so far are kept")
     rep.seconds = time.monotonic() - started
@@ -900,7 +791,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
 
             run.stack = stack
             if run.pipe is not None:
-                run.submit = stack.enter_context(run.pipe.workers())
+                run.submit = _open_workers(stack, run.pipe)
             fill()
             while queue:
                 fut, size = queue.popleft()
@@ -953,37 +844,13 @@ def _handle(
 
 def _label_stored(run: _Run, relabel: dict[int, str]) -> None:
     """Give labels to stored photos none of whose faces has a person (dominant-face rule)."""
-    from sqlalchemy import select
-
     from facesearch import store as st
 
     col, rep = run.col, run.report
     csv_labels = run.settings.labels not in (None, "folders")
     source = st.LabelSource.CSV if csv_labels else st.LabelSource.FOLDER
-    ids = sorted(relabel)
-    faces: dict[int, list[tuple[int, float]]] = {}
-    taken: set[int] = set()
     with col.session() as s:
-        for start in range(0, len(ids), 900):
-            part = ids[start : start + 900]
-            rows = s.execute(
-                select(
-                    st.FaceRow.id,
-                    st.FaceRow.photo_id,
-                    st.FaceRow.x1,
-                    st.FaceRow.y1,
-                    st.FaceRow.x2,
-                    st.FaceRow.y2,
-                    st.Assignment.face_id,
-                )
-                .outerjoin(st.Assignment, st.Assignment.face_id == st.FaceRow.id)
-                .where(st.FaceRow.photo_id.in_(part))
-                .order_by(st.FaceRow.id)
-            )
-            for fid, pid, x1, y1, x2, y2, assigned in rows:
-                faces.setdefault(pid, []).append((fid, max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
-                if assigned is not None:
-                    taken.add(pid)
+        faces, taken = st.photo_face_areas(s, sorted(relabel))
     by_person: dict[str, list[int]] = {}
     for pid, person in relabel.items():
         if pid in taken or pid not in faces:
@@ -1077,6 +944,7 @@ def enroll_photos(
 
 
 __all__ = [
+    "StopRequested",
     "enroll_photos",
     "CHECKPOINT_SECONDS",
     "COMMIT_BATCH",
@@ -1092,6 +960,5 @@ __all__ = [
     "folder_label",
     "index_paths",
     "read_labels_csv",
-    "register_pipeline_model",
     "walk",
 ]

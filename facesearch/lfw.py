@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +58,12 @@ def embed_images(
                     h, w = img.shape[:2]
                     c = (w / 2.0, h / 2.0)
                     picked.append(
-                        [min(d, key=lambda x: (x.center[0] - c[0]) ** 2 + (x.center[1] - c[1]) ** 2)]
+                        [
+                            min(
+                                d,
+                                key=lambda x: (x.center[0] - c[0]) ** 2 + (x.center[1] - c[1]) ** 2,
+                            )
+                        ]
                     )
                 else:
                     face, _ = pipeline.face_with_fallback(img)
@@ -84,7 +90,7 @@ def evaluate_pairs(
     default_threshold: float,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """Embed every image named in ``pairs`` once and run the verification protocol."""
     keys = sorted({p.a for p in pairs} | {p.b for p in pairs})
     paths = [lfw_image_path(images_dir, n, i) for n, i in keys]

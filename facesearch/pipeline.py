@@ -18,21 +18,31 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from facesearch.errors import NoFaceError
+from facesearch.errors import ArgumentError, NoFaceError
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
-    from facesearch.models.detection import DetectorConfig
-    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
+    from facesearch.models.npengine import EngineThreads, NumpyDetector, NumpyEmbedder
     from facesearch.models.sface import Embedder
     from facesearch.models.yunet import Detector
+    from facesearch.models.yunet_decode import DetectorConfig
 
-#: ``PipelineConfig.engine`` values: PyTorch, or plain numpy (shipped SFace only; no torch import).
-ENGINES = ("torch", "numpy")
+#: ``PipelineConfig.engine`` values: PyTorch; plain numpy (shipped SFace only; no torch import);
+#: ``auto``: chosen by :meth:`PipelineConfig.resolved` for the work at hand.
+ENGINES = ("auto", "torch", "numpy")
+#: What a threshold is for: 1:1 verification or 1:K identification.
+Purpose = Literal["verify", "identify"]
+#: Without the native kernels the numpy engine is slower per face than torch, which takes
+#: seconds to load: ``auto`` still takes numpy when the estimated numpy work
+#: (NUMPY_SECONDS_PER_PHOTO per photo plus NUMPY_SECONDS_PER_MB per MB of files) is at most
+#: SMALL_RUN_SECONDS (bench/results/history.md has the measurements behind these values).
+SMALL_RUN_SECONDS: float = 2.0
+NUMPY_SECONDS_PER_PHOTO: float = 0.15
+NUMPY_SECONDS_PER_MB: float = 0.7
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,7 @@ ImageSource = str | os.PathLike[str] | bytes
 
 
 def _default_detector_config() -> DetectorConfig:
-    from facesearch.models.detection import DetectorConfig
+    from facesearch.models.yunet_decode import DetectorConfig
 
     return DetectorConfig()
 
@@ -52,15 +62,13 @@ class PipelineConfig:
     ``model``: ``"sface"`` (shipped) or the path of a model file made by ``facesearch train``.
     ``flip``: embed each face and its mirror image and average (see README, "Flip").
     ``threads``: cores to use (``None``: one per core, at most 8). A batch of several photos
-    is cut into ``threads`` parts run side by side, each on one thread (measured on 2 cores
-    with torch: 2x the photos/s of one torch process with 2 intra-op threads, whose threads
-    mostly wait on each other with these small convolutions); a single photo runs on
+    is cut into ``threads`` parts run side by side, each on one thread (intra-op threads mostly
+    wait on each other with these small convolutions); a single photo runs on
     ``threads`` intra-op threads (torch) or element-wise threads (numpy engine).
-    ``engine``: ``"torch"``, or ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
-    networks without importing torch, which saves ~2 s of start-up. With the native kernels
-    built (:mod:`facesearch.native`) it is as fast per face as torch (SFace 19-21 ms per face
-    on one thread, YuNet 3.3-3.7 ms per LFW photo), and ``facesearch index`` runs it; without
-    them torch is 2-4x faster per face. The numpy engine runs the shipped model only.
+    ``engine``: ``"torch"``; ``"numpy"`` (:mod:`facesearch.models.npengine`): the same
+    networks without importing torch, the shipped model only; or ``"auto"``, which
+    :meth:`resolved` turns into one of the two (a :class:`FacePipeline` resolves its
+    configuration when built).
     """
 
     detector: DetectorConfig = field(default_factory=_default_detector_config)
@@ -72,12 +80,41 @@ class PipelineConfig:
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+            raise ArgumentError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.engine == "numpy" and self.model != "sface":
-            raise ValueError(
+            raise ArgumentError(
                 f"the numpy engine runs the shipped model 'sface' only, not {self.model!r}: "
-                "use engine 'torch' for a model file"
+                "use engine 'torch' (or 'auto') for a model file"
             )
+        if self.threads is not None and self.threads < 1:
+            raise ArgumentError(f"threads must be >= 1, got {self.threads}")
+
+    def with_model(self, model: str) -> PipelineConfig:
+        """These settings for another model; a model file cannot keep engine ``numpy``."""
+        engine = self.engine if model == "sface" or self.engine == "torch" else "auto"
+        return replace(self, model=model, engine=engine)
+
+    def resolved(self, *, photos: int | None = None, megabytes: float = 0.0) -> PipelineConfig:
+        """This configuration with a concrete engine: the one place the engine is chosen.
+
+        ``auto`` is numpy for the shipped model when the native kernels are built (as fast
+        per face as torch, and no torch import), or when the work is known to be small
+        (``photos`` photos holding ``megabytes`` MB of files, see :data:`SMALL_RUN_SECONDS`);
+        torch otherwise. ``torch`` and ``numpy`` stay as they are.
+        """
+        if self.engine != "auto":
+            return self
+        engine = "torch"
+        if self.model == "sface":
+            from facesearch.native import native_available
+
+            small = photos is not None and (
+                photos * NUMPY_SECONDS_PER_PHOTO + megabytes * NUMPY_SECONDS_PER_MB
+                <= SMALL_RUN_SECONDS
+            )
+            if native_available() or small:
+                engine = "numpy"
+        return replace(self, engine=engine)
 
 
 def load_embedder(
@@ -86,21 +123,82 @@ def load_embedder(
     flip: bool = False,
     batch_size: int | None = None,
     engine: str = "torch",
+    threads: EngineThreads | None = None,
 ) -> Embedder | NumpyEmbedder:
     """The embedder for ``model``: the shipped SFace, or a fine-tuned model file."""
-    from facesearch.models.sface_arrays import DEFAULT_BATCH_SIZE
+    from facesearch.models.sface_weights import DEFAULT_BATCH_SIZE
 
     if engine == "numpy":
         from facesearch.models.modelfile import shipped_meta
         from facesearch.models.npengine import NumpyEmbedder
 
-        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip)
+        emb = NumpyEmbedder(batch_size=batch_size or DEFAULT_BATCH_SIZE, flip=flip, threads=threads)
         emb.meta = shipped_meta()
         emb.threshold = emb.meta["threshold"]
         return emb
     from facesearch.models.modelfile import load_embedder as load_file
 
     return load_file(model, flip=flip, batch_size=batch_size or DEFAULT_BATCH_SIZE)
+
+
+class Models:
+    """The networks of one pipeline configuration, loaded on first use and kept.
+
+    ``config.engine`` ``"auto"`` (the default here) lets :meth:`PipelineConfig.resolved` choose
+    the engine for the work at hand; pipelines are cached per resolved configuration, so a
+    long-running caller loads each network once. :meth:`for_model` gives the :class:`Models` of
+    another embedding model with the same settings (a collection whose active model is a file).
+    Safe to share between threads for loading; each pipeline is built once under a lock.
+    ``factory`` builds a pipeline from a resolved configuration (default :class:`FacePipeline`).
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig | None = None,
+        *,
+        factory: Callable[[PipelineConfig], FacePipeline] | None = None,
+    ) -> None:
+        self.config = config or PipelineConfig(engine="auto")
+        self._factory = factory or FacePipeline
+        self._pipelines: dict[PipelineConfig, FacePipeline] = {}
+        self._others: dict[str, Models] = {}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Models({self.config!r})"
+
+    def engine(self, *, photos: int | None = None, megabytes: float = 0.0) -> str:
+        """The engine a pipeline for this work would run (``torch`` or ``numpy``)."""
+        return self.config.resolved(photos=photos, megabytes=megabytes).engine
+
+    def pipeline(self, *, photos: int | None = None, megabytes: float = 0.0) -> FacePipeline:
+        """The pipeline for ``photos`` photos of ``megabytes`` MB (``None``: many), built once."""
+        config = self.config.resolved(photos=photos, megabytes=megabytes)
+        with self._lock:
+            pipe = self._pipelines.get(config)
+            if pipe is None:
+                pipe = self._pipelines[config] = self._factory(config)
+        return pipe
+
+    def for_model(self, model: str) -> Models:
+        """The models of ``model`` (``sface`` or a model file) with these settings."""
+        if model == self.config.model:
+            return self
+        with self._lock:
+            other = self._others.get(model)
+            if other is None:
+                other = self._others[model] = Models(
+                    self.config.with_model(model), factory=self._factory
+                )
+        return other
+
+    def threshold(self, purpose: Purpose = "verify") -> float:
+        """The model's calibrated tau for ``purpose`` (loads a model file's embedder)."""
+        if self.config.model == "sface":
+            from facesearch.distance import shipped_threshold
+
+            return shipped_threshold(purpose)
+        return self.pipeline().threshold(purpose)
 
 
 class FacePipeline:
@@ -117,19 +215,19 @@ class FacePipeline:
         detector: Detector | NumpyDetector | None = None,
         embedder: Embedder | NumpyEmbedder | None = None,
     ) -> None:
-        from facesearch.process import tune_malloc
-
-        tune_malloc()  # activation buffers stay in the heap (see facesearch.process)
-        self.config = config or PipelineConfig()
+        self.config = (config or PipelineConfig()).resolved()
         numpy_engine = self.config.engine == "numpy"
         self.threads = self.config.threads or max(1, min(8, os.cpu_count() or 1))
         self._pool: ThreadPoolExecutor | None = None
         self._local = threading.local()  # .serial: this thread is one of the parallel workers
+        #: the numpy engine's element-wise threads, shared by its detector and embedder
+        self.engine_threads: EngineThreads | None = None
         if numpy_engine:
-            if self.config.threads:
-                from facesearch.models.npengine import set_threads
+            from facesearch.models.npengine import EngineThreads
 
-                set_threads(self.config.threads)
+            self.engine_threads = EngineThreads(
+                self.config.threads or max(1, min(4, os.cpu_count() or 1))
+            )
         else:
             import torch
 
@@ -138,7 +236,7 @@ class FacePipeline:
             if numpy_engine:
                 from facesearch.models.npengine import NumpyDetector
 
-                detector = NumpyDetector(self.config.detector)
+                detector = NumpyDetector(self.config.detector, threads=self.engine_threads)
             else:
                 from facesearch.models.yunet import Detector
 
@@ -149,11 +247,29 @@ class FacePipeline:
             flip=self.config.flip,
             batch_size=self.config.batch_size,
             engine=self.config.engine,
+            threads=self.engine_threads,
         )
 
     @property
     def model_name(self) -> str:
         return str(self.embedder.name)
+
+    def threshold(self, purpose: Purpose = "verify") -> float:
+        """The calibrated tau of this pipeline's model for ``purpose``.
+
+        The shipped SFace uses the LFW calibration of :mod:`facesearch.distance`; a model file
+        carries its own verification tau (and an identification one when it recorded it; else
+        the verification tau serves both).
+        """
+        from facesearch.distance import DEFAULT_THRESHOLD, shipped_threshold
+
+        meta = getattr(self.embedder, "meta", None) or {}
+        if purpose == "identify" and meta.get("identify_threshold") is not None:
+            return float(meta["identify_threshold"])
+        if self.model_name == "sface":
+            return shipped_threshold(purpose)
+        t = getattr(self.embedder, "threshold", None)
+        return float(t) if t is not None else DEFAULT_THRESHOLD
 
     # -- stages -------------------------------------------------------------------------
     def detect(self, image: np.ndarray) -> list[Detection]:
@@ -215,15 +331,22 @@ class FacePipeline:
             finally:
                 torch.set_num_threads(self.threads)
             return
-        from facesearch.models import npengine
+        from facesearch.models.npengine import single_threaded_blas
 
-        before = npengine.get_threads()
-        npengine.set_threads(1)
-        try:
-            with npengine.single_threaded_blas():
+        engine_threads = {
+            id(t): t
+            for t in (
+                self.engine_threads,
+                getattr(getattr(self.detector, "net", None), "threads", None),
+                getattr(getattr(self.embedder, "net", None), "threads", None),
+            )
+            if t is not None
+        }
+        with contextlib.ExitStack() as stack:
+            for t in engine_threads.values():
+                stack.enter_context(t.limited(1))
+            with single_threaded_blas():
                 yield
-        finally:
-            npengine.set_threads(before)
 
     @contextlib.contextmanager
     def workers(self) -> Iterator[Callable[..., Future[object]]]:

@@ -55,8 +55,8 @@ from facesearch.indexer import (
     drive,
     finish_plan,
     plan,
-    register_pipeline_model,
 )
+from facesearch.model_upgrade import register_pipeline_model
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:

@@ -83,7 +83,8 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError
+from facesearch.distance import UNIT_NORM_TOLERANCE
+from facesearch.errors import CollectionError, IncompatibleModelError, ModelError, NotFoundError
 from facesearch.types import Face
 
 logger = logging.getLogger(__name__)
@@ -331,6 +332,44 @@ class FaceRecord:
     person: str | None
     source: LabelSource | None
     cluster_id: int | None
+    person_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoRecord:
+    """A stored photo: path, size in pixels (``None`` when it could not be decoded), status."""
+
+    id: int
+    path: str
+    width: int | None
+    height: int | None
+    size: int
+    status: PhotoStatus
+    error: str | None
+    faces: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterRecord:
+    """A stored cluster's own columns."""
+
+    id: int
+    person_id: int | None
+    name: str | None
+    manual: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSummary:
+    """A stored cluster: size, person (when named), the first face ids as samples."""
+
+    id: int
+    size: int
+    person_id: int | None
+    person: str | None
+    name: str | None
+    manual: bool
+    sample_face_ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -468,10 +507,10 @@ def create_schema(engine: Engine) -> None:
     """Give an empty database the newest schema, stamped :data:`SCHEMA_HEAD`, in one transaction.
 
     The same tables, indexes, constraints and rows as running every migration from nothing
-    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but
-    built from the models directly: Alembic's recipe for a new database (``create_all``, then
-    ``stamp``). Importing and running Alembic cost ~0.3 s of every ``facesearch index`` that
-    creates a collection; this takes ~20 ms. A new migration that inserts rows must add them to
+    (:func:`upgrade_database`; ``tests/test_migrations.py`` compares the two databases), but built
+    from the models directly: Alembic's recipe for a new database (``create_all``, then ``stamp``),
+    much faster than importing and running Alembic. A new migration that inserts rows must add them
+    to
     ``_INITIAL_META`` as well.
     """
     with engine.begin() as conn:
@@ -723,6 +762,27 @@ def register_model(
     return _model_info(row)
 
 
+def model_names(s: Session) -> set[str]:
+    """Names of the registered models."""
+    return set(s.scalars(select(ModelRecord.name)).all())
+
+
+def database_bytes(s: Session) -> int | None:
+    """Size of the store's tables on a server database (``None`` for SQLite: in the folder)."""
+    if s.get_bind().dialect.name != "postgresql":
+        return None
+    tables = [t.name for t in Base.metadata.sorted_tables] + ["alembic_version"]
+    total = s.execute(
+        sa.text(
+            "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND c.relname = ANY(:names)"
+        ),
+        {"names": tables},
+    ).scalar()
+    return int(total or 0)
+
+
 def get_model(s: Session, name: str) -> ModelInfo | None:
     row = s.get(ModelRecord, name)
     return None if row is None else _model_info(row)
@@ -783,7 +843,6 @@ def _chunks(ids: Sequence[int] | np.ndarray, n: int = _IN_CHUNK) -> Iterator[lis
 
 
 #: Embeddings must be unit vectors within this tolerance on their norm.
-UNIT_NORM_TOLERANCE: float = 1e-3
 
 
 def _embedding_bytes(e: np.ndarray, dim: int, where: str) -> bytes:
@@ -998,7 +1057,7 @@ def touch_photo(s: Session, photo_id: int, *, size: int, mtime: float) -> None:
     """Record a new size/mtime for an unchanged file (same content hash)."""
     p = s.get(Photo, photo_id)
     if p is None:
-        raise CollectionError(f"no photo with id {photo_id}")
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
     p.size, p.mtime = size, mtime
     s.flush()
 
@@ -1007,7 +1066,7 @@ def move_photo(s: Session, photo_id: int, new_path: str, *, mtime: float | None 
     """Give a stored photo a new path (moved or renamed file); faces and labels are kept."""
     p = s.get(Photo, photo_id)
     if p is None:
-        raise CollectionError(f"no photo with id {photo_id}")
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
     taken = s.scalar(select(Photo.id).where(Photo.path == new_path, Photo.id != photo_id))
     if taken is not None:
         raise CollectionError(f"cannot move {p.path} to {new_path}: that path is already stored")
@@ -1017,19 +1076,28 @@ def move_photo(s: Session, photo_id: int, new_path: str, *, mtime: float | None 
     s.flush()
 
 
+def _delete(
+    s: Session, table: type[Photo] | type[FaceRow], face_key: Any, ids: Sequence[int] | np.ndarray
+) -> np.ndarray:
+    """Delete the rows of ``table`` with these ids and, with them, the faces whose
+    ``face_key`` is one of them; the generation is bumped when faces go. Returns the removed
+    face ids ``(n,) int64``."""
+    removed: list[int] = []
+    for part in _chunks(ids):
+        removed += s.scalars(select(FaceRow.id).where(face_key.in_(part))).all()
+        s.execute(sa.delete(table).where(table.id.in_(part)))
+    s.expire_all()
+    if removed:
+        bump_generation(s, -len(removed))
+    return np.array(sorted(removed), dtype=np.int64)
+
+
 def delete_photos(s: Session, photo_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete photos with their faces, assignments and embeddings.
 
     Returns the removed face ids ``(n,) int64``; bumps the generation when there are any.
     """
-    removed: list[int] = []
-    for part in _chunks(photo_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.photo_id.in_(part))).all()
-        s.execute(sa.delete(Photo).where(Photo.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, Photo, FaceRow.photo_id, photo_ids)
 
 
 # -- faces ------------------------------------------------------------------------------------
@@ -1051,6 +1119,7 @@ def _face_query() -> Any:
             Person.name,
             Assignment.source,
             FaceRow.cluster_id,
+            Person.id,
         )
         .join(Photo, Photo.id == FaceRow.photo_id)
         .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
@@ -1070,6 +1139,7 @@ def _face_record(r: Any) -> FaceRecord:
         person=r[10],
         source=None if r[11] is None else LabelSource(r[11]),
         cluster_id=r[12],
+        person_id=None if r[13] is None else int(r[13]),
     )
 
 
@@ -1082,6 +1152,64 @@ def faces_by_ids(s: Session, face_ids: Sequence[int] | np.ndarray) -> dict[int, 
     return out
 
 
+def face_record(s: Session, face_id: int) -> FaceRecord:
+    """The face ``face_id``; :class:`NotFoundError` when there is none."""
+    r = s.execute(_face_query().where(FaceRow.id == int(face_id))).first()
+    if r is None:
+        raise NotFoundError("face", face_id, f"no face with id {face_id}")
+    return _face_record(r)
+
+
+def face_embedding(s: Session, face_id: int) -> tuple[np.ndarray, str]:
+    """``(embedding (D,) float32, model)`` of a stored face; :class:`NotFoundError` if none."""
+    f = s.get(FaceRow, int(face_id))
+    if f is None:
+        raise NotFoundError("face", face_id, f"no face with id {face_id}")
+    return f.vector(), f.model
+
+
+def photo_record(s: Session, photo_id: int) -> PhotoRecord:
+    """The photo ``photo_id``; :class:`NotFoundError` when there is none."""
+    p = s.get(Photo, int(photo_id))
+    if p is None:
+        raise NotFoundError("photo", photo_id, f"no photo with id {photo_id}")
+    n = s.scalar(select(func.count(FaceRow.id)).where(FaceRow.photo_id == p.id)) or 0
+    return PhotoRecord(p.id, p.path, p.width, p.height, p.size, p.status, p.error, int(n))
+
+
+def photo_face_areas(
+    s: Session, photo_ids: Sequence[int]
+) -> tuple[dict[int, list[tuple[int, float]]], set[int]]:
+    """``({photo id: [(face id, box area)] by face id}, {photo ids with a labelled face})``."""
+    faces: dict[int, list[tuple[int, float]]] = {}
+    taken: set[int] = set()
+    for part in _chunks(photo_ids):
+        rows = s.execute(
+            select(FaceRow.id, FaceRow.photo_id, FaceRow.x1, FaceRow.y1, FaceRow.x2, FaceRow.y2,
+                   Assignment.face_id)
+            .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
+            .where(FaceRow.photo_id.in_(part))
+            .order_by(FaceRow.id)
+        )  # fmt: skip
+        for fid, pid, x1, y1, x2, y2, assigned in rows:
+            faces.setdefault(int(pid), []).append((int(fid), max(x2 - x1, 0.0) * max(y2 - y1, 0.0)))
+            if assigned is not None:
+                taken.add(int(pid))
+    return faces, taken
+
+
+def faces_not_of_model(s: Session, model: str) -> list[tuple[int, int, list[float], str, str]]:
+    """``(face id, photo id, landmarks, photo path, photo content hash)`` of the faces not
+    embedded by ``model``, by photo then face id."""
+    rows = s.execute(
+        select(FaceRow.id, FaceRow.photo_id, FaceRow.landmarks, Photo.path, Photo.content_hash)
+        .join(Photo, Photo.id == FaceRow.photo_id)
+        .where(FaceRow.model != model)
+        .order_by(FaceRow.photo_id, FaceRow.id)
+    )
+    return [(int(f), int(p), list(lm), path, h) for f, p, lm, path, h in rows]
+
+
 def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
     rows = s.execute(_face_query().where(FaceRow.photo_id == photo_id).order_by(FaceRow.id))
     return [_face_record(r) for r in rows]
@@ -1089,14 +1217,7 @@ def faces_of_photo(s: Session, photo_id: int) -> list[FaceRecord]:
 
 def delete_faces(s: Session, face_ids: Sequence[int] | np.ndarray) -> np.ndarray:
     """Delete faces (not their photos). Returns the ids removed ``(n,) int64``."""
-    removed: list[int] = []
-    for part in _chunks(face_ids):
-        removed += s.scalars(select(FaceRow.id).where(FaceRow.id.in_(part))).all()
-        s.execute(sa.delete(FaceRow).where(FaceRow.id.in_(part)))
-    s.expire_all()
-    if removed:
-        bump_generation(s, -len(removed))
-    return np.array(sorted(removed), dtype=np.int64)
+    return _delete(s, FaceRow, FaceRow.id, face_ids)
 
 
 def update_embeddings(
@@ -1259,10 +1380,20 @@ def get_person(s: Session, name: str) -> Person | None:
     return s.scalar(select(Person).where(Person.name == name))
 
 
+def find_person(s: Session, person: int | str) -> Person:
+    """A person by id (``int``) or name (``str``); :class:`NotFoundError` when unknown."""
+    if isinstance(person, str):
+        return _require_person(s, person)
+    p = s.get(Person, int(person))
+    if p is None:
+        raise NotFoundError("person", person, f"no person with id {person}")
+    return p
+
+
 def _require_person(s: Session, name: str) -> Person:
     p = get_person(s, name)
     if p is None:
-        raise CollectionError(f"no person named {name!r} (see `facesearch people`)")
+        raise NotFoundError("person", name, f"no person named {name!r} (see `facesearch people`)")
     return p
 
 
@@ -1297,7 +1428,7 @@ def assign(
         found = set(s.scalars(select(FaceRow.id).where(FaceRow.id.in_(part))).all())
         if len(found) != len(part):
             missing = sorted(set(part) - found)
-            raise CollectionError(f"no faces with ids {missing[:10]}")
+            raise NotFoundError("face", missing[0], f"no faces with ids {missing[:10]}")
         taken = set(s.scalars(select(Assignment.face_id).where(Assignment.face_id.in_(part))).all())
         if replace and taken:
             s.execute(sa.delete(Assignment).where(Assignment.face_id.in_(sorted(taken))))
@@ -1384,9 +1515,12 @@ def delete_person(s: Session, name: str, *, faces: bool = False) -> np.ndarray:
     return removed
 
 
-def people(s: Session) -> list[PersonSummary]:
-    """Every person with face and photo counts, by name."""
-    rows = s.execute(
+def people(
+    s: Session, *, limit: int | None = None, offset: int = 0, ids: Sequence[int] | None = None
+) -> list[PersonSummary]:
+    """People with face and photo counts, by name (``ids``: only those; ``limit`` /
+    ``offset``: one page)."""
+    stmt = (
         select(
             Person.id,
             Person.name,
@@ -1396,9 +1530,34 @@ def people(s: Session) -> list[PersonSummary]:
         .outerjoin(Assignment, Assignment.person_id == Person.id)
         .outerjoin(FaceRow, FaceRow.id == Assignment.face_id)
         .group_by(Person.id, Person.name)
-        .order_by(Person.name)
-    ).all()
-    return [PersonSummary(int(r[0]), r[1], int(r[2]), int(r[3])) for r in rows]
+        .order_by(Person.name, Person.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    if ids is not None:
+        stmt = stmt.where(Person.id.in_([int(i) for i in ids]))
+    return [PersonSummary(int(r[0]), r[1], int(r[2]), int(r[3])) for r in s.execute(stmt)]
+
+
+def people_count(s: Session) -> int:
+    return int(s.scalar(select(func.count(Person.id))) or 0)
+
+
+def person_face_page(s: Session, person_id: int, *, limit: int, offset: int) -> list[int]:
+    """Face ids of a person, ascending, one page."""
+    stmt = (
+        select(Assignment.face_id)
+        .where(Assignment.person_id == person_id)
+        .order_by(Assignment.face_id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [int(i) for i in s.scalars(stmt)]
+
+
+def person_face_count(s: Session, person_id: int) -> int:
+    stmt = select(func.count(Assignment.face_id)).where(Assignment.person_id == person_id)
+    return int(s.scalar(stmt) or 0)
 
 
 # -- clusters ---------------------------------------------------------------------------------
@@ -1422,6 +1581,193 @@ def set_cluster(s: Session, face_ids: Sequence[int] | np.ndarray, cluster_id: in
         )
     s.expire_all()
     return n
+
+
+def cluster_summaries(
+    s: Session,
+    *,
+    unnamed: bool | None = None,
+    ids: Sequence[int] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    samples: int = 0,
+) -> list[ClusterSummary]:
+    """Stored clusters, largest first (then by id), with up to ``samples`` face ids each.
+
+    ``unnamed``: ``True`` only clusters without a person, ``False`` only named ones, ``None``
+    all. ``ids``: only these clusters.
+    """
+    size = func.count(FaceRow.id)
+    stmt = (
+        select(Cluster.id, size, Cluster.person_id, Person.name, Cluster.name, Cluster.manual)
+        .join(FaceRow, FaceRow.cluster_id == Cluster.id)
+        .outerjoin(Person, Person.id == Cluster.person_id)
+        .group_by(Cluster.id, Cluster.person_id, Person.name, Cluster.name, Cluster.manual)
+        .order_by(size.desc(), Cluster.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    if unnamed is not None:
+        stmt = stmt.where(
+            Cluster.person_id.is_(None) if unnamed else Cluster.person_id.is_not(None)
+        )
+    if ids is not None:
+        stmt = stmt.where(Cluster.id.in_([int(i) for i in ids]))
+    rows = s.execute(stmt).all()
+    picked: dict[int, list[int]] = {int(r[0]): [] for r in rows}
+    if samples > 0 and picked:
+        for part in _chunks(sorted(picked)):
+            q = select(FaceRow.cluster_id, FaceRow.id).where(FaceRow.cluster_id.in_(part))
+            for cid, fid in s.execute(q.order_by(FaceRow.cluster_id, FaceRow.id)):
+                if cid is not None and len(picked[int(cid)]) < samples:
+                    picked[int(cid)].append(int(fid))
+    return [
+        ClusterSummary(int(r[0]), int(r[1]), r[2], r[3], r[4], bool(r[5]), tuple(picked[int(r[0])]))
+        for r in rows
+    ]
+
+
+def cluster_records(s: Session) -> dict[int, ClusterRecord]:
+    """Every stored cluster by id."""
+    rows = s.execute(select(Cluster.id, Cluster.person_id, Cluster.name, Cluster.manual))
+    return {int(r[0]): ClusterRecord(int(r[0]), r[1], r[2], bool(r[3])) for r in rows}
+
+
+def person_names(s: Session) -> dict[int, str]:
+    """``person id -> name`` of every person."""
+    return {int(i): n for i, n in s.execute(select(Person.id, Person.name))}
+
+
+def manual_cluster_ids(s: Session) -> frozenset[int]:
+    """Ids of the clusters named, merged or split by hand (kept by re-clustering)."""
+    return frozenset(int(c) for c in s.scalars(select(Cluster.id).where(Cluster.manual)))
+
+
+def require_cluster(s: Session, cluster_id: int) -> ClusterRecord:
+    """A cluster by id; :class:`NotFoundError` when there is none."""
+    c = s.get(Cluster, int(cluster_id))
+    if c is None:
+        raise NotFoundError(
+            "cluster",
+            cluster_id,
+            f"no cluster with id {cluster_id} (`facesearch cluster` lists the cluster ids)",
+        )
+    return ClusterRecord(int(c.id), c.person_id, c.name, bool(c.manual))
+
+
+def update_cluster(
+    s: Session,
+    cluster_id: int,
+    *,
+    person_id: int | None = None,
+    name: str | None = None,
+    manual: bool | None = None,
+) -> None:
+    """Set a cluster's person, name or manual flag (``None``: unchanged)."""
+    values: dict[str, Any] = {}
+    if person_id is not None:
+        values["person_id"] = person_id
+    if name is not None:
+        values["name"] = name
+    if manual is not None:
+        values["manual"] = manual
+    if values:
+        s.execute(sa.update(Cluster).where(Cluster.id == int(cluster_id)).values(**values))
+        s.expire_all()
+
+
+def delete_clusters(
+    s: Session, cluster_ids: Sequence[int] | None = None, *, automatic: bool = False
+) -> None:
+    """Delete clusters (their faces are in none afterwards): the ``cluster_ids``, or with
+    ``automatic`` every cluster not made by hand."""
+    if automatic:
+        auto = select(Cluster.id).where(Cluster.manual.is_(False))
+        s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(auto)).values(cluster_id=None))
+        s.execute(sa.delete(Cluster).where(Cluster.manual.is_(False)))
+    for part in _chunks(cluster_ids if cluster_ids is not None else []):
+        s.execute(sa.update(FaceRow).where(FaceRow.cluster_id.in_(part)).values(cluster_id=None))
+        s.execute(sa.delete(Cluster).where(Cluster.id.in_(part)))
+    s.expire_all()
+
+
+def delete_empty_clusters(s: Session) -> None:
+    used = select(FaceRow.cluster_id).where(FaceRow.cluster_id.is_not(None)).distinct()
+    s.execute(sa.delete(Cluster).where(Cluster.id.not_in(used)))
+
+
+def new_clusters(s: Session, n: int) -> list[int]:
+    """Insert ``n`` automatic clusters in one statement; their ids, in insertion order."""
+    if n == 0:
+        return []
+    now = _utcnow()
+    rows = [{"manual": False, "created_at": now, "updated_at": now} for _ in range(n)]
+    stmt = sa.insert(Cluster).returning(Cluster.id, sort_by_parameter_order=True)
+    return [int(r[0]) for r in s.execute(stmt, rows)]
+
+
+def set_clusters(s: Session, face_ids: np.ndarray, cluster_ids: np.ndarray) -> None:
+    """``faces.cluster_id = cluster_ids[i]`` for ``face_ids[i]`` (both ``(n,) int64``), one
+    executemany."""
+    if not len(face_ids):
+        return
+    table = FaceRow.__table__
+    stmt = (
+        sa.update(table)  # type: ignore[arg-type]
+        .where(table.c.id == sa.bindparam("fid"))
+        .values(cluster_id=sa.bindparam("cid"))
+    )
+    params = [{"fid": int(i), "cid": int(c)} for i, c in zip(face_ids, cluster_ids, strict=True)]
+    s.connection().execute(stmt, params)
+    s.expire_all()
+
+
+def cluster_labels(s: Session, cluster_id: int) -> list[tuple[int, str | None, int | None]]:
+    """``(face id, label source value or None, person id or None)`` of a cluster's faces."""
+    rows = s.execute(
+        select(FaceRow.id, Assignment.source, Assignment.person_id)
+        .outerjoin(Assignment, Assignment.face_id == FaceRow.id)
+        .where(FaceRow.cluster_id == int(cluster_id))
+    )
+    return [
+        (int(fid), None if src is None else LabelSource(src).value, pid) for fid, src, pid in rows
+    ]
+
+
+def cluster_photos(s: Session, cluster_ids: Sequence[int]) -> list[tuple[int, int, int]]:
+    """``(face id, photo id, cluster id)`` of the faces of the clusters."""
+    rows = s.execute(
+        select(FaceRow.id, FaceRow.photo_id, FaceRow.cluster_id).where(
+            FaceRow.cluster_id.in_([int(c) for c in cluster_ids])
+        )
+    )
+    return [(int(f), int(p), int(c)) for f, p, c in rows if c is not None]
+
+
+def cluster_count(s: Session, *, unnamed: bool | None = None) -> int:
+    """Clusters with at least one face (``unnamed`` as :func:`cluster_summaries`)."""
+    stmt = select(func.count(sa.distinct(FaceRow.cluster_id))).join(
+        Cluster, Cluster.id == FaceRow.cluster_id
+    )
+    if unnamed is not None:
+        stmt = stmt.where(
+            Cluster.person_id.is_(None) if unnamed else Cluster.person_id.is_not(None)
+        )
+    return int(s.scalar(stmt) or 0)
+
+
+def cluster_face_page(
+    s: Session, cluster_id: int, *, limit: int | None, offset: int = 0
+) -> list[int]:
+    """Face ids of a cluster, ascending, one page."""
+    stmt = (
+        select(FaceRow.id)
+        .where(FaceRow.cluster_id == cluster_id)
+        .order_by(FaceRow.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    return [int(i) for i in s.scalars(stmt)]
 
 
 # -- counts -----------------------------------------------------------------------------------

@@ -20,8 +20,7 @@ Index kinds
     position ``i`` of the flat storage). A query scans all PQ codes for
     ``k * K_FACTOR`` candidates and re-ranks them exactly with the stored float vectors, so
     the distances and ids returned are exact; only a true neighbour missing from the
-    candidates costs recall (measured on SFace-like synthetic faces, 1M vectors, 1 thread:
-    ``K_FACTOR`` 30 -> recall@10 0.984 in 5.9 ms, 50 -> 0.995 in 6.4 ms; exact search 198 ms).
+    candidates costs recall (:data:`K_FACTOR`).
     Searches with ``restrict_to`` are exact (flat). The accelerator is trained once the index
     holds :data:`PQ_MIN_TRAIN` vectors (below that exact search is used: it is below a
     millisecond anyway), on a seeded sample of at most :data:`PQ_TRAIN_SAMPLE` of them, and
@@ -45,13 +44,10 @@ HNSW is not offered: FAISS HNSW graphs cannot remove vectors, and a collection r
 
 Threads
 -------
-FAISS parallelises with OpenMP. For one query (or a few) the threads only add synchronisation,
-and OpenMP threads that spin while waiting make it many times slower on a busy machine
-(measured on 2 shared cores: PQ training on 50k vectors took 88 s with 2 spinning threads,
-2.3 s with ``OMP_WAIT_POLICY=PASSIVE``, 1.4 s with 1 thread; one query on 1M vectors through
-FAISS's own PQ fast-scan + refine index took 28 ms with 2 spinning threads, 8 ms with 2 passive
-ones). So searches of at most :data:`FEW_QUERIES` queries and the accelerator's training and
-encoding run on one FAISS thread; larger batches use FAISS's setting.
+FAISS parallelises with OpenMP. For one query (or a few) the threads only add synchronisation, and
+OpenMP threads that spin while waiting make it many times slower on a busy machine
+(bench/results/history.md). So searches of at most :data:`FEW_QUERIES` queries and the accelerator's
+training and encoding run on one FAISS thread; larger batches use FAISS's setting.
 
 File format
 -----------
@@ -88,10 +84,11 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
+from facesearch.distance import UNIT_NORM_TOLERANCE
 from facesearch.errors import IndexMismatchError
 
 logger = logging.getLogger(__name__)
@@ -102,13 +99,13 @@ KINDS: tuple[str, ...] = ("flat", "pq", "ivf", "auto")
 #: vectors.
 AUTO_APPROX_ABOVE: int = 50_000
 #: A ``pq`` query re-ranks exactly ``k * K_FACTOR`` candidates found by the accelerator
-#: (1M SFace-like vectors, 1 thread: 30 -> recall@10 0.984, 5.9 ms; 50 -> 0.995, 6.4 ms).
+#: (recall@10 0.995 on 1M SFace-like vectors; bench/results/history.md).
 K_FACTOR: int = 50
 #: Dimensions per PQ sub-quantizer (``M = d / 2``: 64 sub-quantizers of 4 bits for d = 128).
 PQ_DIMS_PER_CODE: int = 2
 PQ_NBITS: int = 4
 #: The accelerator is trained once the index holds this many vectors. Below it exact search
-#: takes under a millisecond (0.44 ms at 10k, d = 128), so an accelerator gains nothing, and a
+#: takes under a millisecond, so an accelerator gains nothing, and a
 #: 16-centroid codebook per sub-space is well fed (>= 600 points per centroid).
 PQ_MIN_TRAIN: int = 10_000
 #: The accelerator's codebook is trained on a seeded sample of at most this many vectors.
@@ -130,7 +127,6 @@ NPROBE_CANDIDATES: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 
 CALIBRATION_QUERIES: int = 256
 CALIBRATION_NOISE: float = 0.7
 #: Tolerance on ``| |x| - 1 |`` for vectors added or searched.
-UNIT_NORM_TOLERANCE: float = 1e-3
 
 _MAGIC = b"FSVEC001"
 _PQ_MAGIC = b"FSPQX001"
@@ -282,6 +278,35 @@ def recall_at_k(i_approx: np.ndarray, i_exact: np.ndarray) -> float:
         hits += len(np.intersect1d(a[a >= 0], e))
         total += len(e)
     return hits / total if total else 1.0
+
+
+class VectorStore(Protocol):
+    """What a collection asks of the vectors of its faces, whatever holds them.
+
+    :class:`VectorIndex` (FAISS, a file in the collection folder) implements it; another backend
+    (a vector database) implements the same five operations. ``model``, ``dim`` and
+    ``generation`` let the collection tell whether the store is current with SQL; rebuilding
+    from SQL and the consistency check are the collection's
+    (:meth:`~facesearch.collection.Collection.rebuild_index`,
+    :meth:`~facesearch.collection.Collection.check`).
+    """
+
+    model: str
+    dim: int
+    generation: int
+
+    @property
+    def count(self) -> int: ...
+
+    def add(self, ids: np.ndarray, xb: np.ndarray) -> None: ...
+
+    def remove(self, ids: np.ndarray | Sequence[int]) -> int: ...
+
+    def search(
+        self, xq: np.ndarray, k: int, *, restrict_to: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def ids(self) -> np.ndarray: ...
 
 
 class VectorIndex:
@@ -513,7 +538,7 @@ class VectorIndex:
                 params = faiss.SearchParametersIVF(sel=sel, nprobe=max(self._nprobe, 1))
             else:
                 params = faiss.SearchParameters(sel=sel)
-        with faiss_threads(1) if nq <= FEW_QUERIES else contextlib.nullcontext():
+        with faiss_threads(1) if nq <= FEW_QUERIES else contextlib.ExitStack():
             if params is None and self.kind == "pq" and self.accelerated:
                 return self._search_accelerated(xq, k)
             ip, I = self._index.search(xq, k, params=params)  # noqa: E741 (sel alive until here)

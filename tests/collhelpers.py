@@ -14,10 +14,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import shutil
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +49,17 @@ def shared_pipeline() -> Any:
 
 def use_shared_pipeline(monkeypatch: pytest.MonkeyPatch) -> Any:
     """Make ``facesearch`` commands use :func:`shared_pipeline` (``sface`` only)."""
-    import facesearch.cli.collection as cli_collection
+    import facesearch.cli.options as cli_options
 
     pipe = shared_pipeline()
 
-    def make(model: str, engine: str = "torch") -> Any:
+    def make(config: Any) -> Any:
         # `query` embeds with the numpy engine in a child process by default; this pipeline
         # serves the other paths (its faces equal the numpy engine's: tests/test_npengine.py)
-        assert model == "sface", f"tests only share the sface pipeline, asked for {model!r}"
+        assert config.model == "sface", f"tests only share the sface pipeline, not {config.model!r}"
         return pipe
 
-    monkeypatch.setattr(cli_collection, "_make_pipeline", make)
+    monkeypatch.setattr(cli_options, "build_pipeline", make)
     return pipe
 
 
@@ -140,32 +138,33 @@ def assert_agree(home: Path, db_url: str | None, name: str = "default") -> None:
             np.testing.assert_array_equal(np.sort(vi.ids()), sql)
 
 
-def pg_base_url() -> str:
-    url = os.environ.get("FACESEARCH_TEST_PG_URL")
-    if not url:
-        pytest.skip(
-            'FACESEARCH_TEST_PG_URL is not set: run `eval "$(.ci/postgres.sh)"` to test PostgreSQL'
-        )
-    return url
-
-
 @pytest.fixture(scope="module")
 def pg_module_url() -> Iterator[str]:
     """A PostgreSQL URL whose ``search_path`` is a fresh private schema, for one module."""
-    import sqlalchemy as sa
+    from dbhelpers import private_schema
 
-    base = pg_base_url()
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
+    with private_schema() as url:
+        yield url
+
+
+def index_library(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    data: Path,
+    use: Callable[[pytest.MonkeyPatch], object] = use_shared_pipeline,
+) -> dict[str, Any]:
+    """The test library indexed with ``facesearch index --labels folders`` into a new home, on
+    the backend of ``request.param`` (``sqlite`` or ``postgres``); the CLI's pipelines come from
+    ``use``. Returns ``root``, ``lib``, ``home``, ``db``, ``args`` and the index ``result``."""
+    db_url = None if request.param == "sqlite" else request.getfixturevalue("pg_module_url")
+    root = tmp_path_factory.mktemp("library")
+    lib = make_library(data, root)
+    home = root / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        use(mp)
+        result = run_cli(["index", lib, "--labels", "folders", *collection_args(home, db_url)])
+    args = collection_args(home, db_url)
+    return {"root": root, "lib": lib, "home": home, "db": db_url, "args": args, "result": result}
 
 
 #: Backends of the module-scoped collection fixtures.

@@ -36,6 +36,19 @@ def reference(shared: Path) -> Path:
     return shared / "reference"
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``):
+    on shared cores, spinning OpenMP threads make a contended run many times slower, and these
+    tests check numbers, not speed."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _weight_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The numpy engine caches prepared weights (``FACESEARCH_CACHE``): keep the suite's copy

@@ -10,6 +10,7 @@ Import the fixtures into a test module with ``from dbhelpers import db_url  # no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -34,9 +35,9 @@ def pg_base_url() -> str:
     return url
 
 
-@pytest.fixture
-def pg_schema_url() -> Iterator[str]:
-    """A PostgreSQL URL whose ``search_path`` is a fresh, private schema."""
+@contextlib.contextmanager
+def private_schema() -> Iterator[str]:
+    """A PostgreSQL URL whose ``search_path`` is a fresh schema, dropped on the way out."""
     base = pg_base_url()
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
@@ -49,6 +50,13 @@ def pg_schema_url() -> Iterator[str]:
         with admin.connect() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         admin.dispose()
+
+
+@pytest.fixture
+def pg_schema_url() -> Iterator[str]:
+    """A PostgreSQL URL whose ``search_path`` is a fresh, private schema."""
+    with private_schema() as url:
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)

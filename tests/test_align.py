@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +19,7 @@ from hypothesis import strategies as st
 
 from facesearch.align import ARCFACE_TEMPLATE, align_faces, estimate_norm, norm_crop, warp_affine
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for this file: on shared cores, spinning OpenMP threads make a
-    contended run many times slower, and these tests check numbers, not speed."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def similarity(scale: float, angle: float, tx: float, ty: float) -> np.ndarray:

@@ -41,7 +41,9 @@ def test_verify_different_people_readable_output() -> None:
 
 
 def test_verify_threshold_option_decides() -> None:
-    code, out = run("verify", OBAMA / "obama1.jpg", BIDEN / "biden.jpg", "--json", "--threshold", "4")
+    code, out = run(
+        "verify", OBAMA / "obama1.jpg", BIDEN / "biden.jpg", "--json", "--threshold", "4"
+    )
     assert code == 0 and json.loads(out)["same"] is True
 
 

@@ -15,7 +15,6 @@ OpenCV and onnx are test-only dependencies: those tests skip without them.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -45,14 +44,7 @@ THRESHOLD = NATIVE.score_threshold
 BORDERLINE = 0.02  # a face scored within this of the threshold may be found or not
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: these are small convolutions on a shared machine, where a second
-    OpenMP thread only waits for the first (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +31,7 @@ from facesearch.models.sface import (
 SOURCE_ONNX = "face_recognition_sface_2021dec_int8bq.onnx"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for this file: on shared cores, spinning OpenMP threads make a
-    contended run many times slower, and these tests check numbers, not speed."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

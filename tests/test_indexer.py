@@ -21,6 +21,7 @@ from collhelpers import (
     assert_agree,
     collection_args,
     composite,
+    index_library,
     make_library,
     pg_module_url,  # noqa: F401
     run_cli,
@@ -114,14 +115,7 @@ def indexed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: Path
 ) -> Iterator[dict[str, Any]]:
     """The test library indexed once with ``--labels folders`` (SQLite, or PostgreSQL)."""
-    db_url = None if request.param == "sqlite" else request.getfixturevalue("pg_module_url")
-    root = tmp_path_factory.mktemp("indexed")
-    lib = make_library(data, root)
-    home = root / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        use_shared_pipeline(mp)
-        result = run_cli(["index", lib, "--labels", "folders", *collection_args(home, db_url)])
-    yield {"lib": lib, "home": home, "db": db_url, "result": result}
+    yield index_library(request, tmp_path_factory, data)
 
 
 def test_index_reports_and_stores_everything(indexed: dict[str, Any]) -> None:

@@ -20,11 +20,11 @@ import pytest
 from PIL import Image
 
 from facesearch.models import npengine
-from facesearch.models.detection import DetectorConfig
 from facesearch.models.npengine import (
     ACT_NONE,
     ACT_PRELU,
     ACT_RELU,
+    EngineThreads,
     NumpyDetector,
     NumpyEmbedder,
     _dense3x3,
@@ -34,10 +34,10 @@ from facesearch.models.npengine import (
     _pointwise,
     cache_dir,
     prepare_sface,
-    set_threads,
     single_threaded_blas,
 )
-from facesearch.models.sface_arrays import WEIGHTS_FILE, read_weights, state_arrays
+from facesearch.models.sface_weights import WEIGHTS_FILE, read_weights, state_arrays
+from facesearch.models.yunet_decode import DetectorConfig
 from facesearch.native import NATIVE
 
 OPENCV = DetectorConfig(max_side=1 << 20, coarse_side=0)  # OpenCV's FaceDetectorYN exactly
@@ -158,18 +158,13 @@ def test_depthwise_matches_a_direct_convolution(kernels: str) -> None:
         np.testing.assert_allclose(_depthwise3x3(x, w, b, stride), want, atol=1e-5)
 
 
-def test_threads_give_the_same_result(detector: NumpyDetector, data: Path) -> None:
+def test_threads_give_the_same_result(data: Path) -> None:
     image = _rgb(sorted((data / "groups").glob("*.jpg"))[0])
-    try:
-        set_threads(1)
-        one = detector.detect(image)
-        set_threads(2)
-        two = detector.detect(image)
-    finally:
-        set_threads(max(1, min(4, os.cpu_count() or 1)))
+    one = NumpyDetector(OPENCV, threads=EngineThreads(1)).detect(image)
+    two = NumpyDetector(OPENCV, threads=EngineThreads(2)).detect(image)
     assert [d.box for d in one] == [d.box for d in two]
     with pytest.raises(ValueError):
-        set_threads(0)
+        EngineThreads(0)
 
 
 def test_prepared_weights_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -212,7 +207,7 @@ def test_the_engine_does_not_import_torch(tmp_path: Path) -> None:
         "pipe = FacePipeline(PipelineConfig(engine='numpy'))\n"
         "img = np.zeros((200, 300, 3), np.uint8)\n"
         "assert pipe.faces(img) == []\n"
-        "import facesearch.cli, facesearch.cli.collection, facesearch.search\n"
+        "import facesearch.cli, facesearch.cli.collection, facesearch.identify\n"
         "print('ok')\n"
     )
     env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")

@@ -24,13 +24,12 @@ def photos(data: Path) -> list[np.ndarray]:
 
 @pytest.fixture(params=["torch", "numpy"])
 def engine(request: pytest.FixtureRequest) -> Iterator[str]:
-    """The engine; the numpy engine's thread settings (its own, OpenBLAS's) are restored."""
+    """The engine; OpenBLAS's thread setting is restored."""
     from facesearch.models import npengine
 
-    threads, blas = npengine.get_threads(), npengine._openblas_threads()
+    blas = npengine._openblas_threads()
     blas_threads = blas[0]() if blas is not None else None
     yield str(request.param)
-    npengine.set_threads(threads)
     if blas is not None and blas_threads is not None:
         blas[1](blas_threads)
 
@@ -81,7 +80,6 @@ def test_workers_run_tasks_side_by_side_in_submission_order(
 
     from facesearch.models import npengine
 
-    npengine.set_threads(2)
     blas = npengine._openblas_threads()
     if blas is not None:
         blas[1](2)
@@ -96,11 +94,13 @@ def test_workers_run_tasks_side_by_side_in_submission_order(
 
     with pipe.workers() as submit:
         if engine == "numpy":  # one thread each while the workers run
-            assert npengine.get_threads() == 1
+            assert pipe.engine_threads is not None and pipe.engine_threads.count == 1
             assert blas is None or blas[0]() == 1
         futures = [submit(task, photos[:3]), submit(task, photos[3:])]
         got = [faces for f in futures for faces in f.result()]
-    assert npengine.get_threads() == 2, "restored on the way out"
+    if engine == "numpy":
+        assert pipe.engine_threads is not None
+        assert pipe.engine_threads.count == 2, "restored on the way out"
     assert blas is None or blas[0]() == 2
     assert len(seen) == 2 and all(n.startswith("facesearch-infer") for n in seen)
     want = serial.faces_batch(photos)

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facesearch.cli.prefetch import EarlyFaces
 from facesearch.errors import ImageError
 from facesearch.image import load_image
 from facesearch.pipeline import FacePipeline, PipelineConfig
+from facesearch.prefetch import EarlyFaces
 
 
 @pytest.fixture(params=["fork", "in-process"])
@@ -61,7 +61,7 @@ def test_cancel_stops_the_child(data: Path) -> None:
 def test_a_stuck_child_falls_back_to_the_parent(
     data: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import facesearch.cli.prefetch as prefetch
+    import facesearch.prefetch as prefetch
 
     path = sorted((data / "groups").glob("*.jpg"))[0]
     monkeypatch.setattr(prefetch, "CHILD_TIMEOUT", 0.0)

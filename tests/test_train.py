@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
+from facesearch.evaluate import best_threshold
 from facesearch.train.data import FaceSet
 from facesearch.train.sampler import PKSampler
 from facesearch.train.triplet import batch_loss, mine, pairwise_sq_distance, triplet_loss
 from facesearch.train.validation import (
-    best_threshold,
     cross_validated_accuracy,
     split_people,
     verification_pairs,
@@ -265,7 +265,7 @@ def test_best_threshold_is_exhaustive() -> None:
         m = int(rng.integers(1, 40))
         d = np.round(rng.random(m) * 4, 1)  # ties on purpose
         same = rng.random(m) < 0.5
-        acc, tau = best_threshold(d, same)
+        tau, acc = best_threshold(d, same)
         cands = np.concatenate([[d.min() - 1], np.unique(d) + 1e-9])
         ref = max(float(np.mean((d < t) == same)) for t in cands)
         assert acc == pytest.approx(ref)

@@ -1,29 +1,39 @@
 """``facesearch cluster`` (with ``name``, ``split``, ``merge``) and ``facesearch evaluate cluster``.
 
-The library side is :mod:`facesearch.clustering` (SQL glue) over :mod:`facesearch.cluster`
-(the algorithms). Results go to stdout (a table, or JSON with ``--json``); logs to stderr.
+Each calls :mod:`facesearch.api` (over :mod:`facesearch.collection_clusters` and
+:mod:`facesearch.cluster_algorithms`). Results go to stdout (a table, or JSON with ``--json``); logs
+to stderr.
 """
 
 from __future__ import annotations
 
 import json
-import tempfile
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from facesearch.cli import main
-from facesearch.cli.collection import _collection_args, _open
+from facesearch import api
 from facesearch.cli.faces import evaluate
-from facesearch.cli.options import collection_options, json_option
+from facesearch.cli.group import main
+from facesearch.cli.options import (
+    F,
+    collection_args,
+    collection_options,
+    json_option,
+    make_models,
+    open_collection,
+)
+
+if TYPE_CHECKING:
+    from facesearch.cluster_algorithms import ClusterConfig
+    from facesearch.collection_clusters import ClusterReport
 
 LINKAGES = ("average", "single", "complete")
 #: Clusters listed by the summary table before "... and N more".
 MAX_ROWS = 30
 
 
-def _threshold_option(f: Any) -> Any:
+def _threshold_option(f: F) -> F:
     return click.option(
         "--threshold",
         type=click.FloatRange(0.0, 4.0, min_open=True),
@@ -34,7 +44,7 @@ def _threshold_option(f: Any) -> Any:
     )(f)
 
 
-def _pair_threshold_option(f: Any) -> Any:
+def _pair_threshold_option(f: F) -> F:
     return click.option(
         "--pair-threshold",
         type=click.FloatRange(0.0, 4.0, min_open=True),
@@ -47,8 +57,8 @@ def _pair_threshold_option(f: Any) -> Any:
 
 def _config(
     threshold: float | None, linkage: str, min_size: int, pair_threshold: float | None = None
-) -> Any:
-    from facesearch.cluster import ClusterConfig
+) -> ClusterConfig:
+    from facesearch.cluster_algorithms import ClusterConfig
 
     kwargs: dict[str, Any] = {"linkage": linkage, "min_size": min_size}
     if threshold is not None:
@@ -58,7 +68,7 @@ def _config(
     return ClusterConfig(**kwargs)
 
 
-def _print_report(rep: Any) -> None:
+def _print_report(rep: ClusterReport) -> None:
     clusters = rep.clusters
     sizes = [e.size for e in clusters]
     people = [e for e in rep.entries if e.kind == "person"]
@@ -154,21 +164,11 @@ def cluster(
     """
     if ctx.invoked_subcommand is not None:
         return
-    import dataclasses
-
-    from facesearch import clustering
-
     config = _config(threshold, linkage, min_size, pair_threshold)
-    with _open(home, collection, db_url) as col, col.lock():
-        stats = clustering.cluster_collection(col, config, full=full)
-        rep = clustering.report(col)
-        assigned = 0
-        if do_assign and rep.clusters:
-            assigned = clustering.apply_proposals(col, rep)
-            rep = clustering.report(col)
-        rep = dataclasses.replace(rep, stats=stats, assigned=assigned)
+    with open_collection(home, collection, db_url) as col:
+        rep = api.cluster(col, config=config, full=full, assign=do_assign)
     if export_dir is not None:
-        written = clustering.export(rep, Path(export_dir))
+        written = api.export_clusters(rep, export_dir)
         click.echo(
             f"exported {sum(written.values())} face crops into {len(written)} folders "
             f"in {export_dir}",
@@ -189,10 +189,8 @@ def cluster_name(
     ctx: click.Context, cluster_id: int, name: str, home: str, collection: str, db_url: str | None
 ) -> None:
     """Turn cluster ID into person NAME (new, or an existing person gets its faces)."""
-    from facesearch.clustering import name_cluster
-
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        n = name_cluster(col, cluster_id, name)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        n = api.name_cluster(col, cluster_id, name)
     click.echo(f"cluster {cluster_id} is now {name!r}: {n} faces labelled")
 
 
@@ -213,10 +211,8 @@ def cluster_split(
 ) -> None:
     """Split cluster ID: its faces go back to being alone, or with --threshold (smaller than
     the one that made it) are re-clustered at it into new clusters kept by later runs."""
-    from facesearch.clustering import split_cluster
-
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        made = split_cluster(col, cluster_id, threshold, linkage)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        made = api.split_cluster(col, cluster_id, threshold=threshold, linkage=linkage)
     if made:
         click.echo(f"split cluster {cluster_id} into clusters {', '.join(map(str, made))}")
     else:
@@ -231,29 +227,15 @@ def cluster_merge(
     ctx: click.Context, cluster_ids: tuple[int, ...], home: str, collection: str, db_url: str | None
 ) -> None:
     """Merge clusters into the first ID (kept by later runs)."""
-    from facesearch.clustering import merge_clusters
-
     if len(cluster_ids) < 2:
         raise click.UsageError("give at least two cluster ids to merge")
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        size = merge_clusters(col, cluster_ids)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        size = api.merge_clusters(col, cluster_ids)
     others = ", ".join(map(str, cluster_ids[1:]))
     click.echo(f"merged clusters {others} into {cluster_ids[0]} ({size} faces)")
 
 
 # -- evaluate cluster ---------------------------------------------------------------------------
-
-
-def _load_npz(path: str) -> tuple[Any, Any, Any]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:
-        if "xb" not in z or "labels" not in z:
-            raise click.BadParameter(f"{path} must hold arrays 'xb' (N, D) and 'labels' (N,)")
-        xb = np.ascontiguousarray(z["xb"], dtype=np.float32)
-        _, true = np.unique(z["labels"], return_inverse=True)
-        photos = z["photo_ids"].astype(np.int64) if "photo_ids" in z else None
-    return xb, true.astype(np.int64), photos
 
 
 @evaluate.command("cluster")
@@ -281,27 +263,13 @@ def evaluate_cluster(
     and BCubed precision/recall/F, and the number of clusters vs people. A face alone counts
     as a cluster of its own.
     """
-    from facesearch.cli import collection as cli_collection
-    from facesearch.clustering import evaluate_clusters, labelled_by_folder
-    from facesearch.collection import Collection
-    from facesearch.indexer import IndexSettings, default_workers, index_paths
-
-    config = _config(threshold, linkage, 2, pair_threshold)
-    if embeddings is not None:
-        xb, true, photos = _load_npz(embeddings)
-    elif folder is None:
+    if embeddings is None and folder is None:
         raise click.UsageError("give FOLDER (one subfolder per person)")
-    else:
-        with (
-            tempfile.TemporaryDirectory(prefix="facesearch-eval-") as tmp,
-            Collection.open(tmp, "eval", create=True) as col,
-            col.lock(),
-        ):
-            pipe = cli_collection._make_pipeline("sface")
-            settings = IndexSettings(labels=None, workers=default_workers())
-            index_paths(col, pipe, [folder], settings)
-            xb, true, photos = labelled_by_folder(col, Path(folder))
-    result = evaluate_clusters(xb, true, config, photo_ids=photos)
+    config = _config(threshold, linkage, 2, pair_threshold)
+    result = api.evaluate_clustering(
+        None if embeddings is not None else folder, embeddings=embeddings, config=config,
+        models=make_models(),
+    )  # fmt: skip
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=1))
         return

@@ -10,102 +10,34 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from facesearch.cli import main
+from facesearch import api
+from facesearch.cli.group import main
 from facesearch.cli.options import (
     batch_options,
+    collection_args,
     collection_options,
+    collection_ref,
+    echo_failures,
     engine_option,
+    human_bytes,
     json_option,
+    make_models,
+    open_collection,
+    progress_bar,
     threshold_option,
 )
 
 #: ``facesearch index --index-type`` choices (``facesearch.vectors.KINDS``, checked by a test).
 INDEX_TYPES = ("auto", "flat", "ivf", "pq")
-#: Environment variable: seconds a writer waits for another writer (default 10).
-LOCK_TIMEOUT_ENV = "FACESEARCH_LOCK_TIMEOUT"
 #: Failed photos listed by the ``index`` summary before "... and N more".
 MAX_FAILURES_SHOWN = 20
 
 
 # -- helpers ------------------------------------------------------------------------------------
-
-
-def _collection_args(ctx: click.Context, home: str, collection: str, db_url: str | None) -> tuple:
-    """Collection options of a subcommand, falling back to those given to its group
-    (``facesearch people --home X rename A B`` and ``people rename A B --home X`` both work)."""
-    from click.core import ParameterSource
-
-    values = {"home": home, "collection": collection, "db_url": db_url}
-    parent = ctx.parent
-    if parent is not None:
-        for key in values:
-            if ctx.get_parameter_source(key) in (ParameterSource.DEFAULT, None) and key in (
-                parent.params
-            ):
-                values[key] = parent.params[key]
-    return values["home"], values["collection"], values["db_url"]
-
-
-def _open(home: str, collection: str, db_url: str | None, *, create: bool = False) -> Any:
-    """Open a collection; a writer waits ``FACESEARCH_LOCK_TIMEOUT`` seconds (default 10) for
-    another writer before giving up."""
-    from facesearch.collection import DEFAULT_LOCK_TIMEOUT, Collection
-
-    raw = os.environ.get(LOCK_TIMEOUT_ENV)
-    try:
-        timeout = DEFAULT_LOCK_TIMEOUT if not raw else float(raw)
-    except ValueError:
-        raise click.UsageError(
-            f"{LOCK_TIMEOUT_ENV} must be a number of seconds, got {raw!r}"
-        ) from None
-    return Collection.open(home, collection, db_url=db_url, create=create, lock_timeout=timeout)
-
-
-def _pipeline_model(col: Any, model: str | None) -> str:
-    """``--model`` or, without it, the collection's active model (``sface`` for a new one)."""
-    if model is not None:
-        return model
-    active = col.active_model
-    if active is None or active.name == "sface":
-        return "sface"
-    if not active.path or not os.path.isfile(active.path):
-        from facesearch.errors import ModelError
-
-        raise ModelError(
-            f"collection {col.name!r} uses model {active.name!r}, whose file "
-            f"{active.path or '(unknown)'} is not found: give it with --model FILE"
-        )
-    return str(active.path)
-
-
-def _loader_config(model: str) -> Any:
-    """The configuration of the torch pipeline the indexer's loader builds: with the shipped
-    model the indexer runs the numpy engine instead when the native kernels are built, or for a
-    small run, and gives a larger one a head start (:mod:`facesearch.indexer`)."""
-    from facesearch.cli.faces import pipeline_config
-
-    return pipeline_config(model, engine="torch")
-
-
-def _make_pipeline(model: str, engine: str = "bulk") -> Any:
-    from facesearch.cli.faces import make_pipeline
-
-    return make_pipeline(model, engine=engine)
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{n} B"  # pragma: no cover
 
 
 def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -173,58 +105,15 @@ def index(
     committed: run the command again to continue. One writer at a time: a second one waits
     FACESEARCH_LOCK_TIMEOUT seconds (default 10), then stops with an error.
     """
-    from tqdm import tqdm
-
-    from facesearch.indexer import IndexSettings, Progress, default_workers, index_paths
-
-    settings = IndexSettings(
-        labels=labels,
-        prune=prune,
-        batch_size=batch_size,
-        workers=workers or default_workers(),
-        index_type=index_type,
-    )
-    # The lock is taken before loading the networks: a second writer is refused at once. The
-    # networks are loaded when the first photo that needs them has been read (the next ones
-    # are read meanwhile), and not at all when every photo is unchanged.
-    with _open(home, collection, db_url, create=True) as col, col.lock():
-        pipeline_model = _pipeline_model(col, model)
-
-        def pipe() -> Any:
-            return _make_pipeline(pipeline_model, "torch")
-
-        bars: list[Any] = []  # made on the first event, when the number of photos is known
-
-        def progress(p: Progress) -> None:
-            if not bars:
-                bars.append(
-                    tqdm(
-                        total=p.total,
-                        unit="photo",
-                        disable=not sys.stderr.isatty(),
-                        file=sys.stderr,
-                        dynamic_ncols=True,
-                        smoothing=0.1,
-                    )
-                )
-            bar = bars[0]
-            elapsed = bar.format_dict.get("elapsed") or 0.0
-            rate = p.faces / elapsed if elapsed else 0.0
-            bar.set_postfix_str(f"{p.faces} faces, {rate:.1f} faces/s", refresh=False)
-            bar.update(p.done - bar.n)
-
-        try:
-            report = index_paths(
-                col,
-                pipe,
-                paths,
-                settings,
-                progress=progress,
-                loader_config=_loader_config(pipeline_model),
-            )
-        finally:
-            for bar in bars:
-                bar.close()
+    with (
+        open_collection(home, collection, db_url, create=True) as col,
+        progress_bar("photo") as bar,
+    ):
+        report = api.index_paths(
+            col, paths, models=make_models(), model=model, labels=labels, prune=prune,
+            index_type=index_type, batch_size=batch_size, workers=workers,
+            progress=lambda p: bar(p.total, p.done, f"{p.faces} faces"),
+        )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:
@@ -238,7 +127,7 @@ def index(
         sys.exit(130)
 
 
-def _print_index_report(r: Any, prune: bool) -> None:
+def _print_index_report(r: IndexReport, prune: bool) -> None:
     click.echo(
         f"photos: {r.files} found: {r.new} new, {r.updated} updated, {r.unchanged} unchanged, "
         f"{r.moved} moved, {r.failed} failed"
@@ -261,12 +150,7 @@ def _print_index_report(r: Any, prune: bool) -> None:
         f"time:   {r.seconds:.1f} s ({r.processed / secs:.1f} photos/s, "
         f"{r.faces_added / secs:.1f} faces/s)"
     )
-    if r.failures:
-        click.echo("failed:", err=True)
-        for path, error in r.failures[:MAX_FAILURES_SHOWN]:
-            click.echo(f"  {path}: {error}", err=True)
-        if len(r.failures) > MAX_FAILURES_SHOWN:
-            click.echo(f"  ... and {len(r.failures) - MAX_FAILURES_SHOWN} more", err=True)
+    echo_failures("failed:", r.failures, MAX_FAILURES_SHOWN)
 
 
 # -- query --------------------------------------------------------------------------------------
@@ -304,42 +188,11 @@ def query(
     a verdict: the person of the nearest labelled face when its distance d is below tau,
     else "unknown". Exit status 1 when the photo cannot be read or has no face.
     """
-    from facesearch.cli.prefetch import EarlyFaces
-
-    # First of all: the photo's faces are computed (numpy engine, shipped model) in a child
-    # process while this one imports SQLAlchemy and opens the collection (cli/prefetch.py).
-    early = EarlyFaces(image) if engine != "torch" else None
-    try:
-        from facesearch.cli.faces import model_threshold, resolve_engine, shipped_threshold
-        from facesearch.errors import NoFaceError
-        from facesearch.search import identify_faces
-        from facesearch.types import Face
-        from facesearch.upgrade import check_query_embedder, query_model
-
-        with _open(home, collection, db_url) as col:
-            _ = col.vectors  # fails early (no faces yet)
-            model = query_model(col)
-            engine_used = resolve_engine(model, engine)
-            if early is not None and engine_used == "numpy":
-                _, detections, vectors = early.result()  # ImageError for a bad photo
-                faces = [Face(d, v, "sface") for d, v in zip(detections, vectors, strict=True)]
-                tau = threshold if threshold is not None else shipped_threshold("identify")
-            else:
-                from facesearch.image import load_image
-
-                img = load_image(image)
-                found = [early.result()[1]] if early is not None else None  # same detector
-                pipe = _make_pipeline(model, engine_used)
-                check_query_embedder(col, pipe.embedder)  # the registered model file, unchanged
-                tau = threshold if threshold is not None else model_threshold(pipe, "identify")
-                faces = pipe.faces_batch([img], found)[0]
-            if not faces:
-                raise NoFaceError(image)
-            faces = sorted(faces, key=lambda f: (f.detection.box[0], f.detection.box[1]))
-            results = identify_faces(col, faces, k=k, threshold=tau)
-    finally:
-        if early is not None:
-            early.cancel()
+    res = api.identify(
+        collection_ref(home, collection, db_url), image, models=make_models(engine=engine),
+        k=k, threshold=threshold,
+    )  # fmt: skip
+    results, tau = res.faces, res.threshold
     if as_json:
         click.echo(json.dumps([r.to_dict() for r in results], indent=1))
         return
@@ -379,10 +232,8 @@ def people(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from facesearch import store as st
-
-    with _open(home, collection, db_url) as col, col.session() as s:
-        rows = st.people(s)
+    with open_collection(home, collection, db_url) as col:
+        rows = list(api.iterate(api.list_people, col))
     if as_json:
         click.echo(
             json.dumps([{"person": p.name, "faces": p.faces, "photos": p.photos} for p in rows])
@@ -406,8 +257,8 @@ def people_rename(
     ctx: click.Context, old: str, new: str, home: str, collection: str, db_url: str | None
 ) -> None:
     """Rename person OLD to NEW (NEW must not exist: merge instead)."""
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        col.rename_person(old, new)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        api.rename_person(col, old, new)
     click.echo(f"renamed {old!r} to {new!r}")
 
 
@@ -420,8 +271,8 @@ def people_merge(
     ctx: click.Context, source: str, target: str, home: str, collection: str, db_url: str | None
 ) -> None:
     """Merge person SOURCE into TARGET: SOURCE's faces become TARGET's, SOURCE is deleted."""
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        n = col.merge_people(source, target)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        n = api.merge_people(col, source, target)
     click.echo(f"merged {source!r} into {target!r}: {n} faces moved")
 
 
@@ -434,16 +285,12 @@ def people_delete(
     ctx: click.Context, name: str, faces: bool, home: str, collection: str, db_url: str | None
 ) -> None:
     """Delete person NAME (the faces stay, unlabelled, unless --faces)."""
-    from facesearch import store as st
-
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col, col.lock():
-        with col.session() as s:
-            n_faces = len(st.person_face_ids(s, name))
-        removed = col.delete_person(name, faces=faces)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        done = api.delete_person(col, name, delete_faces=faces)
     if faces:
-        click.echo(f"deleted {name!r} and {len(removed)} faces")
+        click.echo(f"deleted {name!r} and {done.faces_deleted} faces")
     else:
-        click.echo(f"deleted {name!r}; {n_faces} faces are now unlabelled")
+        click.echo(f"deleted {name!r}; {done.faces_unlabelled} faces are now unlabelled")
 
 
 # -- enroll -------------------------------------------------------------------------------------
@@ -472,11 +319,9 @@ def enroll(
     keeps its faces and its largest face gets NAME. Exit status 1 if a photo cannot be read or
     has no face (the others are enrolled).
     """
-    from facesearch.indexer import enroll_photos
-
-    with _open(home, collection, db_url, create=True) as col, col.lock():
-        pipe = _make_pipeline(_pipeline_model(col, model))
-        done, errors = enroll_photos(col, pipe, name, images)
+    with open_collection(home, collection, db_url, create=True) as col:
+        report = api.enroll(col, name, images, models=make_models(), model=model)
+    done, errors = report.enrolled, report.failures
     for _path, msg in errors:
         click.echo(f"error: {msg}", err=True)
     if done:
@@ -493,11 +338,15 @@ def enroll(
 @json_option
 def info(home: str, collection: str, db_url: str | None, as_json: bool) -> None:
     """Counts, model, vector index, size on disk and a consistency check of SQL and index."""
-    with _open(home, collection, db_url) as col:
-        data = col.info(check=True)
+    with open_collection(home, collection, db_url) as col:
+        data = api.collection_info(col).to_dict()
     if as_json:
         click.echo(json.dumps(data, indent=1, default=str))
-        return
+    else:
+        _print_info(data)
+
+
+def _print_info(data: dict[str, Any]) -> None:
     c = data["consistency"]
     idx = data["index"]
     click.echo(f"collection    {data['name']} ({data['folder']})")
@@ -521,11 +370,11 @@ def info(home: str, collection: str, db_url: str | None, as_json: bool) -> None:
             kind += f" nlist {idx.get('nlist')} nprobe {idx.get('nprobe')}"
         click.echo(
             f"index         {kind} (setting {idx['setting']}), {idx['faces']} faces, "
-            f"generation {idx['generation']}, {_human_bytes(idx['bytes'])}"
+            f"generation {idx['generation']}, {human_bytes(idx['bytes'])}"
         )
     else:
         click.echo(f"index         none on disk (setting {idx['setting']})")
-    click.echo(f"size on disk  {_human_bytes(data['size_on_disk'])}")
+    click.echo(f"size on disk  {human_bytes(data['size_on_disk'])}")
     if c["consistent"]:
         click.echo(f"consistency   ok: SQL and the index agree ({c['sql_faces']} faces)")
     else:
@@ -547,9 +396,8 @@ def db() -> None:
 @collection_options
 def db_upgrade(home: str, collection: str, db_url: str | None) -> None:
     """Upgrade a collection's database to the newest schema (Alembic migrations)."""
-    from facesearch.collection import upgrade_collection
-
-    before, after = upgrade_collection(home, collection, db_url)
+    up = api.upgrade_schema(home, collection, db_url=db_url)
+    before, after = up.before, up.after
     if before == after:
         click.echo(f"collection {collection!r}: database schema {after} is the newest")
     else:
@@ -557,5 +405,8 @@ def db_upgrade(home: str, collection: str, db_url: str | None) -> None:
             f"collection {collection!r}: database schema upgraded {before or '(none)'} -> {after}"
         )
 
+
+if TYPE_CHECKING:
+    from facesearch.indexer import IndexReport
 
 __all__ = ["INDEX_TYPES", "db", "enroll", "index", "info", "people", "query"]

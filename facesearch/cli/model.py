@@ -1,43 +1,31 @@
 """Model commands of a collection: ``model list|add|use`` and ``reindex``.
 
-See :mod:`facesearch.upgrade` for what registering and re-embedding do.
+See :mod:`facesearch.model_upgrade` for what registering and re-embedding do.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from facesearch.cli import main
-from facesearch.cli.collection import _collection_args, _open
-from facesearch.cli.options import batch_options, collection_options, json_option
+from facesearch import api
+from facesearch.cli.group import main
+from facesearch.cli.options import (
+    batch_options,
+    collection_args,
+    collection_options,
+    echo_failures,
+    json_option,
+    make_models,
+    open_collection,
+    progress_bar,
+)
 
-
-def _model_rows(col: Any) -> tuple[str | None, list[dict[str, Any]]]:
-    from facesearch import store as st
-    from facesearch.collection import ACTIVE_MODEL_KEY
-
-    with col.session() as s:
-        active = st.get_meta(s, ACTIVE_MODEL_KEY)
-        models = st.list_models(s)
-        space = set(st.model_space(s, active)[1]) if active is not None else set()
-    rows = [
-        {
-            "name": m.name,
-            "dim": m.dim,
-            "faces": m.faces,
-            "compatible_with": m.compatible_with,
-            "active": m.name == active,
-            "searchable": m.name in space,
-            "path": m.path,
-            "threshold": m.threshold,
-        }
-        for m in models
-    ]
-    return active, rows
+if TYPE_CHECKING:
+    from facesearch.model_upgrade import ReindexReport
 
 
 @main.group("model", invoke_without_command=True)
@@ -55,21 +43,21 @@ def model(
     """
     if ctx.invoked_subcommand is not None:
         return
-    with _open(home, collection, db_url) as col:
-        active, rows = _model_rows(col)
+    with open_collection(home, collection, db_url) as col:
+        listing = api.list_models(col)
     if as_json:
-        click.echo(json.dumps({"active": active, "models": rows}, indent=1))
+        click.echo(json.dumps(listing.to_dict(), indent=1))
         return
-    if not rows:
+    if not listing.models:
         click.echo("no model yet (index photos first)")
         return
-    width = max(5, *(len(r["name"]) for r in rows))
+    width = max(5, *(len(m.name) for m in listing.models))
     click.echo(f"  {'model':<{width}}  {'faces':>6}  compatible with  file")
-    for r in rows:
-        mark = "*" if r["active"] else " " if r["searchable"] else "-"
+    for m in listing.models:
+        mark = "*" if m.active else " " if m.searchable else "-"
         click.echo(
-            f"{mark} {r['name']:<{width}}  {r['faces']:>6}  {r['compatible_with'] or '-':<15}  "
-            f"{r['path'] or '-'}"
+            f"{mark} {m.name:<{width}}  {m.faces:>6}  {m.compatible_with or '-':<15}  "
+            f"{m.path or '-'}"
         )
     click.echo("* active (embeds queries); - not searchable with it (another embedding space)")
 
@@ -89,12 +77,9 @@ def model_add(
     nothing changes ('facesearch reindex --model MODEL --re-embed-all' moves the collection to
     it instead). 'facesearch reindex --model MODEL' re-embeds the stored faces later.
     """
-    from facesearch.upgrade import add_model
-
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        info = add_model(col, model_file)
-        _, rows = _model_rows(col)
-    others = sum(r["faces"] for r in rows if r["name"] != info.name)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        info = api.add_model(col, model_file)
+        others = sum(m.faces for m in api.list_models(col).models if m.name != info.name)
     base = f" (compatible with {info.compatible_with})" if info.compatible_with else ""
     click.echo(f"model {info.name}{base} registered: queries are embedded with it")
     if others:
@@ -115,10 +100,8 @@ def model_use(
 
     NAME must be compatible with the active model.
     """
-    from facesearch.upgrade import use_model
-
-    with _open(*_collection_args(ctx, home, collection, db_url)) as col:
-        info = use_model(col, name)
+    with open_collection(*collection_args(ctx, home, collection, db_url)) as col:
+        info = api.use_model(col, name)
     click.echo(f"model {info.name} is active: queries are embedded with it")
 
 
@@ -160,45 +143,11 @@ def reindex(
     --batch-size photos: Ctrl-C or a kill keeps what was committed, and the same command
     continues with the faces not yet re-embedded.
     """
-    from tqdm import tqdm
-
-    from facesearch.indexer import default_workers
-    from facesearch.pipeline import load_embedder
-    from facesearch.upgrade import ReindexProgress, ReindexSettings, reindex_collection
-
-    settings = ReindexSettings(
-        batch_size=batch_size, workers=workers or default_workers(), re_embed_all=re_embed_all
-    )
-    # the lock is taken before loading the network: a second writer is refused at once
-    with _open(home, collection, db_url) as col, col.lock():
-        embedder = _load_embedder(load_embedder, model_file)
-        bars: list[Any] = []
-
-        def progress(p: ReindexProgress) -> None:
-            if not bars:
-                bars.append(
-                    tqdm(
-                        total=p.total,
-                        unit="face",
-                        disable=not sys.stderr.isatty(),
-                        file=sys.stderr,
-                        dynamic_ncols=True,
-                        smoothing=0.1,
-                    )
-                )
-            bars[0].update(p.done - bars[0].n)
-
-        try:
-            report = reindex_collection(
-                col,
-                embedder,
-                settings,
-                source=None if model_file == "sface" else model_file,
-                progress=progress,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
+    with open_collection(home, collection, db_url) as col, progress_bar("face") as bar:
+        report = api.reindex(
+            col, model_file, models=make_models(), re_embed_all=re_embed_all,
+            batch_size=batch_size, workers=workers, progress=lambda p: bar(p.total, p.done, ""),
+        )  # fmt: skip
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=1))
     else:
@@ -212,12 +161,7 @@ def reindex(
         sys.exit(130)
 
 
-def _load_embedder(load: Any, model_file: str) -> Any:
-    """Indirection for tests (they share one embedder per model file)."""
-    return load(model_file)
-
-
-def _print_report(r: Any) -> None:
+def _print_report(r: ReindexReport) -> None:
     click.echo(
         f"faces:   {r.reembedded} re-embedded with {r.model} ({r.photos} photos), "
         f"{r.faces - r.todo} already were, {r.skipped} skipped"
@@ -232,12 +176,7 @@ def _print_report(r: Any) -> None:
             "(queries keep the old model until all are; fix the photos below, or remove them "
             "with 'facesearch index PATH --prune', and run the command again)"
         )
-    if r.failures:
-        click.echo("skipped:", err=True)
-        for path, error in r.failures[:20]:
-            click.echo(f"  {path}: {error}", err=True)
-        if len(r.failures) > 20:
-            click.echo(f"  ... and {len(r.failures) - 20} more", err=True)
+    echo_failures("skipped:", r.failures)
 
 
 __all__ = ["model", "reindex"]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from facesearch.cli import main
+from facesearch import api
+from facesearch.cli.group import main
 from facesearch.cli.options import json_option
+
+if TYPE_CHECKING:
+    from facesearch.train.run import TrainRun
 
 #: Mirrors facesearch.train.split.DEFAULT_FREEZE_UNTIL (not imported: it pulls in torch).
 DEFAULT_FREEZE_UNTIL = "conv_14"
@@ -166,66 +170,51 @@ def train(
     after, and the model file records its parent, data, settings and calibrated
     threshold. Use the result with --model MODEL.
     """
-    import torch
-
-    from facesearch.train.split import STAGES, stage_index
-
     if freeze_until == "list":
-        for name in STAGES:
+        for name in api.train_layers():
             click.echo(name)
         return
     try:
-        stage_index(freeze_until)
-    except ValueError as e:
+        api.check_train_layer(freeze_until)
+    except api.ArgumentError as e:
         raise click.BadParameter(str(e), param_hint="--freeze-until") from e
-    if threads:
-        torch.set_num_threads(threads)
-
     from facesearch.train.loop import TrainSettings
-    from facesearch.train.run import train_folder
 
     try:
         settings = TrainSettings(
-            epochs=epochs,
-            lr=lr,
-            freeze_until=freeze_until,
-            val_fraction=val_fraction,
-            people=people,
-            images=images,
-            margin=margin,
-            mining=mining,  # type: ignore[arg-type]
+            epochs=epochs, lr=lr, freeze_until=freeze_until, val_fraction=val_fraction,
+            people=people, images=images, margin=margin, mining=mining,  # type: ignore[arg-type]
             fallback=fallback,  # type: ignore[arg-type]
-            base=base,
-            compatible_with=compatible_with,
-            flip=flip,
-            new_head=new_head,
-            seed=seed,
+            base=base, compatible_with=compatible_with, flip=flip, new_head=new_head, seed=seed,
             device=device,
-        )
+        )  # fmt: skip
     except ValueError as e:
         raise click.UsageError(str(e)) from e
-    run = train_folder(
-        data,
-        out,
-        settings,
-        crop_mode=crop_mode,  # type: ignore[arg-type]
-        cache=cache,
-        progress=sys.stderr.isatty(),
-    )
+    run = api.train(data, out, settings, crop_mode=crop_mode,  # type: ignore[arg-type]
+                    cache=cache, threads=threads,
+                    progress=sys.stderr.isatty())  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(_train_doc(run), indent=1))
+    else:
+        _print_run(run)
+
+
+def _train_doc(run: TrainRun) -> dict[str, Any]:
+    meta = run.meta
+    return {
+        "model": meta["name"],
+        "path": str(run.path),
+        "threshold": meta["threshold"],
+        "validation": meta["validation"],
+        "data": meta["data"],
+        "compatible_with": meta["compatible_with"],
+        "epochs": [dict(h.items()) for h in meta["history"]],
+    }
+
+
+def _print_run(run: TrainRun) -> None:
     r = run.result
     meta = run.meta
-    if as_json:
-        out_doc: dict[str, Any] = {
-            "model": meta["name"],
-            "path": str(run.path),
-            "threshold": meta["threshold"],
-            "validation": meta["validation"],
-            "data": meta["data"],
-            "compatible_with": meta["compatible_with"],
-            "epochs": [{k: v for k, v in h.items()} for h in meta["history"]],
-        }
-        click.echo(json.dumps(out_doc, indent=1))
-        return
     d = meta["data"]
     click.echo(f"model        {meta['name']}  ->  {run.path}")
     click.echo(

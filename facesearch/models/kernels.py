@@ -2,14 +2,14 @@
 1x1 convolutions on weights packed once for oneDNN.
 
 PyTorch's ``prelu`` writes its result to a new tensor: on SFace's large early activations that
-is a second pass over fresh memory, ~15 % of the network's time. :func:`prelu_` overwrites its
+is a second pass over fresh memory. :func:`prelu_` overwrites its
 input instead, through the small C kernel of ``facesearch/_native.c`` (built at install time,
 optional: :mod:`facesearch.native`). Without it, or for a tensor it does not take, it is
 ``torch.prelu``: the results are the same bit for bit either way.
 
-:class:`PackedWeights`: ``torch.mkldnn_convolution`` reorders a plain weight into oneDNN's
-blocked layout on every call; SFace's ``conv_14`` (1024 x 1024) spends ~30 % of its time on
-that. A :class:`PackedWeights` keeps the reordered copy of each weight it has seen.
+:class:`PackedWeights`: ``torch.mkldnn_convolution`` reorders a plain weight into oneDNN's blocked
+layout on every call, a large part of SFace's ``conv_14``. A :class:`PackedWeights` keeps the
+reordered copy of each weight it has seen.
 """
 
 from __future__ import annotations

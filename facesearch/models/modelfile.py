@@ -87,7 +87,7 @@ def weights_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
 def shipped_meta() -> dict[str, Any]:
     """Meta of the shipped model ``sface``, in the shape of a model file's meta."""
     from facesearch.distance import DEFAULT_THRESHOLD
-    from facesearch.models.sface_arrays import EMBEDDING_DIM, WEIGHTS_FILE
+    from facesearch.models.sface_weights import EMBEDDING_DIM, WEIGHTS_FILE
 
     return {
         "name": SHIPPED,

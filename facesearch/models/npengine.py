@@ -1,12 +1,10 @@
 """YuNet and SFace in numpy and C: the same networks and weights without importing torch.
 
-Why: ``import torch`` alone costs about 2 CPU-seconds on a 2-core machine, more than a whole
-``facesearch query`` or ``facesearch verify`` needs for one photo, and ~5 % of indexing 2,000
-LFW photos. With the native kernels built (:mod:`facesearch.native`) this engine is as fast per
-face as the PyTorch one, so ``query``, ``verify``, ``index``, ``enroll`` and ``evaluate`` run it
-for the shipped model; PyTorch stays for training and for model files. Without the native
-kernels it is numpy alone, 2-4x slower per face than PyTorch: then only ``query`` and
-``verify`` (and small index runs) use it.
+Why: importing torch costs more than a one-photo command needs. With the native kernels built
+(:mod:`facesearch.native`) this engine is as fast per face as the PyTorch one, so engine
+``auto`` (:meth:`facesearch.pipeline.PipelineConfig.resolved`) runs it for the shipped model;
+PyTorch stays for training and model files. Without the kernels it is numpy alone, slower per
+face than PyTorch, and ``auto`` uses it for small work only.
 
 The engine computes in channels-last float32 ``(B, H, W, C)``, batch norms folded into the
 weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`):
@@ -18,12 +16,10 @@ weights (float64 folding, as :meth:`facesearch.models.sface.SFace.fused`):
   8 accumulators (dense) at a time, bias and activation fused;
 - max pooling in C.
 
-One LFW photo through YuNet went 20-21 -> 3.3-3.6 ms and one face through SFace 45-47 -> 19-21 ms
-(one thread, models loaded; PyTorch: 3.7-5.6 and 20-26 ms). Without the native kernels the same
-operations run in numpy (matrix products, depthwise convolutions as nine shifted multiply-adds);
-they are the reference the kernels are tested against. Outputs agree with the PyTorch modules to
-float32 rounding: the parity tests (``tests/test_npengine.py``) hold both variants to the same
-reference boxes, landmarks and features.
+Without the native kernels the same operations run in numpy (matrix products, depthwise convolutions
+as nine shifted multiply-adds); they are the reference the kernels are tested against. Outputs agree
+with the PyTorch modules to float32 rounding: the parity tests (``tests/test_npengine.py``) hold
+both variants to the same reference boxes, landmarks and features.
 
 :class:`NumpyDetector` and :class:`NumpyEmbedder` have the interface of
 :class:`facesearch.models.yunet.Detector` and :class:`facesearch.models.sface.Embedder`
@@ -42,23 +38,12 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from facesearch.errors import ModelError
-from facesearch.models.detection import (
-    DEFAULT_BATCH_SIZE,
-    STRIDES,
-    DetectorConfig,
-    add_large,
-    check_image,
-    decode,
-    default_weights_path,
-    read_weight_arrays,
-    round_up,
-    to_detections,
-)
-from facesearch.models.sface_arrays import (
+from facesearch.models.sface_weights import (
     INPUT_MEAN,
     INPUT_SCALE,
     LAYERS,
@@ -70,6 +55,18 @@ from facesearch.models.sface_arrays import (
     state_arrays,
 )
 from facesearch.models.weightcache import cache_dir, cached_arrays
+from facesearch.models.yunet_decode import (
+    DEFAULT_BATCH_SIZE,
+    STRIDES,
+    DetectorConfig,
+    add_large,
+    check_image,
+    decode,
+    default_weights_path,
+    read_weight_arrays,
+    round_up,
+    to_detections,
+)
 from facesearch.native import NATIVE
 from facesearch.types import Detection
 
@@ -86,10 +83,8 @@ log = logging.getLogger(__name__)
 _NATIVE: ModuleType | None = NATIVE
 
 #: A 1x1 convolution whose weights hold at most this many values (256 KB, L2-resident) runs as
-#: the native kernel, bias and activation fused (measured against numpy's BLAS without them:
-#: YuNet's 16 -> 16 0.19 against 0.26 ms, SFace's 64 -> 128 6.6 against 8.2 ms, 256 -> 256 on
-#: par); larger ones go to numpy's BLAS (blocked for the cache: 512 -> 512 10.2 against
-#: 17.1 ms), and only the bias and activation are native.
+#: the native kernel, bias and activation fused; larger ones go to numpy's BLAS (blocked for
+#: the cache, faster there), and only the bias and activation are native (bench/results/history.md).
 _NATIVE_PW_WEIGHTS = 256 * 256
 
 #: Activations after a convolution (the codes of the native kernels).
@@ -110,13 +105,15 @@ def _native_args(*arrays: np.ndarray | None) -> bool:
     return True
 
 
-def _activate(x: np.ndarray, act: int, slope: np.ndarray | None) -> np.ndarray:
+def _activate(
+    x: np.ndarray, act: int, slope: np.ndarray | None, threads: EngineThreads | None = None
+) -> np.ndarray:
     """``x`` in place: ReLU, PReLU (a slope per channel) or nothing."""
     if act == ACT_RELU:
-        return _relu(x)
+        return _relu(x, threads)
     if act == ACT_PRELU:
         assert slope is not None
-        return _prelu(x, slope)
+        return _prelu(x, slope, threads)
     return x
 
 
@@ -126,6 +123,7 @@ def _pointwise(
     b: np.ndarray,
     act: int = ACT_NONE,
     slope: np.ndarray | None = None,
+    threads: EngineThreads | None = None,
 ) -> np.ndarray:
     """1x1 convolution: ``w_t`` ``(C, C')`` (transposed), ``b`` ``(C',)``; then ``act``."""
     bsz, h, wd, c = x.shape
@@ -142,7 +140,7 @@ def _pointwise(
         _NATIVE.bias_act(y, y.shape[0], y.shape[1], b, slope, act)
     else:
         y += b
-        _activate(y, act, slope)
+        _activate(y, act, slope, threads)
     return y.reshape(bsz, h, wd, -1)
 
 
@@ -173,6 +171,7 @@ def _dense3x3(
     stride: int,
     act: int = ACT_NONE,
     slope: np.ndarray | None = None,
+    threads: EngineThreads | None = None,
 ) -> np.ndarray:
     """3x3 convolution, padding 1: ``w_mat`` ``(9 * C, C')`` in ``(dy, dx, c)`` row order;
     then ``act``."""
@@ -193,7 +192,7 @@ def _dense3x3(
             ]
     y = cols.reshape(-1, 9 * c) @ w_mat
     y += b
-    return _activate(y.reshape(bsz, ho, wo, -1), act, slope)
+    return _activate(y.reshape(bsz, ho, wo, -1), act, slope, threads)
 
 
 def _depthwise3x3(
@@ -203,6 +202,7 @@ def _depthwise3x3(
     stride: int,
     act: int = ACT_NONE,
     slope: np.ndarray | None = None,
+    threads: EngineThreads | None = None,
 ) -> np.ndarray:
     """Depthwise 3x3 convolution, padding 1: ``w`` ``(3, 3, C)``, ``b`` ``(C,)``; then ``act``.
 
@@ -213,10 +213,12 @@ def _depthwise3x3(
     out = _conv_native(x, w, x.shape[3], b, stride, act, slope, x.shape[3])
     if out is not None:
         return out
-    return _activate(_depthwise3x3_numpy(x, w, b, stride), act, slope)
+    return _activate(_depthwise3x3_numpy(x, w, b, stride, threads), act, slope, threads)
 
 
-def _depthwise3x3_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int) -> np.ndarray:
+def _depthwise3x3_numpy(
+    x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, threads: EngineThreads | None
+) -> np.ndarray:
     bsz, h, wd, c = x.shape
     if stride != 1:
         xp = np.zeros((bsz, h + 2, wd + 2, c), np.float32)
@@ -260,7 +262,7 @@ def _depthwise3x3_numpy(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int
                 np.multiply(rows[:, d0 + oy : d1 + oy, xs], wt[dy, dx, xd], out=t)
                 out[:, d0:d1, xd] += t
 
-    _in_bands(band, h, rows.size)
+    _in_bands(band, h, rows.size, threads)
     return out.reshape(bsz, h, wd, c)
 
 
@@ -295,8 +297,7 @@ def single_threaded_blas() -> Iterator[None]:
     """OpenBLAS on one thread while any caller is inside (threads may nest and overlap: the
     first one in sets it, the last one out restores it). The engine's matrix products are
     small, and OpenBLAS threads that spin-wait make them several times slower when the cores
-    are busy (measured: 0.74 s instead of 0.05 s for one SFace pass beside two busy
-    processes)."""
+    are busy."""
     global _blas_users, _blas_before
     fns = _openblas_threads()
     if fns is None:
@@ -320,58 +321,74 @@ def single_threaded_blas() -> Iterator[None]:
 
 # numpy's ufuncs release the GIL: big maps are cut into bands of rows, one per thread.
 _PARALLEL_MIN = 1 << 18  # values; below this a single thread is faster
-_threads = max(1, min(4, os.cpu_count() or 1))
-_pool: ThreadPoolExecutor | None = None
 
 
-def _forget_pool_after_fork() -> None:
-    """A forked child has none of the parent's threads: it must not submit to their pool."""
-    global _pool
-    _pool = None
+class EngineThreads:
+    """Threads for the engine's element-wise work (BLAS threads are numpy's own setting).
+
+    A pipeline holds one and hands it to its detector and embedder; ``None`` in their place
+    means one thread. The pool is made on first use, and again in a forked child (which has
+    none of the parent's threads).
+    """
+
+    def __init__(self, count: int = 1) -> None:
+        if count < 1:
+            raise ValueError(f"threads must be >= 1, got {count}")
+        self.count = count
+        self._pool: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"EngineThreads({self.count})"
+
+    @contextlib.contextmanager
+    def limited(self, count: int) -> Iterator[None]:
+        """At most ``count`` threads inside the block (restored afterwards)."""
+        before = self.count
+        self.count = min(before, count)
+        try:
+            yield
+        finally:
+            self.count = before
+
+    def in_bands(self, fn: Callable[[int, int], None], rows: int, size: int) -> None:
+        """``fn(r0, r1)`` over ``[0, rows)`` cut into bands, in parallel for big maps."""
+        n = min(self.count, rows)
+        if n <= 1 or size < _PARALLEL_MIN:
+            fn(0, rows)
+            return
+        with self._lock:
+            if self._pool is None or self._pid != os.getpid():
+                self._pool = ThreadPoolExecutor(
+                    max_workers=self.count, thread_name_prefix="npengine"
+                )
+                self._pid = os.getpid()
+            pool = self._pool
+        cuts = [rows * i // n for i in range(n + 1)]
+        futures = [pool.submit(fn, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if a < b]
+        for f in futures:
+            f.result()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool_after_fork)
-
-
-def get_threads() -> int:
-    """Threads for the engine's element-wise work (:func:`set_threads`)."""
-    return _threads
-
-
-def set_threads(n: int) -> None:
-    """Threads for the engine's element-wise work (BLAS threads are numpy's own setting)."""
-    global _threads, _pool
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    if n != _threads and _pool is not None:
-        _pool.shutdown()
-        _pool = None
-    _threads = n
-
-
-def _in_bands(fn: Callable[[int, int], None], rows: int, size: int) -> None:
-    """``fn(r0, r1)`` over ``[0, rows)`` cut into bands, in parallel for big maps."""
-    global _pool
-    n = min(_threads, rows)
-    if n <= 1 or size < _PARALLEL_MIN:
+def _in_bands(
+    fn: Callable[[int, int], None], rows: int, size: int, threads: EngineThreads | None
+) -> None:
+    if threads is None:
         fn(0, rows)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=_threads, thread_name_prefix="npengine")
-    cuts = [rows * i // n for i in range(n + 1)]
-    futures = [_pool.submit(fn, a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True) if a < b]
-    for f in futures:
-        f.result()
+    else:
+        threads.in_bands(fn, rows, size)
 
 
-def _relu(x: np.ndarray) -> np.ndarray:
+def _relu(x: np.ndarray, threads: EngineThreads | None = None) -> np.ndarray:
     flat = x.reshape(x.shape[0] * x.shape[1], -1)
-    _in_bands(lambda a, b: np.maximum(flat[a:b], 0.0, out=flat[a:b]), flat.shape[0], x.size)
+    _in_bands(
+        lambda a, b: np.maximum(flat[a:b], 0.0, out=flat[a:b]), flat.shape[0], x.size, threads
+    )
     return x
 
 
-def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
+def _prelu(x: np.ndarray, slope: np.ndarray, threads: EngineThreads | None = None) -> np.ndarray:
     """PReLU in place: ``x + (a - 1) * min(x, 0)`` (``a * x`` below 0, ``x`` above)."""
     flat = x.reshape(-1, x.shape[-1])
     slope_minus_one = slope - np.float32(1.0)
@@ -381,7 +398,7 @@ def _prelu(x: np.ndarray, slope: np.ndarray) -> np.ndarray:
         neg *= slope_minus_one
         flat[a:b] += neg
 
-    _in_bands(band, flat.shape[0], x.size)
+    _in_bands(band, flat.shape[0], x.size, threads)
     return x
 
 
@@ -420,9 +437,10 @@ class _DPUnit:
         self.b2 = w[f"{prefix}.conv2.bias"]
         self.relu = relu
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, threads: EngineThreads | None) -> np.ndarray:
         act = ACT_RELU if self.relu else ACT_NONE
-        return _depthwise3x3(_pointwise(x, self.w1_t, self.b1), self.w2, self.b2, 1, act)
+        y = _pointwise(x, self.w1_t, self.b1, threads=threads)
+        return _depthwise3x3(y, self.w2, self.b2, 1, act, threads=threads)
 
 
 class NumpyYuNet:
@@ -430,9 +448,11 @@ class NumpyYuNet:
 
     ``__call__(x)``: ``x`` ``(B, H, W, 3) float32`` RGB 0..255, H and W multiples of 32 ->
     the 12 head outputs in the ONNX order, each ``(B, anchors, C)``, as :meth:`YuNet.forward`.
+    ``threads``: the element-wise threads (``None``: one).
     """
 
-    def __init__(self, weights: Path | None = None) -> None:
+    def __init__(self, weights: Path | None = None, threads: EngineThreads | None = None) -> None:
+        self.threads = threads
         path = default_weights_path() if weights is None else Path(weights)
         w = read_weight_arrays(path)
         stem = w["backbone.model0.conv1.weight"][:, ::-1]  # (16, 3, 3, 3), BGR -> RGB input
@@ -457,22 +477,24 @@ class NumpyYuNet:
             self.heads.append(_DPUnit(fused, "h", relu=False))  # 16 channels: 1+4+1+10
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        th = self.threads
+
         def stage(i: int, t: np.ndarray) -> np.ndarray:
             a, b = self.stages[i - 1]
-            return b(a(t))
+            return b(a(t, th), th)
 
-        x = self.stem_unit(_dense3x3(x, self.stem_w, self.stem_b, 2, ACT_RELU))
+        x = self.stem_unit(_dense3x3(x, self.stem_w, self.stem_b, 2, ACT_RELU, threads=th), th)
         x = _maxpool2(x)  # H/4
         x = _maxpool2(stage(2, stage(1, x)))  # H/8
         c3 = stage(3, x)
         c4 = stage(4, _maxpool2(c3))
         c5 = stage(5, _maxpool2(c4))
-        p5 = self.lateral[2](c5)
-        p4 = self.lateral[1](_add_upsampled(c4, p5))
-        p3 = self.lateral[0](_add_upsampled(c3, p4))
+        p5 = self.lateral[2](c5, th)
+        p4 = self.lateral[1](_add_upsampled(c4, p5), th)
+        p3 = self.lateral[0](_add_upsampled(c3, p4), th)
         cls, obj, bbox, kps = [], [], [], []
         for head, f in zip(self.heads, (p3, p4, p5), strict=True):
-            y = head(f)  # (B, h, w, 16)
+            y = head(f, th)  # (B, h, w, 16)
             y = y.reshape(y.shape[0], -1, 16)
             cls.append(_sigmoid(y[..., 0:1]))
             bbox.append(y[..., 1:5])
@@ -499,9 +521,15 @@ class NumpyDetector:
     decoding, results equal to float32 rounding (downscaled photos are resized by Pillow's
     antialiased bilinear instead of torch's, which moves boxes by a fraction of a pixel)."""
 
-    def __init__(self, config: DetectorConfig | None = None, weights: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: DetectorConfig | None = None,
+        weights: Path | None = None,
+        *,
+        threads: EngineThreads | None = None,
+    ) -> None:
         self.config = config if config is not None else DetectorConfig()
-        self.net = NumpyYuNet(weights)
+        self.net = NumpyYuNet(weights, threads)
 
     def with_config(self, config: DetectorConfig) -> NumpyDetector:
         other = object.__new__(NumpyDetector)
@@ -544,7 +572,7 @@ class NumpyDetector:
 
 
 def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """An SFace state (:func:`~facesearch.models.sface_arrays.state_arrays` names) as the
+    """An SFace state (:func:`~facesearch.models.sface_weights.state_arrays` names) as the
     arrays :class:`NumpySFace` runs: batch norms folded, weights in the layouts of the ops
     (``"{i}.w"``, ``"{i}.b"``, ``"{i}.s"`` = PReLU slope per conv; ``"head_t"``, ``"head_b"``).
     """
@@ -570,9 +598,7 @@ def prepare_sface(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 #: SFace's high-resolution stem (the first ``STEM_LAYERS`` convolutions, 112x112 down to 14x14)
 #: runs this many crops at a time (0: the whole batch), the rest on the whole batch: its
-#: activations (3.2 MB per crop at the widest) then stay in cache. Two threads each embedding
-#: batches of 8: 101-103 faces/s against 93-99 for whole batches (medians of 4, three runs;
-#: chunks of 2 and 4 in between).
+#: activations (3.2 MB per crop at the widest) then stay in cache (bench/results/history.md).
 _STEM_CHUNK = 1
 
 
@@ -583,7 +609,10 @@ class NumpySFace:
     Built from :func:`prepare_sface` arrays.
     """
 
-    def __init__(self, prepared: dict[str, np.ndarray]) -> None:
+    def __init__(
+        self, prepared: dict[str, np.ndarray], threads: EngineThreads | None = None
+    ) -> None:
+        self.threads = threads
         self.layers = []
         for i, spec in enumerate(LAYERS):
             kind = "dw" if spec.groups > 1 else "pw" if spec.kernel == 1 else "dense"
@@ -608,12 +637,13 @@ class NumpySFace:
     def _run(self, x: np.ndarray, start: int, stop: int) -> np.ndarray:
         """``x`` through the convolutions ``[start, stop)``."""
         for kind, w, b, stride, slope in self.layers[start:stop]:
+            th = self.threads
             if kind == "dw":
-                x = _depthwise3x3(x, w, b, stride, ACT_PRELU, slope)
+                x = _depthwise3x3(x, w, b, stride, ACT_PRELU, slope, th)
             elif kind == "pw":
-                x = _pointwise(x, w, b, ACT_PRELU, slope)
+                x = _pointwise(x, w, b, ACT_PRELU, slope, th)
             else:
-                x = _dense3x3(x, w, b, stride, ACT_PRELU, slope)
+                x = _dense3x3(x, w, b, stride, ACT_PRELU, slope, th)
         return x
 
 
@@ -623,8 +653,8 @@ _CACHE_FORMAT = "sface-np-2"
 
 def _load_prepared_sface(path: Path) -> dict[str, np.ndarray]:
     """:func:`prepare_sface` of the weight file ``path``, through the on-disk cache of
-    :mod:`facesearch.models.weightcache` (dequantizing and folding cost ~0.4 s, a third of a
-    ``facesearch query``; the ~38 MB of float32 read back in ~30 ms)."""
+    :mod:`facesearch.models.weightcache` (dequantizing and folding cost more than reading the
+    prepared float32 back)."""
 
     def prepare() -> dict[str, np.ndarray]:
         _, arrays = read_weights(path)
@@ -642,15 +672,19 @@ class NumpyEmbedder:
         name: str = "sface",
         batch_size: int = 8,
         flip: bool = False,
+        *,
+        threads: EngineThreads | None = None,
     ) -> None:
         path = Path(weights) if weights is not None else WEIGHTS_FILE
         if not path.is_file():
             raise ModelError(f"SFace weight file not found: {path}")
-        self.net = NumpySFace(_load_prepared_sface(path))
+        self.net = NumpySFace(_load_prepared_sface(path), threads)
         self.name = name
         self.batch_size = batch_size
         self.flip = flip
         self.dim: int = self.net.embedding_dim
+        self.meta: dict[str, Any] = {}  # the model file meta, as a torch Embedder has it
+        self.threshold: float | None = None
 
     def embed(self, crops: np.ndarray) -> np.ndarray:
         """``(N, 112, 112, 3) uint8`` aligned RGB crops -> ``(N, D) float32`` unit vectors."""
@@ -667,9 +701,8 @@ __all__ = [
     "NumpyEmbedder",
     "NumpySFace",
     "NumpyYuNet",
+    "EngineThreads",
     "cache_dir",
-    "get_threads",
     "prepare_sface",
-    "set_threads",
     "single_threaded_blas",
 ]

@@ -33,7 +33,7 @@ from torch import nn
 
 from facesearch.errors import ModelError
 from facesearch.models.kernels import PackedWeights, prelu_
-from facesearch.models.sface_arrays import (
+from facesearch.models.sface_weights import (
     BN_MOMENTUM,
     CONV_BN_EPS,
     DEFAULT_BATCH_SIZE,

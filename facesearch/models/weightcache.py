@@ -1,11 +1,11 @@
 """An on-disk cache of weights prepared for inference (dequantized, batch norms folded).
 
-Preparing the shipped int8 weights costs 0.2-0.4 s per process, a noticeable part of a CLI
-command; the prepared float32 arrays read back from an uncompressed ``.npz`` in a few tens of
-ms. Entries are keyed by what they were made with (a tag naming the preparation and its
-version, the source file's path, size and modification time), so a changed weight file or a
-new preparation never reads an old entry. Any problem with the cache (read-only home, a damaged
-or half-written file) falls back to preparing in memory; the cache is never required.
+Preparing the shipped int8 weights is a noticeable part of a CLI command; the prepared float32
+arrays read back from an uncompressed ``.npz`` much faster (bench/results/history.md). Entries are
+keyed by what they were made with (a tag naming the preparation and its version, the source file's
+path, size and modification time), so a changed weight file or a new preparation never reads an old
+entry. Any problem with the cache (read-only home, a damaged or half-written file) falls back to
+preparing in memory; the cache is never required.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def cached_arrays(
         fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".npz", dir=cached.parent)
         try:
             with os.fdopen(fd, "wb") as fp:
-                np.savez(fp, **prepared)
+                np.savez(fp, allow_pickle=False, **prepared)
             os.replace(tmp, cached)
         finally:
             if os.path.exists(tmp):

@@ -164,7 +164,8 @@ def _val_accuracy(
 ) -> tuple[float, float]:
     i, j, same = pairs
     d = np.sum((xa[i] - xb[j]) ** 2, axis=1)
-    return best_threshold(d, same)
+    tau, acc = best_threshold(d, same)
+    return acc, tau
 
 
 def _gather(views: list[torch.Tensor], idx: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:

@@ -107,7 +107,7 @@ def trunk_features(
     ``progress``: a tqdm-like object whose ``update(n)`` is called per batch.
 
     The convolution blocks run as :meth:`SFace.fused` (batch norms folded, channels-last),
-    the way the embedder runs them: 2-3x faster on CPU than the training module, equal to
+    the way the embedder runs them: faster on CPU than the training module, equal to
     float rounding. Small batches (8) are fastest on CPU.
     """
     x_all = torch.from_numpy(np.ascontiguousarray(crops[:, :, ::-1] if flip else crops))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from facesearch.evaluate import best_threshold
+
 
 def split_people(
     labels: np.ndarray, val_fraction: float, seed: int = 0
@@ -70,37 +72,6 @@ def verification_pairs(
     return i, j, same
 
 
-def best_threshold(d: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Best accuracy of the rule ``same <=> d < tau`` and its ``tau``: ``(accuracy, tau)``.
-
-    ``d``: ``(M,)`` pair distances; ``same``: ``(M,) bool``. ``tau`` is the midpoint between
-    two consecutive sorted distances (exhaustive, exact).
-    """
-    d = np.asarray(d, dtype=np.float64)
-    same = np.asarray(same, dtype=bool)
-    if d.shape != same.shape or d.ndim != 1 or d.size == 0:
-        raise ValueError(f"need matching non-empty (M,) arrays, got {d.shape} and {same.shape}")
-    order = np.argsort(d, kind="stable")
-    ds, ss = d[order], same[order]
-    # Threshold just above the first k sorted distances: predict "same" for those k.
-    tp = np.concatenate([[0], np.cumsum(ss)])  # same pairs below, k = 0..M
-    fp = np.concatenate([[0], np.cumsum(~ss)])
-    tn = (~ss).sum() - fp
-    correct = tp + tn  # (M+1,)
-    # Only cut between distinct values.
-    valid = np.ones(d.size + 1, bool)
-    valid[1:-1] = ds[1:] > ds[:-1]
-    correct = np.where(valid, correct, -1)
-    k = int(np.argmax(correct))
-    if k == 0:
-        tau = float(ds[0]) - 1e-6
-    elif k == d.size:
-        tau = float(ds[-1]) + 1e-6
-    else:
-        tau = float((ds[k - 1] + ds[k]) / 2.0)
-    return float(correct[k]) / d.size, tau
-
-
 def accuracy_at(d: np.ndarray, same: np.ndarray, tau: float) -> float:
     """Accuracy of ``same <=> d < tau`` on ``d (M,)``, ``same (M,) bool``."""
     return float(np.mean((np.asarray(d) < tau) == np.asarray(same, dtype=bool)))
@@ -117,6 +88,6 @@ def cross_validated_accuracy(
     accs = []
     for f in np.unique(folds):
         test = folds == f
-        _, tau = best_threshold(d[~test], same[~test])
+        tau, _ = best_threshold(d[~test], same[~test])
         accs.append(accuracy_at(d[test], same[test], tau))
     return float(np.mean(accs)), float(np.std(accs)), accs

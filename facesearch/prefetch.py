@@ -1,12 +1,13 @@
 """Faces of one photo computed in a forked child while the parent opens the collection.
 
-``facesearch query`` spends most of its time before any face is seen: importing SQLAlchemy and
-opening the collection (~0.8 s on a 2-core machine) and, independently, decoding the photo,
-detecting and embedding its faces with the numpy engine (~0.2-0.5 s). Threads cannot overlap
-the two well (imports hold the GIL), so the photo goes to a forked child process that sends back
-``(detections, embeddings)`` through a pipe; the parent only waits for it when it needs the
-faces. The child embeds with the shipped model (the numpy engine runs nothing else); a
-collection with another active model uses the child's detections and embeds them itself.
+A one-shot query spends most of its time before any face is seen: importing SQLAlchemy and
+opening the collection and, independently, decoding the photo, detecting and embedding its
+faces with the numpy engine. Threads cannot overlap the two well (imports hold the GIL), so the
+photo goes to a forked child process that runs the pipeline (numpy engine, shipped model) and
+sends back ``(detections, embeddings)`` through a pipe; the parent only waits for it when it
+needs the faces. A collection with another active model uses the child's detections and embeds
+them itself. :func:`facesearch.api.identify` uses it when it opens the collection itself
+(bench/results/prefetch.md has what it saves).
 
 Where ``os.fork`` is missing the work runs in the parent when :meth:`EarlyFaces.result` is
 called. Any exception of the child (a broken photo: :class:`~facesearch.errors.ImageError`)
@@ -21,33 +22,43 @@ import pickle
 import select
 import signal
 import sys
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
-from facesearch.types import Detection
+from facesearch.pipeline import PipelineConfig
+from facesearch.types import Detection, Face
 
 #: Seconds to wait for the child's first byte before doing the work in the parent instead.
 CHILD_TIMEOUT = 60.0
 
 
-def _compute(path: str) -> tuple[tuple[int, int], list[Detection], np.ndarray]:
-    """``(image size (h, w), detections, embeddings (N, 128))`` of the photo at ``path``."""
-    from facesearch.align import align_faces
+def _compute(
+    path: str, config: PipelineConfig
+) -> tuple[tuple[int, int], list[Detection], np.ndarray]:
+    """``(image size (h, w), detections, embeddings (N, D) float32)`` of the photo at ``path``."""
     from facesearch.image import load_image
-    from facesearch.models.npengine import NumpyDetector, NumpyEmbedder
+    from facesearch.pipeline import FacePipeline
 
     img = load_image(path)
-    dets = NumpyDetector().detect(img)
-    crops = align_faces(img, [d.landmarks_array() for d in dets])
-    return img.shape[:2], dets, NumpyEmbedder().embed(crops)
+    faces = FacePipeline(config).faces(img)
+    dim = faces[0].embedding.shape[0] if faces else 128
+    xb = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, dim), np.float32)
+    return (int(img.shape[0]), int(img.shape[1])), [f.detection for f in faces], xb
 
 
 class EarlyFaces:
-    """Start computing the faces of ``path`` now; :meth:`result` returns them."""
+    """Start computing the faces of ``path`` now; :meth:`result` returns them.
 
-    def __init__(self, path: str) -> None:
+    ``config``: the pipeline settings (detector, flip); the child runs them on the numpy
+    engine with the shipped model.
+    """
+
+    def __init__(self, path: str, config: PipelineConfig | None = None) -> None:
         self.path = path
+        base = config or PipelineConfig()
+        self.config = replace(base, model="sface", engine="numpy")
         self._pid = 0
         self._fd = -1
         self._done: tuple[str, Any] | None = None
@@ -63,8 +74,9 @@ class EarlyFaces:
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
                 os.close(devnull)
+            payload: tuple[str, Any]
             try:
-                payload = ("ok", _compute(path))
+                payload = ("ok", _compute(path, self.config))
             except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
                 payload = ("error", e)
             try:
@@ -96,13 +108,21 @@ class EarlyFaces:
                 ))  # fmt: skip
         if self._done is None:  # no child (no fork), or it was stuck
             try:
-                self._done = ("ok", _compute(self.path))
+                self._done = ("ok", _compute(self.path, self.config))
             except Exception as e:  # noqa: BLE001 - raised below, like the child's
                 self._done = ("error", e)
-        kind, value = self._done
+        kind: str = self._done[0]
+        value: Any = self._done[1]
         if kind == "error":
+            assert isinstance(value, BaseException)
             raise value
-        return value  # type: ignore[no-any-return]
+        faces: tuple[tuple[int, int], list[Detection], np.ndarray] = value
+        return faces
+
+    def faces(self) -> list[Face]:
+        """The faces of :meth:`result` as :class:`Face` values (model ``sface``)."""
+        _, dets, xb = self.result()
+        return [Face(d, v, "sface") for d, v in zip(dets, xb, strict=True)]
 
     def cancel(self) -> None:
         """Stop the child if it still runs (the parent failed before it needed the faces)."""

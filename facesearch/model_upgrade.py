@@ -20,7 +20,7 @@ Backfills the stored faces with the model's vectors, photo by photo: each photo 
 checked against its stored content hash, and its stored faces are aligned from their stored
 landmarks (no detection) and embedded. Like ``facesearch index``, results are committed every
 ``batch_size`` photos (one transaction each, the vector index following in memory, its file
-saved every :data:`~facesearch.indexer.CHECKPOINT_SECONDS` and at the end), so a killed run
+saved every :data:`~facesearch.collection.CHECKPOINT_SECONDS` and at the end), so a killed run
 loses at most one batch and a rerun continues with the faces not yet re-embedded (their
 ``model`` column says which). A photo whose file is gone or changed is skipped and reported:
 its faces keep their old vectors (run ``facesearch index`` first to update it).
@@ -48,14 +48,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from sqlalchemy import select
 
 from facesearch import store as st
-from facesearch.errors import CollectionError, IncompatibleModelError, ModelError
+from facesearch.collection import ACTIVE_MODEL_KEY
+from facesearch.errors import (
+    CollectionError,
+    IncompatibleModelError,
+    ModelError,
+    require_positive,
+)
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
+    from facesearch.models.npengine import NumpyEmbedder
     from facesearch.models.sface import Embedder
+    from facesearch.pipeline import FacePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +101,6 @@ def compatible_base(
     Raises :class:`IncompatibleModelError` otherwise, naming both models and what to do.
     ``source``: the file the meta came from, for the message.
     """
-    from facesearch.collection import ACTIVE_MODEL_KEY
-
     with collection.session() as s:
         active = st.get_meta(s, ACTIVE_MODEL_KEY)
         if active is None:
@@ -150,6 +155,33 @@ def _register(
     )
 
 
+def register_pipeline_model(collection: Collection, pipeline: FacePipeline) -> st.ModelInfo:
+    """Register the pipeline's embedding model in the collection (the first becomes active).
+
+    Raises :class:`IncompatibleModelError` when the collection already holds faces of a model
+    whose vectors cannot be compared with this one's.
+    """
+    emb = pipeline.embedder
+    name = pipeline.model_name
+    meta: dict[str, Any] = {**(getattr(emb, "meta", None) or {}), "name": name, "dim": emb.dim}
+    meta.setdefault("threshold", getattr(emb, "threshold", None))
+    cw = meta.get("compatible_with")
+    cw_name = str(cw["name"]) if isinstance(cw, Mapping) and cw.get("name") else None
+    with collection.session() as s:
+        active = st.get_meta(s, ACTIVE_MODEL_KEY)
+        known = st.model_names(s)
+        space = set(st.model_space(s, active)[1]) if active is not None else set()
+    if active is not None and name not in space and (cw_name is None or cw_name not in space):
+        raise IncompatibleModelError(
+            f"collection {collection.name!r} holds faces of model {active!r}; the vectors of "
+            f"model {name!r} cannot be compared with them: index with --model {active} "
+            "(or make a new collection with --collection NAME)"
+        )
+    source = None if name == SHIPPED else str(pipeline.config.model)
+    base = cw_name if cw_name in known else None
+    return _register(collection, meta, source, compatible_with=base, activate=False)
+
+
 def add_model(
     collection: Collection, model: str | os.PathLike[str], *, activate: bool = True
 ) -> st.ModelInfo:
@@ -178,8 +210,6 @@ def add_model(
 
 def use_model(collection: Collection, name: str) -> st.ModelInfo:
     """Make the registered model ``name`` the active one (it must be in the active space)."""
-    from facesearch.collection import ACTIVE_MODEL_KEY
-
     with collection.lock():
         with collection.session() as s:
             info = st.get_model(s, name)
@@ -216,7 +246,7 @@ def query_model(collection: Collection) -> str:
     return str(active.path)
 
 
-def check_query_embedder(collection: Collection, embedder: Embedder) -> None:
+def check_query_embedder(collection: Collection, embedder: Embedder | NumpyEmbedder) -> None:
     """Refuse an embedder whose vectors cannot be compared with the collection's index.
 
     The embedder's model must be registered in the active space, and a model file must still
@@ -255,10 +285,7 @@ class ReindexSettings:
     re_embed_all: bool = False
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        require_positive(batch_size=self.batch_size, workers=self.workers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,18 +378,7 @@ def _plan(collection: Collection, model: str) -> tuple[int, list[_PhotoJob]]:
     jobs: dict[int, _PhotoJob] = {}
     with collection.session(snapshot=True) as s:
         total = st.face_count(s)
-        rows = s.execute(
-            select(
-                st.FaceRow.id,
-                st.FaceRow.photo_id,
-                st.FaceRow.landmarks,
-                st.Photo.path,
-                st.Photo.content_hash,
-            )
-            .join(st.Photo, st.Photo.id == st.FaceRow.photo_id)
-            .where(st.FaceRow.model != model)
-            .order_by(st.FaceRow.photo_id, st.FaceRow.id)
-        )
+        rows = st.faces_not_of_model(s, model)
         for fid, pid, landmarks, path, content_hash in rows:
             job = jobs.get(pid)
             if job is None:
@@ -379,20 +395,22 @@ def _remaining(collection: Collection, model: str) -> int:
 
 def reindex_collection(
     collection: Collection,
-    embedder: Embedder,
+    embedder: Embedder | NumpyEmbedder,
     settings: ReindexSettings | None = None,
     *,
     source: str | None = None,
     progress: Callable[[ReindexProgress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ReindexReport:
     """Re-embed the collection's faces with ``embedder``'s model (see the module doc).
 
     ``source``: the model file the embedder was loaded from (``None`` for ``sface``), recorded
-    in the collection. Holds the writer lock for the whole run. Returns the report; on Ctrl-C
-    the report says ``interrupted`` and everything committed is kept.
+    in the collection. Holds the writer lock for the whole run. ``should_stop`` is asked after
+    every commit (``True``: stop there). Returns the report; on Ctrl-C or a stop the report
+    says ``interrupted`` and everything committed is kept.
     """
     from facesearch.align import align_faces
-    from facesearch.indexer import CHECKPOINT_SECONDS
+    from facesearch.collection import CHECKPOINT_SECONDS, StopRequested
 
     settings = settings or ReindexSettings()
     started = time.monotonic()
@@ -448,6 +466,8 @@ def reindex_collection(
             if time.monotonic() - last_checkpoint >= CHECKPOINT_SECONDS:
                 collection.save_index()
                 last_checkpoint = time.monotonic()
+            if should_stop is not None and should_stop():
+                raise StopRequested
 
         window = 2 * settings.workers + 2
         pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="reindex-read")
@@ -479,7 +499,7 @@ def reindex_collection(
                 if progress is not None:
                     progress(ReindexProgress(rep.todo, done))
             commit()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the faces committed so far keep their new vectors")
         finally:
@@ -506,6 +526,7 @@ __all__ = [
     "check_query_embedder",
     "compatible_base",
     "query_model",
+    "register_pipeline_model",
     "reindex_collection",
     "use_model",
 ]

@@ -11,20 +11,19 @@ import numpy as np
 import pytest
 from collhelpers import (
     BACKENDS,
-    collection_args,
     composite,
-    make_library,
+    index_library,
     pg_module_url,  # noqa: F401
     run_cli,
     use_shared_pipeline,
 )
 from dbhelpers import DIM, make_face, unit_vectors
 
-import facesearch.search as search_mod
+import facesearch.identify as search_mod
 from facesearch import store as st
 from facesearch.collection import Collection
 from facesearch.distance import DEFAULT_IDENTIFY_THRESHOLD, DEFAULT_THRESHOLD, pairwise_distance
-from facesearch.search import group_matches, identify_vectors
+from facesearch.identify import group_matches, identify_vectors
 from facesearch.types import Face, Match
 
 # -- the library, on synthetic unit vectors --------------------------------------------------------
@@ -183,14 +182,7 @@ def library(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: Path
 ) -> Iterator[dict[str, Any]]:
     """The test library indexed with --labels folders (SQLite or PostgreSQL)."""
-    db_url = None if request.param == "sqlite" else request.getfixturevalue("pg_module_url")
-    root = tmp_path_factory.mktemp("query")
-    lib = make_library(data, root)
-    home = root / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        use_shared_pipeline(mp)
-        run_cli(["index", lib, "--labels", "folders", *collection_args(home, db_url)])
-    yield {"root": root, "lib": lib, "home": home, "args": collection_args(home, db_url)}
+    yield index_library(request, tmp_path_factory, data)
 
 
 def _table(entries: list[dict[str, Any]], tau: float) -> str:

@@ -73,10 +73,16 @@ class Identification:
         return None if self.face is None else self.face.detection.box
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: ``box``, ``person``, ``distance``, ``threshold``, ``matches``, ``groups``."""
+        """JSON-ready: ``box``, ``score``, ``landmarks``, ``person``, ``distance``,
+        ``threshold``, ``matches``, ``groups``."""
         return {
             "box": None if self.box is None else [round(float(v), 1) for v in self.box],
             "score": None if self.face is None else round(float(self.face.detection.score), 4),
+            "landmarks": None
+            if self.face is None
+            else [
+                [round(float(x), 2), round(float(y), 2)] for x, y in self.face.detection.landmarks
+            ],
             "person": self.person,
             "distance": None if self.distance is None else round(self.distance, 4),
             "threshold": round(self.threshold, 4),

@@ -22,7 +22,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +32,12 @@ from collhelpers import (
     BACKENDS,
     assert_agree,
     collection_args,
-    make_library,
+    index_library,
     pg_module_url,  # noqa: F401
     run_cli,
     shared_pipeline,
 )
+from dbhelpers import private_schema
 
 from facesearch import store as st
 from facesearch.collection import Collection
@@ -118,17 +118,15 @@ def _pipeline(model: str) -> Any:
 
 def use_pipelines(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make the CLI share pipelines per model; returns the models the commands asked for."""
-    import facesearch.cli.collection as cli_collection
-    import facesearch.cli.model as cli_model
+    import facesearch.cli.options as cli_options
 
     asked: list[str] = []
 
-    def make(model: str, *_args: Any, **_kwargs: Any) -> Any:  # (model, engine)
-        asked.append(model)
-        return _pipeline(model)
+    def make(config: Any) -> Any:
+        asked.append(config.model)
+        return _pipeline(config.model)
 
-    monkeypatch.setattr(cli_collection, "_make_pipeline", make)
-    monkeypatch.setattr(cli_model, "_load_embedder", lambda _load, model: make(model).embedder)
+    monkeypatch.setattr(cli_options, "build_pipeline", make)
     return asked
 
 
@@ -140,14 +138,7 @@ def indexed(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, data: Path
 ) -> Iterator[dict[str, Any]]:
     """The test library indexed with sface (8 labelled faces of 3 people), once per module."""
-    db_url = None if request.param == "sqlite" else request.getfixturevalue("pg_module_url")
-    root = tmp_path_factory.mktemp("upgrade")
-    lib = make_library(data, root)
-    home = root / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        use_pipelines(mp)
-        run_cli(["index", lib, "--labels", "folders", *collection_args(home, db_url)])
-    yield {"root": root, "lib": lib, "home": home, "db": db_url}
+    yield index_library(request, tmp_path_factory, data, use_pipelines)
 
 
 @pytest.fixture()
@@ -159,26 +150,12 @@ def col_args(indexed: dict[str, Any], tmp_path: Path) -> Iterator[dict[str, Any]
         shutil.copytree(indexed["home"], home)
         yield {**indexed, "home": home, "args": collection_args(home, None)}
         return
-    import sqlalchemy as sa
-
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    base = sa.make_url(indexed["db"])
-    admin = sa.create_engine(base.set(query={}), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
-    url = base.update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
-    )
     home = tmp_path / "home"
-    try:
+    with private_schema() as url:
         with pytest.MonkeyPatch.context() as mp:
             use_pipelines(mp)
             run_cli(["index", indexed["lib"], "--labels", "folders", *collection_args(home, url)])
         yield {**indexed, "home": home, "db": url, "args": collection_args(home, url)}
-    finally:
-        with admin.connect() as conn:
-            conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        admin.dispose()
 
 
 def _snapshot(home: Path, db: str | None) -> dict[str, Any]:
@@ -288,9 +265,9 @@ def test_model_add_makes_queries_use_the_new_model_on_the_old_vectors(
 def test_python_api_search_checks_the_query_model(
     col_args: dict[str, Any], models: dict[str, Any], data: Path
 ) -> None:
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import add_model, query_model
+    from facesearch.model_upgrade import add_model, query_model
 
     home, db = col_args["home"], col_args["db"]
     img = load_image(data / "photos" / "BBT_Amy" / "amy4.png")
@@ -381,9 +358,9 @@ def test_reindex_compatible_model(
 def test_reindex_interrupted_then_resumed_searchable_throughout(
     col_args: dict[str, Any], models: dict[str, Any], data: Path
 ) -> None:
+    from facesearch.identify import identify_faces
     from facesearch.image import load_image
-    from facesearch.search import identify_faces
-    from facesearch.upgrade import ReindexProgress, ReindexSettings, reindex_collection
+    from facesearch.model_upgrade import ReindexProgress, ReindexSettings, reindex_collection
 
     home, db = col_args["home"], col_args["db"]
     compat = models["compat"]
@@ -429,7 +406,7 @@ def test_reindex_killed_midway_loses_nothing(
         torch.set_num_threads(1)
         from facesearch.collection import Collection
         from facesearch.pipeline import load_embedder
-        from facesearch.upgrade import ReindexSettings, reindex_collection
+        from facesearch.model_upgrade import ReindexSettings, reindex_collection
 
         emb = load_embedder({compat["path"]!r})
         col = Collection.open({str(home)!r}, db_url={db!r})
@@ -471,7 +448,7 @@ def test_reindex_incompatible_needs_the_flag_and_switches_when_all_are_done(
     home, db, args = col_args["home"], col_args["db"], col_args["args"]
     other = models["other"]
     # Interrupted half-way: the old model keeps embedding queries, on the faces not done yet.
-    from facesearch.upgrade import ReindexProgress, ReindexSettings, reindex_collection
+    from facesearch.model_upgrade import ReindexProgress, ReindexSettings, reindex_collection
 
     def stop(p: ReindexProgress) -> None:
         if p.done >= 3:

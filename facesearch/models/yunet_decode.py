@@ -26,16 +26,13 @@ STRIDES = (8, 16, 32)
 DIVISOR = 32  # the padded input must be a multiple of the coarsest stride
 # Long side above which detection runs on a downscaled copy. YuNet finds faces from ~10 px but
 # reliably only from ~40 px: the long-side limit sets the smallest face (relative to the photo)
-# that survives. Measured with bench/detect_recall.py on a crowd (the 9 hand-labelled group
-# photos as a 3000x2250 mosaic, 43 faces of 1.5-4 % of the long side): recall 20/43 at 960,
-# 34/43 at 1280, 40/43 at 1600, 41/43 at 1920 and at native size; time grows with the pixels
-# (1600 costs 1.56x of 1280, 1920 costs 2.25x). The real group photos score the same (60/70)
-# at every limit from 960 to native once the coarse pass below is on.
+# that survives. 1600 keeps nearly the recall of native size on a crowd at a fraction of the
+# time (bench/detect_recall.py; bench/results/history.md).
 DEFAULT_MAX_SIDE = 1600
 # YuNet misses faces larger than about 500 px (the model card says 10-300 px; its coarsest
 # anchors are stride 32): at native size a 2280x1588 couple portrait yields no face. Photos
 # whose long side exceeds this also get a pass at this size (faces up to ~75 % of it) and its
-# faces that the main pass did not find are added. ~16 % extra time at max_side 1600.
+# faces that the main pass did not find are added.
 DEFAULT_COARSE_SIDE = 640
 DEFAULT_BATCH_SIZE = 16
 
@@ -77,8 +74,7 @@ class DetectorConfig:
     ``max_side``: when the long side of a photo exceeds it, detection runs on a copy scaled so
     that the long side equals ``max_side`` (antialiased bilinear) and the results are mapped
     back to the photo's pixels. Faces under ~40 px at that scale start to be missed, so the
-    default 1600 keeps faces down to ~2.5 % of the long side (measured with
-    ``bench/detect_recall.py``, see ``DEFAULT_MAX_SIDE``).
+    default 1600 keeps faces down to ~2.5 % of the long side (see ``DEFAULT_MAX_SIDE``).
 
     ``coarse_side``: YuNet misses faces over ~500 px. A photo whose long side exceeds
     ``coarse_side`` gets a second pass on a copy of that long side, and the faces it finds that

@@ -12,7 +12,7 @@ import itertools
 import numpy as np
 import pytest
 
-from facesearch.cluster import (
+from facesearch.cluster_algorithms import (
     ClusterConfig,
     Proposal,
     agglomerate,

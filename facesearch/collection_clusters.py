@@ -1,16 +1,18 @@
-"""Clustering a collection's faces into people: the glue between the SQL store and
-:mod:`facesearch.cluster` (which holds the algorithms, pure functions over arrays).
+"""The collection's clusters: running the clustering over the stored faces, the report,
+naming, splitting and merging clusters. The algorithms (pure functions over arrays) are in
+:mod:`facesearch.cluster_algorithms`; every SQL statement is in :mod:`facesearch.store`.
 
 What is clustered
-    Every face of the active model's space takes part, labelled or not: the faces of one
-    labelled person start as one group (must-link), faces of different people never share a
-    group, nor do two faces of one photo (:func:`facesearch.cluster.agglomerate`). Only the
-    *unlabelled* faces of a group are stored as a cluster (``faces.cluster_id`` -> ``clusters``);
-    labelled faces keep their person and no cluster (unless the user put them in one with
+    Every face of the active model's space takes part, labelled or not: the faces of one labelled
+    person start as one group (must-link), faces of different people never share a group, nor do two
+    faces of one photo (:func:`~facesearch.cluster_algorithms.agglomerate`). Only the *unlabelled*
+    faces of a group are stored as a cluster (``faces.cluster_id`` -> ``clusters``); labelled faces
+    keep their person and no cluster (unless the user put them in one with
     ``cluster name`` / ``merge``). A cluster stored is therefore "these unlabelled faces are
-    one person"; when it is within tau (average linkage, :func:`facesearch.cluster.propose_people`)
-    of a labelled person, that person is *proposed* (computed each time, never stored), and
-    :func:`apply_proposals` labels its faces (``LabelSource.PROPAGATED``).
+    one person"; when it is within tau (average linkage,
+    :func:`~facesearch.cluster_algorithms.propose_people`) of a labelled person, that person is
+    *proposed* (computed each time, never stored), and :func:`apply_proposals` labels its faces
+    (``LabelSource.PROPAGATED``).
 
     A group keeps its unlabelled faces as a cluster when the group has at least ``min_size``
     faces, labelled ones included; so one unlabelled face next to a labelled person is a
@@ -19,12 +21,12 @@ What is clustered
 Persistence and re-runs
     Clusters live in SQL. ``meta['cluster.last_face']`` records the largest face id the last run
     saw. A re-run (:func:`cluster_collection`, ``full=False``) only places the faces added since:
-    :func:`facesearch.cluster.assign_new` puts them into existing clusters where they belong
-    (existing clusters never merge with each other) and clusters the rest among themselves and
-    with the faces that were left alone. ``full=True`` drops the automatic clusters and starts
-    over. Clusters the user named, merged or split by hand (``clusters.manual``) are kept by
-    both: their faces stay together as a group of their own (a cannot-link against every other
-    person or manual cluster), and new faces may still join them.
+    :func:`~facesearch.cluster_algorithms.assign_new` puts them into existing clusters where they
+    belong (existing clusters never merge with each other) and clusters the rest among themselves
+    and with the faces that were left alone. ``full=True`` drops the automatic clusters and starts
+    over. Clusters the user named, merged or split by hand (``clusters.manual``) are kept by both:
+    their faces stay together as a group of their own (a cannot-link against every other person or
+    manual cluster), and new faces may still join them.
 
 Corrections
     :func:`name_cluster` (cluster -> person, ``LabelSource.MANUAL``), :func:`split_cluster` (back
@@ -39,22 +41,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from facesearch import store as st
-from facesearch.cluster import ClusterConfig, agglomerate, assign_new, propose_people
+from facesearch.cluster_algorithms import ClusterConfig, agglomerate, assign_new, propose_people
 from facesearch.collection import ACTIVE_MODEL_KEY, Collection
 from facesearch.distance import DEFAULT_THRESHOLD
-from facesearch.errors import CollectionError
+from facesearch.errors import CollectionError, NotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ def _load(s: Session) -> _Faces:
     space = st.model_space(s, active)[1]
     ids, xb = st.load_all_embeddings(s, models=list(space))
     keep = np.isin(arrays.face_ids, ids)
-    manual = frozenset(int(c) for c in s.scalars(select(st.Cluster.id).where(st.Cluster.manual)))
+    manual = st.manual_cluster_ids(s)
     return _Faces(
         arrays.face_ids[keep],
         arrays.photo_ids[keep],
@@ -189,15 +189,6 @@ def _load(s: Session) -> _Faces:
         xb,
         manual,
     )
-
-
-def _require_cluster(s: Session, cluster_id: int) -> st.Cluster:
-    c = s.get(st.Cluster, int(cluster_id))
-    if c is None:
-        raise CollectionError(
-            f"no cluster with id {cluster_id} (`facesearch cluster` lists the cluster ids)"
-        )
-    return c
 
 
 def _group_labels(f: _Faces) -> np.ndarray:
@@ -210,37 +201,6 @@ def _group_labels(f: _Faces) -> np.ndarray:
         labels[sel] = base + cid
     # faces of a named manual cluster are labelled: their person keeps them together
     return labels
-
-
-def _delete_empty_clusters(s: Session) -> None:
-    used = select(st.FaceRow.cluster_id).where(st.FaceRow.cluster_id.is_not(None)).distinct()
-    s.execute(sa.delete(st.Cluster).where(st.Cluster.id.not_in(used)))
-
-
-def _new_clusters(s: Session, n: int) -> list[int]:
-    """Insert ``n`` automatic clusters in one statement; their ids, in insertion order."""
-    if n == 0:
-        return []
-    now = datetime.now(timezone.utc)
-    rows = [{"manual": False, "created_at": now, "updated_at": now} for _ in range(n)]
-    stmt = sa.insert(st.Cluster).returning(st.Cluster.id, sort_by_parameter_order=True)
-    return [int(r[0]) for r in s.execute(stmt, rows)]
-
-
-def _set_clusters(s: Session, face_ids: np.ndarray, cluster_ids: np.ndarray) -> None:
-    """``faces.cluster_id = cluster_ids[i]`` for ``face_ids[i]`` (both ``(n,) int64``), one
-    executemany."""
-    if not len(face_ids):
-        return
-    table = st.FaceRow.__table__
-    stmt = (
-        sa.update(table)  # type: ignore[arg-type]
-        .where(table.c.id == sa.bindparam("fid"))
-        .values(cluster_id=sa.bindparam("cid"))
-    )
-    params = [{"fid": int(i), "cid": int(c)} for i, c in zip(face_ids, cluster_ids, strict=True)]
-    s.connection().execute(stmt, params)
-    s.expire_all()
 
 
 def _store_groups(s: Session, f: _Faces, groups: np.ndarray, positions: np.ndarray) -> int:
@@ -265,12 +225,12 @@ def _store_groups(s: Session, f: _Faces, groups: np.ndarray, positions: np.ndarr
             joins.append((free, int(kept.min())))
         else:
             fresh.append(free)
-    ids = _new_clusters(s, len(fresh))
+    ids = st.new_clusters(s, len(fresh))
     parts = [(p, c) for p, c in joins] + list(zip(fresh, ids, strict=True))
     if parts:
         where = np.concatenate([p for p, _ in parts])
         cids = np.concatenate([np.full(len(p), c, dtype=np.int64) for p, c in parts])
-        _set_clusters(s, f.face_ids[where], cids)
+        st.set_clusters(s, f.face_ids[where], cids)
     return len(fresh)
 
 
@@ -321,7 +281,7 @@ def cluster_collection(
             before = np.concatenate([dense, np.full(len(new), -1, dtype=np.int64)])
             into = np.flatnonzero((out >= 0) & (out < start) & (before < 0))
             into = into[f.person_ids[pos[into]] < 0]
-            _set_clusters(s, f.face_ids[pos[into]], sql_ids[out[into]])
+            st.set_clusters(s, f.face_ids[pos[into]], sql_ids[out[into]])
             joined = len(into)
             rest = np.flatnonzero(out >= start)
             groups = np.full(n, -1, dtype=np.int64)
@@ -331,16 +291,14 @@ def cluster_collection(
         else:
             mode = "full"
             auto = (f.cluster_ids >= 0) & ~np.isin(f.cluster_ids, list(f.manual))
-            if auto.any():
-                st.set_cluster(s, f.face_ids[auto].tolist(), None)
-            s.execute(sa.delete(st.Cluster).where(st.Cluster.manual.is_(False)))
+            st.delete_clusters(s, automatic=True)
             f = _Faces(
                 f.face_ids, f.photo_ids, f.person_ids,
                 np.where(auto, -1, f.cluster_ids), f.xb, f.manual,
             )  # fmt: skip
             groups = agglomerate(f.xb, config, photo_ids=f.photo_ids, labels=labels)
             created = _store_groups(s, f, groups, np.arange(n, dtype=np.int64))
-        _delete_empty_clusters(s)
+        st.delete_empty_clusters(s)
         if n:
             st.set_meta(s, LAST_FACE_KEY, str(int(f.face_ids.max())))
         placed = int(new_mask.sum()) if mode == "incremental" else (n if mode == "full" else 0)
@@ -365,8 +323,8 @@ def report(col: Collection, *, threshold: float | None = None) -> ClusterReport:
         f = _load(s)
         arrays = st.face_arrays(s)
         records = st.faces_by_ids(s, arrays.face_ids.tolist())
-        clusters = {int(c.id): c for c in s.scalars(select(st.Cluster))}
-        names = {int(p.id): p.name for p in s.scalars(select(st.Person))}
+        clusters = st.cluster_records(s)
+        names = st.person_names(s)
     # proposals: clusters without a person, over their unlabelled faces
     unnamed = [cid for cid, c in clusters.items() if c.person_id is None]
     cl = np.where(np.isin(f.cluster_ids, unnamed) & (f.person_ids < 0), f.cluster_ids, -1).astype(
@@ -432,9 +390,9 @@ def apply_proposals(col: Collection, rep: ClusterReport) -> int:
             if fids:
                 n += col.assign(fids, person, source, replace=False)
             with col.session() as s:
-                c = _require_cluster(s, e.id or 0)
+                c = st.require_cluster(s, e.id or 0)
                 if c.person_id is None:
-                    c.person_id = st.ensure_person(s, person).id
+                    st.update_cluster(s, c.id, person_id=st.ensure_person(s, person).id)
     return n
 
 
@@ -447,13 +405,9 @@ def name_cluster(col: Collection, cluster_id: int, name: str) -> int:
     than the cluster's (naming a named cluster again renames it); the cluster becomes manual
     (kept by re-runs). Returns the number of faces labelled."""
     with col.lock(), col.session() as s:
-        c = _require_cluster(s, cluster_id)
+        c = st.require_cluster(s, cluster_id)
         person = st.ensure_person(s, name)
-        rows = s.execute(
-            select(st.FaceRow.id, st.Assignment.source, st.Assignment.person_id)
-            .outerjoin(st.Assignment, st.Assignment.face_id == st.FaceRow.id)
-            .where(st.FaceRow.cluster_id == c.id)
-        ).all()
+        rows = st.cluster_labels(s, c.id)
         # faces labelled by hand as someone else than the cluster's person keep their label;
         # unlabelled faces, labels from a cluster or a proposal, and the cluster's own person
         # (a renamed cluster) follow the new name
@@ -462,11 +416,11 @@ def name_cluster(col: Collection, cluster_id: int, name: str) -> int:
             int(fid)
             for fid, source, pid in rows
             if source is None
-            or getattr(source, "value", source) in derived
+            or source in derived
             or (c.person_id is not None and pid == c.person_id)
         ]
         n = st.assign(s, fids, name, st.LabelSource.MANUAL, replace=True)
-        c.person_id, c.name, c.manual = person.id, name, True
+        st.update_cluster(s, c.id, person_id=person.id, name=name, manual=True)
     return n
 
 
@@ -479,13 +433,11 @@ def split_cluster(
     stay. Returns the ids of the clusters made (empty without ``threshold``)."""
     made: list[int] = []
     with col.lock(), col.session() as s:
-        c = _require_cluster(s, cluster_id)
+        c = st.require_cluster(s, cluster_id)
         f = _load(s)
         pos = np.flatnonzero(f.cluster_ids == c.id)
         person_id = c.person_id
-        st.set_cluster(s, f.face_ids[pos].tolist(), None)
-        s.delete(c)
-        s.flush()
+        st.delete_clusters(s, [c.id])
         if threshold is not None and len(pos) > 1:
             config = ClusterConfig(threshold=threshold, linkage=linkage)  # type: ignore[arg-type]
             groups = agglomerate(
@@ -499,6 +451,27 @@ def split_cluster(
     return made
 
 
+def remove_from_cluster(col: Collection, cluster_id: int, face_ids: Sequence[int]) -> list[int]:
+    """Take faces out of a cluster (they are alone afterwards; their labels stay). The cluster
+    becomes manual (kept by re-runs) or, emptied, is deleted. Returns ``[cluster_id]`` while
+    it still has faces, else ``[]``. Faces not in the cluster raise :class:`NotFoundError`."""
+    ids = sorted({int(i) for i in face_ids})
+    with col.lock(), col.session() as s:
+        c = st.require_cluster(s, cluster_id)
+        members = set(st.cluster_face_page(s, c.id, limit=None))
+        stray = [i for i in ids if i not in members]
+        if stray:
+            raise NotFoundError(
+                "face", stray[0], f"faces {stray[:10]} are not in cluster {cluster_id}"
+            )
+        st.set_cluster(s, ids, None)
+        if len(members) > len(ids):
+            st.update_cluster(s, c.id, manual=True)
+            return [c.id]
+        st.delete_clusters(s, [c.id])
+    return []
+
+
 def merge_clusters(col: Collection, cluster_ids: Sequence[int]) -> int:
     """Merge clusters into the first of ``cluster_ids``, which becomes manual. Refused when two
     of them have faces in one photo or belong to different people. When the result has a
@@ -507,42 +480,32 @@ def merge_clusters(col: Collection, cluster_ids: Sequence[int]) -> int:
     if len(ids) < 2 or len(set(ids)) != len(ids):
         raise CollectionError(f"give two or more different cluster ids to merge, got {ids}")
     with col.lock(), col.session() as s:
-        clusters = [_require_cluster(s, c) for c in ids]
+        clusters = [st.require_cluster(s, c) for c in ids]
         people = {c.person_id for c in clusters if c.person_id is not None}
         if len(people) > 1:
             raise CollectionError(
                 f"clusters {ids} belong to different people; merge the people instead "
                 "(`facesearch people merge`)"
             )
-        rows = s.execute(
-            select(st.FaceRow.id, st.FaceRow.photo_id, st.FaceRow.cluster_id).where(
-                st.FaceRow.cluster_id.in_(ids)
-            )
-        ).all()
+        rows = st.cluster_photos(s, ids)
         seen: dict[int, int] = {}
         for _fid, photo, cid in rows:
-            assert cid is not None  # selected by cluster id
             if photo in seen and seen[photo] != cid:
-                ph = s.get(st.Photo, int(photo))
                 raise CollectionError(
                     f"clusters {seen[photo]} and {cid} both have a face in photo "
-                    f"{ph.path if ph else photo}: a photo shows a person once, so they are "
-                    "not one person"
+                    f"{st.photo_record(s, photo).path}: a photo shows a person once, so they "
+                    "are not one person"
                 )
-            seen[int(photo)] = int(cid)
+            seen[photo] = cid
         target = clusters[0]
-        target.manual = True
-        if people:
-            target.person_id = people.pop()
-        fids = [int(r[0]) for r in rows]
+        person_id = people.pop() if people else target.person_id
+        st.update_cluster(s, target.id, person_id=person_id, manual=True)
+        fids = [r[0] for r in rows]
         st.set_cluster(s, fids, target.id)
-        for c in clusters[1:]:
-            s.delete(c)
-        s.flush()
-        if target.person_id is not None:
-            person = s.get(st.Person, target.person_id)
-            assert person is not None
-            st.assign(s, fids, person.name, st.LabelSource.MANUAL, replace=False)
+        st.delete_clusters(s, [c.id for c in clusters[1:]])
+        if person_id is not None:
+            name = st.find_person(s, person_id).name
+            st.assign(s, fids, name, st.LabelSource.MANUAL, replace=False)
     return len(fids)
 
 
@@ -666,7 +629,7 @@ def evaluate_clusters(
     int`` (person per face): pairwise and BCubed P/R/F, clusters vs people."""
     import time
 
-    from facesearch.cluster import bcubed_prf, n_clusters, pairwise_prf
+    from facesearch.cluster_algorithms import bcubed_prf, n_clusters, pairwise_prf
 
     config = config or ClusterConfig()
     t0 = time.perf_counter()
@@ -689,6 +652,26 @@ def evaluate_clusters(
         seconds=secs,
         pair_threshold=config.thresholds(xb)[1],
     )
+
+
+def load_labelled_npz(
+    path: str | os.PathLike[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """``(xb (N, D) float32, labels (N,) int64, photo ids (N,) int64 or None)`` from an
+    ``.npz`` holding ``xb``, ``labels`` and optionally ``photo_ids``."""
+    from facesearch.errors import ArgumentError
+
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ArgumentError(f"cannot read {os.fspath(path)}: {exc}") from exc
+    with z:
+        if "xb" not in z or "labels" not in z:
+            raise ArgumentError(f"{os.fspath(path)} must hold arrays 'xb' (N, D) and 'labels' (N,)")
+        xb = np.ascontiguousarray(z["xb"], dtype=np.float32)
+        _, true = np.unique(z["labels"], return_inverse=True)
+        photos = z["photo_ids"].astype(np.int64) if "photo_ids" in z else None
+    return xb, true.astype(np.int64), photos
 
 
 def labelled_by_folder(col: Collection, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -81,11 +81,8 @@ DEFAULT_BATCH_SIZE: int = 8
 #: runs ``STEM_CHUNK`` crops at a time, the rest of the network on the whole batch. A stem
 #: activation of 8 crops is up to 26 MB (8 x 64 x 112 x 112 float32): with glibc's default
 #: settings every such buffer is mmapped and page-faulted in again on each batch, where chunks
-#: of 4 stay in the heap and in cache. Measured with the default allocator (an Embedder on its
-#: own; ``FACESEARCH_MALLOC=default python bench/batch_stages.py --stem``): 38.3 -> 30.3 CPU-ms
-#: per face, 54 -> 66 faces/s with two threads.
-#: With the allocator tuned as ``facesearch index`` tunes it (``facesearch.process.tune_malloc``)
-#: the difference is within the noise (72-77 faces/s for all settings).
+#: of 4 stay in the heap and in cache; with the allocator tuned (:func:`facesearch.process.tune`)
+#: the chunk size does not matter (bench/results/history.md).
 STEM_LAYERS: int = 12
 STEM_CHUNK: int = 4
 

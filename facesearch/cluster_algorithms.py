@@ -99,7 +99,7 @@ from typing import Literal
 import faiss
 import numpy as np
 
-from facesearch.distance import DEFAULT_THRESHOLD
+from facesearch.distance import DEFAULT_THRESHOLD, UNIT_NORM_TOLERANCE
 from facesearch.errors import IndexMismatchError
 
 log = logging.getLogger(__name__)
@@ -111,8 +111,6 @@ LINKAGES: tuple[str, ...] = ("average", "single", "complete")
 _CHUNK = 1 << 15
 #: Margin on FAISS's float32 distances when edges are selected before the float64 recomputation.
 _SLACK = 1e-4
-#: Tolerance on ``| |x| - 1 |`` for the unit-norm check of the inputs.
-_NORM_TOL = 1e-3
 
 
 @dataclass(frozen=True)
@@ -197,12 +195,13 @@ def _check_embeddings(xb: np.ndarray, name: str = "xb") -> np.ndarray:
         raise ValueError(f"{name} must be (N, D), got shape {xb.shape}")
     if len(xb):
         norms = np.linalg.norm(xb, axis=1)
-        bad = np.abs(norms - 1.0) > _NORM_TOL
+        bad = np.abs(norms - 1.0) > UNIT_NORM_TOLERANCE
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(
                 f"{name} must hold unit-norm embeddings; row {i} has norm {norms[i]:.4f} "
-                f"({int(bad.sum())} rows off by more than {_NORM_TOL}); L2-normalise them first"
+                f"({int(bad.sum())} rows off by more than {UNIT_NORM_TOLERANCE}); "
+                "L2-normalise them first"
             )
     return xb
 
