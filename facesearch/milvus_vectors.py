@@ -1,14 +1,18 @@
 """Face vectors in Milvus: a rebuildable copy of the embeddings held in SQL.
 
-The same small interface as :class:`facesearch.vectors.VectorIndex` (:class:`VectorStore`):
+The same small interface as :class:`facesearch.vectors.VectorIndex` (:class:`~facesearch.vectors.
+VectorStore`):
 ``add``, ``remove``, ``search`` -> ``(D, I)`` with the FaceNet distance ``d = |a - b|^2 =
 2 - 2 <a, b>`` on unit vectors (smallest first, ``-1`` / ``inf`` padding), ``count``,
 ``ids``, ``generation`` and ``model``, plus :meth:`MilvusVectors.rebuild` from SQL's arrays.
 One client API (``pymilvus.MilvusClient``) serves both targets (:class:`MilvusTarget`):
 
-- a **milvus-lite** folder on this machine (``faces.milvus.db``): for one machine and tests;
+- a **milvus-lite** folder on this machine (its name ends in ``.db``, which is how pymilvus
+  recognises one): for one machine and tests. milvus-lite runs inside the process that opens
+  the folder and locks it: one process at a time (another gets :class:`MilvusBusyError`);
+  closing the last :class:`MilvusVectors` of a folder releases it;
 - a **Milvus cluster** ``milvus://host:port/collection`` (``MILVUS_TOKEN`` in the environment
-  when the server wants one; it is never stored).
+  when the server wants one; it is never stored), for any number of processes.
 
 Layout
 ------
@@ -19,14 +23,19 @@ results equal FAISS flat's (up to float rounding of the inner products, and the 
 exact ties). Consistency level ``Strong``: a search sees every write made before it.
 :meth:`MilvusVectors.rebuild` fills a new physical collection and then moves the alias, so a
 reader never sees a half-built copy; the old one (and any left by a rebuild that died) is
-dropped after.
+dropped after. Reads go through the alias (a reader in another process follows a rebuild);
+writes and properties go to the physical collection, which only the writer rebuilds. A copy
+that is not loaded (milvus-lite after a restart) is loaded when opened.
 
 Staleness
 ---------
-The physical collection's properties record ``facesearch.model``, ``facesearch.dim`` and
+The physical collection's properties record ``facesearch.model``, ``facesearch.dim``,
 ``facesearch.generation`` (the SQL face generation it reflects; ``-1`` for a copy never
-filled). A change is applied to the vectors first and the generation written after, so a
-writer that dies in between leaves the copy *behind* SQL, which the owner sees
+filled) and ``facesearch.owner`` (the id of the facesearch collection whose copy it is: two
+collections given the same Milvus collection are refused instead of overwriting each other).
+A Milvus collection without these properties is not a copy of ours and is never dropped.
+A change is applied to the vectors first and the generation written after, so a writer that
+dies in between leaves the copy *behind* SQL, which the owner sees
 (:meth:`MilvusVectors.mismatch`) and repairs by a rebuild, as with the FAISS file.
 
 Adds are upserts (a retried add never stores a vector twice: Milvus does not enforce unique
@@ -36,20 +45,23 @@ found after a restart); :meth:`MilvusVectors.remove` returns how many of the ids
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from facesearch.errors import CollectionError, OptionalDependencyError
-from facesearch.vectors import _check_ids, _check_vectors
+from facesearch.vectors import VectorStore, _check_ids, _check_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -70,33 +82,6 @@ _PROP = "facesearch."
 _INSTALL = "pip install 'facesearch[milvus]'"
 
 
-class VectorStore(Protocol):
-    """What the collection needs of a vector store (FAISS :class:`~facesearch.vectors.
-    VectorIndex` and :class:`MilvusVectors` both are one).
-
-    ``xb``/``xq``: ``(n, d) float32`` unit vectors; ids ``(n,) int64`` SQL face ids;
-    ``search`` returns ``D (nq, k) float32`` distances ``d = 2 - 2 ip`` ascending and
-    ``I (nq, k) int64`` ids, ``-1`` / ``inf`` where there are fewer than ``k``.
-    """
-
-    dim: int
-    model: str
-    generation: int
-
-    @property
-    def count(self) -> int: ...
-
-    def add(self, ids: np.ndarray, xb: np.ndarray) -> None: ...
-
-    def remove(self, ids: np.ndarray | Sequence[int]) -> int: ...
-
-    def search(
-        self, xq: np.ndarray, k: int, *, restrict_to: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]: ...
-
-    def ids(self) -> np.ndarray: ...
-
-
 def _pymilvus() -> Any:
     try:
         import pymilvus
@@ -105,6 +90,14 @@ def _pymilvus() -> Any:
             f"vectors in Milvus need pymilvus (and milvus-lite for a local file): {_INSTALL}"
         ) from exc
     return pymilvus
+
+
+class MilvusMissingError(CollectionError):
+    """The Milvus collection does not exist (never made, or dropped): rebuild it from SQL."""
+
+
+class MilvusBusyError(CollectionError):
+    """The milvus-lite folder is open in another process (milvus-lite serves one at a time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +122,11 @@ class MilvusTarget:
             if not spec.strip():
                 raise CollectionError("empty Milvus target: give milvus://host:port/collection")
             path = Path(spec).expanduser()
+            if path.suffix != ".db":
+                raise CollectionError(
+                    f"milvus-lite target {spec!r}: the folder's name must end in .db (that is "
+                    "how pymilvus recognises a local folder), e.g. vectors.milvus.db"
+                )
             if path.exists() and not path.is_dir():
                 raise CollectionError(
                     f"milvus-lite target {spec!r} is a file; milvus-lite keeps a folder there "
@@ -183,6 +181,7 @@ class MilvusMetadata:
     generation: int
     count: int
     physical: str
+    owner: str = ""
     format: int = FORMAT
 
 
@@ -196,49 +195,86 @@ class MilvusVectors:
     def __init__(self, client: Any, target: MilvusTarget, physical: str, meta: MilvusMetadata):
         self._client = client
         self.target = target
-        self._physical = physical
+        self._physical = physical  # writes and properties
+        self._name = target.collection  # reads: the alias, which follows rebuilds
         self.dim = meta.dim
         self.model = meta.model
+        self.owner = meta.owner
         self._generation = meta.generation
+        self._closed = False
 
     # -- opening ---------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, target: MilvusTarget | str, *, dim: int, model: str = "", create: bool = True
+        cls,
+        target: MilvusTarget | str,
+        *,
+        dim: int | None = None,
+        model: str = "",
+        owner: str = "",
+        create: bool = True,
     ) -> MilvusVectors:
         """Connect to ``target`` and open its collection; a missing one is created empty at
-        generation ``-1`` (``create``) or raises :class:`CollectionError`.
+        generation ``-1`` with ``dim`` (``create``), or raises :class:`MilvusMissingError`.
 
-        A collection holding vectors of another ``dim`` raises :class:`CollectionError`:
-        rebuild it (:meth:`rebuild`) or drop it (:meth:`drop`). ``model`` is the owner's
-        model, recorded on creation; use :meth:`mismatch` to compare with SQL.
+        ``dim``: the vectors' size; a copy of another size raises :class:`CollectionError`
+        (rebuild it with :meth:`rebuild`, or drop it). ``None`` opens a copy of any size (the
+        caller compares with :meth:`mismatch`). ``model`` and ``owner`` are recorded on
+        creation; a copy recorded with another ``owner`` raises :class:`CollectionError`.
         """
-        if dim <= 0:
+        if dim is not None and dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
         target = MilvusTarget.parse(target) if isinstance(target, str) else target
         client = _connect(target)
-        physical = _resolve(client, target.collection)
-        if physical is None:
-            if not create:
-                raise CollectionError(
-                    f"no Milvus collection {target.collection!r} at {target}: rebuild it from "
-                    "the SQL store"
+        try:
+            physical = _resolve(client, target.collection)
+            if physical is None:
+                if not create:
+                    raise MilvusMissingError(
+                        f"no Milvus collection {target.collection!r} at {target}: rebuild it "
+                        "from the SQL store"
+                    )
+                if dim is None:
+                    raise ValueError("dim is needed to create a Milvus collection")
+                physical = _new_physical(
+                    client, target.collection, dim, model, owner, generation=-1
                 )
-            physical = _new_physical(client, target.collection, dim, model, generation=-1)
-            _point_alias(client, target.collection, physical)
-            logger.info("created the Milvus collection %s (empty)", target)
-        meta = _read_metadata(client, physical)
-        if meta.dim != dim:
-            raise CollectionError(
-                f"Milvus collection {target.collection!r} at {target} holds vectors of dim "
-                f"{meta.dim}, not {dim}: rebuild it from the SQL store"
-            )
+                _point_alias(client, target.collection, physical)
+                logger.info("created the Milvus collection %s (empty)", target)
+            meta = _read_metadata(client, physical)
+            if owner and meta.owner and meta.owner != owner:
+                raise CollectionError(
+                    f"Milvus collection {target.collection!r} at {target} holds the vectors of "
+                    "another facesearch collection: give this one its own "
+                    "(--vectors milvus://HOST:PORT/NAME)"
+                )
+            if dim is not None and meta.dim != dim:
+                raise CollectionError(
+                    f"Milvus collection {target.collection!r} at {target} holds vectors of dim "
+                    f"{meta.dim}, not {dim}: rebuild it from the SQL store"
+                )
+            _ensure_loaded(client, physical)
+        except BaseException:
+            _disconnect(client, target)
+            raise
         return cls(client, target, physical, meta)
 
+    @staticmethod
+    def exists(target: MilvusTarget | str) -> bool:
+        """Whether ``target``'s collection exists (connects to it)."""
+        target = MilvusTarget.parse(target) if isinstance(target, str) else target
+        client = _connect(target)
+        try:
+            return _resolve(client, target.collection) is not None
+        finally:
+            _disconnect(client, target)
+
     def close(self) -> None:
-        """Close the connection (a milvus-lite folder is released)."""
-        self._client.close()
+        """Close the connection; the last one of a milvus-lite folder releases the folder."""
+        if not self._closed:
+            self._closed = True
+            _disconnect(self._client, self.target)
 
     def __enter__(self) -> MilvusVectors:
         return self
@@ -267,7 +303,7 @@ class MilvusVectors:
     @property
     def count(self) -> int:
         """Number of vectors held (a ``count(*)`` query)."""
-        rows = self._client.query(self._physical, filter="", output_fields=["count(*)"])
+        rows = self._client.query(self._name, filter="", output_fields=["count(*)"])
         return int(rows[0]["count(*)"]) if rows else 0
 
     def __len__(self) -> int:
@@ -276,7 +312,7 @@ class MilvusVectors:
     @property
     def metadata(self) -> MilvusMetadata:
         """The properties as stored in Milvus now, and the live count."""
-        return _read_metadata(self._client, self._physical)
+        return _read_metadata(self._client, self._name)
 
     def mismatch(self, *, model: str, dim: int, generation: int, count: int) -> str | None:
         """Why this copy does not reflect SQL (``None`` when it does): another model or dim, or
@@ -354,7 +390,7 @@ class MilvusVectors:
         for f, expr in enumerate(filters):
             for s in range(0, nq, QUERIES_PER_REQUEST):
                 hits = self._client.search(
-                    self._physical,
+                    self._name,
                     data=xq[s : s + QUERIES_PER_REQUEST],
                     limit=limit,
                     filter=expr,
@@ -382,9 +418,10 @@ class MilvusVectors:
         return np.sort(np.fromiter(self._iter_ids(), dtype=np.int64))
 
     def _iter_ids(self) -> Iterator[int]:
-        it = self._client.query_iterator(
-            self._physical, batch_size=IDS_PER_EXPRESSION, filter="", output_fields=["id"]
-        )
+        with _quiet_iterator_setup():
+            it = self._client.query_iterator(
+                self._name, batch_size=IDS_PER_EXPRESSION, filter="", output_fields=["id"]
+            )
         try:
             while rows := it.next():
                 yield from (int(r["id"]) for r in rows)
@@ -398,7 +435,7 @@ class MilvusVectors:
         got: dict[int, np.ndarray] = {}
         for part in _id_chunks(np.unique(ids)):
             for r in self._client.query(
-                self._physical, filter=_in_ids(part), output_fields=["id", "vector"]
+                self._name, filter=_in_ids(part), output_fields=["id", "vector"]
             ):
                 got[int(r["id"])] = np.asarray(r["vector"], dtype=np.float32)
         missing = [int(i) for i in ids if int(i) not in got]
@@ -417,20 +454,23 @@ class MilvusVectors:
         *,
         generation: int,
         model: str | None = None,
+        dim: int | None = None,
     ) -> int:
         """Replace the copy with the vectors of ``chunks`` (``(ids (n,) int64, xb (n, d)
-        float32)`` pairs, e.g. :func:`facesearch.store.load_embeddings`), at ``generation``.
+        float32)`` pairs, e.g. :func:`facesearch.store.load_embeddings`), at ``generation``,
+        recording ``model`` and ``dim`` (default: the copy's).
 
         The vectors go into a new physical collection; the alias moves to it when it is full,
         then the old one is dropped: searches meanwhile use the old copy. Returns the count.
         """
         model = self.model if model is None else model
+        dim = self.dim if dim is None else int(dim)
         name = self.target.collection
-        physical = _new_physical(self._client, name, self.dim, model, generation=-1)
+        physical = _new_physical(self._client, name, dim, model, self.owner, generation=-1)
         try:
             n = 0
             for ids, xb in chunks:
-                xb = _check_vectors(xb, self.dim, "xb")
+                xb = _check_vectors(xb, dim, "xb")
                 ids = _check_ids(ids, len(xb))
                 _insert(self._client, physical, ids, xb, upsert=False)
                 n += len(ids)
@@ -441,7 +481,8 @@ class MilvusVectors:
             self._client.drop_collection(physical)
             raise
         _point_alias(self._client, name, physical)
-        self._physical, self.model, self._generation = physical, model, int(generation)
+        self._physical, self.model, self.dim = physical, model, dim
+        self._generation = int(generation)
         _drop_others(self._client, name, keep=physical)
         logger.info(
             "rebuilt the Milvus copy %s: %d vectors at generation %d", self.target, n, generation
@@ -453,12 +494,17 @@ class MilvusVectors:
         name = self.target.collection
         if _alias_target(self._client, name) is not None:
             self._client.drop_alias(name)
-        if self._client.has_collection(name):  # a plain collection of that name
+        if self._client.has_collection(name) and _is_ours(self._client, name):  # a plain one
             self._client.drop_collection(name)
         _drop_others(self._client, name, keep=None)
 
 
 # -- helpers ------------------------------------------------------------------------------------
+
+
+#: Open clients per milvus-lite folder in this process: the last one closed releases the folder.
+_lite_users: dict[str, int] = {}
+_lite_lock = threading.Lock()
 
 
 def _connect(target: MilvusTarget) -> Any:
@@ -471,11 +517,91 @@ def _connect(target: MilvusTarget) -> Any:
                 f"a local Milvus folder ({target.uri}) needs milvus-lite: {_INSTALL}"
             ) from exc
         Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
+        with _lite_lock:
+            if not _lite_users.get(target.uri) and _held_elsewhere(Path(target.uri)):
+                raise MilvusBusyError(
+                    f"the milvus-lite folder {target.uri} is open in another process "
+                    "(milvus-lite serves one process at a time; several processes need a "
+                    "Milvus server: --vectors milvus://HOST:PORT/NAME)"
+                )
+            _lite_users[target.uri] = _lite_users.get(target.uri, 0) + 1
     token = os.environ.get("MILVUS_TOKEN", "")
     try:
         return pymilvus.MilvusClient(uri=target.uri, token=token)
     except pymilvus.MilvusException as exc:
+        if target.lite:
+            _release_lite(target.uri)
         raise CollectionError(f"cannot connect to Milvus at {target}: {exc.message}") from exc
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    """Whether another process holds milvus-lite's lock on ``folder`` (``LOCK``, flock)."""
+    lock = folder / "LOCK"
+    if not lock.is_file():
+        return False
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _disconnect(client: Any, target: MilvusTarget) -> None:
+    try:
+        client.close()
+    finally:
+        if target.lite:
+            _release_lite(target.uri)
+
+
+def _release_lite(folder: str) -> None:
+    with _lite_lock:
+        left = _lite_users.get(folder, 0) - 1
+        if left > 0:
+            _lite_users[folder] = left
+            return
+        _lite_users.pop(folder, None)
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(folder)  # its lock too: another process may open it
+
+
+def _ensure_loaded(client: Any, physical: str) -> None:
+    """Load a released collection (milvus-lite after a restart) so that it can be searched."""
+    state = client.get_load_state(physical).get("state")
+    if getattr(state, "name", str(state)) != "Loaded":
+        client.load_collection(physical)
+        logger.debug("loaded the Milvus collection %s", physical)
+
+
+class _DropIteratorTimestampNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "mvccTs" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_iterator_setup() -> Iterator[None]:
+    """pymilvus warns on every query iterator of a server that gives no MVCC timestamp
+    (milvus-lite); it then uses the client's clock, which is right for a Strong collection."""
+    log = logging.getLogger("pymilvus")
+    note = _DropIteratorTimestampNote()
+    log.addFilter(note)
+    for handler in log.handlers:
+        handler.addFilter(note)
+    try:
+        yield
+    finally:
+        log.removeFilter(note)
+        for handler in log.handlers:
+            handler.removeFilter(note)
 
 
 def _alias_target(client: Any, name: str) -> str | None:
@@ -494,7 +620,9 @@ def _resolve(client: Any, name: str) -> str | None:
     return name if client.has_collection(name) else None
 
 
-def _new_physical(client: Any, name: str, dim: int, model: str, *, generation: int) -> str:
+def _new_physical(
+    client: Any, name: str, dim: int, model: str, owner: str, *, generation: int
+) -> str:
     pymilvus = _pymilvus()
     physical = f"{name}__{secrets.token_hex(4)}"
     schema = pymilvus.MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -505,15 +633,19 @@ def _new_physical(client: Any, name: str, dim: int, model: str, *, generation: i
     client.create_collection(
         physical,
         schema=schema,
-        index_params=index,
         consistency_level="Strong",
         properties={
             _PROP + "format": str(FORMAT),
             _PROP + "model": model,
             _PROP + "dim": str(int(dim)),
             _PROP + "generation": str(int(generation)),
+            _PROP + "owner": owner,
         },
     )
+    # not waited for: waiting asks for a timestamp that milvus-lite does not serve, and a FLAT
+    # index of an empty collection has nothing to build
+    client.create_index(physical, index, sync=False)
+    client.load_collection(physical)
     return physical
 
 
@@ -521,6 +653,11 @@ def _point_alias(client: Any, name: str, physical: str) -> None:
     current = _alias_target(client, name)
     if current is None:
         if client.has_collection(name):  # a plain collection of that name: ours, made earlier
+            if not _is_ours(client, name):
+                raise CollectionError(
+                    f"a Milvus collection {name!r} exists and is not a facesearch copy: give "
+                    "another name (--vectors milvus://HOST:PORT/NAME)"
+                )
             client.drop_collection(name)
         client.create_alias(physical, name)
         return
@@ -531,35 +668,54 @@ def _point_alias(client: Any, name: str, physical: str) -> None:
 def _drop_others(client: Any, name: str, *, keep: str | None) -> None:
     """Drop the physical collections of ``name`` other than ``keep`` (left by rebuilds)."""
     for other in client.list_collections():
-        if other != keep and other.startswith(name + "__"):
+        if other != keep and other.startswith(name + "__") and _is_ours(client, other):
             client.drop_collection(other)
             logger.debug("dropped the old Milvus collection %s", other)
 
 
-def _read_metadata(client: Any, physical: str) -> MilvusMetadata:
-    desc = client.describe_collection(physical)
-    props = {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}
-    dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f.get("name") == "vector")
+def _properties(client: Any, name: str) -> tuple[dict[str, str], Any]:
+    desc = client.describe_collection(name)
+    return {str(k): str(v) for k, v in (desc.get("properties") or {}).items()}, desc
+
+
+def _is_ours(client: Any, name: str) -> bool:
+    """Whether the collection ``name`` carries facesearch's properties."""
+    return _PROP + "format" in _properties(client, name)[0]
+
+
+def _read_metadata(client: Any, name: str) -> MilvusMetadata:
+    """The properties and count of the collection ``name`` (an alias or a physical one)."""
+    props, desc = _properties(client, name)
+    if _PROP + "format" not in props:
+        raise CollectionError(
+            f"the Milvus collection {name!r} is not a facesearch copy (no facesearch "
+            "properties): give another name (--vectors milvus://HOST:PORT/NAME)"
+        )
+    try:
+        dim = next(int(f["params"]["dim"]) for f in desc["fields"] if f.get("name") == "vector")
+    except (StopIteration, KeyError, ValueError) as exc:
+        raise CollectionError(f"the Milvus collection {name!r} has no vector field") from exc
     try:
         fmt = int(props.get(_PROP + "format", "0"))
         generation = int(props.get(_PROP + "generation", "-1"))
     except ValueError as exc:
         raise CollectionError(
-            f"Milvus collection {physical!r} has unreadable facesearch properties ({exc}): "
+            f"Milvus collection {name!r} has unreadable facesearch properties ({exc}): "
             "drop it and it is rebuilt from SQL"
         ) from exc
     if fmt != FORMAT:
         raise CollectionError(
-            f"Milvus collection {physical!r} has facesearch format {fmt}, this facesearch "
+            f"Milvus collection {name!r} has facesearch format {fmt}, this facesearch "
             f"writes {FORMAT}: drop it and it is rebuilt from SQL"
         )
-    rows = client.query(physical, filter="", output_fields=["count(*)"])
+    rows = client.query(name, filter="", output_fields=["count(*)"])
     return MilvusMetadata(
         model=props.get(_PROP + "model", ""),
         dim=dim,
         generation=generation,
         count=int(rows[0]["count(*)"]) if rows else 0,
-        physical=physical,
+        physical=str(desc.get("collection_name") or name),
+        owner=props.get(_PROP + "owner", ""),
     )
 
 
@@ -591,7 +747,9 @@ if TYPE_CHECKING:  # both stores are a VectorStore (mypy checks this)
 
 __all__ = [
     "DEFAULT_COLLECTION",
+    "MilvusBusyError",
     "MilvusMetadata",
+    "MilvusMissingError",
     "MilvusTarget",
     "MilvusVectors",
     "VectorStore",
