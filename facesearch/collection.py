@@ -464,7 +464,7 @@ class Collection:
             pass
         except CollectionError as exc:  # unreachable, or not ours: left alone
             logger.warning("collection %r: old Milvus copy %s left: %s", self.name, old, exc)
-        if old.lite and Path(old.uri) == self.folder / LITE_NAME:  # the folder is ours alone
+        if old.lite and Path(old.uri) == self.folder.absolute() / LITE_NAME:  # ours alone
             shutil.rmtree(old.uri, ignore_errors=True)
 
     @property
@@ -1220,7 +1220,7 @@ class Collection:
         target = self.milvus_target
         if target is not None:
             index = self._milvus_info(target, setting)
-            if target.lite and Path(target.uri).is_relative_to(self.folder):
+            if target.lite and Path(target.uri).is_relative_to(self.folder.absolute()):
                 folder_bytes += int(index["bytes"] or 0)
         else:
             index = self._faiss_info(setting)

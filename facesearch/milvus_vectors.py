@@ -208,7 +208,7 @@ class MilvusVectors:
     @classmethod
     def open(
         cls,
-        target: MilvusTarget | str,
+        target: MilvusTarget | str | os.PathLike[str],
         *,
         dim: int | None = None,
         model: str = "",
@@ -225,7 +225,8 @@ class MilvusVectors:
         """
         if dim is not None and dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
-        target = MilvusTarget.parse(target) if isinstance(target, str) else target
+        if not isinstance(target, MilvusTarget):
+            target = MilvusTarget.parse(os.fspath(target))
         client = _connect(target)
         try:
             physical = _resolve(client, target.collection)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facesearch.errors import OptionalDependencyError
+from facesearch.errors import ArgumentError, OptionalDependencyError
 from facesearch.indexer import (
     IndexReport,
     IndexSettings,
@@ -57,11 +58,12 @@ from facesearch.indexer import (
     plan,
 )
 from facesearch.model_upgrade import register_pipeline_model
+from facesearch.pipeline import Models, PipelineConfig
 from facesearch.types import Detection, Face
 
 if TYPE_CHECKING:
     from facesearch.collection import Collection
-    from facesearch.pipeline import FacePipeline, PipelineConfig
+    from facesearch.pipeline import FacePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +74,28 @@ LOCAL_OBJECT_STORE: int = 256 << 20
 #: Columns of a detection row: box (4), landmarks (10), score (1), float64.
 _DET = 15
 _INSTALL = "pip install 'facesearch[ray]'"
+#: ``--ray`` with no address: a cluster started here for the run.
+LOCAL = "local"
+_ADDRESS = re.compile(r"(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):[0-9]{1,5}")
+
+
+def parse_address(value: str) -> str | None:
+    """``--ray``'s value as :class:`RaySettings` takes it: ``local`` -> ``None`` (a cluster
+    started here), ``auto`` (the cluster running on this machine), ``HOST:PORT`` (its GCS) or
+    ``ray://HOST:PORT`` (Ray Client). Raises :class:`ArgumentError` for anything else."""
+    value = value.strip()
+    if value == LOCAL:
+        return None
+    if value == "auto" or _ADDRESS.fullmatch(value):
+        return value
+    hint = (
+        " (a path? write --ray after the PATHs, or --ray=local)"
+        if os.path.exists(value) or "/" in value
+        else ""
+    )
+    raise ArgumentError(
+        f"--ray: {value!r} is not 'local', 'auto', HOST:PORT or ray://HOST:PORT{hint}"
+    )
 
 
 def _ray() -> Any:
@@ -100,9 +124,11 @@ class RaySettings:
 
     def __post_init__(self) -> None:
         if self.workers is not None and self.workers < 1:
-            raise ValueError(f"workers must be >= 1, got {self.workers}")
+            raise ArgumentError(f"Ray workers must be >= 1, got {self.workers}")
         if self.batch_photos < 1:
-            raise ValueError(f"batch_photos must be >= 1, got {self.batch_photos}")
+            raise ArgumentError(f"batch_photos must be >= 1, got {self.batch_photos}")
+        if self.address is not None and parse_address(self.address) is None:
+            raise ArgumentError("RaySettings.address: None starts a local cluster, not 'local'")
 
 
 # -- the workers --------------------------------------------------------------------------------
@@ -241,13 +267,16 @@ class _RayRun(_Run):
     def __init__(
         self,
         collection: Collection,
-        config: PipelineConfig,
+        models: Models,
         settings: IndexSettings,
         progress: Callable[[Progress], None] | None,
         ray_settings: RaySettings,
+        should_stop: Callable[[], bool] | None = None,
     ) -> None:
-        super().__init__(collection, _never_called, settings, progress)
-        self.config = config
+        super().__init__(collection, _never_called, settings, progress, should_stop)
+        self.models = models
+        # the engine is chosen here, once, for the workers (a run worth a cluster is large)
+        self.config = replace(models.config.resolved(), threads=1)
         self.ray_settings = ray_settings
         self.to_embed: list[tuple[_Job, str]] = []  # (job, driver's sha256), in file order
         self.worker_cpu: WorkerCpu | None = None
@@ -257,9 +286,7 @@ class _RayRun(_Run):
         could not read too: the worker records its error, so the order stays that of the
         files, as in a local run)."""
         if self.pipe is None:  # the first one: register the model as a local run does
-            from facesearch.pipeline import FacePipeline
-
-            pipe = FacePipeline(replace(self.config, threads=1))
+            pipe = self.models.pipeline()
             register_pipeline_model(self.col, pipe)
             self.pipe = pipe
         r.image = None
@@ -380,20 +407,35 @@ def _ray_body(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
 def index_paths_ray(
     collection: Collection,
     paths: Sequence[str | os.PathLike[str]],
-    config: PipelineConfig,
+    models: Models | PipelineConfig,
     settings: IndexSettings | None = None,
     ray_settings: RaySettings | None = None,
     *,
     progress: Callable[[Progress], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> IndexReport:
     """:func:`facesearch.indexer.index_paths` with the networks on Ray (see the module doc).
 
-    ``config``: the pipeline each actor builds (with one thread). Holds the collection's writer
-    lock for the whole run. Returns the report; on Ctrl-C it says ``interrupted``.
+    ``models``: the networks (or their configuration); each actor builds the pipeline of its
+    resolved configuration with one thread, the driver builds one to register the model. Holds
+    the collection's writer lock for the whole run. Returns the report; on Ctrl-C, or when
+    ``should_stop`` says so after a commit, it says ``interrupted``.
     """
     settings = settings or IndexSettings()
-    run = _RayRun(collection, config, settings, progress, ray_settings or RaySettings())
+    if isinstance(models, PipelineConfig):
+        models = Models(models)
+    run = _RayRun(
+        collection, models, settings, progress, ray_settings or RaySettings(), should_stop
+    )
     return drive(run, paths, _ray_body)
 
 
-__all__ = ["BATCH_PHOTOS", "EmbedActor", "RaySettings", "index_paths_ray", "unpack_faces"]
+__all__ = [
+    "BATCH_PHOTOS",
+    "LOCAL",
+    "EmbedActor",
+    "RaySettings",
+    "index_paths_ray",
+    "parse_address",
+    "unpack_faces",
+]
