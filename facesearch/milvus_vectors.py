@@ -503,8 +503,10 @@ class MilvusVectors:
 # -- helpers ------------------------------------------------------------------------------------
 
 
-#: Open clients per milvus-lite folder in this process: the last one closed releases the folder.
+#: Open clients per milvus-lite folder in this process: the last one closed releases the folder
+#: (unless its server was started here by someone else: :data:`_lite_borrowed`).
 _lite_users: dict[str, int] = {}
+_lite_borrowed: set[str] = set()
 _lite_lock = threading.Lock()
 
 
@@ -519,12 +521,15 @@ def _connect(target: MilvusTarget) -> Any:
             ) from exc
         Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
         with _lite_lock:
-            if not _lite_users.get(target.uri) and _held_elsewhere(Path(target.uri)):
-                raise MilvusBusyError(
-                    f"the milvus-lite folder {target.uri} is open in another process "
-                    "(milvus-lite serves one process at a time; several processes need a "
-                    "Milvus server: --vectors milvus://HOST:PORT/NAME)"
-                )
+            if not _lite_users.get(target.uri):
+                if _served_here(target.uri):
+                    _lite_borrowed.add(target.uri)
+                elif _held_elsewhere(Path(target.uri)):
+                    raise MilvusBusyError(
+                        f"the milvus-lite folder {target.uri} is open in another process "
+                        "(milvus-lite serves one process at a time; several processes need a "
+                        "Milvus server: --vectors milvus://HOST:PORT/NAME)"
+                    )
             _lite_users[target.uri] = _lite_users.get(target.uri, 0) + 1
     token = os.environ.get("MILVUS_TOKEN", "")
     try:
@@ -533,6 +538,13 @@ def _connect(target: MilvusTarget) -> Any:
         if target.lite:
             _release_lite(target.uri)
         raise CollectionError(f"cannot connect to Milvus at {target}: {exc.message}") from exc
+
+
+def _served_here(folder: str) -> bool:
+    """Whether milvus-lite already serves ``folder`` in this process."""
+    from milvus_lite.server_manager import server_manager_instance
+
+    return folder in getattr(server_manager_instance, "_servers", {})
 
 
 def _held_elsewhere(folder: Path) -> bool:
@@ -570,6 +582,9 @@ def _release_lite(folder: str) -> None:
             _lite_users[folder] = left
             return
         _lite_users.pop(folder, None)
+        if folder in _lite_borrowed:  # started by someone else in this process: theirs to stop
+            _lite_borrowed.discard(folder)
+            return
     from milvus_lite.server_manager import server_manager_instance
 
     server_manager_instance.release_server(folder)  # its lock too: another process may open it

@@ -251,3 +251,22 @@ def test_a_server_target_behaves_like_the_lite_folder(milvus_server: str) -> Non
         assert_same_results(mv.search(xb[:20], 6), flat.search(xb[:20], 6))
     with MilvusVectors.open(milvus_server, dim=D) as mv:
         assert mv.mismatch(model="sface", dim=D, generation=4, count=395) is None
+
+
+def test_a_copy_of_another_owner_or_of_no_facesearch_is_refused(tmp_path: Path) -> None:
+    import pymilvus
+
+    path = tmp_path / "v.db"
+    MilvusVectors.open(path, dim=D, owner="collection-a").close()
+    with pytest.raises(CollectionError, match="another facesearch collection"):
+        MilvusVectors.open(path, owner="collection-b")
+    MilvusVectors.open(path, owner="collection-a").close()
+    client = pymilvus.MilvusClient(uri=str(path))  # someone's own collection, named "theirs"
+    client.create_collection("theirs", dimension=D)
+    client.close()
+    theirs = MilvusTarget.parse(str(path), collection="theirs")
+    for _ in range(2):  # neither opening nor creating touches it
+        with pytest.raises(CollectionError, match="'theirs' is not a facesearch copy"):
+            MilvusVectors.open(theirs, dim=D, create=True)
+    with MilvusVectors.open(path) as mv:
+        assert "theirs" in mv._client.list_collections()

@@ -3,6 +3,7 @@ for bit when batched alike), a worker killed mid-run, a driver killed mid-run.""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from facesearch.collection import Collection  # noqa: E402
 from facesearch.indexer import IndexSettings, Progress, index_paths  # noqa: E402
 from facesearch.pipeline import FacePipeline, PipelineConfig  # noqa: E402
 from facesearch.ray_index import RaySettings, index_paths_ray  # noqa: E402
-from tests.collhelpers import make_library  # noqa: E402
+from tests.collhelpers import make_library, run_cli  # noqa: E402
 
 CONFIG = PipelineConfig(engine="numpy")
 #: Small commits and one photo per actor call: a kill lands between commits.
@@ -104,6 +105,37 @@ def test_ray_stores_what_a_local_run_stores(
         again = index_paths_ray(col, [library], CONFIG, SETTINGS)
         assert (again.unchanged, again.processed) == (rep.files, 0)
         assert sorted(col.vectors.ids()) == sorted(f["id"] for f in stored(home, "ray")[24:])
+
+
+def test_index_on_ray_from_the_command_line(
+    cluster: str, library: Path, local_run: tuple[Path, Any]
+) -> None:
+    """``facesearch index PATHS --ray``: the Ray already initialised in this process serves."""
+    home, _ = local_run
+    args = ["--home", str(home), "--collection", "cli"]
+    out = run_cli(["index", library, "--ray", "--ray-workers", "2", "--json", *args])
+    rep = json.loads(out.stdout)
+    assert (rep["new"], rep["failed"], rep["no_face"]) == (21, 3, 1)
+    assert_same_photos(home, "cli", "local")
+    again = json.loads(run_cli(["index", library, "--json", *args]).stdout)  # a local run next
+    assert again["unchanged"] == rep["files"] and again["faces_added"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--ray", "LIB"], "photos' is not 'local', 'auto', HOST:PORT or ray://HOST:PORT (a path?"),
+        (["LIB", "--ray", "host"], "'host' is not 'local'"),
+        (["LIB", "--ray-workers", "2"], "--ray-workers needs --ray"),
+    ],
+)
+def test_bad_ray_options_say_what_is_wrong(
+    library: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    args = [str(library) if a == "LIB" else a for a in args]
+    res = run_cli(["index", *args, "--home", str(tmp_path)], ok=False)
+    assert res.exit_code == 2 and message in res.stderr.replace("\n", " "), res.stderr
+    assert not (tmp_path / "default").exists()  # nothing made
 
 
 def _embed_actor_pids() -> list[int]:
