@@ -4,10 +4,15 @@ Every run indexes the same copies of the first ``--photos`` LFW images (as ``spe
 new collection, in its own process, timed as a whole (wall clock from start to exit):
 
 * ``local``: ``facesearch index DIR`` (the pipeline's workers, one per core);
-* ``ray-N``: :func:`facesearch.ray_index.index_paths_ray` with ``N`` actors on a local Ray
-  cluster that the run starts itself (``ray.init``: what ``--ray`` without an address does);
-* ``ray-N-running``: the same on a cluster already running (started once by this script with 2
-  CPUs; what ``--ray auto`` does), so Ray's start-up is not in the figure.
+* ``ray-N``: ``facesearch index DIR --ray --ray-workers N``: ``N`` actors on a local Ray
+  cluster that the command starts itself;
+* ``ray-N-running``: ``facesearch index DIR --ray ADDRESS --ray-workers N`` on a cluster
+  already running (started once by this script with 2 CPUs, as ``ray start`` would), so Ray's
+  start-up is not in the figure.
+
+The Ray commands run in a small wrapper process (``--driver``) that calls the command line
+in-process with a timer around the Ray stage, so that it can report the driver's CPU and the
+workers' clocks.
 
 Runs are interleaved (round 1 of every system, then round 2, ...), medians reported. Each Ray
 run also reports the driver's CPU time per photo (hashing, Ray's client, commits) and the
@@ -50,42 +55,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _driver(args: argparse.Namespace) -> None:
-    """One Ray run (in its own process): print a JSON line of its timings."""
-    import logging
-
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    """One Ray run (in its own process): ``facesearch index --ray``, then a JSON line of its
+    timings on stdout."""
     from facesearch import ray_index
-    from facesearch.cli.faces import pipeline_config
-    from facesearch.collection import Collection
-    from facesearch.indexer import IndexSettings
-    from facesearch.ray_index import RaySettings, index_paths_ray
+    from facesearch.cli import main as cli
 
     marks: dict[str, float] = {}
     real = ray_index._RayRun.embed_on_ray
-
     cpu: dict[str, float] = {}
+    photos: list[int] = []
 
     def timed(self: Any) -> None:
         marks["embed_start"] = time.monotonic()
         real(self)
         marks["embed_end"] = time.monotonic()
+        photos.append(len(self.to_embed))
         if self.worker_cpu is not None:
             cpu["work_s"] = self.worker_cpu.work_s
             cpu["worker_process_s"] = self.worker_cpu.process_s
 
     ray_index._RayRun.embed_on_ray = timed  # type: ignore[method-assign]
+    cmd = ["index", str(args.photos_dir), "--home", str(args.home), "--collection", "bench"]
+    cmd += ["--ray", args.address or "local", "--ray-workers", str(args.workers)]
     cpu0 = time.process_time()
-    with Collection.open(args.home, "bench", create=True) as col:
-        rep = index_paths_ray(
-            col,
-            [args.photos_dir],
-            pipeline_config("sface"),
-            IndexSettings(),
-            RaySettings(address=args.address, workers=args.workers),
-        )
+    cli(cmd, standalone_mode=False)
     out = {
-        "photos": rep.processed,
-        "faces": rep.faces_added,
+        "photos": sum(photos),
         "driver_cpu_s": time.process_time() - cpu0,
         "embed_s": marks.get("embed_end", 0.0) - marks.get("embed_start", 0.0),
         **cpu,
