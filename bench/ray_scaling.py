@@ -24,6 +24,8 @@ are compared with the local run's (same photos, boxes and scores; embeddings bit
 within float32 rounding, see :mod:`facesearch.ray_index`).
 
     python bench/ray_scaling.py --runs 3            # records bench/results/scale.{md,json}
+    python bench/ray_scaling.py --photos 8000 --systems local,ray-2,ray-2-running \
+        --record scale_8000                         # a longer run: fixed costs amortised
     python bench/ray_scaling.py --quick             # 200 photos, 1 run, printed only
 """
 
@@ -198,6 +200,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--systems", default="local,ray-1,ray-2,ray-1-running,ray-2-running")
     p.add_argument("--quick", action="store_true", help="200 photos, 1 run, nothing recorded")
+    p.add_argument(
+        "--record", default="scale", help="results file name: bench/results/NAME.{md,json}"
+    )
     p.add_argument("--driver", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--address", default=None, help=argparse.SUPPRESS)
@@ -298,8 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     print(json.dumps(payload, indent=1))
     if not args.quick:
         RESULTS.mkdir(exist_ok=True)
-        _atomic_write(RESULTS / "scale.json", json.dumps(payload, indent=2) + "\n")
-        _atomic_write(RESULTS / "scale.md", render(payload))
+        _atomic_write(RESULTS / f"{args.record}.json", json.dumps(payload, indent=2) + "\n")
+        _atomic_write(RESULTS / f"{args.record}.md", render(payload))
 
 
 def render(r: dict[str, Any]) -> str:

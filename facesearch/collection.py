@@ -1,12 +1,27 @@
-"""A face collection: the SQL store (the truth) plus the FAISS index (a rebuildable cache).
+"""A face collection: the SQL store (the truth) plus the vectors (a rebuildable copy): the FAISS
+index file, or a Milvus collection.
 
 Layout of a collection folder ``HOME/NAME/``::
 
-    collection.json   name, format, database URL when not the default (password never stored)
+    collection.json   name, id, format, database URL when not the default (password never
+                      stored), where the vectors are kept when not in vectors.faiss
     faces.db          the SQLite store (absent with ``--db postgresql+psycopg://...``)
     vectors.faiss     the vector index (see :mod:`facesearch.vectors`)
     vectors.faiss.pq  its search accelerator (index type pq), a cache of vectors.faiss
+    vectors.milvus.db a milvus-lite folder, with ``--vectors milvus-lite``
     write.lock        the writer lock (``fcntl.flock``), holding the writer's pid
+
+Vectors in Milvus
+-----------------
+:meth:`Collection.set_vectors` (``facesearch index --vectors``) keeps the vectors in Milvus
+instead (:mod:`facesearch.milvus_vectors`): a server ``milvus://host:port/name`` or a
+milvus-lite folder. The copy is treated as the FAISS file is: its recorded model, dim, count
+and generation are compared with SQL when it is first used and it is rebuilt from SQL when it
+is behind; a change is committed to SQL, then applied to Milvus at once (there is no file to
+save). A reader that cannot rebuild it (a writer holds the lock) searches it as it is; a reader
+of a milvus-lite folder held by another process searches a flat copy built in memory from SQL,
+and a writer is refused (:class:`~facesearch.milvus_vectors.MilvusBusyError`). The index type
+setting is the FAISS file's: the Milvus copy is always searched exactly (``FLAT``).
 
 Opening
 -------

@@ -61,7 +61,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from facesearch.errors import CollectionError, OptionalDependencyError
-from facesearch.vectors import VectorStore, _check_ids, _check_vectors
+from facesearch.vectors import VectorStore, _check_ids, _check_vectors, padded_results
 
 logger = logging.getLogger(__name__)
 
@@ -261,16 +261,6 @@ class MilvusVectors:
             raise
         return cls(client, target, physical, meta)
 
-    @staticmethod
-    def exists(target: MilvusTarget | str) -> bool:
-        """Whether ``target``'s collection exists (connects to it)."""
-        target = MilvusTarget.parse(target) if isinstance(target, str) else target
-        client = _connect(target)
-        try:
-            return _resolve(client, target.collection) is not None
-        finally:
-            _disconnect(client, target)
-
     def close(self) -> None:
         """Close the connection; the last one of a milvus-lite folder releases the folder."""
         if not self._closed:
@@ -365,12 +355,8 @@ class MilvusVectors:
         ordered by id. Raises ``ValueError`` for ``k`` above :data:`MAX_TOPK` (Milvus's limit)
         when the copy holds more vectors than that.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        xq = _check_vectors(xq, self.dim, "xq")
+        xq, D, I = padded_results(xq, k, self.dim)  # noqa: E741 - FAISS vocabulary
         nq = len(xq)
-        D = np.full((nq, k), np.inf, dtype=np.float32)
-        I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 - FAISS vocabulary
         n = self.count
         if not nq or not n:
             return D, I
