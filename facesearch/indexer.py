@@ -146,11 +146,13 @@ class IndexSettings:
 
 @dataclass(frozen=True, slots=True)
 class Progress:
-    """A progress event: ``done`` of ``total`` photos to process, ``faces`` found so far."""
+    """A progress event: ``done`` of ``total`` photos to process, ``faces`` found and
+    ``failed`` photos (unreadable) so far."""
 
     total: int
     done: int
     faces: int
+    failed: int = 0
 
 
 @dataclass(slots=True)
@@ -467,7 +469,7 @@ class _Run:
     def _tick(self, n: int) -> None:
         self.done += n
         if self.progress is not None:
-            self.progress(Progress(self.total, self.done, self.faces))
+            self.progress(Progress(self.total, self.done, self.faces, self.report.failed))
 
     # -- decoded photos -> NewPhoto -----------------------------------------------------------
 

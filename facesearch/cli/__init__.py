@@ -14,7 +14,7 @@ import os
 import sys
 
 # The command modules register their commands on ``main``; import order is the help order.
-from facesearch.cli import cluster, collection, faces, model, train  # noqa: E402, F401, I001
+from facesearch.cli import cluster, collection, faces, model, serve, train  # noqa: E402, F401, I001
 from facesearch.cli.group import main
 
 # -------------------------------------------------------------------------- the console script
