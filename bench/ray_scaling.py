@@ -75,6 +75,8 @@ def _driver(args: argparse.Namespace) -> None:
         if self.worker_cpu is not None:
             cpu["work_s"] = self.worker_cpu.work_s
             cpu["worker_process_s"] = self.worker_cpu.process_s
+            cpu["worker_busy_s"] = self.worker_cpu.busy_s
+            cpu["workers_seen"] = self.worker_cpu.workers
 
     ray_index._RayRun.embed_on_ray = timed  # type: ignore[method-assign]
     cmd = ["index", str(args.photos_dir), "--home", str(args.home), "--collection", "bench"]
@@ -187,7 +189,14 @@ def _run(system: str, photos_dir: Path, work: Path, address: str | None) -> dict
         "home": str(home),
         **{
             k: info[k]
-            for k in ("driver_cpu_s", "embed_s", "work_s", "worker_process_s")
+            for k in (
+                "driver_cpu_s",
+                "embed_s",
+                "work_s",
+                "worker_process_s",
+                "worker_busy_s",
+                "workers_seen",
+            )
             if k in info
         },
     }
@@ -272,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
         }
         if s == "local":  # one process tree, reaped by this one: its CPU is all counted
             v["cpu_ms_per_photo"] = per_photo("cpu_s")
+            v["cores_used"] = statistics.median(r["cpu_s"] / r["wall_s"] for r in mine)
         else:  # the driver's and the workers' own clocks (Ray's raylet and GCS not counted)
             for r in mine:
                 r["ray_cpu_s"] = r["driver_cpu_s"] + r["worker_process_s"]
@@ -282,6 +292,19 @@ def main(argv: list[str] | None = None) -> None:
             v["embed_photos_per_s"] = statistics.median(
                 r["photos"] / r["embed_s"] for r in mine if r["embed_s"] > 0
             )
+            # while embedding: cores the workers' processes used, the share of the stage they
+            # were inside a call (had work), and the share of a core a call got
+            timed = [r for r in mine if r["embed_s"] > 0 and r.get("worker_busy_s")]
+            if timed:
+                v["cores_used"] = statistics.median(
+                    r["worker_process_s"] / r["embed_s"] for r in timed
+                )
+                v["worker_busy"] = statistics.median(
+                    r["worker_busy_s"] / (r["workers_seen"] * r["embed_s"]) for r in timed
+                )
+                v["core_share_in_calls"] = statistics.median(
+                    r["work_s"] / r["worker_busy_s"] for r in timed
+                )
         summary[s] = v
     local = summary.get("local")
     for s, v in summary.items():
@@ -317,8 +340,9 @@ def render(r: dict[str, Any]) -> str:
         f"{r['photos']} LFW photos; whole processes, medians of the runs.",
         "",
         "| system | photos/s | runs | wall s | / local | photos/s while embedding | CPU ms/photo "
-        "| overhead CPU ms/photo | driver | workers: networks | workers: process |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| overhead CPU ms/photo | driver | workers: networks | workers: process "
+        "| cores used | workers in calls | core share in calls |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s, v in r["summary"].items():
 
@@ -329,14 +353,19 @@ def render(r: dict[str, Any]) -> str:
             f"| {s} | {v['photos_per_s']:.1f} | {v['runs']} | {v['wall_s']:.1f} | "
             f"{f('ratio_to_local', 2)} | {f('embed_photos_per_s')} | {f('cpu_ms_per_photo')} | "
             f"{f('overhead_cpu_ms_per_photo')} | {f('driver_cpu_ms_per_photo')} | "
-            f"{f('worker_work_cpu_ms_per_photo')} | {f('worker_process_cpu_ms_per_photo')} |"
+            f"{f('worker_work_cpu_ms_per_photo')} | {f('worker_process_cpu_ms_per_photo')} | "
+            f"{f('cores_used', 2)} | {f('worker_busy', 2)} | {f('core_share_in_calls', 2)} |"
         )
     lines += [
         "",
         "CPU ms/photo: the local command's process tree; for Ray the driver's CPU plus the "
         "workers' processes from their first batch to their last (their start-up, Ray's raylet "
         "and GCS not counted). *workers: networks* is the CPU of the calls themselves (read, "
-        "decode, detect, align, embed); *workers: process* adds Ray's threads in the workers.",
+        "decode, detect, align, embed); *workers: process* adds Ray's threads in the workers. "
+        "*cores used*: the local command's CPU over its wall time; for Ray the workers' "
+        "processes' CPU over the Ray stage. *workers in calls*: the share of the Ray stage the "
+        "workers spent inside a call (had a batch); *core share in calls*: the CPU a call got "
+        "over its wall time (below 1: the core was taken by other processes).",
     ]
     lines += ["", "Stored faces against the local run's:", ""]
     for s, a in r["agreement"].items():

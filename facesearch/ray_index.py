@@ -142,7 +142,8 @@ class EmbedActor:
     ``width``/``height`` ``(n,) int64`` (``-1``: not decoded), ``faces`` ``(n,) int64``,
     ``det`` bytes of ``(faces, 15) float64`` (box, landmarks, score) and ``emb`` bytes of
     ``(faces, D) float32``; CPU accounting: ``work_cpu`` (this call's thread, per photo),
-    ``pid``, ``proc_cpu0``/``proc_cpu1`` (the process's CPU clock at the call's start and end).
+    ``pid``, ``proc_cpu0``/``proc_cpu1`` (the process's CPU clock at the call's start and end),
+    ``wall0``/``wall1`` (the machine's monotonic clock at the call's start and end).
     """
 
     def __init__(self, config: PipelineConfig) -> None:
@@ -157,7 +158,7 @@ class EmbedActor:
         logger.info("embedding actor ready in pid %d", os.getpid())
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        proc0, thread0 = time.process_time(), time.thread_time()
+        wall0, proc0, thread0 = time.monotonic(), time.process_time(), time.thread_time()
         reads = [_read(_Job(str(p), 0, 0.0, None, None), frozenset()) for p in batch["path"]]
         decoded = [r for r in reads if r.image is not None]
         if self._blas is None:
@@ -195,6 +196,8 @@ class EmbedActor:
         out["pid"] = np.full(n, os.getpid(), dtype=np.int64)
         out["proc_cpu0"] = np.full(n, proc0)
         out["proc_cpu1"] = np.full(n, time.process_time())
+        out["wall0"] = np.full(n, wall0)
+        out["wall1"] = np.full(n, time.monotonic())
         return out
 
     def _faces(self, reads: list[Any]) -> list[list[Face] | str]:
@@ -253,12 +256,17 @@ def unpack_faces(det: bytes, emb: bytes, n: int, model: str) -> list[Face]:
 class WorkerCpu:
     """CPU seconds the workers spent on a run's ``photos``: ``work_s`` in the calls' threads
     (read, decode, detect, embed), ``process_s`` in their processes from their first call to
-    their last (Ray's threads included), over ``workers`` processes."""
+    their last (Ray's threads included), over ``workers`` processes; ``busy_s``: wall seconds
+    inside the calls, summed over the workers, against ``wall_s`` of the whole Ray stage (so
+    ``busy_s / (workers * wall_s)`` is how much of the stage the workers had work, and
+    ``work_s / busy_s`` how much of a core they got while they had it)."""
 
     photos: int
     work_s: float
     process_s: float
     workers: int
+    busy_s: float = 0.0
+    wall_s: float = 0.0
 
 
 class _RayRun(_Run):
@@ -302,11 +310,14 @@ class _RayRun(_Run):
         started = time.monotonic()
         work = 0.0
         spans: dict[int, tuple[float, float]] = {}  # worker pid -> process CPU clock span
+        calls: dict[tuple[int, float], float] = {}  # (worker pid, call start) -> call wall s
         for out in _embedded(self.to_embed, self.config, self.ray_settings):
             work += float(out["work_cpu"].sum())
             for pid, c0, c1 in zip(out["pid"], out["proc_cpu0"], out["proc_cpu1"], strict=True):
                 a, b = spans.get(int(pid), (c0, c1))
                 spans[int(pid)] = (min(a, c0), max(b, c1))
+            for pid, w0, w1 in zip(out["pid"], out["wall0"], out["wall1"], strict=True):
+                calls[int(pid), float(w0)] = float(w1 - w0)
             for i in range(len(out["path"])):
                 job, sha = jobs[str(out["path"][i])]
                 r = _Read(job, str(out["sha256"][i]), error=str(out["error"][i]) or None)
@@ -316,15 +327,20 @@ class _RayRun(_Run):
                 w, h = int(out["width"][i]), int(out["height"][i])
                 self._queue_photo(r, tuple(faces), None if w < 0 else (w, h))
                 self._tick(1)
-        n = len(self.to_embed)
-        self.worker_cpu = WorkerCpu(n, work, sum(b - a for a, b in spans.values()), len(spans))
+        n, wall = len(self.to_embed), time.monotonic() - started
+        busy = sum(calls.values())
+        process = sum(b - a for a, b in spans.values())
+        self.worker_cpu = WorkerCpu(n, work, process, len(spans), busy, wall)
         logger.info(
             "%d photos embedded on Ray in %.1f s; workers: %.1f CPU-ms per photo reading and "
-            "embedding, %.1f in their processes in all",
+            "embedding, %.1f in their processes in all; in calls %.0f%% of the stage, on a core "
+            "%.0f%% of that",
             n,
-            time.monotonic() - started,
+            wall,
             1000 * work / n,
-            1000 * self.worker_cpu.process_s / n,
+            1000 * process / n,
+            100 * busy / max(len(spans) * wall, 1e-9),
+            100 * work / max(busy, 1e-9),
         )
 
 
