@@ -1046,8 +1046,11 @@ def index_paths(
     labels: str | None = None,
     prune: bool = False,
     index_type: str | None = None,
+    vectors: str | None = None,
     batch_size: int | None = None,
     workers: int | None = None,
+    ray: str | None = None,
+    ray_workers: int | None = None,
     progress: Callable[[Progress], None] | None = None,
     should_stop: StopSignal | None = None,
     aligned: bool = False,
@@ -1060,12 +1063,19 @@ def index_paths(
     whose files are gone (never those under a folder that cannot be listed, which the report
     counts); ``rehash``: read every file again, even when its size and mtime are those stored
     (by default such a file is taken as unchanged unread); ``index_type``: change the vector
-    index type. Embeds with ``model`` (``sface``, ``sface+dlib`` or a model file; default: the
+    index type; ``vectors``: where the vectors are kept from now on (:func:`set_vectors`).
+    Embeds with ``model`` (``sface``, ``sface+dlib`` or a model file; default: the
     collection's active model, ``models``' for a new collection). A photo that cannot be read
     is recorded and reported, never fatal. Holds the writer lock for the run; committed every
     ``batch_size`` photos, where ``should_stop`` is checked (the report then says
     ``interrupted``). ``aligned``: every photo read is a face crop on the template, stored with
     that one face, not detected (:func:`photo_faces`).
+
+    ``ray``: embed on a Ray cluster (:mod:`facesearch.ray_index`; ``pip install
+    'facesearch[ray]'``): ``"local"`` starts one here for the run, ``"auto"`` joins the one
+    running on this machine, ``"HOST:PORT"`` or ``"ray://HOST:PORT"`` a remote one, whose
+    workers must read the photos at the same paths. ``ray_workers``: actors (one CPU each;
+    default: the cluster's CPUs). Stores the same faces as a run without Ray.
     """
     from facesearch.image import default_workers
     from facesearch.indexer import COMMIT_BATCH, IndexSettings
@@ -1080,12 +1090,40 @@ def index_paths(
         aligned=aligned,
         rehash=rehash,
     )
+    ray_settings = None
+    if ray is not None:
+        from facesearch.ray_index import RaySettings, parse_address
+
+        ray_settings = RaySettings(address=parse_address(ray), workers=ray_workers)
+    elif ray_workers is not None:
+        raise ArgumentError("ray_workers is for a run on Ray: give ray too")
     with collection.lock():  # before loading the networks: a second writer is refused at once
+        if vectors is not None:
+            collection.set_vectors(vectors)
         base = _models(models)
         m = base.for_model(model or _collection_model(collection, base))
+        if ray_settings is not None:
+            from facesearch.ray_index import index_paths_ray
+
+            return index_paths_ray(
+                collection, paths, m, settings, ray_settings, progress=progress,
+                should_stop=_stopper(should_stop),
+            )  # fmt: skip
         return run_index(
             collection, m, paths, settings, progress=progress, should_stop=_stopper(should_stop)
         )
+
+
+def set_vectors(collection: Collection, vectors: str) -> bool:
+    """Keep the collection's vectors in ``vectors`` from now on: ``"faiss"`` (the FAISS file
+    in the collection folder, the default), ``"milvus-lite"`` (a milvus-lite folder in the
+    collection folder), the path of a milvus-lite folder (``*.db``), or
+    ``"milvus://HOST:PORT[/NAME]"`` (a Milvus server; ``pip install 'facesearch[milvus]'``).
+
+    SQL stays the truth: the new copy is built from it, recorded in the collection, and the old
+    copy removed. ``False`` when the vectors are kept there already.
+    """
+    return collection.set_vectors(vectors)
 
 
 def _collection_model(collection: Collection, models: Models) -> str:
@@ -1803,6 +1841,7 @@ __all__ = [
     "reject_face",
     "rename_person",
     "search_faces",
+    "set_vectors",
     "split_cluster",
     "suggestions",
     "train",

@@ -1,12 +1,27 @@
-"""A face collection: the SQL store (the truth) plus the FAISS index (a rebuildable cache).
+"""A face collection: the SQL store (the truth) plus the vectors (a rebuildable copy): the FAISS
+index file, or a Milvus collection.
 
 Layout of a collection folder ``HOME/NAME/``::
 
-    collection.json   name, format, database URL when not the default (password never stored)
+    collection.json   name, id, format, database URL when not the default (password never
+                      stored), where the vectors are kept when not in vectors.faiss
     faces.db          the SQLite store (absent with ``--db postgresql+psycopg://...``)
     vectors.faiss     the vector index (see :mod:`facesearch.vectors`)
     vectors.faiss.pq  its search accelerator (index type pq), a cache of vectors.faiss
+    vectors.milvus.db a milvus-lite folder, with ``--vectors milvus-lite``
     write.lock        the writer lock (``fcntl.flock``), holding the writer's pid
+
+Vectors in Milvus
+-----------------
+:meth:`Collection.set_vectors` (``facesearch index --vectors``) keeps the vectors in Milvus
+instead (:mod:`facesearch.milvus_vectors`): a server ``milvus://host:port/name`` or a
+milvus-lite folder. The copy is treated as the FAISS file is: its recorded model, dim, count
+and generation are compared with SQL when it is first used and it is rebuilt from SQL when it
+is behind; a change is committed to SQL, then applied to Milvus at once (there is no file to
+save). A reader that cannot rebuild it (a writer holds the lock) searches it as it is; a reader
+of a milvus-lite folder held by another process searches a flat copy built in memory from SQL,
+and a writer is refused (:class:`~facesearch.milvus_vectors.MilvusBusyError`). The index type
+setting is the FAISS file's: the Milvus copy is always searched exactly (``FLAT``).
 
 Opening
 -------
@@ -61,9 +76,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -86,6 +103,13 @@ from facesearch.errors import (
     describe_os_error,
 )
 from facesearch.interrupts import complete, critical_section
+from facesearch.milvus_vectors import (
+    DEFAULT_COLLECTION,
+    MilvusBusyError,
+    MilvusMissingError,
+    MilvusTarget,
+    MilvusVectors,
+)
 from facesearch.types import Match
 from facesearch.vectors import (
     AUTO_APPROX_ABOVE,
@@ -102,6 +126,11 @@ CONFIG_NAME = "collection.json"
 DB_NAME = "faces.db"
 INDEX_NAME = "vectors.faiss"
 LOCK_NAME = "write.lock"
+#: ``--vectors milvus-lite``: a milvus-lite folder inside the collection folder, of this name.
+MILVUS_LITE = "milvus-lite"
+LITE_NAME = "vectors.milvus.db"
+#: ``--vectors faiss``: the FAISS index file (the default).
+FAISS = "faiss"
 #: A long write (indexing, re-embedding) saves the vector index file at least this often (s).
 CHECKPOINT_SECONDS: float = 60.0
 #: Seconds a writer waits for another writer before giving up.
@@ -123,6 +152,25 @@ def _check_collection_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+def normalize_vectors_spec(spec: str) -> str | None:
+    """The ``--vectors`` value as ``collection.json`` records it: ``None`` for ``faiss``,
+    :data:`MILVUS_LITE`, a checked ``milvus://`` URI, or the absolute path of a milvus-lite
+    folder. Raises :class:`CollectionError` naming what is wrong."""
+    spec = spec.strip()
+    if spec == FAISS:
+        return None
+    if spec == MILVUS_LITE:
+        return spec
+    target = MilvusTarget.parse(spec)  # checks it (scheme, host, port, name, no credentials)
+    return target.uri if target.lite else spec
+
+
+def milvus_name(collection: str) -> str:
+    """The Milvus collection of a facesearch collection when its target names none:
+    ``facesearch_<name>``, with the characters Milvus does not take as ``_``."""
+    return "facesearch_" + re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9_]", "_", collection))
 
 
 def _public_url(url: str) -> str:
@@ -330,14 +378,26 @@ class _Expected:
 class Collection:
     """A named collection of photos, faces and people. Use :meth:`open`."""
 
-    def __init__(self, name: str, folder: Path, store: st.Store, *, lock_timeout: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        folder: Path,
+        store: st.Store,
+        *,
+        lock_timeout: float,
+        config: dict[str, Any] | None = None,
+    ) -> None:
         self.name = name
         self.folder = folder
         self.store = store
         self.lock_timeout = lock_timeout
+        self._config: dict[str, Any] = dict(config or {})
         self._lock = writer_lock(store, folder, f"collection {name!r}")
         self._lock_depth = 0
-        self._vectors: VectorIndex | None = None
+        # FAISS (VectorIndex), the Milvus copy, or (a reader of a busy milvus-lite folder) an
+        # in-memory FAISS copy built from SQL
+        self._vectors: VectorStore | None = None
+        self._milvus: MilvusVectors | None = None  # the open Milvus copy, kept until close
         self._space_of_vectors: tuple[str, ...] = ()  # the models whose faces _vectors holds
         self._stale = False
         self._dirty = False
@@ -394,17 +454,16 @@ class Collection:
                         creating.release()
                         _remove_if_empty(folder)
                         raise
-                    _write_json_atomic(
-                        config_path,
-                        {
-                            "format": _CONFIG_FORMAT,
-                            "name": name,
-                            "db_url": None if db_url is None else _public_url(db_url),
-                            "created_at": datetime.now(timezone.utc).isoformat(),
-                        },
-                    )
+                    config: dict[str, Any] = {
+                        "format": _CONFIG_FORMAT,
+                        "name": name,
+                        "id": uuid.uuid4().hex,
+                        "db_url": None if db_url is None else _public_url(db_url),
+                        "created_at": datetime.now(timezone.utc).isoformat(),
+                    }
+                    _write_json_atomic(config_path, config)
                     logger.info("created %s in %s", what, folder)
-                    return cls(name, folder, store, lock_timeout=lock_timeout)
+                    return cls(name, folder, store, lock_timeout=lock_timeout, config=config)
             finally:
                 creating.release()
         config = _read_config(config_path)
@@ -423,18 +482,22 @@ class Collection:
         except BaseException:
             store.close()
             raise
-        return cls(name, folder, store, lock_timeout=lock_timeout)
+        return cls(name, folder, store, lock_timeout=lock_timeout, config=config)
 
     def close(self) -> None:
-        """Save pending index changes, release the lock, close the database connections."""
-        if self._lock.held:
-            try:
-                complete("saving the vector index", self._flush)
-            finally:
-                self._lock.release()
-                self._lock_depth = 0
-        self._vectors = None
-        self.store.close()
+        """Save pending index changes, release the lock, close the database connections (and
+        the Milvus connection)."""
+        try:
+            if self._lock.held:
+                try:
+                    complete("saving the vector index", self._flush)
+                finally:
+                    self._lock.release()
+                    self._lock_depth = 0
+        finally:
+            self._vectors = None
+            self._close_milvus()
+            self.store.close()
 
     def __enter__(self) -> Collection:
         return self
@@ -447,7 +510,113 @@ class Collection:
 
     @property
     def index_path(self) -> Path:
+        """The FAISS index file (used when the vectors are not in Milvus)."""
         return self.folder / INDEX_NAME
+
+    # -- where the vectors live ---------------------------------------------------------------
+
+    @property
+    def vectors_spec(self) -> str | None:
+        """Where the vectors are kept: ``None`` for the FAISS file, else the Milvus target as
+        recorded (``milvus://host:port/name``, :data:`MILVUS_LITE` or a milvus-lite folder)."""
+        spec = self._config.get("vectors")
+        return str(spec) if spec else None
+
+    @property
+    def milvus_target(self) -> MilvusTarget | None:
+        """The Milvus copy's target, or ``None`` (the FAISS file)."""
+        spec = self.vectors_spec
+        if spec is None:
+            return None
+        if spec == MILVUS_LITE:
+            return MilvusTarget.parse(str(self.folder / LITE_NAME), collection=DEFAULT_COLLECTION)
+        return MilvusTarget.parse(spec, collection=milvus_name(self.name))
+
+    def set_vectors(self, spec: str) -> bool:
+        """Keep the vectors in ``spec`` from now on: ``faiss`` (the FAISS file in the folder),
+        ``milvus://host:port[/name]`` (a Milvus server; ``name`` defaults to
+        ``facesearch_<collection>``), :data:`MILVUS_LITE` (a milvus-lite folder inside the
+        collection folder) or the path of a milvus-lite folder (``*.db``).
+
+        The new copy is built from SQL first, then recorded in ``collection.json``, then the old
+        copy is removed (the FAISS file, or the Milvus collection). Returns ``False`` when the
+        vectors are already kept there. Raises :class:`CollectionError` for a bad ``spec``.
+        """
+        new = normalize_vectors_spec(spec)
+        if new == self.vectors_spec:
+            return False
+        with self.lock():
+            old_target = self.milvus_target
+            config = dict(self._config)
+            config["vectors"] = new
+            config.setdefault("id", uuid.uuid4().hex)
+            previous = self._config
+            self._vectors = None
+            self._close_milvus()
+            self._config = config
+            try:
+                if self._has_model():
+                    with self.store.session() as s:
+                        exp = self._require_expected(s)
+                    self._vectors = self._rebuild_and_save(
+                        f"moved to {new or INDEX_NAME}", exp, log=False
+                    )
+                _write_json_atomic(self.folder / CONFIG_NAME, config)
+            except BaseException:
+                self._vectors = None
+                self._close_milvus()
+                self._config = previous
+                raise
+            self._dirty = False
+            logger.info("collection %r: vectors now in %s", self.name, new or INDEX_NAME)
+            self._remove_old_copy(old_target)
+        return True
+
+    def _remove_old_copy(self, old: MilvusTarget | None) -> None:
+        """Remove the copy the vectors were kept in before :meth:`set_vectors`."""
+        if old is None:
+            for path in (self.index_path, sidecar_path(self.index_path)):
+                path.unlink(missing_ok=True)
+            return
+        try:
+            with MilvusVectors.open(old, owner=self.uid, create=False) as mv:
+                mv.drop()
+        except MilvusMissingError:
+            pass
+        except CollectionError as exc:  # unreachable, or not ours: left alone
+            logger.warning("collection %r: old Milvus copy %s left: %s", self.name, old, exc)
+        if old.lite and Path(old.uri) == self.folder.absolute() / LITE_NAME:  # ours alone
+            shutil.rmtree(old.uri, ignore_errors=True)
+
+    @property
+    def uid(self) -> str:
+        """The collection's id (``collection.json``), recorded as the owner of its Milvus
+        copy."""
+        return str(self._config.get("id") or "")
+
+    def _open_milvus(self, *, create: bool) -> MilvusVectors:
+        """The Milvus copy's connection, opened once (:class:`MilvusMissingError` when the copy
+        does not exist and not ``create``; :class:`MilvusBusyError` for a milvus-lite folder
+        open in another process)."""
+        if self._milvus is None:
+            target = self.milvus_target
+            assert target is not None
+            try:
+                self._milvus = MilvusVectors.open(target, owner=self.uid, create=False)
+            except MilvusMissingError:
+                if not create:
+                    raise
+                with self.store.session() as s:
+                    exp = self._require_expected(s)
+                self._milvus = MilvusVectors.open(
+                    target, dim=exp.dim, model=exp.model, owner=self.uid, create=True
+                )
+        return self._milvus
+
+    def _close_milvus(self) -> None:
+        mv, self._milvus = self._milvus, None
+        if mv is not None:
+            mv.close()
 
     @contextmanager
     def session(self, *, snapshot: bool = False) -> Iterator[Session]:
@@ -505,10 +674,15 @@ class Collection:
         with self.store.session() as s:
             return st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
 
-    def set_index_type(self, kind: str) -> VectorIndex | None:
-        """Change the index type setting and rebuild the index when it changes its kind."""
+    def set_index_type(self, kind: str) -> VectorStore | None:
+        """Change the index type setting and rebuild the index when it changes its kind.
+
+        With the vectors in Milvus (always exact, ``FLAT``) only ``auto`` and ``flat`` are
+        accepted; the setting is kept for the FAISS file.
+        """
         if kind not in KINDS:
             raise CollectionError(f"unknown index type {kind!r}: use one of {', '.join(KINDS)}")
+        self._check_kind_for_milvus(kind)
         with self.lock():
             with self.store.session() as s:
                 st.set_meta(s, INDEX_TYPE_KEY, kind)
@@ -516,15 +690,24 @@ class Collection:
             if not has_model:
                 return None
             vi = self._vectors_for_write()
-            if self._wanted_kind(vi.kind, vi.count) != vi.kind:
+            if isinstance(vi, VectorIndex) and self._wanted_kind(vi.kind, vi.count) != vi.kind:
                 return self.rebuild_index()
             return vi
+
+    def _check_kind_for_milvus(self, kind: str) -> None:
+        if self.vectors_spec is not None and kind not in ("auto", "flat"):
+            raise CollectionError(
+                f"collection {self.name!r} keeps its vectors in Milvus ({self.milvus_target}), "
+                f"searched exactly (FLAT): index type {kind!r} is the FAISS file's; use 'flat' "
+                "or 'auto', or move the vectors back with --vectors faiss"
+            )
 
     # -- the vector index ---------------------------------------------------------------------
 
     @property
-    def vectors(self) -> VectorIndex:
-        """The vector index, loaded (memory-mapped) on first use and checked against SQL.
+    def vectors(self) -> VectorStore:
+        """The vectors, loaded on first use and checked against SQL: the FAISS index file
+        (memory-mapped) or the Milvus copy (:attr:`vectors_spec`).
 
         Missing, unreadable or mismatched (model, dim, count, generation) -> rebuilt from SQL
         with a log message, and saved when no other writer holds the lock. Raises
@@ -545,7 +728,7 @@ class Collection:
             self._vectors = None
             self._stale = False
 
-    def rebuild_index(self, kind: str | None = None) -> VectorIndex:
+    def rebuild_index(self, kind: str | None = None) -> VectorStore:
         """Rebuild the index from SQL (optionally setting the index type first) and save it."""
         with self.lock():
             if kind is not None:
@@ -553,8 +736,13 @@ class Collection:
                     raise CollectionError(
                         f"unknown index type {kind!r}: use one of {', '.join(KINDS)}"
                     )
+                self._check_kind_for_milvus(kind)
                 with self.store.session() as s:
                     st.set_meta(s, INDEX_TYPE_KEY, kind)
+            if self.vectors_spec is not None:
+                vi: VectorStore = self._fill_milvus()
+                self._vectors = vi
+                return vi
             vi = self._build_from_sql()
             self._vectors = vi
             self._dirty = True
@@ -562,7 +750,8 @@ class Collection:
             return vi
 
     def save_index(self) -> None:
-        """Write pending index changes now (a checkpoint during a long write)."""
+        """Write pending index changes now (a checkpoint during a long write; the Milvus copy
+        takes every change as it is made)."""
         if not self._lock.held:
             raise CollectionError(f"collection {self.name!r}: save_index needs the writer lock")
         self._flush()
@@ -608,7 +797,11 @@ class Collection:
         return exp
 
     @staticmethod
-    def _mismatch(vi: VectorIndex, exp: _Expected) -> str | None:
+    def _mismatch(vi: VectorStore, exp: _Expected) -> str | None:
+        if isinstance(vi, MilvusVectors):  # its properties and count, read from Milvus
+            return vi.mismatch(
+                model=exp.model, dim=exp.dim, generation=exp.generation, count=exp.count
+            )
         if vi.model != exp.model or vi.dim != exp.dim:
             return (
                 f"it holds model {vi.model!r} dim {vi.dim}, the collection uses "
@@ -621,14 +814,16 @@ class Collection:
             )
         return None
 
-    def _load_vectors(self, broken: str | None = None) -> VectorIndex:
-        """The index file, checked (see :meth:`VectorIndex.load`) and compared with SQL, or
-        the index rebuilt from SQL (``broken``: the file failed a check while searched)."""
+    def _load_vectors(self, broken: str | None = None) -> VectorStore:
+        """The vectors, checked (see :meth:`VectorIndex.load`) and compared with SQL, or
+        rebuilt from SQL (``broken``: the FAISS file failed a check while searched)."""
         writer = self._lock.held
         with self.store.session() as s:
             exp = self._require_expected(s)
         self._space_of_vectors = exp.space
         self._stale = False
+        if self.vectors_spec is not None:
+            return self._load_milvus(exp, writer)
         loaded: VectorIndex | None = None
         try:
             if broken is not None:
@@ -650,7 +845,13 @@ class Collection:
                     self._dirty = True  # its sidecar was missing or stale: the flush rebuilds it
                 return loaded
             reason = mismatch
-        if writer:
+        return self._repair(reason, exp, loaded)
+
+    def _repair(self, reason: str, exp: _Expected, loaded: VectorStore | None) -> VectorStore:
+        """The vectors do not reflect SQL (``reason``): a writer rebuilds them; a reader
+        rebuilds them when it can take the writer lock, else searches ``loaded`` as it is
+        while a writer runs (same model), or a copy built in memory from SQL."""
+        if self._lock.held:
             return self._rebuild_and_save(reason, exp)
         got_lock = self._lock.try_acquire()
         try:
@@ -674,22 +875,49 @@ class Collection:
             if got_lock:
                 self._lock.release()
 
-    def _rebuild_and_save(self, reason: str, exp: _Expected, *, save: bool = True) -> VectorIndex:
+    def _load_milvus(self, exp: _Expected, writer: bool) -> VectorStore:
+        """The Milvus copy, checked against SQL (see :meth:`_repair`). A milvus-lite folder
+        open in another process cannot be written: a writer gets :class:`MilvusBusyError`, a
+        reader searches a copy built in memory from SQL."""
+        try:
+            mv: MilvusVectors | None = self._open_milvus(create=False)
+        except MilvusMissingError:
+            mv, reason = None, "it is missing"
+        except MilvusBusyError as exc:
+            if writer:
+                raise
+            logger.info("%s: searching a copy built from SQL", exc)
+            return self._build_from_sql(kind="flat")
+        if mv is not None:
+            mismatch = self._mismatch(mv, exp)
+            if mismatch is None:
+                return mv
+            reason = mismatch
+        return self._repair(reason, exp, mv)
+
+    def _rebuild_and_save(
+        self, reason: str, exp: _Expected, *, save: bool = True, log: bool = True
+    ) -> VectorStore:
+        """Rebuild the vectors from SQL: the FAISS index (saved when ``save``: the writer lock
+        is held) or the Milvus copy (only when ``save``; otherwise an in-memory FAISS copy)."""
         quiet = reason == "it is missing" and exp.count == 0
-        log = (
-            logger.debug
-            if quiet
-            else logger.info
+        level = (
+            logging.DEBUG
+            if quiet or not log
+            else logging.INFO
             if reason == "it is missing"
-            else (logger.warning)
+            else logging.WARNING
         )
-        log(
-            "vector index of collection %r: %s; rebuilding it from SQL (%d faces)",
+        milvus = self.vectors_spec is not None and save
+        logger.log(
+            level,
+            "%s of collection %r: %s; rebuilding it from SQL (%d faces)",
+            "Milvus copy" if milvus else "vector index",
             self.name,
             reason,
             exp.count,
         )
-        vi = self._build_from_sql()
+        vi: VectorStore = self._fill_milvus() if milvus else self._build_from_sql()
         if save:  # we hold the writer lock
             with self.store.session() as s:
                 now = self._expected(s)
@@ -706,7 +934,7 @@ class Collection:
                     )
                     st.recount_faces(s)
                     now = self._expected(s)
-            if now is not None and self._mismatch(vi, now) is None:
+            if isinstance(vi, VectorIndex) and now is not None and self._mismatch(vi, now) is None:
                 try:
                     vi.save(self.index_path)
                 except OSError as exc:  # a reader answers from memory (disk full, read-only)
@@ -720,13 +948,14 @@ class Collection:
                     )
         return vi
 
-    def _build_from_sql(self) -> VectorIndex:
+    def _build_from_sql(self, kind: str | None = None) -> VectorIndex:
+        """A FAISS index of the SQL vectors (of ``kind``, default the setting's)."""
         started = time.monotonic()
         with self.store.session(snapshot=True) as s:
             exp = self._require_expected(s)
             self._space_of_vectors = exp.space
             setting: str = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
-            kind = resolve_kind(setting, exp.count)
+            kind = kind or resolve_kind(setting, exp.count)
             if kind in ("flat", "pq"):  # streamed; a pq accelerator is trained once, at the end
                 vi = VectorIndex.create(exp.dim, "flat", model=exp.model)
                 for ids, xb in st.load_embeddings(s, models=exp.space):
@@ -745,6 +974,30 @@ class Collection:
         )
         return vi
 
+    def _fill_milvus(self) -> MilvusVectors:
+        """Rebuild the Milvus copy from SQL (writer lock held): a new physical collection,
+        swapped in when full (:meth:`MilvusVectors.rebuild`)."""
+        assert self._lock.held
+        started = time.monotonic()
+        mv = self._open_milvus(create=True)
+        with self.store.session(snapshot=True) as s:
+            exp = self._require_expected(s)
+            self._space_of_vectors = exp.space
+            n = mv.rebuild(
+                st.load_embeddings(s, models=exp.space),
+                generation=exp.generation,
+                model=exp.model,
+                dim=exp.dim,
+            )
+        logger.info(
+            "built the Milvus copy %s of collection %r: %d faces in %.1f s",
+            mv.target,
+            self.name,
+            n,
+            time.monotonic() - started,
+        )
+        return mv
+
     def _wanted_kind(self, current: str, count: int) -> str:
         setting = self.index_type
         if setting != "auto":
@@ -753,11 +1006,16 @@ class Collection:
             return "pq"  # hysteresis: back to flat only well below the threshold
         return resolve_kind("auto", count)
 
-    def _vectors_for_write(self) -> VectorIndex:
+    def _vectors_for_write(self) -> VectorStore:
         assert self._lock.held
-        if self._vectors is None or self._vectors.mmapped or self._stale:
-            self._vectors = self._load_vectors()
-        return self._vectors
+        vi = self._vectors
+        if (
+            vi is None
+            or self._stale
+            or (isinstance(vi, VectorIndex) and (vi.mmapped or self.vectors_spec is not None))
+        ):
+            self._vectors = vi = self._load_vectors()
+        return vi
 
     def _apply(
         self,
@@ -767,7 +1025,8 @@ class Collection:
         removed: np.ndarray | None = None,
         added: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
-        """Apply a committed SQL change to the in-memory index."""
+        """Apply a committed SQL change to the vectors (in memory for FAISS; the Milvus copy
+        at once, its generation written last)."""
         if removed is not None and len(removed):
             vi.remove(removed)
         if added is not None and len(added[0]):
@@ -778,6 +1037,9 @@ class Collection:
     def _flush(self) -> None:
         vi = self._vectors
         if vi is None or not self._dirty:
+            return
+        if not isinstance(vi, VectorIndex) or self.vectors_spec is not None:
+            self._dirty = False  # Milvus holds every change already
             return
         with critical_section("saving the vector index"):  # Ctrl-C: after the file agrees
             self._save_vectors(vi)
@@ -879,7 +1141,7 @@ class Collection:
                 return self._add_photos(vi, photos, replace)
 
     def _add_photos(
-        self, vi: VectorIndex | None, photos: Sequence[st.NewPhoto], replace: bool
+        self, vi: VectorStore | None, photos: Sequence[st.NewPhoto], replace: bool
     ) -> list[st.AddedPhoto]:
         with self.store.session() as s:
             results = st.add_photos(s, photos, replace=replace)
@@ -1053,11 +1315,13 @@ class Collection:
             )
 
     def check(self) -> dict[str, Any]:
-        """Compare the index file with SQL, id by id (reads every id: O(faces)).
+        """Compare the index file (or the Milvus copy) with SQL, id by id (reads every id:
+        O(faces)).
 
         Returns ``consistent`` (bool), ``index_status`` (``current`` | ``stale`` | ``missing``
-        | ``corrupt`` | ``no_model``), ``sql_faces``, ``index_faces``,
-        ``missing_from_index``, ``extra_in_index`` and ``reason`` (or ``None``).
+        | ``corrupt`` | ``unavailable`` (Milvus unreachable or busy) | ``no_model``),
+        ``sql_faces``, ``index_faces``, ``missing_from_index``, ``extra_in_index`` and
+        ``reason`` (or ``None``).
         """
         with self.store.session(snapshot=True) as s:
             exp = self._expected(s)
@@ -1072,13 +1336,21 @@ class Collection:
         if exp is None:
             result.update(consistent=len(sql_ids) == 0, index_status="no_model")
             return result
+        vi: VectorStore
         try:
-            vi = VectorIndex.load(self.index_path, mmap=True, verify=True)
-        except FileNotFoundError:
-            result.update(consistent=False, index_status="missing", reason="no index file")
+            if self.vectors_spec is not None:
+                vi = self._open_milvus(create=False)
+            else:
+                vi = VectorIndex.load(self.index_path, mmap=True, verify=True)
+        except (FileNotFoundError, MilvusMissingError):
+            why = "no index file" if self.vectors_spec is None else "no Milvus collection"
+            result.update(consistent=False, index_status="missing", reason=why)
             return result
         except IndexMismatchError as exc:
             result.update(consistent=False, index_status="corrupt", reason=str(exc))
+            return result
+        except CollectionError as exc:  # Milvus: unreachable, busy, not a copy of ours
+            result.update(consistent=False, index_status="unavailable", reason=str(exc))
             return result
         idx_ids = np.sort(vi.ids())
         missing = np.setdiff1d(sql_ids, idx_ids, assume_unique=True)
@@ -1106,25 +1378,14 @@ class Collection:
             generation = st.get_generation(s)
             setting = st.get_meta(s, INDEX_TYPE_KEY, "auto") or "auto"
             db_bytes = st.database_bytes(s)
-        index: dict[str, Any] = {"setting": setting, "file": str(self.index_path)}
-        try:
-            meta = VectorIndex.read_metadata(self.index_path)
-            index.update(
-                type=meta.kind,
-                faces=meta.count,
-                generation=meta.generation,
-                nlist=meta.nlist,
-                nprobe=meta.nprobe,
-                bytes=self.index_path.stat().st_size,
-            )
-            side = sidecar_path(self.index_path)
-            if meta.kind == "pq" and side.is_file():  # the accelerator, part of the index
-                index["bytes"] += side.stat().st_size
-        except FileNotFoundError:
-            index.update(type=None, faces=0, bytes=0)
-        except IndexMismatchError as exc:
-            index.update(type=None, faces=0, bytes=self.index_path.stat().st_size, error=str(exc))
         folder_bytes = sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+        target = self.milvus_target
+        if target is not None:
+            index = self._milvus_info(target, setting)
+            if target.lite and Path(target.uri).is_relative_to(self.folder.absolute()):
+                folder_bytes += int(index["bytes"] or 0)
+        else:
+            index = self._faiss_info(setting)
         out: dict[str, Any] = {
             "name": self.name,
             "folder": str(self.folder),
@@ -1158,6 +1419,44 @@ class Collection:
         if check:
             out["consistency"] = self.check()
         return out
+
+    def _faiss_info(self, setting: str) -> dict[str, Any]:
+        index: dict[str, Any] = {"setting": setting, "store": "faiss", "file": str(self.index_path)}
+        try:
+            meta = VectorIndex.read_metadata(self.index_path)
+            index.update(
+                type=meta.kind,
+                faces=meta.count,
+                generation=meta.generation,
+                nlist=meta.nlist,
+                nprobe=meta.nprobe,
+                bytes=self.index_path.stat().st_size,
+            )
+            side = sidecar_path(self.index_path)
+            if meta.kind == "pq" and side.is_file():  # the accelerator, part of the index
+                index["bytes"] += side.stat().st_size
+        except FileNotFoundError:
+            index.update(type=None, faces=0, bytes=0)
+        except IndexMismatchError as exc:
+            index.update(type=None, faces=0, bytes=self.index_path.stat().st_size, error=str(exc))
+        return index
+
+    def _milvus_info(self, target: MilvusTarget, setting: str) -> dict[str, Any]:
+        """The Milvus copy's part of :meth:`info`: ``bytes`` is the milvus-lite folder's size
+        (``None`` for a server)."""
+        index: dict[str, Any] = {"setting": setting, "store": "milvus", "target": str(target)}
+        size = None
+        if target.lite:
+            folder = Path(target.uri)
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+        try:
+            meta = self._open_milvus(create=False).metadata
+            index.update(type="flat", faces=meta.count, generation=meta.generation, bytes=size)
+        except MilvusMissingError:
+            index.update(type=None, faces=0, bytes=size)
+        except CollectionError as exc:  # unreachable, busy, not a copy of ours
+            index.update(type=None, faces=0, bytes=size, error=str(exc))
+        return index
 
 
 #: ``meta`` key: the name of the collection a store belongs to.

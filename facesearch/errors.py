@@ -115,3 +115,8 @@ def describe_os_error(exc: OSError, doing: str = "") -> str:
     if code == errno.EROFS:
         return f"read-only file system: {head}: use a writable folder"
     return f"{head}: {exc.strerror or exc}"
+
+
+class OptionalDependencyError(FacesearchError, ImportError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    ``pip install`` to run."""

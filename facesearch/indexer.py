@@ -513,8 +513,11 @@ def _read(
     ticket: int = -1,
     long_side: int | None = None,
     aligned: bool = False,
+    *,
+    decode: bool = True,
 ) -> _Read:
-    """Worker: read, hash and (unless unchanged or moved) decode one file.
+    """Worker: read, hash and (unless unchanged or moved, or ``decode`` is false) decode one
+    file.
 
     With ``budget``, the decode waits for ``ticket``'s turn and its pixels (the result holds
     them in ``pixels`` until the photo is dropped); a read that decodes nothing passes its turn.
@@ -524,7 +527,7 @@ def _read(
     """
     out = _Read(job)
     try:
-        _decode(out, job, moved_hashes, budget, ticket, long_side, aligned)
+        _decode(out, job, moved_hashes, budget, ticket, long_side, aligned, decode)
     finally:
         if budget is not None and not out.pixels:
             budget.skip(ticket)
@@ -539,6 +542,7 @@ def _decode(
     ticket: int,
     long_side: int | None = None,
     aligned: bool = False,
+    decode: bool = True,
 ) -> None:
     try:
         data, out.content_hash = _sha256(job.path)
@@ -553,6 +557,8 @@ def _decode(
         return
     if out.content_hash in moved_hashes:
         out.maybe_moved = True
+        return
+    if not decode:
         return
     if budget is not None:
         try:
@@ -759,7 +765,7 @@ class _Run:
                 r.error, r.image = res, None
                 self._queue_photo(r, (), None)
             else:
-                self._queue_photo(r, _at_full_size(res, r.scale), r.image)
+                self._queue_photo(r, _at_full_size(res, r.scale), r.full_size)
             r.image = None
             self.release(r)
         self._tick(len(batch))
@@ -775,7 +781,9 @@ class _Run:
         self.send_task()
         self.collect(wait=True)
 
-    def _queue_photo(self, r: _Read, faces: tuple[Face, ...], image: np.ndarray | None) -> None:
+    def _queue_photo(self, r: _Read, faces: tuple[Face, ...], size: tuple[int, int] | None) -> None:
+        """Queue the photo of ``r`` with ``faces``; ``size``: its ``(width, height)`` at full
+        resolution when decoded. Commits every ``batch_size`` photos."""
         from facesearch import store as st
 
         labels: tuple[str | None, ...] = ()
@@ -796,8 +804,8 @@ class _Run:
             content_hash=r.content_hash,
             size=r.job.size,
             mtime=r.job.mtime,
-            width=None if image is None else r.full_size[0],
-            height=None if image is None else r.full_size[1],
+            width=None if size is None else size[0],
+            height=None if size is None else size[1],
             faces=faces,
             labels=labels,
             label_source=st.LabelSource.CSV
@@ -868,10 +876,21 @@ def index_paths(
     what was committed.
     """
     settings = settings or IndexSettings()
+    run = _Run(collection, pipeline, settings, progress, should_stop)
+    return drive(run, paths, _index)
+
+
+def drive(
+    run: _Run,
+    paths: Sequence[str | os.PathLike[str]],
+    body: Callable[[_Run, WalkResult, _Labeler], None],
+) -> IndexReport:
+    """Walk ``paths``, take the writer lock and run ``body`` (the read and embed loop: local
+    threads, or :mod:`facesearch.ray_index`); Ctrl-C keeps what was committed."""
     started = time.monotonic()
+    collection, settings = run.col, run.settings
     labeler = _Labeler(settings.labels)  # read the CSV before taking the lock
     found = walk(paths)
-    run = _Run(collection, pipeline, settings, progress, should_stop)
     rep = run.report
     rep.files = len(found.files)
     rep.skipped_hidden, rep.skipped_other = found.skipped_hidden, found.skipped_other
@@ -899,7 +918,7 @@ def index_paths(
         if run.pipe is not None:  # given built; a loader's is registered when it is called
             register_pipeline_model(collection, run.pipe)
         try:
-            _index(run, found, labeler)
+            body(run, found, labeler)
         except (KeyboardInterrupt, StopRequested):
             rep.interrupted = True
             logger.warning("interrupted: the photos committed so far are kept")
@@ -921,7 +940,30 @@ def _nothing_indexed(found: WalkResult, indexed: set[str]) -> list[str]:
     return out
 
 
-def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
+@dataclass(slots=True)
+class Plan:
+    """What a run must do with the files found (see *Incremental runs*).
+
+    ``jobs``: files to read, in order; ``gone``: stored photos whose file no longer exists, by
+    content hash (candidates for moves); ``gone_under_roots``: those under the PATHs (for
+    ``--prune``); ``relabel``: stored photo id -> person; ``claimed``: ids of gone photos
+    found again (moved).
+    """
+
+    jobs: list[_Job]
+    gone: dict[str, list[PhotoStat]]
+    gone_under_roots: list[PhotoStat]
+    relabel: dict[int, str]
+    claimed: set[int] = field(default_factory=set)
+
+    @property
+    def moved_hashes(self) -> frozenset[str]:
+        return frozenset(self.gone)
+
+
+def plan(run: _Run, found: WalkResult, labeler: _Labeler) -> Plan:
+    """Compare the files found with SQL: unchanged ones are counted (and queued for labels),
+    the others become jobs. Sets ``run.total`` and ``run.jobs``."""
     from facesearch import store as st
 
     col, rep, settings = run.col, run.report, run.settings
@@ -963,7 +1005,6 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
         gone.setdefault(stat.content_hash, []).append(stat)
         if any(path.startswith(r) or path == r[:-1] for r in roots):
             gone_under_roots.append(stat)
-    claimed: set[int] = set()
     run.total = len(jobs)
     run.jobs = jobs
     logger.info(
@@ -975,7 +1016,31 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
     )
     if run.progress is not None:
         run.progress(Progress(run.total, 0, 0))
-    moved_hashes = frozenset(gone)
+    return Plan(jobs, gone, gone_under_roots, relabel)
+
+
+def finish_plan(run: _Run, p: Plan) -> None:
+    """After the jobs: prune (or count) the photos under the PATHs whose files are gone and
+    were not moved, and label stored photos."""
+    lost = [s for s in p.gone_under_roots if s.id not in p.claimed]
+    if lost:
+        if run.settings.prune:
+            with critical_section("a commit"):
+                run.col.remove_photos([s.id for s in lost])
+                run.report.pruned = len(lost)
+            logger.info("pruned %d photos whose files are gone", len(lost))
+        else:
+            run.report.missing = len(lost)
+    if p.relabel:
+        _label_stored(run, p.relabel)
+
+
+def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
+    """The local loop: read threads hash and decode, the pipeline's workers embed."""
+    settings = run.settings
+    p = plan(run, found, labeler)
+    jobs, gone, claimed, relabel = p.jobs, p.gone, p.claimed, p.relabel
+    moved_hashes = p.moved_hashes
     window = 2 * settings.workers + 2  # decoded photos waiting, besides the open batch
     pool = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facesearch-read")
     budget = run.budget = PixelBudget(settings.decode_megapixels)
@@ -1033,18 +1098,7 @@ def _index(run: _Run, found: WalkResult, labeler: _Labeler) -> None:
         run.submit = run.stack = None
         budget.close()  # reads waiting for pixels go on (and end) at once
         pool.shutdown(wait=True, cancel_futures=True)
-    # photos under the roots that are gone (and were not moved)
-    lost = [p for p in gone_under_roots if p.id not in claimed]
-    if lost:
-        if settings.prune:
-            with critical_section("a commit"):
-                col.remove_photos([p.id for p in lost])
-                rep.pruned = len(lost)
-            logger.info("pruned %d photos whose files are gone", len(lost))
-        else:
-            rep.missing = len(lost)
-    if relabel:
-        _label_stored(run, relabel)
+    finish_plan(run, p)
 
 
 def _handle(

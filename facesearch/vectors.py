@@ -278,6 +278,18 @@ def _check_ids(ids: np.ndarray, n: int) -> np.ndarray:
     return ids
 
 
+def padded_results(xq: np.ndarray, k: int, dim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A search's checked queries ``(nq, dim) float32`` and its results before any hit: ``D``
+    ``(nq, k) float32`` all ``inf``, ``I`` ``(nq, k) int64`` all ``-1``. ``ValueError`` for
+    ``k < 1`` or bad queries."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    xq = _check_vectors(xq, dim, "xq")
+    D = np.full((len(xq), k), np.inf, dtype=np.float32)
+    I = np.full((len(xq), k), -1, dtype=np.int64)  # noqa: E741 - FAISS vocabulary
+    return xq, D, I
+
+
 def _perturb(x: np.ndarray, noise: float, rng: np.random.Generator) -> np.ndarray:
     """Unit vectors near ``x``: ``normalise(x + noise * g / sqrt(d))``. ``(n, d) float32``."""
     g = rng.standard_normal(x.shape).astype(np.float32) * (noise / math.sqrt(x.shape[1]))
@@ -538,12 +550,8 @@ class VectorIndex:
         Returns ``D`` ``(nq, k) float32`` distances ``d = 2 - 2 ip`` in [0, 4], ascending, and
         ``I`` ``(nq, k) int64`` ids; missing neighbours are ``-1`` with distance ``inf``.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        xq = _check_vectors(xq, self.dim, "xq")
+        xq, D, I = padded_results(xq, k, self.dim)  # noqa: E741 - FAISS vocabulary
         nq = len(xq)
-        D = np.full((nq, k), np.inf, dtype=np.float32)
-        I = np.full((nq, k), -1, dtype=np.int64)  # noqa: E741 - FAISS vocabulary
         if not nq or not len(self):
             return D, I
         faiss = _faiss()

@@ -19,6 +19,32 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("FACESEARCH_SHARED", REPO.parent / "shared")).resolve()
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """``FACESEARCH_TEST_REQUIRE`` (set by ``.ci/run``): what must be there, comma-separated
+    (``shared``, ``postgres``, ``chromium``, or a module to import). Without it the tests that
+    need one skip with a reason; with it a missing one stops the run before any test, so a CI
+    run cannot pass by skipping them."""
+    import importlib.util
+
+    missing = []
+    for need in filter(None, os.environ.get("FACESEARCH_TEST_REQUIRE", "").split(",")):
+        if need == "shared":
+            ok = (SHARED / "data").is_dir()
+        elif need == "postgres":
+            ok = bool(os.environ.get("FACESEARCH_TEST_PG_URL"))
+        elif need == "chromium":  # where tests/serverhelpers.py looks for them
+            ok = all(
+                Path(os.environ.get(f"FACESEARCH_{name.upper()}", f"/usr/bin/{name}")).is_file()
+                for name in ("chromium", "chromedriver")
+            )
+        else:
+            ok = importlib.util.find_spec(need) is not None
+        if not ok:
+            missing.append(need)
+    if missing:
+        raise pytest.UsageError(f"FACESEARCH_TEST_REQUIRE: not available: {', '.join(missing)}")
+
+
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not (SHARED / "data").is_dir():

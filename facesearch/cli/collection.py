@@ -53,6 +53,32 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
     return value
 
 
+def _ray_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from facesearch.errors import ArgumentError
+    from facesearch.ray_index import parse_address
+
+    try:
+        parse_address(value)
+    except ArgumentError as exc:
+        raise click.BadParameter(str(exc).removeprefix("--ray: "), ctx, param) from None
+    return value
+
+
+def _vectors_param(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from facesearch.collection import normalize_vectors_spec
+    from facesearch.errors import CollectionError
+
+    try:
+        normalize_vectors_spec(value)
+    except CollectionError as exc:
+        raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+    return value
+
+
 # -- index --------------------------------------------------------------------------------------
 
 
@@ -88,6 +114,37 @@ def _labels_param(ctx: click.Context, param: click.Parameter, value: str | None)
     "candidates re-ranked exactly); approximate 'ivf'; or 'auto' (flat up to 50,000 faces, pq "
     "above). Kept by the collection.  [default: keep the setting, 'auto' for a new collection]",
 )
+@click.option(
+    "--vectors",
+    default=None,
+    callback=_vectors_param,
+    metavar="faiss|milvus-lite|FOLDER.db|milvus://HOST:PORT[/NAME]",
+    help="Where the vectors are kept: the FAISS file in the collection folder ('faiss'), a "
+    "milvus-lite folder in it ('milvus-lite') or elsewhere (FOLDER.db), or a Milvus server "
+    "(NAME defaults to facesearch_<collection>; token in MILVUS_TOKEN). A rebuildable copy of "
+    "the vectors in SQL, built from SQL when it moves. Kept by the collection; Milvus needs "
+    "pip install 'facesearch[milvus]'.  [default: keep the setting, 'faiss' for a new "
+    "collection]",
+)
+@click.option(
+    "--ray",
+    "ray",
+    is_flag=False,
+    flag_value="local",
+    default=None,
+    callback=_ray_param,
+    metavar="[ADDRESS]",
+    help="Embed on a Ray cluster (pip install 'facesearch[ray]'): alone (or 'local') a cluster "
+    "of this machine's cores started for the run; 'auto' the cluster running here (ray "
+    "start); HOST:PORT or ray://HOST:PORT a remote one. Its workers must read the photos at "
+    "the same paths (a shared file system). Same faces as without Ray.",
+)
+@click.option(
+    "--ray-workers",
+    type=click.IntRange(1, 100_000),
+    default=None,
+    help="Ray workers (one CPU and one copy of the networks each)  [default: the cluster's CPUs]",
+)
 @detection_options
 @batch_options
 @collection_options
@@ -101,6 +158,9 @@ def index(
     index_type: str | None,
     aligned: bool,
     fallback: bool,
+    vectors: str | None,
+    ray: str | None,
+    ray_workers: int | None,
     batch_size: int,
     workers: int | None,
     home: str,
@@ -120,15 +180,20 @@ def index(
     what was
     committed: run the command again to continue. One writer at a time: a second one waits
     FACESEARCH_LOCK_TIMEOUT seconds (default 10), then stops with an error.
+
+    With --ray the photos are read and embedded by Ray workers while this process plans the
+    run and writes the results, as a run without Ray does.
     """
+    if ray_workers is not None and ray is None:
+        raise click.UsageError("--ray-workers needs --ray")
     with (
         open_collection(home, collection, db_url, create=True) as col,
         progress_bar("photo") as bar,
     ):
         report = api.index_paths(
             col, paths, models=make_models(fallback=fallback), model=model, labels=labels,
-            prune=prune, index_type=index_type, batch_size=batch_size, workers=workers,
-            aligned=aligned, rehash=rehash,
+            prune=prune, index_type=index_type, vectors=vectors, batch_size=batch_size,
+            workers=workers, aligned=aligned, rehash=rehash, ray=ray, ray_workers=ray_workers,
             progress=lambda p: bar(p.total, p.done, f"{p.faces} faces"),
         )  # fmt: skip
     if as_json:
@@ -528,7 +593,17 @@ def _print_info(data: dict[str, Any]) -> None:
         active = " [active]" if m["name"] == data["active_model"] else ""
         extra = f", compatible with {m['compatible_with']}" if m["compatible_with"] else ""
         click.echo(f"model         {m['name']} (dim {m['dim']}, {m['faces']} faces{extra}){active}")
-    if idx.get("type"):
+    if idx.get("store") == "milvus":
+        where = f"Milvus {idx['target']}"
+        if idx.get("type"):
+            size = f", {human_bytes(idx['bytes'])}" if idx.get("bytes") is not None else ""
+            click.echo(
+                f"index         {where}: exact, {idx['faces']} faces, generation "
+                f"{idx['generation']}{size}"
+            )
+        else:
+            click.echo(f"index         {where}: {idx.get('error') or 'not built yet'}")
+    elif idx.get("type"):
         kind = idx["type"]
         if kind == "ivf":
             kind += f" nlist {idx.get('nlist')} nprobe {idx.get('nprobe')}"
